@@ -1,0 +1,102 @@
+"""Finish a generated service: local secrets, unused files, stack components, lock file.
+
+Runs inside the new service's directory. Each step is one function.
+"""
+
+import fnmatch
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cookiecutter.environment import StrictEnvironment
+
+CONTEXT = json.loads({{ cookiecutter | jsonify | tojson }})
+TEMPLATE_DIR = Path(CONTEXT["_repo_dir"])
+SERVICE_DIR = Path.cwd()
+
+# The template's stack components, rendered into deploy/<name>/ of every service.
+COMPONENTS = ("nginx", "helm", "ansible", "prometheus", "grafana")
+
+FILES_OF_OPTION = {
+    "websockets": [
+        "items/consumers.py",
+        "items/routing.py",
+        "tests/test_websocket.py",
+    ],
+}
+
+
+def write_local_env_file() -> None:
+    """A per-service secret key for local runs; production sets its own."""
+    env_file = SERVICE_DIR / ".env"
+    env_file.write_text(
+        "# Local development only: never deployed (see .dockerignore, .gitignore).\n"
+        f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}\n"
+        "DJANGO_DEBUG=true\n"
+    )
+    env_file.chmod(0o600)
+
+
+def remove_files_of_disabled_options() -> None:
+    for option, paths in FILES_OF_OPTION.items():
+        if CONTEXT[option] == "no":
+            for path in paths:
+                (SERVICE_DIR / path).unlink()
+
+
+def render_components() -> None:
+    """Copy each stack component into deploy/, rendered with this service's values.
+
+    Paths matching _copy_without_render (relative to the template root, as in
+    cookiecutter itself) are copied as they are: they hold Helm or Ansible templates.
+    """
+    env = StrictEnvironment(context={"cookiecutter": CONTEXT}, keep_trailing_newline=True)
+    verbatim = CONTEXT.get("_copy_without_render", [])
+    for component in COMPONENTS:
+        source_root = TEMPLATE_DIR / component
+        for source in sorted(source_root.rglob("*")):
+            if not source.is_file():
+                continue
+            relative = source.relative_to(TEMPLATE_DIR)
+            target = SERVICE_DIR / "deploy" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if any(fnmatch.fnmatch(str(relative), pattern) for pattern in verbatim):
+                shutil.copy2(source, target)
+            else:
+                text = env.from_string(source.read_text()).render(cookiecutter=CONTEXT)
+                target.write_text(text)
+                shutil.copymode(source, target)
+
+
+def lock_dependencies() -> None:
+    """Write uv.lock so that every build installs the same versions."""
+    uv = shutil.which("uv")
+    if uv is None:
+        print(
+            "warning: uv is not installed, so uv.lock was not written. "
+            "Install uv (https://docs.astral.sh/uv/) and run `uv lock` "
+            f"in {SERVICE_DIR} before building the image.",
+            file=sys.stderr,
+        )
+        return
+    result = subprocess.run([uv, "lock", "--quiet"], cwd=SERVICE_DIR, check=False)
+    if result.returncode != 0:
+        print(
+            f"warning: `uv lock` failed; run it again in {SERVICE_DIR} "
+            "before building the image.",
+            file=sys.stderr,
+        )
+
+
+def main() -> None:
+    write_local_env_file()
+    remove_files_of_disabled_options()
+    render_components()
+    lock_dependencies()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+# Prepares this machine for the template's commands; sourced by tests/run.sh and
+# tests/demo.sh. Idempotent: a second run installs nothing.
+#   - system packages the tests run for real (apt-get on Debian as root; elsewhere
+#     it says what to install and stops)
+#   - every Python version the template offers, linked into .cache/python/bin
+#   - uv (.cache/uv) and the template's tools (.venv, from uv.lock)
+# Afterwards PATH holds all of them and ROOT is the template's directory.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+UV_VERSION="0.13.9"
+SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck)
+
+die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
+
+have_system_packages() {
+  python3 -c 'import ensurepip, venv' 2>/dev/null \
+    && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+    && command -v redis-server >/dev/null \
+    && command -v shellcheck >/dev/null
+}
+
+install_system_packages() {
+  have_system_packages && return
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing ${SYSTEM_PACKAGES[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${SYSTEM_PACKAGES[@]}" >/dev/null
+    have_system_packages || die "installing ${SYSTEM_PACKAGES[*]} did not provide them"
+  else
+    die "missing system packages. On Debian, as root: apt-get install ${SYSTEM_PACKAGES[*]}
+(elsewhere: Python's venv module, PostgreSQL server binaries, redis-server)"
+  fi
+}
+
+# Prints a working interpreter for Python $1, or nothing.
+find_python() {
+  local version=$1 candidate
+  local candidates=("$(command -v "python$version" || true)" "/usr/bin/python$version" "/usr/local/bin/python$version")
+  if command -v pyenv >/dev/null; then
+    # pyenv's shims answer only with PYENV_VERSION set; use its interpreters directly.
+    candidates+=($(ls -d "$(pyenv root)/versions/$version".*/bin/"python$version" 2>/dev/null | sort -V -r))
+  fi
+  for candidate in "${candidates[@]}"; do
+    if [[ -x $candidate ]] && "$candidate" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$version'.split('.'))))" 2>/dev/null; then
+      printf '%s\n' "$candidate"
+      return
+    fi
+  done
+}
+
+link_pythons() {
+  local version interpreter
+  mkdir -p "$ROOT/.cache/python/bin"
+  for version in $(python3 -c 'import json, sys; print(*json.load(open(sys.argv[1]))["python_version"])' "$ROOT/cookiecutter.json"); do
+    interpreter=$(find_python "$version")
+    if [[ -z $interpreter && $EUID -eq 0 ]] && apt-cache show "python$version" >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "python$version" >/dev/null
+      interpreter=$(find_python "$version")
+    fi
+    [[ -n $interpreter ]] || die "Python $version not found. Debian 13 has it (apt-get install python$version); on Debian 12 install it with pyenv."
+    ln -sfn "$interpreter" "$ROOT/.cache/python/bin/python$version"
+  done
+}
+
+install_tools() {
+  if [[ "$("$ROOT/.cache/uv/bin/uv" --version 2>/dev/null)" != "uv $UV_VERSION"* ]]; then
+    rm -rf "$ROOT/.cache/uv"
+    python3 -m venv "$ROOT/.cache/uv"
+    "$ROOT/.cache/uv/bin/pip" install -q --disable-pip-version-check "uv==$UV_VERSION"
+  fi
+  (cd "$ROOT" && "$ROOT/.cache/uv/bin/uv" sync --locked --quiet)
+}
+
+set -euo pipefail
+install_system_packages
+link_pythons
+export PATH="$ROOT/.cache/python/bin:$ROOT/.cache/uv/bin:$ROOT/.venv/bin:$PATH"
+install_tools

@@ -1,0 +1,57 @@
+"""Fixtures of the template tests: generated services and real servers to test them on."""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import services
+from harness import generate_service, run
+from matrix import CHOICES, name
+
+def pytest_sessionstart(session):
+    missing = [
+        f"python{version}"
+        for version in CHOICES["python_version"]
+        if shutil.which(f"python{version}") is None
+    ]
+    for tool in ("uv", "redis-server", "shellcheck"):
+        if shutil.which(tool) is None:
+            missing.append(tool)
+    if missing:
+        pytest.exit(
+            f"not on PATH: {', '.join(missing)}. Run the tests with tests/run.sh, "
+            "which installs them.",
+            returncode=2,
+        )
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory):
+    """Generates the service of a combination, with its virtualenv, once per worker."""
+    services_by_name = {}
+
+    def make(combination: dict) -> Path:
+        key = name(combination)
+        if key not in services_by_name:
+            project = generate_service(combination, tmp_path_factory.mktemp(key))
+            run(["uv", "sync", "--locked", "--quiet"], project)
+            services_by_name[key] = project
+        return services_by_name[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    # Not under pytest's temporary directory: that one is private to root.
+    with tempfile.TemporaryDirectory(prefix="template-tests-postgres-") as workdir:
+        with services.postgresql(Path(workdir)) as url:
+            yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    with services.redis() as url:
+        yield url

@@ -1,0 +1,47 @@
+"""Running generated services' commands from the template tests."""
+
+import os
+import subprocess
+from pathlib import Path
+
+from cookiecutter.main import cookiecutter
+
+from matrix import TEMPLATE_DIR
+
+# What the tools' environment must not leak into a generated service's commands.
+LEAKING = ("VIRTUAL_ENV", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+
+
+def service_env(**extra: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if key not in LEAKING}
+    return {**env, **extra}
+
+
+def run(command: list, cwd: Path, env: dict | None = None, timeout: int = 600):
+    """Runs a command and fails the test with its output if it fails."""
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env=env or service_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, command))} failed ({result.returncode}) in {cwd}:\n"
+        f"{result.stdout}\n{result.stderr}"
+    )
+    return result
+
+
+def generate_service(context: dict, output_dir: Path) -> Path:
+    return Path(
+        cookiecutter(
+            str(TEMPLATE_DIR),
+            no_input=True,
+            extra_context=context,
+            output_dir=str(output_dir),
+            default_config=True,
+        )
+    )

@@ -1,0 +1,77 @@
+"""Every supported combination renders to a clean, consistent service."""
+
+import os
+import re
+import stat
+
+import pytest
+from harness import generate_service, run
+
+from matrix import every_combination, params
+
+# Leftover template syntax: nothing in a generated service mentions cookiecutter,
+# and its code and configuration have no Jinja blocks (Helm and Ansible templates,
+# copied verbatim, use {{ }} of their own and are not scanned for it).
+TEMPLATE_SYNTAX = re.compile(r"cookiecutter|\{%|\{\{")
+SCANNED_FOR_JINJA = {".py", ".toml", ".cfg", ".txt", ".md", ".sh", ".json", ""}
+
+
+def leftover_template_syntax(project):
+    found = []
+    for path in project.rglob("*"):
+        relative = path.relative_to(project)
+        if relative.parts[0] in {".venv", ".ruff_cache"} or not path.is_file():
+            continue
+        if "cookiecutter" in str(relative):
+            found.append(f"{relative}: in the path")
+            continue
+        text = path.read_text(errors="replace")
+        pattern = TEMPLATE_SYNTAX if path.suffix in SCANNED_FOR_JINJA else re.compile(
+            "cookiecutter"
+        )
+        found += [f"{relative}: {m.group()}" for m in pattern.finditer(text)]
+    return found
+
+
+@pytest.mark.parametrize("combination", params(every_combination()))
+def test_generated_service_passes_static_checks(combination, generated):
+    project = generated(combination)
+    assert leftover_template_syntax(project) == []
+    python = project / ".venv" / "bin" / "python"
+    run([project / ".venv" / "bin" / "ruff", "check", "."], project)
+    run([project / ".venv" / "bin" / "ruff", "format", "--check", "."], project)
+    run([python, "manage.py", "check", "--fail-level", "WARNING"], project)
+    run([python, "manage.py", "makemigrations", "--check", "--dry-run"], project)
+    run(["shellcheck", "bin/serve"], project)
+    assert (project / "uv.lock").is_file()
+    assert (project / ".python-version").read_text().strip() == combination[
+        "python_version"
+    ]
+    version = run([python, "--version"], project).stdout
+    assert version.startswith(f"Python {combination['python_version']}.")
+
+
+def test_each_service_gets_its_own_secret_key(tmp_path):
+    first = generate_service({}, tmp_path / "a") / ".env"
+    second = generate_service({}, tmp_path / "b") / ".env"
+    keys = [
+        line for f in (first, second) for line in f.read_text().splitlines()
+        if line.startswith("DJANGO_SECRET_KEY=")
+    ]
+    assert len(keys) == 2
+    assert keys[0] != keys[1]
+    assert len(keys[0].split("=", 1)[1]) >= 50
+    assert stat.S_IMODE(os.stat(first).st_mode) == 0o600
+
+
+def test_disabled_websockets_leave_no_websocket_code(tmp_path):
+    project = generate_service({"websockets": "no"}, tmp_path)
+    assert not (project / "items" / "consumers.py").exists()
+    assert not (project / "tests" / "test_websocket.py").exists()
+    assert '"websocket"' not in (project / "config" / "asgi.py").read_text()
+    settings = (project / "config" / "settings.py").read_text()
+    assert "WEBSOCKET_MAX_MESSAGE_BYTES" not in settings
+    assert "django.contrib.sessions" not in settings
+    pyproject = (project / "pyproject.toml").read_text()
+    assert "websockets==" not in pyproject
+    assert "daphne" not in pyproject

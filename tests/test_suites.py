@@ -1,0 +1,45 @@
+"""Each generated service's own test suite, on real servers and on the embedded defaults.
+
+Every combination runs against a real PostgreSQL (if it chose it) and Redis; the
+covering set also runs on SQLite and the in-memory channel layer.
+"""
+
+import re
+
+import pytest
+from harness import run, service_env
+
+from matrix import covering_combinations, every_combination, name, params
+
+
+def run_suite(project, env):
+    result = run(
+        [project / ".venv" / "bin" / "pytest", "-p", "no:cacheprovider"],
+        project,
+        env=env,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("combination", params(every_combination()))
+def test_suite_passes_on_real_servers(combination, generated, postgres_url, redis_url):
+    project = generated(combination)
+    env = service_env(REDIS_URL=f"{redis_url}/0")
+    expected_database = "sqlite"
+    if combination["database"] == "postgresql":
+        # One database per combination: suites never share a test database.
+        database = re.sub(r"\W", "_", name(combination))
+        env["DATABASE_URL"] = f"{postgres_url}/{database}"
+        expected_database = "postgresql"
+    output = run_suite(project, env)
+    assert f"database: {expected_database}" in output
+    assert "channel layer: RedisChannelLayer" in output
+    assert " passed" in output
+
+
+@pytest.mark.parametrize("combination", params(covering_combinations()))
+def test_suite_passes_on_embedded_defaults(combination, generated):
+    output = run_suite(generated(combination), service_env())
+    assert "database: sqlite" in output
+    assert "channel layer: InMemoryChannelLayer" in output
+    assert " passed" in output

@@ -1,0 +1,180 @@
+"""Settings of {{ cookiecutter.project }}.
+
+Everything that differs between environments comes from environment variables
+(12-factor); the defaults are the production ones. A local `.env` file, written
+by the template for development, fills in variables the environment lacks.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SERVICE_NAME = "{{ cookiecutter.project }}"
+SERVICE_VERSION = "0.1.0"
+SERVER = "{{ cookiecutter.server }}"
+# The database this service was generated for; SQLite still runs it in tests.
+DATABASE_VENDOR = "{{ cookiecutter.database }}"
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+SECRET_KEY = env.str("DJANGO_SECRET_KEY")
+ALLOWED_HOSTS = env.list(
+    "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"]
+)
+
+INSTALLED_APPS = [
+{%- if cookiecutter.websockets == "yes" %}
+    # Sessions and users authenticate WebSocket connections (channels.auth).
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+{%- endif %}
+    "django.contrib.staticfiles",
+    "channels",
+    "core",
+    "items",
+]
+
+# Every entry must run natively in the event loop: core.checks reports any that
+# would switch threads on each request.
+MIDDLEWARE = [
+    "core.middleware.RequestContextMiddleware",
+    "core.middleware.SecurityMiddleware",
+    "core.middleware.XFrameOptionsMiddleware",
+    "core.middleware.CommonMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = None
+
+# Database: DATABASE_URL, e.g. postgres://user:pass@host:5432/name or
+# sqlite:////var/lib/{{ cookiecutter.project }}/db.sqlite3.
+DATABASES = {
+    "default": env.db_url(
+        "DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's native psycopg pool; persistent connections must stay off with it.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {
+        "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=5),
+        "pool": {
+            "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+            "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+        },
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at
+    # BEGIN so that concurrent transactions wait instead of failing to upgrade.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": env.float("DATABASE_BUSY_TIMEOUT", default=5.0),
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Redis carries the channel layer (WebSocket and SSE fan-out across worker
+# processes) and the cache. Without it both stay inside one process.
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SERVICE_NAME}:asgi"},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": SERVICE_NAME,
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# Readiness probes give each dependency this long before reporting it down.
+READINESS_TIMEOUT = env.float("READINESS_TIMEOUT", default=2.0)
+# Seconds between SSE keep-alive comments; below proxies' idle read timeouts.
+SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
+# Largest JSON body the API parses; Nginx refuses larger ones first.
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+{%- if cookiecutter.websockets == "yes" %}
+# Largest WebSocket message a consumer accepts; larger ones close with 1009.
+WEBSOCKET_MAX_MESSAGE_BYTES = env.int("WEBSOCKET_MAX_MESSAGE_BYTES", default=16 * 1024)
+{%- endif %}
+
+# Security: production values unless DEBUG. TLS ends at the edge proxy, which
+# sets X-Forwarded-Proto; the app server trusts it only from that proxy.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
+# Probes come over plain HTTP from inside the cluster or host.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env.int(
+    "DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool(
+    "DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True
+)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SECURE = not DEBUG
+SILENCED_SYSTEM_CHECKS = [
+    # These look for Django's own dotted paths. core.middleware subclasses those
+    # classes, and core.checks runs the same deploy checks against the subclasses.
+    "security.W001",
+    "security.W002",
+    # No HTTP endpoint authenticates with cookies, so there is nothing to forge;
+    # WebSocket connections are checked against ALLOWED_HOSTS by origin instead.
+    "security.W003",
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"request_context": {"()": "core.logs.RequestContextFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "static_fields": {"service": SERVICE_NAME},
+            "timestamp": "time",
+        }
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["request_context"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Replace Django's own handlers so that every line is JSON, once.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "propagate": True},
+    },
+}

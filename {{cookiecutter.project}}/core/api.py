@@ -1,0 +1,124 @@
+"""JSON in and out for API views: every client error is a 4xx with a JSON body."""
+
+import logging
+from http import HTTPStatus
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, JsonResponse
+from django.views import View
+from pydantic import BaseModel, ValidationError
+
+from core.context import REQUEST_ID
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raised by API code; ApiView turns it into the JSON error response."""
+
+    def __init__(self, status: int, code: str, message: str, fields=None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = (
+            status,
+            code,
+            message,
+            fields,
+        )
+
+
+def error_response(status: int, code: str, message: str, fields=None) -> JsonResponse:
+    body = {"error": code, "message": message, "request_id": REQUEST_ID.get()}
+    if fields:
+        body["fields"] = fields
+    return JsonResponse(body, status=status)
+
+
+def _field_errors(exc: ValidationError) -> list[dict]:
+    # The rejected input is left out: it can be large or hold secrets.
+    return [
+        {
+            "field": ".".join(str(part) for part in error["loc"]),
+            "message": error["msg"],
+            "type": error["type"],
+        }
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def parse_body[T: BaseModel](request: HttpRequest, schema: type[T]) -> T:
+    """The request's JSON body validated by `schema`, or an ApiError."""
+    if request.content_type != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "send Content-Type: application/json"
+        )
+    limit = settings.API_MAX_BODY_BYTES
+    too_large = ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
+    declared = request.META.get("CONTENT_LENGTH") or "0"
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        raise too_large from None
+    if len(body) > limit:
+        raise too_large
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise ApiError(
+                400, "malformed_json", "the body is not valid JSON"
+            ) from None
+        raise ApiError(
+            422,
+            "validation_failed",
+            "the body does not match the schema",
+            _field_errors(exc),
+        ) from None
+
+
+def parse_query[T: BaseModel](request: HttpRequest, schema: type[T]) -> T:
+    try:
+        return schema.model_validate(request.GET.dict())
+    except ValidationError as exc:
+        raise ApiError(
+            400, "invalid_query", "the query string is not valid", _field_errors(exc)
+        ) from None
+
+
+class ApiView(View):
+    """Async class-based view whose errors, 405 included, are JSON."""
+
+    async def dispatch(self, request, *args, **kwargs):
+        try:
+            return await super().dispatch(request, *args, **kwargs)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.fields)
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        response = error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed"
+        )
+        response["Allow"] = ", ".join(self._allowed_methods())
+
+        async def respond():
+            return response
+
+        return respond()
+
+
+def _handler(status: HTTPStatus):
+    def handler(request, exception=None):
+        return error_response(
+            status, status.phrase.lower().replace(" ", "_"), status.phrase
+        )
+
+    return handler
+
+
+# Django's error handlers (config/urls.py), so that errors outside ApiView are JSON too.
+bad_request = _handler(HTTPStatus.BAD_REQUEST)
+permission_denied = _handler(HTTPStatus.FORBIDDEN)
+not_found = _handler(HTTPStatus.NOT_FOUND)
+server_error = _handler(HTTPStatus.INTERNAL_SERVER_ERROR)

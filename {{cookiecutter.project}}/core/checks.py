@@ -1,0 +1,124 @@
+"""System checks that keep the request path async and the deploy settings safe."""
+
+import inspect
+
+from django.conf import settings
+from django.core.checks import Tags, Warning, register
+from django.core.checks.security import base as security_checks
+from django.test.utils import override_settings
+from django.utils.deprecation import MiddlewareMixin
+from django.utils.module_loading import import_string
+
+from core.middleware import InlineHooksMixin
+
+# Hooks Django wraps in sync_to_async, on every request, when they are not coroutines.
+PER_REQUEST_HOOKS = ("process_view", "process_template_response")
+
+# Django's deploy checks that are skipped unless these dotted paths are in
+# MIDDLEWARE (security.W001/W002 are silenced in settings for that reason).
+STOCK_SECURITY_MIDDLEWARE = (
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+)
+SECURITY_SETTING_CHECKS = (
+    security_checks.check_sts,
+    security_checks.check_sts_include_subdomains,
+    security_checks.check_sts_preload,
+    security_checks.check_content_type_nosniff,
+    security_checks.check_ssl_redirect,
+    security_checks.check_xframe_deny,
+    security_checks.check_referrer_policy,
+    security_checks.check_cross_origin_opener_policy,
+)
+
+
+def _thread_switches(middleware) -> list[str]:
+    """Why this middleware would leave the event loop on every request."""
+    if not getattr(middleware, "async_capable", False):
+        return ["it is not async-capable, so Django runs it in a thread"]
+    reasons = []
+    if (
+        inspect.isclass(middleware)
+        and issubclass(middleware, MiddlewareMixin)
+        and not issubclass(middleware, InlineHooksMixin)
+    ):
+        for hook in ("process_request", "process_response"):
+            if hasattr(middleware, hook):
+                reasons.append(f"MiddlewareMixin runs its {hook} in a thread")
+    for hook in PER_REQUEST_HOOKS:
+        method = getattr(middleware, hook, None)
+        if method is not None and not inspect.iscoroutinefunction(method):
+            reasons.append(f"its synchronous {hook} runs in a thread")
+    return reasons
+
+
+@register(Tags.compatibility)
+def check_middleware_stays_async(app_configs, **kwargs):
+    warnings = []
+    for path in settings.MIDDLEWARE:
+        for reason in _thread_switches(import_string(path)):
+            warnings.append(
+                Warning(
+                    f"{path} switches threads on every request: {reason}.",
+                    hint="Use native async middleware (see core.middleware).",
+                    obj=path,
+                    id="core.W001",
+                )
+            )
+    return warnings
+
+
+@register(Tags.security, deploy=True)
+def check_security_middleware_settings(app_configs, **kwargs):
+    """Django's own deploy checks, run as if its classes were installed.
+
+    They find middleware by dotted path, so they skip the settings our subclasses
+    use. Each stock class must be present as itself or as a subclass.
+    """
+    installed = [import_string(path) for path in settings.MIDDLEWARE]
+    messages = []
+    for stock_path in STOCK_SECURITY_MIDDLEWARE:
+        stock = import_string(stock_path)
+        if not any(issubclass(cls, stock) for cls in installed if inspect.isclass(cls)):
+            messages.append(
+                Warning(
+                    f"No {stock_path} (or subclass of it) in MIDDLEWARE.",
+                    id="core.W002",
+                )
+            )
+    with override_settings(
+        MIDDLEWARE=[*settings.MIDDLEWARE, *STOCK_SECURITY_MIDDLEWARE]
+    ):
+        for check in SECURITY_SETTING_CHECKS:
+            messages.extend(check(app_configs))
+    return messages
+
+
+@register(deploy=True)
+def check_database_matches_service(app_configs, **kwargs):
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if settings.DATABASE_VENDOR == "postgresql" and "postgresql" not in engine:
+        return [
+            Warning(
+                "This service was generated for PostgreSQL but DATABASE_URL "
+                f"selects {engine}.",
+                hint="Set DATABASE_URL=postgres://... in production.",
+                id="core.W003",
+            )
+        ]
+    return []
+
+
+@register(deploy=True)
+def check_channel_layer_is_shared(app_configs, **kwargs):
+    if not settings.REDIS_URL:
+        return [
+            Warning(
+                "REDIS_URL is not set: the channel layer and cache live inside one "
+                "process, so events published by one worker never reach clients of "
+                "another.",
+                hint="Set REDIS_URL in production.",
+                id="core.W004",
+            )
+        ]
+    return []

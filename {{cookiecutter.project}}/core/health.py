@@ -1,0 +1,62 @@
+"""Liveness and readiness endpoints for probes and load balancers."""
+
+import asyncio
+import logging
+
+import redis.asyncio as redis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+
+logger = logging.getLogger(__name__)
+
+
+async def healthz(request):
+    """Liveness: the process answers. No dependency is checked, so a database
+    outage does not make the orchestrator restart every replica."""
+    return JsonResponse({"status": "ok"})
+
+
+def _ping_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def _check_database() -> None:
+    await sync_to_async(_ping_database)()
+
+
+async def _check_redis() -> None:
+    timeout = settings.READINESS_TIMEOUT
+    client = redis.Redis.from_url(
+        settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout
+    )
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def _status(name: str, check) -> str:
+    try:
+        async with asyncio.timeout(settings.READINESS_TIMEOUT):
+            await check()
+    except Exception:
+        logger.warning("readiness check failed", extra={"check": name}, exc_info=True)
+        return "unavailable"
+    return "ok"
+
+
+async def readyz(request):
+    """Readiness: every dependency answers within READINESS_TIMEOUT, checked at once."""
+    checks = {"database": _check_database}
+    if settings.REDIS_URL:
+        checks["redis"] = _check_redis
+    statuses = await asyncio.gather(*(_status(name, c) for name, c in checks.items()))
+    results = dict(zip(checks, statuses, strict=True))
+    ready = all(status == "ok" for status in statuses)
+    return JsonResponse(
+        {"status": "ready" if ready else "unavailable", "checks": results},
+        status=200 if ready else 503,
+    )

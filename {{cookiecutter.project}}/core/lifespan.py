@@ -1,0 +1,57 @@
+"""ASGI lifespan: Uvicorn and Granian send it, and Django's handler alone refuses it."""
+
+import logging
+import os
+
+import django
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connections
+
+logger = logging.getLogger(__name__)
+
+
+async def _startup() -> None:
+    get_channel_layer()  # fails here, not on the first request, if misconfigured
+    logger.info(
+        "started",
+        extra={
+            "version": settings.SERVICE_VERSION,
+            "server": settings.SERVER,
+            "django": django.get_version(),
+            "pid": os.getpid(),
+        },
+    )
+
+
+def _close_databases() -> None:
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()
+
+
+async def _shutdown() -> None:
+    layer = get_channel_layer()
+    if hasattr(layer, "close_pools"):
+        await layer.close_pools()
+    await sync_to_async(_close_databases)()
+    logger.info("stopped", extra={"pid": os.getpid()})
+
+
+async def lifespan(scope, receive, send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await _startup()
+            except Exception as exc:
+                logger.exception("startup failed")
+                await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                return
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await _shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,104 @@
+"""WebSocket: live item changes for every client, direct messages between users.
+
+Every connection joins the items group and receives each change broadcast by the
+API. A signed-in user can also send a message to one other connection, named by
+the id it was given on connecting. Messages are JSON objects with a "type".
+"""
+
+import json
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from items.views import EVENTS_GROUP
+
+# Close codes (RFC 6455).
+UNSUPPORTED_DATA = 1003
+MESSAGE_TOO_BIG = 1009
+
+
+class ItemsConsumer(AsyncJsonWebsocketConsumer):
+    groups = [EVENTS_GROUP]
+
+    async def connect(self) -> None:
+        await self.accept()
+        user = self.scope["user"]
+        await self.send_json(
+            {
+                "type": "welcome",
+                "connection": self.channel_name,
+                "user": user.get_username() if user.is_authenticated else None,
+            }
+        )
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        if text_data is None:
+            await self.close(code=UNSUPPORTED_DATA)
+            return
+        if len(text_data.encode()) > settings.WEBSOCKET_MAX_MESSAGE_BYTES:
+            await self.close(code=MESSAGE_TOO_BIG)
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self._error("invalid_json", "messages must be JSON")
+            return
+        if not isinstance(content, dict):
+            await self._error("invalid_message", "messages must be JSON objects")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: dict, **kwargs) -> None:
+        kind = content.get("type")
+        if kind == "ping":
+            await self.send_json({"type": "pong"})
+        elif kind == "direct":
+            await self._direct(content.get("to"), content.get("text"))
+        else:
+            await self._error("unknown_type", "type must be 'ping' or 'direct'")
+
+    async def _direct(self, to, text) -> None:
+        user = self.scope["user"]
+        if not user.is_authenticated:
+            await self._error("unauthenticated", "sign in to send direct messages")
+            return
+        if not isinstance(text, str) or not isinstance(to, str):
+            await self._error("invalid_message", "'to' and 'text' must be strings")
+            return
+        # Only a connection's own channel (the id sent in "welcome") is a target.
+        try:
+            self.channel_layer.require_valid_channel_name(to)
+        except TypeError:
+            to = ""
+        if "!" not in to:
+            await self._error("unknown_connection", "'to' is not a connection id")
+            return
+        await self.channel_layer.send(
+            to,
+            {
+                "type": "direct.message",
+                "from": self.channel_name,
+                "user": user.get_username(),
+                "text": text,
+            },
+        )
+        await self.send_json({"type": "sent", "to": to})
+
+    async def direct_message(self, message: dict) -> None:
+        await self.send_json(
+            {
+                "type": "direct",
+                "from": message["from"],
+                "user": message["user"],
+                "text": message["text"],
+            }
+        )
+
+    async def events_broadcast(self, message: dict) -> None:
+        """Receives what core.events.publish sends to the group."""
+        await self.send_json(
+            {"type": "event", "event": message["event"], "data": message["data"]}
+        )
+
+    async def _error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "error": code, "message": message})

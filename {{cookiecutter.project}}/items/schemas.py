@@ -1,0 +1,63 @@
+"""What the items API accepts. Unknown fields and wrong types are refused."""
+
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)
+]
+CategoryName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)
+]
+TagName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)
+]
+Price = Annotated[
+    Decimal, Field(ge=0, max_digits=10, decimal_places=2, allow_inf_nan=False)
+]
+Quantity = Annotated[StrictInt, Field(ge=0, le=2_147_483_647)]
+ItemId = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class CategoryIn(Schema):
+    name: CategoryName
+
+
+class ItemIn(Schema):
+    name: Name
+    category: CategoryName
+    price: Price
+    quantity: Quantity = 0
+    tags: Annotated[list[TagName], Field(max_length=10)] = []
+
+
+class ItemPatch(Schema):
+    name: Name | None = None
+    price: Price | None = None
+    quantity: Quantity | None = None
+    tags: Annotated[list[TagName], Field(max_length=10)] | None = None
+
+
+class BulkItemsIn(Schema):
+    items: Annotated[list[ItemIn], Field(min_length=1, max_length=100)]
+
+
+class Restock(Schema):
+    id: ItemId
+    quantity: Quantity
+
+
+class RestockIn(Schema):
+    changes: Annotated[list[Restock], Field(min_length=1, max_length=100)]
+
+
+class ItemQuery(Schema):
+    category: CategoryName | None = None
+    limit: Annotated[int, Field(ge=1, le=100)] = 20
+    offset: Annotated[int, Field(ge=0, le=1_000_000)] = 0

@@ -1,0 +1,46 @@
+"""Helpers that talk ASGI to the application, as a server would."""
+
+from asgiref.testing import ApplicationCommunicator
+from channels.layers import get_channel_layer
+
+
+def http_scope(path: str, method: str = "GET", headers=()) -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"localhost"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def open_stream(application, path: str) -> tuple[ApplicationCommunicator, dict]:
+    """Sends a GET and returns once the response headers have arrived."""
+    communicator = ApplicationCommunicator(application, http_scope(path))
+    await communicator.send_input(
+        {"type": "http.request", "body": b"", "more_body": False}
+    )
+    start = await communicator.receive_output(timeout=5)
+    return communicator, start
+
+
+async def next_chunk(communicator: ApplicationCommunicator) -> bytes:
+    message = await communicator.receive_output(timeout=5)
+    assert message["type"] == "http.response.body"
+    return message["body"]
+
+
+async def group_members(group: str) -> list[str]:
+    """The channels in a channel-layer group, for the in-memory and Redis layers."""
+    layer = get_channel_layer()
+    if hasattr(layer, "groups"):
+        return list(layer.groups.get(group, {}))
+    async with layer.connection(layer.consistent_hash(group)) as connection:
+        return await connection.zrange(layer._group_key(group), 0, -1)

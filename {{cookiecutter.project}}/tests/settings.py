@@ -1,0 +1,19 @@
+"""The production settings, with only what a test run needs changed.
+
+DATABASE_URL and REDIS_URL pass through: unset, the suite runs on SQLite and the
+in-memory channel layer; set, on PostgreSQL and Redis.
+"""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-" + "k" * 50)
+os.environ["DJANGO_DEBUG"] = "false"
+os.environ["DJANGO_SECURE_SSL_REDIRECT"] = "false"
+os.environ["SSE_KEEPALIVE_SECONDS"] = "0.2"
+os.environ["READINESS_TIMEOUT"] = "1"
+
+from config.settings import *  # noqa: F403
+{%- if cookiecutter.websockets == "yes" %}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+{%- endif %}

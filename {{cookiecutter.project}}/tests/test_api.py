@@ -1,0 +1,152 @@
+"""The items JSON API: round trips, and a 4xx with a JSON body for every bad input."""
+
+import pytest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+JSON = "application/json"
+
+
+async def create(client, payload):
+    response = await client.post("/api/items", payload, content_type=JSON)
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+async def test_create_read_update_delete(async_client, item_payload):
+    item = await create(async_client, item_payload)
+    assert item["name"] == "Widget"
+    assert item["category"] == "tools"
+    assert item["tags"] == ["blue", "small"]
+    assert item["price"] == "12.50"
+
+    response = await async_client.get(f"/api/items/{item['id']}")
+    assert response.status_code == 200
+    assert response.json() == item
+
+    response = await async_client.patch(
+        f"/api/items/{item['id']}", {"quantity": 9, "tags": ["red"]}, content_type=JSON
+    )
+    assert response.status_code == 200
+    assert response.json()["quantity"] == 9
+    assert response.json()["tags"] == ["red"]
+
+    response = await async_client.delete(f"/api/items/{item['id']}")
+    assert response.status_code == 204
+    response = await async_client.get(f"/api/items/{item['id']}")
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+async def test_list_filters_and_pages(async_client, item_payload):
+    for index in range(3):
+        await create(async_client, {**item_payload, "name": f"tool {index}"})
+    await create(async_client, {**item_payload, "name": "apple", "category": "food"})
+
+    body = (await async_client.get("/api/items?category=tools&limit=2&offset=1")).json()
+    assert body["total"] == 3
+    assert [item["name"] for item in body["items"]] == ["tool 1", "tool 2"]
+
+
+async def test_categories_conflict_is_409(async_client):
+    response = await async_client.post(
+        "/api/categories", {"name": "food"}, content_type=JSON
+    )
+    assert response.status_code == 201
+    response = await async_client.post(
+        "/api/categories", {"name": "food"}, content_type=JSON
+    )
+    assert response.status_code == 409
+    assert response.json()["error"] == "conflict"
+    listed = (await async_client.get("/api/categories")).json()["categories"]
+    assert listed == [{"id": listed[0]["id"], "name": "food", "items": 0}]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "error"),
+    [
+        (b'{"name": "x",', JSON, 400, "malformed_json"),
+        (b" ", JSON, 400, "malformed_json"),
+        (b"\xff\xfe", JSON, 400, "malformed_json"),
+        (b'{"name": 5, "category": "a", "price": "1"}', JSON, 422, "validation_failed"),
+        (
+            b'{"name": "a", "category": "a", "price": "x"}',
+            JSON,
+            422,
+            "validation_failed",
+        ),
+        (
+            b'{"name": "a", "category": "a", "price": "1", "quantity": "2"}',
+            JSON,
+            422,
+            "validation_failed",
+        ),
+        (
+            b'{"name": "a", "category": "a", "price": "-1"}',
+            JSON,
+            422,
+            "validation_failed",
+        ),
+        (
+            b'{"name": "a", "category": "a", "price": "1", "admin": true}',
+            JSON,
+            422,
+            "validation_failed",
+        ),
+        (b"[1, 2]", JSON, 422, "validation_failed"),
+        (b'{"name": "a"}', "text/plain", 415, "unsupported_media_type"),
+    ],
+)
+async def test_bad_bodies_are_client_errors(
+    async_client, body, content_type, status, error
+):
+    response = await async_client.post("/api/items", body, content_type=content_type)
+    assert response.status_code == status
+    assert response["Content-Type"] == JSON
+    assert response.json()["error"] == error
+
+
+async def test_field_errors_name_the_field_without_echoing_input(async_client):
+    body = b'{"name": "a", "category": "a", "price": "1", "quantity": "secret"}'
+    response = await async_client.post("/api/items", body, content_type=JSON)
+    fields = response.json()["fields"]
+    assert [field["field"] for field in fields] == ["quantity"]
+    assert "secret" not in response.content.decode()
+
+
+async def test_oversized_body_is_413(async_client, settings):
+    settings.API_MAX_BODY_BYTES = 1024
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    body = b'{"name": "' + b"x" * 2048 + b'", "category": "a", "price": "1"}'
+    response = await async_client.post("/api/items", body, content_type=JSON)
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        ("get", "/api/items/99999999999999999999999", 404, "not_found"),
+        ("get", "/api/items/0", 404, "not_found"),
+        ("get", "/nowhere", 404, "not_found"),
+        ("put", "/api/items", 405, "method_not_allowed"),
+        ("get", "/api/items?limit=0", 400, "invalid_query"),
+        ("get", "/api/items?limit=abc", 400, "invalid_query"),
+        ("get", "/api/items?unknown=1", 400, "invalid_query"),
+    ],
+)
+async def test_bad_requests_are_json_4xx(async_client, method, path, status, error):
+    response = await getattr(async_client, method)(path)
+    assert response.status_code == status
+    assert response.json()["error"] == error
+
+
+async def test_405_names_the_allowed_methods(async_client):
+    response = await async_client.put("/api/items")
+    assert set(response["Allow"].split(", ")) >= {"GET", "POST"}
+
+
+async def test_unknown_host_is_400_json(async_client):
+    response = await async_client.get("/healthz", headers={"host": "evil.example"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_request"

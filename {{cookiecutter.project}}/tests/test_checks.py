@@ -1,0 +1,77 @@
+"""The service's system checks: async middleware, and a clean deploy check."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.checks import run_checks
+
+from core.checks import check_middleware_stays_async
+
+SERVICE_DIR = Path(__file__).resolve().parent.parent
+
+
+class SyncOnlyMiddleware:
+    async_capable = False
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+
+def test_default_middleware_stays_in_the_event_loop():
+    assert check_middleware_stays_async(None) == []
+
+
+@pytest.mark.parametrize(
+    ("middleware", "reason"),
+    [
+        (
+            "django.middleware.common.CommonMiddleware",
+            "runs its process_request in a thread",
+        ),
+        ("django.middleware.csrf.CsrfViewMiddleware", "synchronous process_view"),
+        (f"{__name__}.SyncOnlyMiddleware", "not async-capable"),
+    ],
+)
+def test_middleware_that_switches_threads_is_reported(settings, middleware, reason):
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, middleware]
+    warnings = check_middleware_stays_async(None)
+    assert [w.id for w in warnings] == ["core.W001"] * len(warnings)
+    assert any(reason in w.msg and w.obj == middleware for w in warnings)
+
+
+def test_deploy_checks_see_the_settings_of_our_security_middleware(settings):
+    settings.SECURE_HSTS_SECONDS = 0
+    settings.SECURE_SSL_REDIRECT = False
+    ids = {message.id for message in run_checks(include_deployment_checks=True)}
+    assert {"security.W004", "security.W008"} <= ids
+
+
+def test_deploy_check_is_clean_with_production_settings():
+    production = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "a-production-secret-" + "x" * 50,
+        "DJANGO_ALLOWED_HOSTS": "{{ cookiecutter.domain }}",
+        # Not connected to: the deploy checks only read settings.
+{%- if cookiecutter.database == "postgresql" %}
+        "DATABASE_URL": "postgres://app@db.internal:5432/app",
+{%- else %}
+        "DATABASE_URL": "sqlite:////var/lib/{{ cookiecutter.project }}/db.sqlite3",
+{%- endif %}
+        "REDIS_URL": "redis://redis.internal:6379/0",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=SERVICE_DIR,
+        env=production,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout

@@ -1,0 +1,49 @@
+"""Liveness never looks at dependencies; readiness checks each one, quickly."""
+
+import asyncio
+
+import pytest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_liveness(async_client):
+    response = await async_client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readiness_checks_the_database_and_redis_when_configured(
+    async_client, settings
+):
+    response = await async_client.get("/readyz")
+    assert response.status_code == 200
+    expected = {"database": "ok"}
+    if settings.REDIS_URL:
+        expected["redis"] = "ok"
+    assert response.json() == {"status": "ready", "checks": expected}
+
+
+async def test_unreachable_redis_makes_the_service_unready(async_client, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    response = await async_client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["redis"] == "unavailable"
+    assert response.json()["checks"]["database"] == "ok"
+
+
+async def test_a_hanging_dependency_is_reported_after_the_timeout(
+    async_client, settings
+):
+    async def accept_and_stay_silent(reader, writer):
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings.READINESS_TIMEOUT = 0.3
+    settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
+    async with server, asyncio.timeout(5):
+        response = await async_client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["redis"] == "unavailable"

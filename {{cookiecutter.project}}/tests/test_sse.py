@@ -1,0 +1,69 @@
+"""Server-Sent Events: events arrive one at a time, idle streams get keep-alives,
+and a client that goes away leaves nothing behind."""
+
+import asyncio
+import json
+
+import pytest
+
+from config.asgi import application
+from core import events
+from tests.asgi import group_members, next_chunk, open_stream
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def next_event(communicator) -> dict:
+    while (chunk := await next_chunk(communicator)).startswith(b":"):
+        continue  # keep-alive comments
+    event, data = chunk.decode().strip().split("\n")
+    return {"event": event.removeprefix("event: "), "data": json.loads(data[6:])}
+
+
+async def test_item_changes_stream_as_events(async_client, item_payload):
+    communicator, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 200
+    headers = {name.lower(): value for name, value in start["headers"]}
+    assert headers[b"content-type"] == b"text/event-stream"
+    assert headers[b"x-accel-buffering"] == b"no"
+    assert headers[b"cache-control"] == b"no-cache"
+    assert await next_chunk(communicator) == b"retry: 3000\n\n"
+
+    created = (
+        await async_client.post(
+            "/api/items", item_payload, content_type="application/json"
+        )
+    ).json()
+    assert await next_event(communicator) == {"event": "item.created", "data": created}
+
+    # The second event is produced only after the first has been read.
+    await async_client.delete(f"/api/items/{created['id']}")
+    assert await next_event(communicator) == {
+        "event": "item.deleted",
+        "data": {"id": created["id"]},
+    }
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=5)
+
+
+async def test_idle_stream_gets_keep_alive_comments(settings):
+    settings.SSE_KEEPALIVE_SECONDS = 0.1
+    communicator, _ = await open_stream(application, "/api/items/events")
+    await next_chunk(communicator)
+    assert await next_chunk(communicator) == b": keep-alive\n\n"
+    assert await next_chunk(communicator) == b": keep-alive\n\n"
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=5)
+
+
+async def test_disconnect_ends_the_stream_and_leaves_the_group():
+    communicator, _ = await open_stream(application, "/api/items/events")
+    await next_chunk(communicator)
+    assert len(await group_members("items")) == 1
+
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=5)
+    assert await group_members("items") == []
+    # Publishing after the client left reaches no one and raises nothing.
+    await events.publish("items", "item.deleted", {"id": 1})
+    await asyncio.sleep(0)

@@ -1,0 +1,149 @@
+"""The WebSocket consumer through the full ASGI stack: origin and session
+checks, broadcasts from the API, direct messages, and message limits."""
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.test import AsyncClient
+
+from config.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+async def connect(headers=(ORIGIN,)) -> tuple[WebsocketCommunicator, dict]:
+    communicator = WebsocketCommunicator(
+        application, "/ws/items", headers=list(headers)
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    welcome = await communicator.receive_json_from(timeout=5)
+    assert welcome["type"] == "welcome"
+    return communicator, welcome
+
+
+async def signed_in(username: str) -> tuple[WebsocketCommunicator, dict]:
+    user = await sync_to_async(get_user_model().objects.create_user)(
+        username, password="pw"
+    )
+    client = AsyncClient()
+    await client.aforce_login(user)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+    return await connect(headers=(ORIGIN, (b"cookie", cookie)))
+
+
+async def test_foreign_origin_is_refused():
+    communicator = WebsocketCommunicator(
+        application, "/ws/items", headers=[(b"origin", b"https://evil.example")]
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
+
+
+async def test_missing_origin_is_refused():
+    communicator = WebsocketCommunicator(application, "/ws/items")
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
+
+
+async def test_anonymous_connection_gets_item_broadcasts(item_payload):
+    first, welcome = await connect()
+    second, _ = await connect()
+    assert welcome["user"] is None
+
+    response = await AsyncClient().post(
+        "/api/items", item_payload, content_type="application/json"
+    )
+    for communicator in (first, second):
+        message = await communicator.receive_json_from(timeout=5)
+        assert message == {
+            "type": "event",
+            "event": "item.created",
+            "data": response.json(),
+        }
+        await communicator.disconnect()
+
+
+async def test_ping_pong():
+    communicator, _ = await connect()
+    await communicator.send_json_to({"type": "ping"})
+    assert await communicator.receive_json_from(timeout=5) == {"type": "pong"}
+    await communicator.disconnect()
+
+
+async def test_signed_in_users_message_one_connection():
+    alice, alice_welcome = await signed_in("alice")
+    bob, bob_welcome = await signed_in("bob")
+    carol, _ = await connect()
+    assert alice_welcome["user"] == "alice"
+
+    await alice.send_json_to(
+        {"type": "direct", "to": bob_welcome["connection"], "text": "hi bob"}
+    )
+    assert await alice.receive_json_from(timeout=5) == {
+        "type": "sent",
+        "to": bob_welcome["connection"],
+    }
+    assert await bob.receive_json_from(timeout=5) == {
+        "type": "direct",
+        "from": alice_welcome["connection"],
+        "user": "alice",
+        "text": "hi bob",
+    }
+    assert await carol.receive_nothing(timeout=0.2)
+    for communicator in (alice, bob, carol):
+        await communicator.disconnect()
+
+
+async def test_anonymous_users_cannot_send_direct_messages():
+    anonymous, _ = await connect()
+    target, target_welcome = await connect()
+    await anonymous.send_json_to(
+        {"type": "direct", "to": target_welcome["connection"], "text": "spam"}
+    )
+    reply = await anonymous.receive_json_from(timeout=5)
+    assert reply["error"] == "unauthenticated"
+    assert await target.receive_nothing(timeout=0.2)
+    for communicator in (anonymous, target):
+        await communicator.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        ('{"type": "direct", "to": "items", "text": "x"}', "unknown_connection"),
+        ('{"type": "direct", "to": 5, "text": "x"}', "invalid_message"),
+        ('{"type": "shout"}', "unknown_type"),
+        ("[1, 2]", "invalid_message"),
+        ("{not json", "invalid_json"),
+    ],
+)
+async def test_bad_messages_get_an_error_and_keep_the_connection(message, error):
+    communicator, _ = await signed_in("dave")
+    await communicator.send_to(text_data=message)
+    assert (await communicator.receive_json_from(timeout=5))["error"] == error
+    await communicator.send_json_to({"type": "ping"})
+    assert await communicator.receive_json_from(timeout=5) == {"type": "pong"}
+    await communicator.disconnect()
+
+
+async def test_oversized_message_closes_with_1009(settings):
+    settings.WEBSOCKET_MAX_MESSAGE_BYTES = 100
+    communicator, _ = await connect()
+    await communicator.send_to(text_data='{"type": "ping", "pad": "' + "x" * 200 + '"}')
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 1009,
+    }
+
+
+async def test_binary_message_closes_with_1003():
+    communicator, _ = await connect()
+    await communicator.send_to(bytes_data=b"\x00\x01")
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 1003,
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cookiecutter.environment import StrictEnvironment
 
-CONTEXT = json.loads({{ cookiecutter | jsonify | tojson }})
+CONTEXT = json.loads({{cookiecutter | jsonify | tojson}})
 TEMPLATE_DIR = Path(CONTEXT["_repo_dir"])
 SERVICE_DIR = Path.cwd()
 
@@ -53,7 +53,9 @@ def render_components() -> None:
     Paths matching _copy_without_render (relative to the template root, as in
     cookiecutter itself) are copied as they are: they hold Helm or Ansible templates.
     """
-    env = StrictEnvironment(context={"cookiecutter": CONTEXT}, keep_trailing_newline=True)
+    env = StrictEnvironment(
+        context={"cookiecutter": CONTEXT}, keep_trailing_newline=True
+    )
     verbatim = CONTEXT.get("_copy_without_render", [])
     for component in COMPONENTS:
         source_root = TEMPLATE_DIR / component

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-CONTEXT = json.loads({{ cookiecutter | jsonify | tojson }})
+CONTEXT = json.loads({{cookiecutter | jsonify | tojson}})
 TEMPLATE_DIR = Path(CONTEXT["_repo_dir"])
 
 sys.path.insert(0, str(TEMPLATE_DIR / "hooks"))

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Prepares this machine for the template's commands; sourced by tests/run.sh and
 # tests/demo.sh. Idempotent: a second run installs nothing.
 #   - system packages the tests run for real (apt-get on Debian as root; elsewhere
@@ -39,7 +40,8 @@ find_python() {
   local candidates=("$(command -v "python$version" || true)" "/usr/bin/python$version" "/usr/local/bin/python$version")
   if command -v pyenv >/dev/null; then
     # pyenv's shims answer only with PYENV_VERSION set; use its interpreters directly.
-    candidates+=($(ls -d "$(pyenv root)/versions/$version".*/bin/"python$version" 2>/dev/null | sort -V -r))
+    mapfile -t -O "${#candidates[@]}" candidates < <(
+      printf '%s\n' "$(pyenv root)/versions/$version".*/bin/"python$version" | sort -V -r)
   fi
   for candidate in "${candidates[@]}"; do
     if [[ -x $candidate ]] && "$candidate" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$version'.split('.'))))" 2>/dev/null; then

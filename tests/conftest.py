@@ -1,4 +1,4 @@
-"""Fixtures of the template tests: generated services and real servers to test them on."""
+"""Fixtures of the template tests: generated services, real servers to test them on."""
 
 import shutil
 import tempfile
@@ -9,6 +9,7 @@ import pytest
 import services
 from harness import generate_service, run
 from matrix import CHOICES, name
+
 
 def pytest_sessionstart(session):
     missing = [
@@ -46,9 +47,11 @@ def generated(tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres_url():
     # Not under pytest's temporary directory: that one is private to root.
-    with tempfile.TemporaryDirectory(prefix="template-tests-postgres-") as workdir:
-        with services.postgresql(Path(workdir)) as url:
-            yield url
+    with (
+        tempfile.TemporaryDirectory(prefix="template-tests-postgres-") as workdir,
+        services.postgresql(Path(workdir)) as url,
+    ):
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 # Generates a service with the default options (SQLite, in-memory channel layer,
 # Uvicorn) into .cache/demo and serves it on http://127.0.0.1:8000.
 set -euo pipefail
+# shellcheck source=tests/bootstrap.sh
 source "$(dirname "$0")/bootstrap.sh"
 demo="$ROOT/.cache/demo"
 rm -rf "$demo"

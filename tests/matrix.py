@@ -53,7 +53,9 @@ def covering_combinations() -> list[dict]:
 
     return [
         dict(zip(keys, row, strict=True))
-        for row in AllPairs(list(CHOICES.values()), filter_func=partial_row_is_supported)
+        for row in AllPairs(
+            list(CHOICES.values()), filter_func=partial_row_is_supported
+        )
     ]
 
 

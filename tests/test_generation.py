@@ -5,8 +5,8 @@ import re
 import stat
 
 import pytest
-from harness import generate_service, run
 
+from harness import generate_service, run
 from matrix import every_combination, params
 
 # Leftover template syntax: nothing in a generated service mentions cookiecutter,
@@ -26,8 +26,10 @@ def leftover_template_syntax(project):
             found.append(f"{relative}: in the path")
             continue
         text = path.read_text(errors="replace")
-        pattern = TEMPLATE_SYNTAX if path.suffix in SCANNED_FOR_JINJA else re.compile(
-            "cookiecutter"
+        pattern = (
+            TEMPLATE_SYNTAX
+            if path.suffix in SCANNED_FOR_JINJA
+            else re.compile("cookiecutter")
         )
         found += [f"{relative}: {m.group()}" for m in pattern.finditer(text)]
     return found
@@ -55,7 +57,9 @@ def test_each_service_gets_its_own_secret_key(tmp_path):
     first = generate_service({}, tmp_path / "a") / ".env"
     second = generate_service({}, tmp_path / "b") / ".env"
     keys = [
-        line for f in (first, second) for line in f.read_text().splitlines()
+        line
+        for f in (first, second)
+        for line in f.read_text().splitlines()
         if line.startswith("DJANGO_SECRET_KEY=")
     ]
     assert len(keys) == 2

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
-from options import refusals
 
 from matrix import CHOICES, DEFAULT_TEXT, TEMPLATE_DIR, context, every_combination
+from options import refusals
 
 
 def cookiecutter_cli(tmp_path, **options):
@@ -14,8 +14,14 @@ def cookiecutter_cli(tmp_path, **options):
     output.mkdir()
     result = subprocess.run(
         [
-            sys.executable, "-m", "cookiecutter", "--no-input", "--default-config",
-            str(TEMPLATE_DIR), "--output-dir", str(output),
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            "--no-input",
+            "--default-config",
+            str(TEMPLATE_DIR),
+            "--output-dir",
+            str(output),
             *(f"{key}={value}" for key, value in options.items()),
         ],
         capture_output=True,
@@ -32,7 +38,10 @@ def cookiecutter_cli(tmp_path, **options):
         ({"project": "9lives"}, "project='9lives' must be"),
         ({"project": "double--hyphen"}, "project='double--hyphen' must be"),
         ({"project": "a" * 41}, "must be at most 40"),
-        ({"project_name": 'Evil "Quote'}, "project_name='Evil \"Quote' contains a quote"),
+        (
+            {"project_name": 'Evil "Quote'},
+            "project_name='Evil \"Quote' contains a quote",
+        ),
         ({"description": "costs $HOME"}, "description='costs $HOME' contains"),
         ({"author": " "}, "author must not be empty"),
         ({"domain": "localhost"}, "domain='localhost' is not"),

@@ -1,4 +1,4 @@
-"""Each generated service's own test suite, on real servers and on the embedded defaults.
+"""Each generated service's own test suite, on real servers and on embedded defaults.
 
 Every combination runs against a real PostgreSQL (if it chose it) and Redis; the
 covering set also runs on SQLite and the in-memory channel layer.
@@ -7,8 +7,8 @@ covering set also runs on SQLite and the in-memory channel layer.
 import re
 
 import pytest
-from harness import run, service_env
 
+from harness import run, service_env
 from matrix import covering_combinations, every_combination, name, params
 
 

@@ -5,6 +5,7 @@ Everything that differs between environments comes from environment variables
 by the template for development, fills in variables the environment lacks.
 """
 
+import json
 from pathlib import Path
 
 import environ
@@ -150,31 +151,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
 
-LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"request_context": {"()": "core.logs.RequestContextFilter"}},
-    "formatters": {
-        "json": {
-            "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(levelname)s %(name)s %(message)s",
-            "rename_fields": {"levelname": "level", "name": "logger"},
-            "static_fields": {"service": SERVICE_NAME},
-            "timestamp": "time",
-        }
-    },
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": "json",
-            "filters": ["request_context"],
-        }
-    },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
-        # Replace Django's own handlers so that every line is JSON, once.
-        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
-        "django.server": {"handlers": [], "propagate": True},
-    },
-}
+# One JSON log format for Django and for the server's own lines: bin/serve hands
+# the same file to the server.
+LOGGING = json.loads((BASE_DIR / "config" / "logging.json").read_text())
+LOGGING["root"]["level"] = env.str("LOG_LEVEL", default="INFO").upper()

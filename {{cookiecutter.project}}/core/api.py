@@ -1,6 +1,5 @@
 """JSON in and out for API views: every client error is a 4xx with a JSON body."""
 
-import logging
 from http import HTTPStatus
 
 from django.conf import settings
@@ -11,20 +10,15 @@ from pydantic import BaseModel, ValidationError
 
 from core.context import REQUEST_ID
 
-logger = logging.getLogger(__name__)
-
-
 class ApiError(Exception):
     """Raised by API code; ApiView turns it into the JSON error response."""
 
     def __init__(self, status: int, code: str, message: str, fields=None):
         super().__init__(message)
-        self.status, self.code, self.message, self.fields = (
-            status,
-            code,
-            message,
-            fields,
-        )
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields
 
 
 def error_response(status: int, code: str, message: str, fields=None) -> JsonResponse:

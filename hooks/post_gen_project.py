@@ -14,18 +14,22 @@ from pathlib import Path
 from cookiecutter.environment import StrictEnvironment
 
 CONTEXT = json.loads({{cookiecutter | jsonify | tojson}})
-TEMPLATE_DIR = Path(CONTEXT["_repo_dir"])
+TEMPLATE_DIR = Path({{template_dir | tojson}})
 SERVICE_DIR = Path.cwd()
+# The template's own Jinja extensions (cookiecutter.json "_extensions") load from it.
+sys.path.insert(0, str(TEMPLATE_DIR))
 
 # The template's stack components, rendered into deploy/<name>/ of every service.
 COMPONENTS = ("nginx", "helm", "ansible", "prometheus", "grafana")
 
-FILES_OF_OPTION = {
-    "websockets": [
+# Files that exist only for one value of an option.
+FILES_OF_CHOICE = {
+    ("websockets", "yes"): [
         "items/consumers.py",
         "items/routing.py",
         "tests/test_websocket.py",
     ],
+    ("server", "gunicorn-uvicorn"): ["config/workers.py"],
 }
 
 
@@ -40,9 +44,9 @@ def write_local_env_file() -> None:
     env_file.chmod(0o600)
 
 
-def remove_files_of_disabled_options() -> None:
-    for option, paths in FILES_OF_OPTION.items():
-        if CONTEXT[option] == "no":
+def remove_files_of_other_choices() -> None:
+    for (option, choice), paths in FILES_OF_CHOICE.items():
+        if CONTEXT[option] != choice:
             for path in paths:
                 (SERVICE_DIR / path).unlink()
 
@@ -95,7 +99,7 @@ def lock_dependencies() -> None:
 
 def main() -> None:
     write_local_env_file()
-    remove_files_of_disabled_options()
+    remove_files_of_other_choices()
     render_components()
     lock_dependencies()
 

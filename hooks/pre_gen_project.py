@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 CONTEXT = json.loads({{cookiecutter | jsonify | tojson}})
-TEMPLATE_DIR = Path(CONTEXT["_repo_dir"])
+TEMPLATE_DIR = Path({{template_dir | tojson}})
 
 sys.path.insert(0, str(TEMPLATE_DIR / "hooks"))
 from options import load_choices, refusals  # noqa: E402

@@ -1,5 +1,7 @@
 """The template's layout, and how its stack components reach a generated service."""
 
+import sys
+
 from harness import generate_service, run
 from matrix import TEMPLATE_DIR
 
@@ -38,3 +40,23 @@ def test_every_component_is_rendered_into_the_service(tmp_path):
         readme = (project / "deploy" / component / "README.md").read_text()
         assert "shop-api" in readme
         assert "cookiecutter.project" not in readme
+
+
+def test_generation_from_a_relative_template_path(tmp_path):
+    # The hooks must find the template when it is given as "." or "../x".
+    for cwd, template in [(TEMPLATE_DIR, "."), (TEMPLATE_DIR / "hooks", "..")]:
+        output = tmp_path / cwd.name
+        run(
+            [
+                sys.executable,
+                "-m",
+                "cookiecutter",
+                "--no-input",
+                "--default-config",
+                template,
+                "--output-dir",
+                output,
+            ],
+            cwd,
+        )
+        assert (output / "my-service" / "deploy" / "nginx" / "nginx.conf").is_file()

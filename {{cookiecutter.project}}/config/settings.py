@@ -87,7 +87,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{SERVICE_NAME}:asgi"},
+            "CONFIG": {
+                # The layer waits on Redis with blocking pops of a few seconds;
+                # redis-py 8 would otherwise time out every read after 5 s.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "prefix": f"{SERVICE_NAME}:asgi",
+            },
         }
     }
     CACHES = {

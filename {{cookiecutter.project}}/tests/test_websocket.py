@@ -1,6 +1,8 @@
 """The WebSocket consumer through the full ASGI stack: origin and session
 checks, broadcasts from the API, direct messages, and message limits."""
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -65,6 +67,19 @@ async def test_anonymous_connection_gets_item_broadcasts(item_payload):
             "data": response.json(),
         }
         await communicator.disconnect()
+
+
+async def test_idle_connection_still_gets_broadcasts(item_payload):
+    communicator, _ = await connect()
+    # Longer than redis-py's default socket timeout (5 s), which the channel
+    # layer's blocking reads must not be subject to.
+    await asyncio.sleep(6)
+    await AsyncClient().post(
+        "/api/items", item_payload, content_type="application/json"
+    )
+    message = await communicator.receive_json_from(timeout=5)
+    assert message["event"] == "item.created"
+    await communicator.disconnect()
 
 
 async def test_ping_pong():

@@ -9,7 +9,7 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 UV_VERSION="0.13.9"
-SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck)
+SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx)
 
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
 
@@ -17,7 +17,8 @@ have_system_packages() {
   python3 -c 'import ensurepip, venv' 2>/dev/null \
     && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
     && command -v redis-server >/dev/null \
-    && command -v shellcheck >/dev/null
+    && command -v shellcheck >/dev/null \
+    && [[ -x /usr/sbin/nginx ]]
 }
 
 install_system_packages() {

@@ -17,7 +17,7 @@ def pytest_sessionstart(session):
         for version in CHOICES["python_version"]
         if shutil.which(f"python{version}") is None
     ]
-    for tool in ("uv", "redis-server", "shellcheck"):
+    for tool in ("uv", "redis-server", "shellcheck", "nginx", "gixy"):
         if shutil.which(tool) is None:
             missing.append(tool)
     if missing:

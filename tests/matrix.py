@@ -59,6 +59,12 @@ def covering_combinations() -> list[dict]:
     ]
 
 
+def each_server() -> list[dict]:
+    """The default combination, once with each server choice."""
+    defaults = {option: choices[0] for option, choices in CHOICES.items()}
+    return [{**defaults, "server": server} for server in CHOICES["server"]]
+
+
 def name(combination: dict) -> str:
     return "-".join(str(value) for value in combination.values())
 

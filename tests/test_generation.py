@@ -45,6 +45,12 @@ def test_generated_service_passes_static_checks(combination, generated):
     run([python, "manage.py", "check", "--fail-level", "WARNING"], project)
     run([python, "manage.py", "makemigrations", "--check", "--dry-run"], project)
     run(["shellcheck", "bin/serve"], project)
+    nginx = project / "deploy" / "nginx"
+    run(
+        ["nginx", "-t", "-q", "-e", "stderr", "-p", nginx, "-c", nginx / "nginx.conf"],
+        project,
+    )
+    run(["gixy", nginx / "nginx.conf"], project)
     assert (project / "uv.lock").is_file()
     assert (project / ".python-version").read_text().strip() == combination[
         "python_version"

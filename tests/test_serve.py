@@ -11,13 +11,8 @@ import urllib.request
 import pytest
 
 from harness import run, service_env
-from matrix import CHOICES, every_combination, params
+from matrix import each_server, params
 from services import free_port, wait_for_port
-
-
-def with_server(server: str) -> dict:
-    defaults = {option: choices[0] for option, choices in CHOICES.items()}
-    return next(c for c in every_combination() if c == {**defaults, "server": server})
 
 
 def request(url: str, body: dict | None = None) -> tuple[int, dict]:
@@ -29,9 +24,7 @@ def request(url: str, body: dict | None = None) -> tuple[int, dict]:
         return response.status, json.load(response)
 
 
-@pytest.mark.parametrize(
-    "combination", params([with_server(server) for server in CHOICES["server"]])
-)
+@pytest.mark.parametrize("combination", params(each_server()))
 def test_entry_script_serves_and_stops_gracefully(combination, generated, tmp_path):
     project = generated(combination)
     database = f"sqlite:///{tmp_path / 'db.sqlite3'}"

@@ -12,13 +12,16 @@ http_application = get_asgi_application()
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
-
-from core.lifespan import lifespan
-from items.routing import websocket_urlpatterns
 {%- else -%}
 from channels.routing import ProtocolTypeRouter
+{%- endif %}
+{%- if cookiecutter.server == "granian" %}
+from granian.utils.proxies import wrap_asgi_with_proxy_headers
+{%- endif %}
 
 from core.lifespan import lifespan
+{%- if cookiecutter.websockets == "yes" %}
+from items.routing import websocket_urlpatterns
 {%- endif %}
 
 application = ProtocolTypeRouter(
@@ -34,3 +37,19 @@ application = ProtocolTypeRouter(
         "lifespan": lifespan,
     }
 )
+{%- if cookiecutter.server == "granian" %}
+
+# Granian has no flag for it: X-Forwarded-For and -Proto count only when they come
+# from these proxies (the Nginx in front).
+_behind_proxy = wrap_asgi_with_proxy_headers(
+    application, trusted_hosts=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+)
+
+
+async def _trusting_proxy_headers(scope, receive, send):
+    # A coroutine function, so that every caller sees an ASGI 3 application.
+    await _behind_proxy(scope, receive, send)
+
+
+application = _trusting_proxy_headers
+{%- endif %}

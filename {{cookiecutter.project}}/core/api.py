@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.context import REQUEST_ID
 
+
 class ApiError(Exception):
     """Raised by API code; ApiView turns it into the JSON error response."""
 

@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
+from core import shutdown
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,7 +51,10 @@ async def _status(name: str, check) -> str:
 
 
 async def readyz(request):
-    """Readiness: every dependency answers within READINESS_TIMEOUT, checked at once."""
+    """Readiness: every dependency answers within READINESS_TIMEOUT, checked at once.
+    A stopping worker is not ready, so that balancers drain it."""
+    if shutdown.is_stopping():
+        return JsonResponse({"status": "stopping", "checks": {}}, status=503)
     checks = {"database": _check_database}
     if settings.REDIS_URL:
         checks["redis"] = _check_redis

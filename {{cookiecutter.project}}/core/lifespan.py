@@ -9,11 +9,14 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections
 
+from core import shutdown
+
 logger = logging.getLogger(__name__)
 
 
 async def _startup() -> None:
     get_channel_layer()  # fails here, not on the first request, if misconfigured
+    shutdown.install()
     logger.info(
         "started",
         extra={

@@ -6,6 +6,7 @@ import json
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
+from core import shutdown
 from core.events import subscription
 
 
@@ -14,18 +15,30 @@ def format_event(event: str, data: dict) -> str:
 
 
 async def _stream(group: str):
-    async with subscription(group) as receive:
-        # Sent at once so that clients and proxies see the stream open.
-        yield "retry: 3000\n\n"
-        while True:
-            try:
-                async with asyncio.timeout(settings.SSE_KEEPALIVE_SECONDS):
-                    message = await receive()
-            except TimeoutError:
-                # A comment line: keeps idle connections open through proxies.
-                yield ": keep-alive\n\n"
-                continue
-            yield format_event(message["event"], message["data"])
+    stopped = asyncio.ensure_future(shutdown.stopped())
+    try:
+        async with subscription(group) as receive:
+            # Sent at once so that clients and proxies see the stream open.
+            yield "retry: 3000\n\n"
+            while True:
+                message = asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait(
+                    {message, stopped},
+                    timeout=settings.SSE_KEEPALIVE_SECONDS,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if message not in done:
+                    message.cancel()
+                if stopped in done:
+                    return  # the response ends cleanly; clients reconnect elsewhere
+                if message in done:
+                    data = message.result()
+                    yield format_event(data["event"], data["data"])
+                else:
+                    # A comment line: keeps idle connections open through proxies.
+                    yield ": keep-alive\n\n"
+    finally:
+        stopped.cancel()
 
 
 def event_stream_response(group: str) -> StreamingHttpResponse:

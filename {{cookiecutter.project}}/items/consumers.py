@@ -5,14 +5,17 @@ API. A signed-in user can also send a message to one other connection, named by
 the id it was given on connecting. Messages are JSON objects with a "type".
 """
 
+import asyncio
 import json
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from core import shutdown
 from items.views import EVENTS_GROUP
 
 # Close codes (RFC 6455).
+GOING_AWAY = 1001
 UNSUPPORTED_DATA = 1003
 MESSAGE_TOO_BIG = 1009
 
@@ -21,6 +24,7 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
     groups = [EVENTS_GROUP]
 
     async def connect(self) -> None:
+        self._close_on_shutdown = asyncio.create_task(self._close_when_stopped())
         await self.accept()
         user = self.scope["user"]
         await self.send_json(
@@ -30,6 +34,13 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
                 "user": user.get_username() if user.is_authenticated else None,
             }
         )
+
+    async def disconnect(self, code) -> None:
+        self._close_on_shutdown.cancel()
+
+    async def _close_when_stopped(self) -> None:
+        await shutdown.stopped()
+        await self.close(code=GOING_AWAY)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         if text_data is None:

@@ -1,0 +1,137 @@
+"""Real app servers and a real Nginx, started from a generated service, on 127.0.0.1.
+
+A test deployment is one more deployment of deploy/nginx/: like the pod and the
+VM, it writes its own upstream.conf and deployment.conf. Only the listen ports
+are moved (to free high ports), so that runs in parallel do not collide.
+"""
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from harness import service_env
+from services import free_port, wait_for_port
+
+# What a browser on the public side sends; the service allows its own host.
+ORIGIN = {"Origin": "http://127.0.0.1"}
+PUBLIC_LISTEN = "listen 8080 default_server;"
+STATUS_LISTEN = "listen 127.0.0.1:8081;"
+
+
+class Process:
+    """A started process whose output goes to a log file."""
+
+    def __init__(self, command: list, cwd: Path, env: dict, log: Path):
+        self.command, self.cwd, self.env, self.log = command, cwd, env, log
+        self.process = None
+
+    def start(self) -> None:
+        with self.log.open("a") as output:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+class App(Process):
+    """The service's web process, started by its own bin/serve."""
+
+    def __init__(self, project: Path, workdir: Path, name: str, **env: str):
+        self.port = free_port()
+        env = service_env(
+            PATH=f"{project / '.venv' / 'bin'}:{service_env()['PATH']}",
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
+            **env,
+        )
+        super().__init__(["bin/serve"], project, env, workdir / f"{name}.log")
+
+    def start(self) -> None:
+        super().start()
+        wait_until_ok(f"http://127.0.0.1:{self.port}/healthz")
+
+
+class Nginx(Process):
+    """Debian's Nginx running deploy/nginx/nginx.conf with a private prefix."""
+
+    def __init__(self, project: Path, upstreams: list[App]):
+        self.port, self.status_port = free_port(), free_port()
+        # Nginx's workers run as nobody when the tests run as root: the prefix must
+        # be readable by others, which pytest's private temporary directory is not.
+        prefix = Path(tempfile.mkdtemp(prefix="edge-nginx-"))
+        prefix.chmod(0o755)
+        conf = prefix / "conf"
+        shutil.copytree(project / "deploy" / "nginx", conf)
+        main = conf / "nginx.conf"
+        text = main.read_text()
+        assert text.count(PUBLIC_LISTEN) == text.count(STATUS_LISTEN) == 1
+        main.write_text(
+            text.replace(
+                PUBLIC_LISTEN, f"listen 127.0.0.1:{self.port} default_server;"
+            ).replace(STATUS_LISTEN, f"listen 127.0.0.1:{self.status_port};")
+        )
+        # A refused instance is skipped for 1 s: rolling restarts here take seconds.
+        (conf / "upstream.conf").write_text(
+            "".join(
+                f"server 127.0.0.1:{app.port} max_fails=1 fail_timeout=1s;\n"
+                for app in upstreams
+            )
+        )
+        self.static_root = prefix / "srv"
+        (self.static_root / "static").mkdir(parents=True)
+        (conf / "deployment.conf").write_text(
+            f'map "" $static_root {{ default {self.static_root}; }}\n'
+            "set_real_ip_from 127.0.0.1;\nreal_ip_header X-Forwarded-For;\n"
+        )
+        command = ["nginx", "-p", prefix, "-c", main, "-e", "stderr"]
+        subprocess.run([*command, "-t", "-q"], check=True, capture_output=True)
+        super().__init__(
+            [*command, "-g", "daemon off;"], prefix, service_env(), prefix / "nginx.log"
+        )
+
+    def start(self) -> None:
+        super().start()
+        wait_for_port(self.port)
+
+    def stop(self, sig: int = signal.SIGQUIT, timeout: float = 60) -> int:
+        code = super().stop(sig, timeout)
+        shutil.rmtree(self.cwd)
+        return code
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def wait_until_ok(url: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)

@@ -1,0 +1,248 @@
+"""Nginx in front of each server, proven with real traffic on 127.0.0.1."""
+
+import http.client
+import json
+import socket
+import time
+import uuid
+from contextlib import ExitStack
+
+import pytest
+from websockets.sync.client import connect
+
+from edge import ORIGIN, App, Nginx
+from harness import run
+from matrix import CHOICES, each_server, params
+
+# Shorter than Nginx's default proxy_read_timeout (60 s) so that the idle test
+# shows the pings, not luck, keep a WebSocket open.
+PING_INTERVAL = "5"
+
+
+SERVERS = params(each_server())
+
+
+@pytest.fixture(scope="session")
+def stacks(generated, redis_url, tmp_path_factory):
+    """One running app (two workers) behind one Nginx per combination."""
+    running = {}
+    with ExitStack() as cleanup:
+
+        def start(combination: dict) -> tuple[App, Nginx]:
+            key = combination["server"]
+            if key not in running:
+                project = generated(combination)
+                workdir = tmp_path_factory.mktemp(f"edge-{key}")
+                database = CHOICES["server"].index(key) + 1
+                app = App(
+                    project,
+                    workdir,
+                    "app",
+                    WEB_CONCURRENCY="2",
+                    REDIS_URL=f"{redis_url}/{database}",
+                    WEBSOCKET_PING_INTERVAL=PING_INTERVAL,
+                )
+                run(
+                    [project / ".venv/bin/python", "manage.py", "migrate"],
+                    project,
+                    app.env,
+                )
+                app.start()
+                cleanup.callback(app.stop)
+                nginx = Nginx(project, [app])
+                nginx.start()
+                cleanup.callback(nginx.stop)
+                running[key] = app, nginx
+            return running[key]
+
+        yield start
+
+
+def request(nginx: Nginx, method: str, path: str, body=None, headers=None):
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
+    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+    connection.request(
+        method,
+        path,
+        body=data,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    response = connection.getresponse()
+    content = response.read()
+    connection.close()
+    return response, content
+
+
+def raw(nginx: Nginx, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", nginx.port), timeout=10) as sock:
+        sock.sendall(data)
+        return sock.recv(65536)
+
+
+def app_log_lines(app: App) -> list[dict]:
+    return [
+        json.loads(line) for line in app.output().splitlines() if line.startswith("{")
+    ]
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_api_round_trip_with_security_headers(combination, stacks):
+    _, nginx = stacks(combination)
+    response, content = request(
+        nginx, "POST", "/api/items", {"name": "edge", "category": "c", "price": "1"}
+    )
+    assert response.status == 201, content
+    item = json.loads(content)
+    response, content = request(nginx, "GET", f"/api/items/{item['id']}")
+    assert (response.status, json.loads(content)) == (200, item)
+    for header, value in [
+        ("X-Content-Type-Options", "nosniff"),
+        ("X-Frame-Options", "DENY"),
+        ("Referrer-Policy", "same-origin"),
+        ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ]:
+        assert response.headers.get_all(header) == [value], header
+    assert len(response.headers.get_all("X-Request-ID")) == 1
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+@pytest.mark.parametrize(
+    "bad",
+    [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"],
+    ids=["request-line", "header"],
+)
+def test_malformed_requests_get_400_from_nginx(combination, stacks, bad):
+    app, nginx = stacks(combination)
+    before = len(app_log_lines(app))
+    assert raw(nginx, bad).startswith(b"HTTP/1.1 400")
+    assert len(app_log_lines(app)) == before
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_oversized_body_gets_413_from_nginx(combination, stacks):
+    app, nginx = stacks(combination)
+    before = len(app_log_lines(app))
+    response, content = request(nginx, "POST", "/api/items", b"x" * 70_000)
+    assert response.status == 413
+    assert json.loads(content)["error"] == "payload_too_large"
+    assert len(app_log_lines(app)) == before
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_invalid_json_gets_the_apps_400(combination, stacks):
+    _, nginx = stacks(combination)
+    response, content = request(nginx, "POST", "/api/items", b'{"name": ')
+    assert response.status == 400
+    assert json.loads(content)["error"] == "malformed_json"
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_request_ids_reach_the_app_log(combination, stacks):
+    app, nginx = stacks(combination)
+    given = f"edge-{uuid.uuid4()}"
+    response, _ = request(nginx, "GET", "/healthz", headers={"X-Request-ID": given})
+    assert response.headers["X-Request-ID"] == given
+    response, _ = request(nginx, "GET", "/healthz")
+    generated_id = response.headers["X-Request-ID"]
+    assert len(generated_id) == 32
+    logged = {line.get("request_id") for line in app_log_lines(app)}
+    assert {given, generated_id} <= logged
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_the_app_sees_the_real_client_address(combination, stacks):
+    # The test deployment trusts 127.0.0.1 as a load balancer in front of Nginx,
+    # and the app trusts Nginx: the address the balancer names reaches the app.
+    app, nginx = stacks(combination)
+    given = f"client-{uuid.uuid4()}"
+    request(
+        nginx,
+        "GET",
+        "/healthz",
+        headers={"X-Request-ID": given, "X-Forwarded-For": "203.0.113.9"},
+    )
+    (line,) = [line for line in app_log_lines(app) if line.get("request_id") == given]
+    assert line["client"] == "203.0.113.9"
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+@pytest.mark.parametrize("path", ["/metrics", "/admin/", "/internal/x"])
+def test_internal_paths_are_not_public(combination, stacks, path):
+    _, nginx = stacks(combination)
+    response, content = request(nginx, "GET", path)
+    assert response.status == 404
+    assert json.loads(content)["error"] == "not_found"
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_stub_status_only_on_the_internal_listener(combination, stacks):
+    _, nginx = stacks(combination)
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.status_port, timeout=10)
+    connection.request("GET", "/stub_status")
+    assert b"Active connections" in connection.getresponse().read()
+    response, _ = request(nginx, "GET", "/stub_status")
+    assert response.status == 404
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_static_files_are_served_by_nginx_with_cache_headers(combination, stacks):
+    app, nginx = stacks(combination)
+    (nginx.static_root / "static" / "site.css").write_text("body {}")
+    response, content = request(nginx, "GET", "/static/site.css")
+    assert (response.status, content) == (200, b"body {}")
+    assert response.headers["Cache-Control"] == "max-age=2592000"
+    assert "/static/site.css" not in app.output()
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_sse_events_arrive_one_at_a_time(combination, stacks):
+    _, nginx = stacks(combination)
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
+    connection.request("GET", "/api/items/events")
+    stream = connection.getresponse()
+    assert stream.status == 200
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+    assert b"retry:" in stream.read1()
+    for name in ("first", "second"):
+        # The next item is created only once the previous event has been read.
+        request(
+            nginx, "POST", "/api/items", {"name": name, "category": "c", "price": "1"}
+        )
+        received = b""
+        while b"event: item.created" not in received:
+            received += stream.read1()
+        assert f'"name":"{name}"'.encode() in received
+    connection.close()
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_websocket_gets_broadcasts_after_idling_past_nginx_default_timeout(
+    combination, stacks
+):
+    _, nginx = stacks(combination)
+    url = f"ws://127.0.0.1:{nginx.port}/ws/items"
+    with connect(url, additional_headers=ORIGIN, open_timeout=10) as websocket:
+        assert json.loads(websocket.recv(timeout=10))["type"] == "welcome"
+        time.sleep(65)
+        request(
+            nginx, "POST", "/api/items", {"name": "late", "category": "c", "price": "1"}
+        )
+        message = json.loads(websocket.recv(timeout=10))
+        assert (message["event"], message["data"]["name"]) == ("item.created", "late")
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_slow_clients_do_not_stop_the_app_from_answering(combination, stacks):
+    _, nginx = stacks(combination)
+    slow = []
+    try:
+        # Half-open requests that never finish their headers: Nginx holds them.
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", nginx.port), timeout=10)
+            sock.sendall(b"GET /api/items HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            slow.append(sock)
+        response, content = request(nginx, "GET", "/api/items?limit=1")
+        assert response.status == 200, content
+    finally:
+        for sock in slow:
+            sock.close()

@@ -16,29 +16,33 @@ def format_event(event: str, data: dict) -> str:
 
 async def _stream(group: str):
     stopped = asyncio.ensure_future(shutdown.stopped())
+    message = None
     try:
         async with subscription(group) as receive:
             # Sent at once so that clients and proxies see the stream open.
             yield "retry: 3000\n\n"
             while True:
-                message = asyncio.ensure_future(receive())
+                # One receive at a time, kept across keep-alives: a second one on
+                # the same channel could take the next event and drop it.
+                message = message or asyncio.ensure_future(receive())
                 done, _ = await asyncio.wait(
                     {message, stopped},
                     timeout=settings.SSE_KEEPALIVE_SECONDS,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                if message not in done:
-                    message.cancel()
                 if stopped in done:
                     return  # the response ends cleanly; clients reconnect elsewhere
                 if message in done:
-                    data = message.result()
+                    data, message = message.result(), None
                     yield format_event(data["event"], data["data"])
                 else:
                     # A comment line: keeps idle connections open through proxies.
                     yield ": keep-alive\n\n"
     finally:
+        # Also when the client left and Django cancelled the stream mid-wait.
         stopped.cancel()
+        if message is not None:
+            message.cancel()
 
 
 def event_stream_response(group: str) -> StreamingHttpResponse:

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def next_event(communicator) -> dict:
-    while (chunk := await next_chunk(communicator)).startswith(b":"):
-        continue  # keep-alive comments
+    async with asyncio.timeout(5):
+        while (chunk := await next_chunk(communicator)).startswith(b":"):
+            continue  # keep-alive comments
     event, data = chunk.decode().strip().split("\n")
     return {"event": event.removeprefix("event: "), "data": json.loads(data[6:])}
 
@@ -52,6 +53,21 @@ async def test_idle_stream_gets_keep_alive_comments(settings):
     await next_chunk(communicator)
     assert await next_chunk(communicator) == b": keep-alive\n\n"
     assert await next_chunk(communicator) == b": keep-alive\n\n"
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=5)
+
+
+async def test_events_after_keep_alives_still_arrive(settings):
+    settings.SSE_KEEPALIVE_SECONDS = 0.05
+    communicator, _ = await open_stream(application, "/api/items/events")
+    await next_chunk(communicator)
+    for _ in range(3):
+        assert await next_chunk(communicator) == b": keep-alive\n\n"
+    await events.publish("items", "item.deleted", {"id": 7})
+    assert await next_event(communicator) == {
+        "event": "item.deleted",
+        "data": {"id": 7},
+    }
     await communicator.send_input({"type": "http.disconnect"})
     await communicator.wait(timeout=5)
 

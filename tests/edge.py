@@ -7,6 +7,7 @@ are moved (to free high ports), so that runs in parallel do not collide.
 
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -54,10 +55,15 @@ class Process:
 
 
 class App(Process):
-    """The service's web process, started by its own bin/serve."""
+    """The service's web process, started by its own bin/serve, on a free port or,
+    with `socket`, on a unix socket (UDS) as a VM deployment may want."""
 
-    def __init__(self, project: Path, workdir: Path, name: str, **env: str):
-        self.port = free_port()
+    def __init__(
+        self, project: Path, workdir: Path, name: str, socket: Path | None = None, **env
+    ):
+        self.port, self.socket = free_port(), socket
+        if socket is not None:
+            env["UDS"] = str(socket)
         env = service_env(
             PATH=f"{project / '.venv' / 'bin'}:{service_env()['PATH']}",
             HOST="127.0.0.1",
@@ -67,9 +73,19 @@ class App(Process):
         )
         super().__init__(["bin/serve"], project, env, workdir / f"{name}.log")
 
+    @property
+    def upstream(self) -> str:
+        """This app as a server line of Nginx's upstream.conf."""
+        if self.socket is not None:
+            return f"unix:{self.socket}"
+        return f"127.0.0.1:{self.port}"
+
     def start(self) -> None:
         super().start()
-        wait_until_ok(f"http://127.0.0.1:{self.port}/healthz")
+        if self.socket is None:
+            wait_until_ok(f"http://127.0.0.1:{self.port}/healthz")
+        else:
+            wait_for_socket(self.socket)
 
 
 class Nginx(Process):
@@ -94,7 +110,7 @@ class Nginx(Process):
         # A refused instance is skipped for 1 s: rolling restarts here take seconds.
         (conf / "upstream.conf").write_text(
             "".join(
-                f"server 127.0.0.1:{app.port} max_fails=1 fail_timeout=1s;\n"
+                f"server {app.upstream} max_fails=1 fail_timeout=1s;\n"
                 for app in upstreams
             )
         )
@@ -132,6 +148,19 @@ def wait_until_ok(url: str, seconds: float = 60) -> None:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
+def wait_for_socket(path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(path))
+                return
+        except OSError:
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.2)

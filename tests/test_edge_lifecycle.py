@@ -2,10 +2,13 @@
 
 import http.client
 import json
+import shutil
 import signal
 import sqlite3
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -135,3 +138,24 @@ def test_restarting_instances_one_after_the_other_fails_no_request(
     failures = [result for result in results if result != 200]
     assert failures == []
     assert len(results) > 50
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_nginx_reaches_the_app_over_a_unix_socket(combination, generated, tmp_path):
+    project = generated(combination)
+    # Readable by Nginx's workers (nobody), unlike pytest's private directory.
+    sockets = Path(tempfile.mkdtemp(prefix="edge-sockets-"))
+    sockets.chmod(0o755)
+    app = App(project, tmp_path, "app", socket=sockets / "app.sock")
+    run([project / ".venv/bin/python", "manage.py", "migrate"], project, app.env)
+    app.start()
+    try:
+        nginx = Nginx(project, [app])
+        nginx.start()
+        try:
+            assert post_item(nginx.port, "over a socket") == 201
+        finally:
+            nginx.stop()
+    finally:
+        app.stop()
+        shutil.rmtree(sockets)

@@ -37,7 +37,7 @@ def write_local_env_file() -> None:
     """A per-service secret key for local runs; production sets its own."""
     env_file = SERVICE_DIR / ".env"
     env_file.write_text(
-        "# Local development only: never deployed (see .dockerignore, .gitignore).\n"
+        "# Local development only: never deployed, never committed (.gitignore).\n"
         f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}\n"
         "DJANGO_DEBUG=true\n"
     )

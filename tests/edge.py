@@ -5,6 +5,8 @@ VM, it writes its own upstream.conf and deployment.conf. Only the listen ports
 are moved (to free high ports), so that runs in parallel do not collide.
 """
 
+import http.client
+import json
 import shutil
 import signal
 import socket
@@ -73,6 +75,18 @@ class App(Process):
         )
         super().__init__(["bin/serve"], project, env, workdir / f"{name}.log")
 
+    def migrate(self) -> None:
+        """Creates or updates the app's database, as a deploy does before starting."""
+        result = subprocess.run(
+            [self.cwd / ".venv" / "bin" / "python", "manage.py", "migrate"],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
     @property
     def upstream(self) -> str:
         """This app as a server line of Nginx's upstream.conf."""
@@ -93,10 +107,7 @@ class Nginx(Process):
 
     def __init__(self, project: Path, upstreams: list[App]):
         self.port, self.status_port = free_port(), free_port()
-        # Nginx's workers run as nobody when the tests run as root: the prefix must
-        # be readable by others, which pytest's private temporary directory is not.
-        prefix = Path(tempfile.mkdtemp(prefix="edge-nginx-"))
-        prefix.chmod(0o755)
+        prefix = readable_tempdir("edge-nginx-")
         conf = prefix / "conf"
         shutil.copytree(project / "deploy" / "nginx", conf)
         main = conf / "nginx.conf"
@@ -135,9 +146,29 @@ class Nginx(Process):
         shutil.rmtree(self.cwd)
         return code
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+
+def readable_tempdir(prefix: str) -> Path:
+    """A temporary directory Nginx's workers can read: they run as nobody when the
+    tests run as root, and pytest's own temporary directory is private to root."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def request(server: App | Nginx, method: str, path: str, body=None, headers=None):
+    """One HTTP request to a started app or Nginx; returns the response and body."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+    connection.request(
+        method,
+        path,
+        body=data,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    response = connection.getresponse()
+    content = response.read()
+    connection.close()
+    return response, content
 
 
 def wait_until_ok(url: str, seconds: float = 60) -> None:

@@ -10,8 +10,7 @@ from contextlib import ExitStack
 import pytest
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, Nginx
-from harness import run
+from edge import ORIGIN, App, Nginx, request
 from matrix import CHOICES, each_server, params
 
 # Shorter than Nginx's default proxy_read_timeout (60 s) so that the idle test
@@ -42,11 +41,7 @@ def stacks(generated, redis_url, tmp_path_factory):
                     REDIS_URL=f"{redis_url}/{database}",
                     WEBSOCKET_PING_INTERVAL=PING_INTERVAL,
                 )
-                run(
-                    [project / ".venv/bin/python", "manage.py", "migrate"],
-                    project,
-                    app.env,
-                )
+                app.migrate()
                 app.start()
                 cleanup.callback(app.stop)
                 nginx = Nginx(project, [app])
@@ -56,21 +51,6 @@ def stacks(generated, redis_url, tmp_path_factory):
             return running[key]
 
         yield start
-
-
-def request(nginx: Nginx, method: str, path: str, body=None, headers=None):
-    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
-    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
-    connection.request(
-        method,
-        path,
-        body=data,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    response = connection.getresponse()
-    content = response.read()
-    connection.close()
-    return response, content
 
 
 def raw(nginx: Nginx, data: bytes) -> bytes:

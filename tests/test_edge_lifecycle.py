@@ -5,17 +5,14 @@ import json
 import shutil
 import signal
 import sqlite3
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, Nginx
-from harness import run
+from edge import ORIGIN, App, Nginx, readable_tempdir, request
 from matrix import each_server, params
 
 SERVERS = params(each_server())
@@ -23,13 +20,11 @@ SERVERS = params(each_server())
 STOPPED_GRACEFULLY = (0, -signal.SIGTERM)
 
 
-def post_item(port: int, name: str) -> int:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    body = json.dumps({"name": name, "category": "c", "price": "1"})
-    connection.request(
-        "POST", "/api/items", body=body, headers={"Content-Type": "application/json"}
+def post_item(nginx: Nginx, name: str) -> int:
+    response, _ = request(
+        nginx, "POST", "/api/items", {"name": name, "category": "c", "price": "1"}
     )
-    return connection.getresponse().status
+    return response.status
 
 
 @pytest.fixture
@@ -43,9 +38,7 @@ def started(generated, redis_url, tmp_path):
             App(project, tmp_path, f"app-{n}", REDIS_URL=f"{redis_url}/9", **env)
             for n in range(count)
         ]
-        run(
-            [project / ".venv/bin/python", "manage.py", "migrate"], project, apps[0].env
-        )
+        apps[0].migrate()
         for app in apps:
             app.start()
             running.append(app)
@@ -79,7 +72,7 @@ def test_sigterm_finishes_requests_and_closes_streams_cleanly(
         lock.execute("BEGIN IMMEDIATE")
         statuses = []
         in_flight = threading.Thread(
-            target=lambda: statuses.append(post_item(nginx.port, "x"))
+            target=lambda: statuses.append(post_item(nginx, "x"))
         )
         in_flight.start()
         time.sleep(1)
@@ -143,17 +136,15 @@ def test_restarting_instances_one_after_the_other_fails_no_request(
 @pytest.mark.parametrize("combination", SERVERS)
 def test_nginx_reaches_the_app_over_a_unix_socket(combination, generated, tmp_path):
     project = generated(combination)
-    # Readable by Nginx's workers (nobody), unlike pytest's private directory.
-    sockets = Path(tempfile.mkdtemp(prefix="edge-sockets-"))
-    sockets.chmod(0o755)
+    sockets = readable_tempdir("edge-sockets-")
     app = App(project, tmp_path, "app", socket=sockets / "app.sock")
-    run([project / ".venv/bin/python", "manage.py", "migrate"], project, app.env)
+    app.migrate()
     app.start()
     try:
         nginx = Nginx(project, [app])
         nginx.start()
         try:
-            assert post_item(nginx.port, "over a socket") == 201
+            assert post_item(nginx, "over a socket") == 201
         finally:
             nginx.stop()
     finally:

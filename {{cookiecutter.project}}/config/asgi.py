@@ -19,23 +19,27 @@ from channels.routing import ProtocolTypeRouter
 from granian.utils.proxies import wrap_asgi_with_proxy_headers
 {%- endif %}
 
+from core.connections import count_connections
 from core.lifespan import lifespan
 {%- if cookiecutter.websockets == "yes" %}
 from items.routing import websocket_urlpatterns
 {%- endif %}
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_application,
+# Outermost: connections are counted whatever the layers inside do with them.
+application = count_connections(
+    ProtocolTypeRouter(
+        {
+            "http": http_application,
 {%- if cookiecutter.websockets == "yes" %}
-        # Browsers send Origin; refusing foreign origins stops cross-site
-        # WebSocket hijacking of a signed-in user's session.
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+            # Browsers send Origin; refusing foreign origins stops cross-site
+            # WebSocket hijacking of a signed-in user's session.
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
 {%- endif %}
-        "lifespan": lifespan,
-    }
+            "lifespan": lifespan,
+        }
+    )
 )
 {%- if cookiecutter.server == "granian" %}
 

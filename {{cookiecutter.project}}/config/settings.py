@@ -43,6 +43,7 @@ INSTALLED_APPS = [
 # would switch threads on each request.
 MIDDLEWARE = [
     "core.middleware.RequestContextMiddleware",
+    "core.middleware.MetricsMiddleware",
     "core.middleware.SecurityMiddleware",
     "core.middleware.XFrameOptionsMiddleware",
     "core.middleware.CommonMiddleware",
@@ -97,15 +98,17 @@ if REDIS_URL:
     }
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "core.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": SERVICE_NAME,
         }
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "core.cache.LocMemCache"}}
 
+# Seconds an item read by id stays cached; writes through the API drop it at once.
+ITEM_CACHE_SECONDS = env.int("ITEM_CACHE_SECONDS", default=30)
 # Readiness probes give each dependency this long before reporting it down.
 READINESS_TIMEOUT = env.float("READINESS_TIMEOUT", default=2.0)
 # Seconds between SSE keep-alive comments; below proxies' idle read timeouts.

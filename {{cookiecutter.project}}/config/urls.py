@@ -1,10 +1,12 @@
 from django.urls import include, path
 
-from core import health
+from core import exposition, health
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    # Not public: Nginx answers 404 for it; Prometheus scrapes the app directly.
+    path("metrics", exposition.metrics, name="metrics"),
     path("api/", include("items.urls")),
 ]
 

@@ -2,9 +2,15 @@ from django.apps import AppConfig
 
 
 class CoreConfig(AppConfig):
-    """Service plumbing: request context, JSON API helpers, health, events, checks."""
+    """Service plumbing: request context, JSON API helpers, health, events, metrics,
+    checks."""
 
     name = "core"
 
     def ready(self) -> None:
+        from django.db.backends.signals import connection_created
+
         from core import checks  # noqa: F401  (registers the system checks)
+        from core.database import instrument
+
+        connection_created.connect(instrument)

@@ -1,5 +1,6 @@
 """ASGI lifespan: Uvicorn and Granian send it, and Django's handler alone refuses it."""
 
+import asyncio
 import logging
 import os
 
@@ -9,14 +10,18 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connections
 
-from core import shutdown
+from core import metrics, sampler, shutdown
 
 logger = logging.getLogger(__name__)
+_sampling: asyncio.Task | None = None
 
 
 async def _startup() -> None:
+    global _sampling
     get_channel_layer()  # fails here, not on the first request, if misconfigured
     shutdown.install()
+    _sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")
+    metrics.worker_started()
     logger.info(
         "started",
         extra={
@@ -36,10 +41,13 @@ def _close_databases() -> None:
 
 
 async def _shutdown() -> None:
+    if _sampling is not None:
+        _sampling.cancel()
     layer = get_channel_layer()
     if hasattr(layer, "close_pools"):
         await layer.close_pools()
     await sync_to_async(_close_databases)()
+    metrics.worker_stopped()
     logger.info("stopped", extra={"pid": os.getpid()})
 
 

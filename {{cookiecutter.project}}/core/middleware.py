@@ -13,6 +13,7 @@ from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, common, security
 
+from core import metrics
 from core.context import REQUEST_ID, request_id_from
 
 access_logger = logging.getLogger("core.access")
@@ -55,6 +56,40 @@ class RequestContextMiddleware:
             return response
         finally:
             REQUEST_ID.reset(token)
+
+
+class MetricsMiddleware:
+    """Counts and times every request by URL pattern, method and status, and counts
+    the exceptions views raise; just inside RequestContextMiddleware, so that it
+    sees the final status of every response."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        metrics.HTTP_IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            response = await self.get_response(request)
+        finally:
+            metrics.HTTP_IN_FLIGHT.dec()
+        match = request.resolver_match
+        route = match.route if match else metrics.UNMATCHED_ROUTE
+        method = metrics.method_label(request.method)
+        status = response.status_code
+        metrics.HTTP_REQUESTS.labels(route, method, str(status)).inc()
+        metrics.HTTP_DURATION.labels(route, method, f"{status // 100}xx").observe(
+            time.perf_counter() - started
+        )
+        return response
+
+    async def process_exception(self, request: HttpRequest, exception: Exception):
+        # Django calls this for exceptions raised by the view; it still answers 500.
+        metrics.HTTP_EXCEPTIONS.labels(type(exception).__name__).inc()
 
 
 class InlineHooksMixin:

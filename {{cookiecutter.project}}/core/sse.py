@@ -6,7 +6,7 @@ import json
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from core import shutdown
+from core import metrics, shutdown
 from core.events import subscription
 
 
@@ -21,6 +21,7 @@ async def _stream(group: str):
         async with subscription(group) as receive:
             # Sent at once so that clients and proxies see the stream open.
             yield "retry: 3000\n\n"
+            metrics.SSE_STREAMS.inc()
             while True:
                 # One receive at a time, kept across keep-alives: a second one on
                 # the same channel could take the next event and drop it.
@@ -35,6 +36,7 @@ async def _stream(group: str):
                 if message in done:
                     data, message = message.result(), None
                     yield format_event(data["event"], data["data"])
+                    metrics.SSE_EVENTS.inc()
                 else:
                     # A comment line: keeps idle connections open through proxies.
                     yield ": keep-alive\n\n"

@@ -3,11 +3,15 @@
 Reads use select_related/prefetch_related so that the number of queries does
 not grow with the number of items. The one multi-statement write that must be
 all-or-nothing runs in a transaction in a single thread (see create_item).
+An item read by id is cached for ITEM_CACHE_SECONDS; every write of an item
+here drops its cached copy.
 """
 
 from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Avg, Count, Sum
 
@@ -42,11 +46,19 @@ async def list_items(category: str | None, limit: int, offset: int) -> tuple[int
     return total, page
 
 
+def _cache_key(item_id: int) -> str:
+    return f"item:{item_id}"
+
+
 async def get_item(item_id: int) -> dict | None:
-    try:
-        return item_data(await _with_relations().aget(pk=item_id))
-    except Item.DoesNotExist:
-        return None
+    data = await cache.aget(_cache_key(item_id))
+    if data is None:
+        try:
+            data = item_data(await _with_relations().aget(pk=item_id))
+        except Item.DoesNotExist:
+            return None
+        await cache.aset(_cache_key(item_id), data, settings.ITEM_CACHE_SECONDS)
+    return data
 
 
 def _tags(names: list[str]) -> list[Tag]:
@@ -94,11 +106,14 @@ async def update_item(item_id: int, patch: ItemPatch) -> dict | None:
         ]
         await item.tags.aset(tags)
         item = await _with_relations().aget(pk=item_id)
+    # After the last write, so that no read in between caches a half-updated item.
+    await cache.adelete(_cache_key(item_id))
     return item_data(item)
 
 
 async def delete_item(item_id: int) -> bool:
     deleted, _ = await Item.objects.filter(pk=item_id).adelete()
+    await cache.adelete(_cache_key(item_id))
     return deleted > 0
 
 
@@ -142,6 +157,7 @@ async def restock(changes: list[Restock]) -> list[int]:
     for item_id, item in found.items():
         item.quantity = wanted[item_id]
     await Item.objects.abulk_update(found.values(), ["quantity"])
+    await cache.adelete_many([_cache_key(item_id) for item_id in found])
     return sorted(set(wanted) - set(found))
 
 

@@ -1,14 +1,16 @@
 import pytest
 from channels.layers import channel_layers
+from django.core.cache import cache
 
 
 @pytest.fixture(autouse=True)
-async def fresh_channel_layer():
-    """Each test starts with an empty channel layer: no group outlives its test."""
+async def fresh_channel_layer_and_cache():
+    """No group or cached item outlives its test: ids repeat once rolled back."""
     yield
     for layer in channel_layers.backends.values():
         await layer.flush()
     channel_layers.backends.clear()
+    await cache.aclear()
 
 
 @pytest.fixture

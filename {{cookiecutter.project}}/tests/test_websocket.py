@@ -8,6 +8,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.test import AsyncClient
+from prometheus_client import REGISTRY
 
 from config.asgi import application
 
@@ -162,3 +163,38 @@ async def test_binary_message_closes_with_1003():
         "type": "websocket.close",
         "code": 1003,
     }
+
+
+async def test_connections_messages_and_close_codes_are_counted(settings):
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    connects = sample("django_websocket_connects_total")
+    incoming = sample("django_websocket_messages_total", direction="in")
+    outgoing = sample("django_websocket_messages_total", direction="out")
+    normal = sample("django_websocket_disconnects_total", code_class="normal")
+    too_big = sample("django_websocket_disconnects_total", code_class="too_big")
+
+    communicator, _ = await connect()
+    assert sample("django_connections_active", type="websocket") == 1
+    await communicator.send_json_to({"type": "ping"})
+    await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect(code=1000)
+    assert sample("django_connections_active", type="websocket") == 0
+    assert sample("django_websocket_connects_total") == connects + 1
+    assert sample("django_websocket_messages_total", direction="in") == incoming + 1
+    # The welcome and the pong.
+    assert sample("django_websocket_messages_total", direction="out") == outgoing + 2
+    assert (
+        sample("django_websocket_disconnects_total", code_class="normal") == normal + 1
+    )
+
+    settings.WEBSOCKET_MAX_MESSAGE_BYTES = 100
+    communicator, _ = await connect()
+    await communicator.send_to(text_data="x" * 101)
+    assert (await communicator.receive_output(timeout=5))["code"] == 1009
+    await communicator.disconnect(code=1006)  # the code the app closed with counts
+    assert (
+        sample("django_websocket_disconnects_total", code_class="too_big")
+        == too_big + 1
+    )

@@ -1,0 +1,91 @@
+"""Counts ASGI connections as they open and close, around the whole application.
+
+HTTP exchanges are counted until their response ends, so streams are included;
+an exchange whose response is an event stream (text/event-stream) counts as "sse"
+from its response headers on. WebSockets count from the handshake's acceptance;
+their messages are counted by direction, and their end by close code class: the
+code the application closed with, else the one the client sent.
+"""
+
+import time
+
+from core import metrics
+
+EVENT_STREAM = b"text/event-stream"
+
+
+def count_connections(application):
+    async def counted(scope, receive, send):
+        if scope["type"] == "http":
+            await _http(application, scope, receive, send)
+        elif scope["type"] == "websocket":
+            await _websocket(application, scope, receive, send)
+        else:
+            await application(scope, receive, send)
+
+    return counted
+
+
+async def _http(application, scope, receive, send) -> None:
+    kind = "http"
+    metrics.CONNECTIONS.labels(kind).inc()
+    started = time.monotonic()
+
+    async def counting_send(message):
+        nonlocal kind
+        if message["type"] == "http.response.start" and _is_event_stream(message):
+            metrics.CONNECTIONS.labels(kind).dec()
+            kind = "sse"
+            metrics.CONNECTIONS.labels(kind).inc()
+        await send(message)
+
+    try:
+        await application(scope, receive, counting_send)
+    finally:
+        metrics.CONNECTIONS.labels(kind).dec()
+        metrics.CONNECTION_DURATION.labels(kind).observe(time.monotonic() - started)
+
+
+def _is_event_stream(message) -> bool:
+    return any(
+        name.lower() == b"content-type" and value.startswith(EVENT_STREAM)
+        for name, value in message.get("headers", ())
+    )
+
+
+async def _websocket(application, scope, receive, send) -> None:
+    accepted_at = None
+    close_code = None
+
+    async def counting_receive():
+        nonlocal close_code
+        message = await receive()
+        if message["type"] == "websocket.receive":
+            metrics.WEBSOCKET_MESSAGES.labels("in").inc()
+        elif message["type"] == "websocket.disconnect" and close_code is None:
+            close_code = message.get("code", 1005)
+        return message
+
+    async def counting_send(message):
+        nonlocal accepted_at, close_code
+        await send(message)
+        if message["type"] == "websocket.accept":
+            accepted_at = time.monotonic()
+            metrics.WEBSOCKET_CONNECTS.inc()
+            metrics.CONNECTIONS.labels("websocket").inc()
+        elif message["type"] == "websocket.send":
+            metrics.WEBSOCKET_MESSAGES.labels("out").inc()
+        elif message["type"] == "websocket.close" and close_code is None:
+            close_code = message.get("code", 1000)
+
+    try:
+        await application(scope, counting_receive, counting_send)
+    finally:
+        if accepted_at is not None:
+            metrics.CONNECTIONS.labels("websocket").dec()
+            metrics.CONNECTION_DURATION.labels("websocket").observe(
+                time.monotonic() - accepted_at
+            )
+            # No close frame either way: the connection was lost.
+            code = 1006 if close_code is None else close_code
+            metrics.WEBSOCKET_DISCONNECTS.labels(metrics.close_code_class(code)).inc()

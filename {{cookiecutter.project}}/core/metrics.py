@@ -1,0 +1,174 @@
+"""The service's Prometheus metrics: the whole catalogue, in one place.
+
+Every worker process writes its values to memory-mapped files in
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode, set by bin/serve),
+and /metrics adds them up across workers (core.exposition). Updating a value is a
+store into shared memory under a lock: no I/O, nothing that waits. Without that
+variable (tests, `manage.py shell`) the values live in this process.
+
+Gauges are "live" so that a dead worker's values disappear with it; counters and
+histograms of dead workers are kept, so that totals never go down when a worker
+is recycled. Labels take bounded values only: the URL pattern, never the path.
+"""
+
+import platform
+
+import django
+from django.conf import settings
+from prometheus_client import Counter, Gauge, Histogram
+
+# Seconds. Latency objectives are judged at 0.1, 0.25 and 0.5 s: keep those bounds.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONNECTION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0)
+QUERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+BUILD_INFO = Gauge(
+    "django_build_info",
+    "Always 1; labels name the running build.",
+    ["version", "server", "django", "python"],
+    multiprocess_mode="livemax",
+)
+WORKERS = Gauge(
+    "django_workers", "Worker processes serving requests.", multiprocess_mode="livesum"
+)
+WORKER_STARTS = Counter("django_worker_starts", "Worker processes started.")
+WORKER_STOPS = Counter(
+    "django_worker_stops", "Worker processes that finished a graceful shutdown."
+)
+PROCESS_CPU = Counter(
+    "django_process_cpu_seconds", "CPU time (user and system) used by workers."
+)
+PROCESS_MEMORY = Gauge(
+    "django_process_resident_memory_bytes",
+    "Resident memory of the workers.",
+    multiprocess_mode="livesum",
+)
+EVENT_LOOP_LAG = Histogram(
+    "django_event_loop_lag_seconds",
+    "How late the event loop ran a callback that was due.",
+    buckets=LAG_BUCKETS,
+)
+
+HTTP_REQUESTS = Counter(
+    "django_http_requests",
+    "HTTP requests answered by Django, by URL pattern, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "django_http_request_duration_seconds",
+    "Time until the response headers, by URL pattern, method and status class.",
+    ["route", "method", "status_class"],
+    buckets=REQUEST_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "django_http_requests_in_flight",
+    "HTTP requests Django is working on.",
+    multiprocess_mode="livesum",
+)
+HTTP_EXCEPTIONS = Counter(
+    "django_http_exceptions",
+    "Exceptions a view or middleware did not handle, by class.",
+    ["type"],
+)
+
+CONNECTIONS = Gauge(
+    "django_connections_active",
+    "Open ASGI connections: http (a request until its response ends), websocket, "
+    "sse (an event stream).",
+    ["type"],
+    multiprocess_mode="livesum",
+)
+CONNECTION_DURATION = Histogram(
+    "django_connection_duration_seconds",
+    "How long ASGI connections stayed open, by type.",
+    ["type"],
+    buckets=CONNECTION_BUCKETS,
+)
+WEBSOCKET_CONNECTS = Counter(
+    "django_websocket_connects", "WebSocket connections accepted."
+)
+WEBSOCKET_DISCONNECTS = Counter(
+    "django_websocket_disconnects",
+    "Accepted WebSocket connections that ended, by close code class.",
+    ["code_class"],
+)
+WEBSOCKET_MESSAGES = Counter(
+    "django_websocket_messages",
+    "WebSocket messages, by direction (in: from the client).",
+    ["direction"],
+)
+SSE_STREAMS = Counter("django_sse_streams", "Server-sent event streams opened.")
+SSE_EVENTS = Counter(
+    "django_sse_events", "Server-sent events written, keep-alives not included."
+)
+
+DB_QUERY_DURATION = Histogram(
+    "django_db_query_duration_seconds",
+    "Database query time, by connection alias and statement kind.",
+    ["alias", "operation"],
+    buckets=QUERY_BUCKETS,
+)
+DB_ERRORS = Counter(
+    "django_db_errors",
+    "Database queries that failed, by connection alias and exception class.",
+    ["alias", "type"],
+)
+CACHE_REQUESTS = Counter(
+    "django_cache_requests", "Cache lookups, by result (hit or miss).", ["result"]
+)
+
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+UNMATCHED_ROUTE = "<unmatched>"
+OPERATIONS = frozenset({"select", "insert", "update", "delete"})
+
+# WebSocket close codes (RFC 6455 7.4, IANA registry), by what they tell an operator.
+_CLOSE_CODE_CLASSES = {
+    1000: "normal",
+    1001: "going_away",
+    1005: "abnormal",
+    1006: "abnormal",
+    1009: "too_big",
+    1011: "server_error",
+    1012: "restart",
+    1013: "restart",
+}
+
+
+def method_label(method: str | None) -> str:
+    return method if method in METHODS else "other"
+
+
+def operation_label(sql: str) -> str:
+    verb = sql.lstrip(" (").split(None, 1)[0].lower() if sql.strip() else ""
+    return verb if verb in OPERATIONS else "other"
+
+
+def close_code_class(code: int) -> str:
+    if code in _CLOSE_CODE_CLASSES:
+        return _CLOSE_CODE_CLASSES[code]
+    if 1002 <= code <= 1015:
+        return "protocol_error"  # 1002, 1003, 1007, 1008 (policy), 1010, 1014, 1015
+    if 3000 <= code <= 4999:
+        return "application"
+    return "other"
+
+
+def worker_started() -> None:
+    """Called once per worker when the server starts it (ASGI lifespan)."""
+    BUILD_INFO.labels(
+        settings.SERVICE_VERSION,
+        settings.SERVER,
+        django.get_version(),
+        platform.python_version(),
+    ).set(1)
+    WORKERS.set(1)
+    WORKER_STARTS.inc()
+
+
+def worker_stopped() -> None:
+    """Called at the end of a graceful shutdown; a crashed worker never gets here."""
+    WORKERS.set(0)
+    WORKER_STOPS.inc()

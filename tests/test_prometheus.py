@@ -1,0 +1,103 @@
+"""The Prometheus component, as rendered for each server: valid for Prometheus 2.42,
+its rules pass their unit tests, and those tests and selectors cover what they must."""
+
+import re
+
+import pytest
+import yaml
+
+from harness import run
+from matrix import DEFAULT_TEXT, each_server, params
+
+PROJECT = DEFAULT_TEXT["project"]
+# A series that belongs to one service: its own metrics, its exporters', the
+# scrape's `up`, and the recording rules made of them; with the label matchers
+# that follow the name, if any.
+SELECTOR = re.compile(
+    r"(?<![\w:])([\w:]*(?:django|nginx|granian)_[\w:]*|up)\b(\{[^}]*\})?"
+)
+
+
+def rule_files(prometheus):
+    return sorted(p.relative_to(prometheus) for p in prometheus.glob("rules/*.yml"))
+
+
+def unit_test_files(prometheus):
+    return sorted(p.relative_to(prometheus) for p in prometheus.glob("tests/*.yml"))
+
+
+def load(path):
+    return yaml.safe_load(path.read_text())
+
+
+def rules(prometheus):
+    return [
+        rule
+        for path in rule_files(prometheus)
+        for group in load(prometheus / path)["groups"]
+        for rule in group["rules"]
+    ]
+
+
+@pytest.mark.parametrize("combination", params(each_server()))
+def test_promtool_accepts_the_configuration_and_the_rules_pass_their_tests(
+    combination, generated
+):
+    prometheus = generated(combination) / "deploy" / "prometheus"
+    run(["promtool", "check", "config", "prometheus.yml"], prometheus)
+    run(["promtool", "check", "rules", *rule_files(prometheus)], prometheus)
+    run(["promtool", "test", "rules", *unit_test_files(prometheus)], prometheus)
+
+
+@pytest.mark.parametrize("combination", params(each_server()))
+def test_every_alert_has_a_firing_and_a_quiet_test(combination, generated):
+    prometheus = generated(combination) / "deploy" / "prometheus"
+    alerts = {rule["alert"] for rule in rules(prometheus) if "alert" in rule}
+    firing, quiet = set(), set()
+    for path in unit_test_files(prometheus):
+        for test in load(prometheus / path)["tests"]:
+            for case in test.get("alert_rule_test", []):
+                (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
+    assert firing == alerts
+    assert quiet == alerts
+    assert ("GranianWorkerCrashed" in alerts) == (combination["server"] == "granian")
+
+
+@pytest.mark.parametrize("combination", params(each_server()))
+def test_every_rule_selects_this_service_only(combination, generated):
+    prometheus = generated(combination) / "deploy" / "prometheus"
+    groups = [
+        group["name"]
+        for path in rule_files(prometheus)
+        for group in load(prometheus / path)["groups"]
+    ]
+    assert all(PROJECT in name for name in groups), groups
+    selectors = [
+        match.group(0)
+        for rule in rules(prometheus)
+        for match in SELECTOR.finditer(rule["expr"])
+    ]
+    assert selectors
+    unscoped = [s for s in selectors if f'service="{PROJECT}"' not in s]
+    assert unscoped == []
+
+
+@pytest.mark.parametrize("combination", params(each_server()))
+def test_every_scrape_job_labels_its_targets_with_the_service(combination, generated):
+    prometheus = generated(combination) / "deploy" / "prometheus"
+    jobs = load(prometheus / "prometheus.yml")["scrape_configs"]
+    suffixes = ["", "-nginx", "-node"]
+    if combination["server"] == "granian":
+        suffixes.append("-granian")
+    assert sorted(job["job_name"] for job in jobs) == sorted(
+        PROJECT + suffix for suffix in suffixes
+    )
+    for job in jobs:
+        assert {"target_label": "service", "replacement": PROJECT} in job[
+            "relabel_configs"
+        ]
+        assert all(
+            path.startswith("targets/")
+            for sd in job["file_sd_configs"]
+            for path in sd["files"]
+        )

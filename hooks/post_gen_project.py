@@ -30,6 +30,7 @@ FILES_OF_CHOICE = {
         "tests/test_websocket.py",
     ],
     ("server", "gunicorn-uvicorn"): ["config/workers.py"],
+    ("server", "granian"): ["deploy/grafana/dashboards/granian.json"],
 }
 
 
@@ -99,8 +100,8 @@ def lock_dependencies() -> None:
 
 def main() -> None:
     write_local_env_file()
-    remove_files_of_other_choices()
     render_components()
+    remove_files_of_other_choices()
     lock_dependencies()
 
 

@@ -9,7 +9,7 @@
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 UV_VERSION="0.13.9"
-SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx)
+SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx prometheus prometheus-nginx-exporter)
 
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
 
@@ -18,7 +18,10 @@ have_system_packages() {
     && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
     && command -v redis-server >/dev/null \
     && command -v shellcheck >/dev/null \
-    && [[ -x /usr/sbin/nginx ]]
+    && [[ -x /usr/sbin/nginx ]] \
+    && command -v prometheus >/dev/null \
+    && command -v promtool >/dev/null \
+    && command -v prometheus-nginx-exporter >/dev/null
 }
 
 install_system_packages() {
@@ -31,7 +34,8 @@ install_system_packages() {
     have_system_packages || die "installing ${SYSTEM_PACKAGES[*]} did not provide them"
   else
     die "missing system packages. On Debian, as root: apt-get install ${SYSTEM_PACKAGES[*]}
-(elsewhere: Python's venv module, PostgreSQL server binaries, redis-server)"
+(elsewhere: Python's venv module, PostgreSQL server binaries, redis-server,
+shellcheck, nginx, Prometheus 2.42 with promtool, the Prometheus Nginx exporter)"
   fi
 }
 

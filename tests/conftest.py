@@ -17,7 +17,9 @@ def pytest_sessionstart(session):
         for version in CHOICES["python_version"]
         if shutil.which(f"python{version}") is None
     ]
-    for tool in ("uv", "redis-server", "shellcheck", "nginx", "gixy"):
+    tools = ("uv", "redis-server", "shellcheck", "nginx", "gixy")
+    monitoring = ("prometheus", "promtool", "prometheus-nginx-exporter")
+    for tool in (*tools, *monitoring):
         if shutil.which(tool) is None:
             missing.append(tool)
     if missing:

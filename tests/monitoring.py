@@ -1,0 +1,130 @@
+"""A real Prometheus and Nginx exporter for a generated service, on 127.0.0.1.
+
+Prometheus runs the service's own deploy/prometheus/: its scrape jobs, recording
+rules and alerts as generated. Only what a test deployment must differ in is
+changed: the file_sd target files it writes, and one-second scrape and
+evaluation intervals so that a test waits seconds, not minutes.
+"""
+
+import json
+import shutil
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from edge import Nginx, Process, readable_tempdir
+from harness import service_env
+from services import free_port, wait_for_port
+
+
+class NginxExporter(Process):
+    """Debian's prometheus-nginx-exporter reading the test Nginx's stub_status."""
+
+    def __init__(self, nginx: Nginx, workdir: Path):
+        self.port = free_port()
+        super().__init__(
+            [
+                "prometheus-nginx-exporter",
+                f"-nginx.scrape-uri=http://127.0.0.1:{nginx.status_port}/stub_status",
+                f"-web.listen-address=127.0.0.1:{self.port}",
+            ],
+            workdir,
+            service_env(),
+            workdir / "nginx-exporter.log",
+        )
+
+    def start(self) -> None:
+        super().start()
+        wait_for_port(self.port)
+
+
+class Prometheus(Process):
+    """Debian's Prometheus with the service's configuration and these targets:
+    {"app": ["127.0.0.1:8000"], "nginx": [...]}, one file_sd file per job."""
+
+    def __init__(self, project: Path, targets: dict[str, list[str]]):
+        self.port = free_port()
+        home = readable_tempdir("prometheus-")
+        config_dir = home / "config"
+        shutil.copytree(project / "deploy" / "prometheus", config_dir)
+        config_file = config_dir / "prometheus.yml"
+        config = yaml.safe_load(config_file.read_text())
+        config["global"]["scrape_interval"] = "1s"
+        config["global"]["evaluation_interval"] = "1s"
+        config_file.write_text(yaml.safe_dump(config))
+        (config_dir / "targets").mkdir(exist_ok=True)
+        for job, addresses in targets.items():
+            (config_dir / "targets" / f"{job}.json").write_text(
+                json.dumps([{"targets": addresses}])
+            )
+        super().__init__(
+            [
+                "prometheus",
+                f"--config.file={config_file}",
+                f"--storage.tsdb.path={home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            home,
+            service_env(),
+            home / "prometheus.log",
+        )
+
+    def start(self) -> None:
+        super().start()
+        deadline = time.monotonic() + 60
+        while self._get("/-/ready", raw=True) != "ready":
+            assert time.monotonic() < deadline, self.output()[-3000:]
+            time.sleep(0.2)
+
+    def stop(self, *args, **kwargs) -> int:
+        code = super().stop(*args, **kwargs)
+        shutil.rmtree(self.cwd)
+        return code
+
+    def _get(self, path: str, raw: bool = False, **params):
+        url = f"http://127.0.0.1:{self.port}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read().decode()
+        except OSError:
+            if raw:
+                return None
+            raise
+        if raw:
+            return "ready" if "Ready" in body else body
+        return json.loads(body)
+
+    def query(self, expr: str) -> list[dict]:
+        """The instant vector of a PromQL expression, now."""
+        answer = self._get("/api/v1/query", query=expr)
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def value(self, expr: str) -> float | None:
+        """The single number an expression gives now, or None if it gives none."""
+        result = self.query(expr)
+        assert len(result) <= 1, f"{expr} gives several series: {result}"
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(self, expr: str, expected: float, seconds: float = 30) -> float | None:
+        """Polls until the expression equals expected; returns the last value seen,
+        so that the caller's assertion shows what Prometheus had instead."""
+        deadline = time.monotonic() + seconds
+        while (seen := self.value(expr)) != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return seen
+
+    def targets(self) -> list[dict]:
+        return self._get("/api/v1/targets")["data"]["activeTargets"]
+
+    def rules(self) -> list[dict]:
+        return [
+            rule
+            for group in self._get("/api/v1/rules")["data"]["groups"]
+            for rule in group["rules"]
+        ]

@@ -1,0 +1,286 @@
+"""The end-to-end proof of the metrics: each server with several workers behind
+Nginx and its exporter, scraped by a real Prometheus with the service's own
+configuration and rules, after a known amount of traffic.
+
+Counters must equal exactly the requests sent, added up across workers; gauges
+must rise while clients are connected and fall back to zero; every dashboard
+panel's query must return data, and every rule must evaluate.
+"""
+
+import http.client
+import json
+import sqlite3
+import time
+from collections import Counter
+from contextlib import ExitStack, closing
+
+import pytest
+from websockets.sync.client import connect
+
+import dashboards
+from edge import ORIGIN, App, Nginx, request
+from matrix import CHOICES, each_server, params
+from monitoring import NginxExporter, Prometheus
+from services import free_port
+
+SERVERS = params(each_server())
+WORKERS = 2
+SERVICE = "my-service"
+ITEM_ROUTE = "api/items/<item_id:item_id>"
+EVENTS_ROUTE = "api/items/events"
+# Routes the test's own waiting and Prometheus's scrapes hit as well.
+PROBE_ROUTES = "healthz|readyz|metrics"
+TRAFFIC = f'service="{SERVICE}",route!~"{PROBE_ROUTES}"'
+WEBSOCKETS, STREAMS = 3, 2
+RATE_INTERVAL = "1m"
+
+
+class Traffic:
+    """Sends requests through Nginx and keeps count of what the app answered."""
+
+    def __init__(self, nginx: Nginx):
+        self.nginx = nginx
+        self.sent = Counter()
+
+    def send(self, method: str, path: str, route: str, body=None) -> tuple[int, dict]:
+        response, content = request(self.nginx, method, path, body)
+        self.sent[route, method, str(response.status)] += 1
+        return response.status, json.loads(content) if content else {}
+
+
+def drive_requests(traffic: Traffic, database) -> None:
+    """2xx, 4xx and 5xx: reads, writes, misses, conflicts and database failures."""
+    item = {"name": "widget", "category": "tools", "price": "2.50", "tags": ["a"]}
+    ids = []
+    for number in range(4):
+        status, created = traffic.send(
+            "POST", "/api/items", "api/items", {**item, "name": f"w{number}"}
+        )
+        assert status == 201, created
+        ids.append(created["id"])
+    for item_id in ids:  # a cache miss, then a hit
+        for _ in range(2):
+            assert traffic.send("GET", f"/api/items/{item_id}", ITEM_ROUTE)[0] == 200
+    for missing in (999_001, 999_002, 999_003):
+        assert traffic.send("GET", f"/api/items/{missing}", ITEM_ROUTE)[0] == 404
+    assert traffic.send("GET", "/api/items?limit=2", "api/items")[0] == 200
+    assert traffic.send("POST", "/api/items", "api/items", {"name": ""})[0] == 422
+    for _ in range(2):  # a unique name taken: IntegrityError, answered 409
+        traffic.send("POST", "/api/categories", "api/categories", {"name": "dup"})
+    assert traffic.sent["api/categories", "POST", "409"] == 1
+    # Another writer holds SQLite's write lock past the app's busy timeout: the
+    # app's writes fail with OperationalError, an unhandled 500.
+    with closing(sqlite3.connect(database, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        for number in range(3):
+            status, _ = traffic.send(
+                "POST", "/api/items", "api/items", {**item, "name": f"x{number}"}
+            )
+            assert status == 500
+        writer.execute("ROLLBACK")
+
+
+def open_event_stream(nginx: Nginx, traffic: Traffic) -> http.client.HTTPConnection:
+    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
+    connection.request("GET", "/api/items/events")
+    stream = connection.getresponse()
+    assert stream.status == 200
+    assert b"retry:" in stream.read1()
+    traffic.sent[EVENTS_ROUTE, "GET", "200"] += 1
+    connection.stream = stream
+    return connection
+
+
+def drive_connections(traffic: Traffic, prometheus: Prometheus) -> dict:
+    """Holds WebSockets and event streams open, has a broadcast reach all of them,
+    and returns what Prometheus saw while they were open and after they closed."""
+    url = f"ws://127.0.0.1:{traffic.nginx.port}/ws/items"
+    seen = {}
+    with ExitStack() as clients:
+        sockets = [
+            clients.enter_context(
+                connect(url, additional_headers=ORIGIN, open_timeout=10)
+            )
+            for _ in range(WEBSOCKETS)
+        ]
+        streams = [
+            clients.enter_context(closing(open_event_stream(traffic.nginx, traffic)))
+            for _ in range(STREAMS)
+        ]
+        for websocket in sockets:
+            assert json.loads(websocket.recv(timeout=10))["type"] == "welcome"
+            websocket.send(json.dumps({"type": "ping"}))
+            assert json.loads(websocket.recv(timeout=10)) == {"type": "pong"}
+        for kind, count in (("websocket", WEBSOCKETS), ("sse", STREAMS)):
+            seen[kind, "open"] = prometheus.wait_for(
+                f'sum(django_connections_active{{service="{SERVICE}",type="{kind}"}})',
+                count,
+            )
+        item = {"name": "broadcast", "category": "tools", "price": "1"}
+        assert traffic.send("POST", "/api/items", "api/items", item)[0] == 201
+        for websocket in sockets:
+            assert json.loads(websocket.recv(timeout=10))["event"] == "item.created"
+        for connection in streams:
+            received = b""
+            while b"event: item.created" not in received:
+                received += connection.stream.read1()
+    for kind in ("websocket", "sse"):
+        seen[kind, "closed"] = prometheus.wait_for(
+            f'sum(django_connections_active{{service="{SERVICE}",type="{kind}"}})', 0
+        )
+    return seen
+
+
+@pytest.fixture(scope="session")
+def observed(generated, redis_url, tmp_path_factory):
+    """Per server: the stack, the traffic sent to it, and what Prometheus saw."""
+    runs = {}
+    with ExitStack() as cleanup:
+
+        def run(combination: dict) -> dict:
+            server = combination["server"]
+            if server in runs:
+                return runs[server]
+            project = generated(combination)
+            workdir = tmp_path_factory.mktemp(f"observability-{server}")
+            granian_port = free_port()
+            app = App(
+                project,
+                workdir,
+                "app",
+                WEB_CONCURRENCY=str(WORKERS),
+                REDIS_URL=f"{redis_url}/{4 + CHOICES['server'].index(server)}",
+                DATABASE_BUSY_TIMEOUT="0.3",
+                # Production settings; plain HTTP because no TLS proxy is in front.
+                DJANGO_DEBUG="false",
+                DJANGO_SECURE_SSL_REDIRECT="false",
+                GRANIAN_METRICS_PORT=str(granian_port),
+                GRANIAN_METRICS_SCRAPE_INTERVAL="1",
+            )
+            app.migrate()
+            app.start()
+            cleanup.callback(app.stop)
+            nginx = Nginx(project, [app])
+            nginx.start()
+            cleanup.callback(nginx.stop)
+            exporter = NginxExporter(nginx, workdir)
+            exporter.start()
+            cleanup.callback(exporter.stop)
+            targets = {
+                "app": [f"127.0.0.1:{app.port}"],
+                "nginx": [f"127.0.0.1:{exporter.port}"],
+            }
+            if server == "granian":
+                targets["granian"] = [f"127.0.0.1:{granian_port}"]
+            prometheus = Prometheus(project, targets)
+            prometheus.start()
+            cleanup.callback(prometheus.stop)
+
+            up = f'sum(up{{service="{SERVICE}"}})'
+            assert prometheus.wait_for(up, len(targets)) == len(targets), (
+                prometheus.targets()
+            )
+            traffic = Traffic(nginx)
+            drive_requests(traffic, workdir / "db.sqlite3")
+            connections = drive_connections(traffic, prometheus)
+            runs[server] = {
+                "project": project,
+                "prometheus": prometheus,
+                "sent": traffic.sent,
+                "connections": connections,
+            }
+            return runs[server]
+
+        yield run
+
+
+def counted_requests(prometheus: Prometheus) -> Counter:
+    result = prometheus.query(
+        f"sum by (route, method, status) (django_http_requests_total{{{TRAFFIC}}})"
+    )
+    return Counter(
+        {
+            (s["metric"]["route"], s["metric"]["method"], s["metric"]["status"]): int(
+                float(s["value"][1])
+            )
+            for s in result
+        }
+    )
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_request_counters_equal_the_requests_sent(combination, observed):
+    run = observed(combination)
+    prometheus, sent = run["prometheus"], run["sent"]
+    assert {status[0] for (_, _, status) in sent} >= {"2", "4", "5"}
+    total = f"sum(django_http_requests_total{{{TRAFFIC}}})"
+    prometheus.wait_for(total, sum(sent.values()))
+    assert counted_requests(prometheus) == sent
+    workers = f'sum(django_workers{{service="{SERVICE}"}})'
+    assert prometheus.value(workers) == WORKERS
+    exceptions = (
+        f'sum(django_http_exceptions_total{{service="{SERVICE}",'
+        'type="OperationalError"})'
+    )
+    assert prometheus.value(exceptions) == sent["api/items", "POST", "500"]
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_connection_gauges_rise_while_connected_and_return_to_zero(
+    combination, observed
+):
+    assert observed(combination)["connections"] == {
+        ("websocket", "open"): WEBSOCKETS,
+        ("sse", "open"): STREAMS,
+        ("websocket", "closed"): 0,
+        ("sse", "closed"): 0,
+    }
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_every_dashboard_panel_returns_data(combination, observed):
+    run = observed(combination)
+    files = sorted(
+        (run["project"] / "deploy" / "grafana" / "dashboards").glob("*.json")
+    )
+    assert [f.stem for f in files] == (
+        ["granian", "service"] if combination["server"] == "granian" else ["service"]
+    )
+    pending = {
+        f"{path.name}: {title}": dashboards.instant(
+            expr, service=SERVICE, rate_interval=RATE_INTERVAL
+        )
+        for path in files
+        for title, expr in dashboards.queries(dashboards.load(path))
+    }
+    # A series first written at the end of the traffic (a WebSocket's close) needs
+    # two scrapes before rate() has data: a few seconds at the test's 1 s interval.
+    deadline = time.monotonic() + 15
+    while pending and time.monotonic() < deadline:
+        pending = {
+            panel: query
+            for panel, query in pending.items()
+            if not run["prometheus"].query(query)
+        }
+        time.sleep(1)
+    assert not pending, "panels without data:\n" + "\n".join(
+        f"{panel}: {query}" for panel, query in pending.items()
+    )
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_every_rule_evaluates_without_error(combination, observed):
+    prometheus = observed(combination)["prometheus"]
+    deadline = time.monotonic() + 30
+    rules = prometheus.rules()
+    while any(rule["health"] == "unknown" for rule in rules):
+        assert time.monotonic() < deadline, "rules never evaluated"
+        time.sleep(0.5)
+        rules = prometheus.rules()
+    assert rules
+    failing = [
+        f"{rule['name']}: {rule['health']} {rule.get('lastError', '')}"
+        for rule in rules
+        if rule["health"] != "ok" or rule.get("lastError")
+    ]
+    assert not failing, "\n".join(failing)

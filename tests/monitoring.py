@@ -111,6 +111,16 @@ class Prometheus(Process):
         assert len(result) <= 1, f"{expr} gives several series: {result}"
         return float(result[0]["value"][1]) if result else None
 
+    def range_values(self, expr: str, since: float) -> list[float]:
+        """The values of a single-series expression at each second from since."""
+        answer = self._get(
+            "/api/v1/query_range", query=expr, start=since, end=time.time(), step=1
+        )
+        assert answer["status"] == "success", answer
+        result = answer["data"]["result"]
+        assert len(result) <= 1, f"{expr} gives several series: {result}"
+        return [float(value) for _, value in result[0]["values"]] if result else []
+
     def wait_for(self, expr: str, expected: float, seconds: float = 30) -> float | None:
         """Polls until the expression equals expected; returns the last value seen,
         so that the caller's assertion shows what Prometheus had instead."""

@@ -9,10 +9,13 @@ panel's query must return data, and every rule must evaluate.
 
 import http.client
 import json
+import os
+import signal
 import sqlite3
 import time
 from collections import Counter
 from contextlib import ExitStack, closing
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
@@ -131,6 +134,46 @@ def drive_connections(traffic: Traffic, prometheus: Prometheus) -> dict:
     return seen
 
 
+def worker_pids(app: App, metrics_dir: Path) -> set[int]:
+    """The server's live workers: the processes that write metrics files."""
+    pids = set()
+    for path in metrics_dir.glob("gauge_livesum_*.db"):
+        pid = int(path.stem.rsplit("_", 1)[1])
+        stat = Path(f"/proc/{pid}/stat")
+        # The parent pid is the field after the parenthesised command name.
+        if stat.exists() and int(stat.read_text().rsplit(")", 1)[1].split()[1]) == (
+            app.process.pid
+        ):
+            pids.add(pid)
+    return pids
+
+
+def crash_a_worker(app: App, metrics_dir: Path, prometheus: Prometheus) -> dict:
+    """Kills one worker as a crash does (SIGKILL: no shutdown code runs), waits for
+    the server to start another, and returns what Prometheus saw meanwhile."""
+    pids = worker_pids(app, metrics_dir)
+    assert len(pids) == WORKERS, pids
+    total = f"sum(django_http_requests_total{{{TRAFFIC}}})"
+    before = prometheus.value(total)
+    started = time.time()
+    os.kill(min(pids), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not worker_pids(app, metrics_dir) - pids:
+        assert time.monotonic() < deadline, "the server started no new worker"
+        time.sleep(0.5)
+    workers = f'sum(django_workers{{service="{SERVICE}"}})'
+    return {
+        "workers": prometheus.wait_for(workers, WORKERS),
+        "starts": prometheus.value(
+            f'sum(django_worker_starts_total{{service="{SERVICE}"}})'
+        ),
+        "total before": before,
+        "total after": prometheus.value(total),
+        # Every scrape since the kill: a dead worker's counts must never drop out.
+        "totals since": prometheus.range_values(total, started),
+    }
+
+
 @pytest.fixture(scope="session")
 def observed(generated, redis_url, tmp_path_factory):
     """Per server: the stack, the traffic sent to it, and what Prometheus saw."""
@@ -144,12 +187,14 @@ def observed(generated, redis_url, tmp_path_factory):
             project = generated(combination)
             workdir = tmp_path_factory.mktemp(f"observability-{server}")
             granian_port = free_port()
+            metrics_dir = workdir / "metrics"
             app = App(
                 project,
                 workdir,
                 "app",
                 WEB_CONCURRENCY=str(WORKERS),
                 REDIS_URL=f"{redis_url}/{4 + CHOICES['server'].index(server)}",
+                METRICS_DIR=str(metrics_dir),
                 DATABASE_BUSY_TIMEOUT="0.3",
                 # Production settings; plain HTTP because no TLS proxy is in front.
                 DJANGO_DEBUG="false",
@@ -183,11 +228,13 @@ def observed(generated, redis_url, tmp_path_factory):
             traffic = Traffic(nginx)
             drive_requests(traffic, workdir / "db.sqlite3")
             connections = drive_connections(traffic, prometheus)
+            crash = crash_a_worker(app, metrics_dir, prometheus)
             runs[server] = {
                 "project": project,
                 "prometheus": prometheus,
                 "sent": traffic.sent,
                 "connections": connections,
+                "crash": crash,
             }
             return runs[server]
 
@@ -284,3 +331,16 @@ def test_every_rule_evaluates_without_error(combination, observed):
         if rule["health"] != "ok" or rule.get("lastError")
     ]
     assert not failing, "\n".join(failing)
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_a_crashed_worker_neither_lingers_nor_takes_its_counts_along(
+    combination, observed
+):
+    run = observed(combination)
+    crash, sent = run["crash"], sum(run["sent"].values())
+    assert crash["workers"] == WORKERS  # the dead one's gauge is gone, not added
+    assert crash["starts"] == WORKERS + 1
+    assert crash["total before"] == crash["total after"] == sent
+    assert crash["totals since"], "no scrape after the crash"
+    assert set(crash["totals since"]) == {sent}

@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 from harness import service_env
@@ -145,6 +146,18 @@ class Nginx(Process):
         code = super().stop(sig, timeout)
         shutil.rmtree(self.cwd)
         return code
+
+
+def serve(cleanup: ExitStack, project: Path, workdir: Path, **env) -> tuple[App, Nginx]:
+    """A migrated app behind its Nginx, both stopped when cleanup closes."""
+    app = App(project, workdir, "app", **env)
+    app.migrate()
+    app.start()
+    cleanup.callback(app.stop)
+    nginx = Nginx(project, [app])
+    nginx.start()
+    cleanup.callback(nginx.stop)
+    return app, nginx
 
 
 def readable_tempdir(prefix: str) -> Path:

@@ -10,7 +10,7 @@ from contextlib import ExitStack
 import pytest
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, Nginx, request
+from edge import ORIGIN, App, Nginx, request, serve
 from matrix import CHOICES, each_server, params
 
 # Shorter than Nginx's default proxy_read_timeout (60 s) so that the idle test
@@ -33,21 +33,14 @@ def stacks(generated, redis_url, tmp_path_factory):
                 project = generated(combination)
                 workdir = tmp_path_factory.mktemp(f"edge-{key}")
                 database = CHOICES["server"].index(key) + 1
-                app = App(
+                running[key] = serve(
+                    cleanup,
                     project,
                     workdir,
-                    "app",
                     WEB_CONCURRENCY="2",
                     REDIS_URL=f"{redis_url}/{database}",
                     WEBSOCKET_PING_INTERVAL=PING_INTERVAL,
                 )
-                app.migrate()
-                app.start()
-                cleanup.callback(app.stop)
-                nginx = Nginx(project, [app])
-                nginx.start()
-                cleanup.callback(nginx.stop)
-                running[key] = app, nginx
             return running[key]
 
         yield start

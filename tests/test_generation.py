@@ -1,5 +1,7 @@
 """Every supported combination renders to a clean, consistent service."""
 
+import fnmatch
+import json
 import os
 import re
 import stat
@@ -7,13 +9,23 @@ import stat
 import pytest
 
 from harness import generate_service, run
-from matrix import every_combination, params
+from matrix import TEMPLATE_DIR, every_combination, params
 
 # Leftover template syntax: nothing in a generated service mentions cookiecutter,
 # and its code and configuration have no Jinja blocks (Helm and Ansible templates,
 # copied verbatim, use {{ }} of their own and are not scanned for it).
 TEMPLATE_SYNTAX = re.compile(r"cookiecutter|\{%|\{\{")
 SCANNED_FOR_JINJA = {".py", ".toml", ".cfg", ".txt", ".md", ".sh", ".json", ""}
+# Components land in deploy/; these of their files are copied without rendering.
+VERBATIM = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())[
+    "_copy_without_render"
+]
+
+
+def is_verbatim(relative) -> bool:
+    return relative.parts[0] == "deploy" and any(
+        fnmatch.fnmatch(str(relative.relative_to("deploy")), glob) for glob in VERBATIM
+    )
 
 
 def leftover_template_syntax(project):
@@ -28,7 +40,7 @@ def leftover_template_syntax(project):
         text = path.read_text(errors="replace")
         pattern = (
             TEMPLATE_SYNTAX
-            if path.suffix in SCANNED_FOR_JINJA
+            if path.suffix in SCANNED_FOR_JINJA and not is_verbatim(relative)
             else re.compile("cookiecutter")
         )
         found += [f"{relative}: {m.group()}" for m in pattern.finditer(text)]

@@ -21,7 +21,7 @@ import pytest
 from websockets.sync.client import connect
 
 import dashboards
-from edge import ORIGIN, App, Nginx, request
+from edge import ORIGIN, App, Nginx, request, serve
 from matrix import CHOICES, each_server, params
 from monitoring import NginxExporter, Prometheus
 from services import free_port
@@ -188,10 +188,10 @@ def observed(generated, redis_url, tmp_path_factory):
             workdir = tmp_path_factory.mktemp(f"observability-{server}")
             granian_port = free_port()
             metrics_dir = workdir / "metrics"
-            app = App(
+            app, nginx = serve(
+                cleanup,
                 project,
                 workdir,
-                "app",
                 WEB_CONCURRENCY=str(WORKERS),
                 REDIS_URL=f"{redis_url}/{4 + CHOICES['server'].index(server)}",
                 METRICS_DIR=str(metrics_dir),
@@ -202,12 +202,6 @@ def observed(generated, redis_url, tmp_path_factory):
                 GRANIAN_METRICS_PORT=str(granian_port),
                 GRANIAN_METRICS_SCRAPE_INTERVAL="1",
             )
-            app.migrate()
-            app.start()
-            cleanup.callback(app.stop)
-            nginx = Nginx(project, [app])
-            nginx.start()
-            cleanup.callback(nginx.stop)
             exporter = NginxExporter(nginx, workdir)
             exporter.start()
             cleanup.callback(exporter.stop)

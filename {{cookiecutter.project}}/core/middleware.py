@@ -19,8 +19,8 @@ from core.context import REQUEST_ID, request_id_from
 access_logger = logging.getLogger("core.access")
 
 
-class RequestContextMiddleware:
-    """Outermost: one request id per request, echoed back, and one access log line."""
+class AsyncMiddleware:
+    """A middleware Django calls in the event loop, with no thread in between."""
 
     sync_capable = False
     async_capable = True
@@ -28,6 +28,10 @@ class RequestContextMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
         markcoroutinefunction(self)
+
+
+class RequestContextMiddleware(AsyncMiddleware):
+    """Outermost: one request id per request, echoed back, and one access log line."""
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         request_id = request_id_from(request.headers.get("X-Request-ID"))
@@ -58,17 +62,10 @@ class RequestContextMiddleware:
             REQUEST_ID.reset(token)
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(AsyncMiddleware):
     """Counts and times every request by URL pattern, method and status, and counts
     the exceptions views raise; just inside RequestContextMiddleware, so that it
     sees the final status of every response."""
-
-    sync_capable = False
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         metrics.HTTP_IN_FLIGHT.inc()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from edge import Nginx, Process, readable_tempdir
+from edge import Nginx, Process, readable_tempdir, wait_until_ok
 from harness import service_env
 from services import free_port, wait_for_port
 
@@ -74,30 +74,17 @@ class Prometheus(Process):
 
     def start(self) -> None:
         super().start()
-        deadline = time.monotonic() + 60
-        while self._get("/-/ready", raw=True) != "ready":
-            assert time.monotonic() < deadline, self.output()[-3000:]
-            time.sleep(0.2)
+        wait_until_ok(f"http://127.0.0.1:{self.port}/-/ready")
 
     def stop(self, *args, **kwargs) -> int:
         code = super().stop(*args, **kwargs)
         shutil.rmtree(self.cwd)
         return code
 
-    def _get(self, path: str, raw: bool = False, **params):
-        url = f"http://127.0.0.1:{self.port}{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                body = response.read().decode()
-        except OSError:
-            if raw:
-                return None
-            raise
-        if raw:
-            return "ready" if "Ready" in body else body
-        return json.loads(body)
+    def _get(self, path: str, **params) -> dict:
+        url = f"http://127.0.0.1:{self.port}{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
 
     def query(self, expr: str) -> list[dict]:
         """The instant vector of a PromQL expression, now."""

@@ -83,15 +83,16 @@ def drive_requests(traffic: Traffic, database) -> None:
         writer.execute("ROLLBACK")
 
 
-def open_event_stream(nginx: Nginx, traffic: Traffic) -> http.client.HTTPConnection:
-    connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
+def open_event_stream(traffic: Traffic, clients: ExitStack) -> http.client.HTTPResponse:
+    """An open event stream, closed with clients."""
+    connection = http.client.HTTPConnection("127.0.0.1", traffic.nginx.port, timeout=10)
+    clients.enter_context(closing(connection))
     connection.request("GET", "/api/items/events")
     stream = connection.getresponse()
     assert stream.status == 200
     assert b"retry:" in stream.read1()
     traffic.sent[EVENTS_ROUTE, "GET", "200"] += 1
-    connection.stream = stream
-    return connection
+    return stream
 
 
 def drive_connections(traffic: Traffic, prometheus: Prometheus) -> dict:
@@ -106,10 +107,7 @@ def drive_connections(traffic: Traffic, prometheus: Prometheus) -> dict:
             )
             for _ in range(WEBSOCKETS)
         ]
-        streams = [
-            clients.enter_context(closing(open_event_stream(traffic.nginx, traffic)))
-            for _ in range(STREAMS)
-        ]
+        streams = [open_event_stream(traffic, clients) for _ in range(STREAMS)]
         for websocket in sockets:
             assert json.loads(websocket.recv(timeout=10))["type"] == "welcome"
             websocket.send(json.dumps({"type": "ping"}))
@@ -123,10 +121,10 @@ def drive_connections(traffic: Traffic, prometheus: Prometheus) -> dict:
         assert traffic.send("POST", "/api/items", "api/items", item)[0] == 201
         for websocket in sockets:
             assert json.loads(websocket.recv(timeout=10))["event"] == "item.created"
-        for connection in streams:
+        for stream in streams:
             received = b""
             while b"event: item.created" not in received:
-                received += connection.stream.read1()
+                received += stream.read1()
     for kind in ("websocket", "sse"):
         seen[kind, "closed"] = prometheus.wait_for(
             f'sum(django_connections_active{{service="{SERVICE}",type="{kind}"}})', 0
@@ -161,12 +159,14 @@ def crash_a_worker(app: App, metrics_dir: Path, prometheus: Prometheus) -> dict:
     while not worker_pids(app, metrics_dir) - pids:
         assert time.monotonic() < deadline, "the server started no new worker"
         time.sleep(0.5)
-    workers = f'sum(django_workers{{service="{SERVICE}"}})'
+    # The first scrape that counts the new worker's start is also the first that
+    # finds the old one dead: from then on the old one's gauges must be gone.
+    starts = prometheus.wait_for(
+        f'sum(django_worker_starts_total{{service="{SERVICE}"}})', WORKERS + 1
+    )
     return {
-        "workers": prometheus.wait_for(workers, WORKERS),
-        "starts": prometheus.value(
-            f'sum(django_worker_starts_total{{service="{SERVICE}"}})'
-        ),
+        "starts": starts,
+        "workers": prometheus.value(f'sum(django_workers{{service="{SERVICE}"}})'),
         "total before": before,
         "total after": prometheus.value(total),
         # Every scrape since the kill: a dead worker's counts must never drop out.

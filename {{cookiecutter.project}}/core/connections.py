@@ -12,6 +12,13 @@ import time
 from core import metrics
 
 EVENT_STREAM = b"text/event-stream"
+# Bound once: labels() takes a lock and a lookup, twice per request otherwise.
+ACTIVE = {kind: metrics.CONNECTIONS.labels(kind) for kind in metrics.CONNECTION_TYPES}
+DURATION = {
+    kind: metrics.CONNECTION_DURATION.labels(kind) for kind in metrics.CONNECTION_TYPES
+}
+MESSAGES_IN = metrics.WEBSOCKET_MESSAGES.labels("in")
+MESSAGES_OUT = metrics.WEBSOCKET_MESSAGES.labels("out")
 
 
 def count_connections(application):
@@ -28,22 +35,22 @@ def count_connections(application):
 
 async def _http(application, scope, receive, send) -> None:
     kind = "http"
-    metrics.CONNECTIONS.labels(kind).inc()
+    ACTIVE[kind].inc()
     started = time.monotonic()
 
     async def counting_send(message):
         nonlocal kind
         if message["type"] == "http.response.start" and _is_event_stream(message):
-            metrics.CONNECTIONS.labels(kind).dec()
+            ACTIVE[kind].dec()
             kind = "sse"
-            metrics.CONNECTIONS.labels(kind).inc()
+            ACTIVE[kind].inc()
         await send(message)
 
     try:
         await application(scope, receive, counting_send)
     finally:
-        metrics.CONNECTIONS.labels(kind).dec()
-        metrics.CONNECTION_DURATION.labels(kind).observe(time.monotonic() - started)
+        ACTIVE[kind].dec()
+        DURATION[kind].observe(time.monotonic() - started)
 
 
 def _is_event_stream(message) -> bool:
@@ -61,7 +68,7 @@ async def _websocket(application, scope, receive, send) -> None:
         nonlocal close_code
         message = await receive()
         if message["type"] == "websocket.receive":
-            metrics.WEBSOCKET_MESSAGES.labels("in").inc()
+            MESSAGES_IN.inc()
         elif message["type"] == "websocket.disconnect" and close_code is None:
             close_code = message.get("code", 1005)
         return message
@@ -72,9 +79,9 @@ async def _websocket(application, scope, receive, send) -> None:
         if message["type"] == "websocket.accept":
             accepted_at = time.monotonic()
             metrics.WEBSOCKET_CONNECTS.inc()
-            metrics.CONNECTIONS.labels("websocket").inc()
+            ACTIVE["websocket"].inc()
         elif message["type"] == "websocket.send":
-            metrics.WEBSOCKET_MESSAGES.labels("out").inc()
+            MESSAGES_OUT.inc()
         elif message["type"] == "websocket.close" and close_code is None:
             close_code = message.get("code", 1000)
 
@@ -82,10 +89,8 @@ async def _websocket(application, scope, receive, send) -> None:
         await application(scope, counting_receive, counting_send)
     finally:
         if accepted_at is not None:
-            metrics.CONNECTIONS.labels("websocket").dec()
-            metrics.CONNECTION_DURATION.labels("websocket").observe(
-                time.monotonic() - accepted_at
-            )
+            ACTIVE["websocket"].dec()
+            DURATION["websocket"].observe(time.monotonic() - accepted_at)
             # No close frame either way: the connection was lost.
             code = 1006 if close_code is None else close_code
             metrics.WEBSOCKET_DISCONNECTS.labels(metrics.close_code_class(code)).inc()

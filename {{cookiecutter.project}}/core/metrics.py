@@ -68,10 +68,11 @@ HTTP_IN_FLIGHT = Gauge(
 )
 HTTP_EXCEPTIONS = Counter(
     "django_http_exceptions",
-    "Exceptions a view or middleware did not handle, by class.",
+    "Exceptions views did not handle, by class.",
     ["type"],
 )
 
+CONNECTION_TYPES = ("http", "websocket", "sse")
 CONNECTIONS = Gauge(
     "django_connections_active",
     "Open ASGI connections: http (a request until its response ends), websocket, "

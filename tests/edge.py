@@ -65,12 +65,15 @@ class App(Process):
         self, project: Path, workdir: Path, name: str, socket: Path | None = None, **env
     ):
         self.port, self.socket = free_port(), socket
+        # Granian's exporter: each instance needs its own port (ignored by others).
+        self.granian_metrics_port = free_port()
         if socket is not None:
             env["UDS"] = str(socket)
         env = service_env(
             PATH=f"{project / '.venv' / 'bin'}:{service_env()['PATH']}",
             HOST="127.0.0.1",
             PORT=str(self.port),
+            GRANIAN_METRICS_PORT=str(self.granian_metrics_port),
             DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
             **env,
         )

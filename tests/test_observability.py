@@ -24,7 +24,6 @@ import dashboards
 from edge import ORIGIN, App, Nginx, request, serve
 from matrix import CHOICES, each_server, params
 from monitoring import NginxExporter, Prometheus
-from services import free_port
 
 SERVERS = params(each_server())
 WORKERS = 2
@@ -186,7 +185,6 @@ def observed(generated, redis_url, tmp_path_factory):
                 return runs[server]
             project = generated(combination)
             workdir = tmp_path_factory.mktemp(f"observability-{server}")
-            granian_port = free_port()
             metrics_dir = workdir / "metrics"
             app, nginx = serve(
                 cleanup,
@@ -199,7 +197,6 @@ def observed(generated, redis_url, tmp_path_factory):
                 # Production settings; plain HTTP because no TLS proxy is in front.
                 DJANGO_DEBUG="false",
                 DJANGO_SECURE_SSL_REDIRECT="false",
-                GRANIAN_METRICS_PORT=str(granian_port),
                 GRANIAN_METRICS_SCRAPE_INTERVAL="1",
             )
             exporter = NginxExporter(nginx, workdir)
@@ -210,7 +207,7 @@ def observed(generated, redis_url, tmp_path_factory):
                 "nginx": [f"127.0.0.1:{exporter.port}"],
             }
             if server == "granian":
-                targets["granian"] = [f"127.0.0.1:{granian_port}"]
+                targets["granian"] = [f"127.0.0.1:{app.granian_metrics_port}"]
             prometheus = Prometheus(project, targets)
             prometheus.start()
             cleanup.callback(prometheus.stop)

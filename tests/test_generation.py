@@ -57,6 +57,7 @@ def test_generated_service_passes_static_checks(combination, generated):
     run([python, "manage.py", "check", "--fail-level", "WARNING"], project)
     run([python, "manage.py", "makemigrations", "--check", "--dry-run"], project)
     run(["shellcheck", "bin/serve"], project)
+    run(["hadolint", "Dockerfile"], project)
     nginx = project / "deploy" / "nginx"
     run(
         ["nginx", "-t", "-q", "-e", "stderr", "-p", nginx, "-c", nginx / "nginx.conf"],

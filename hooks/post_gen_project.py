@@ -5,6 +5,7 @@ Runs inside the new service's directory. Each step is one function.
 
 import fnmatch
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -31,6 +32,8 @@ FILES_OF_CHOICE = {
     ],
     ("server", "gunicorn-uvicorn"): ["config/workers.py"],
     ("server", "granian"): ["deploy/grafana/dashboards/granian.json"],
+    # SQLite is one pod's file: no autoscaling example.
+    ("database", "postgresql"): ["deploy/helm/ci/autoscaling-values.yaml"],
 }
 
 
@@ -52,25 +55,35 @@ def remove_files_of_other_choices() -> None:
                 (SERVICE_DIR / path).unlink()
 
 
+def component_files(root: Path):
+    """Every file and symbolic link under root; links are not followed."""
+    for directory, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(directory) / name
+            if path.is_symlink() or path.is_file():
+                yield path
+
+
 def render_components() -> None:
     """Copy each stack component into deploy/, rendered with this service's values.
 
     Paths matching _copy_without_render (relative to the template root, as in
     cookiecutter itself) are copied as they are: they hold Helm or Ansible templates.
+    Symbolic links stay links: the chart reaches the Nginx, Prometheus and Grafana
+    components through them, so that their files exist once in the service too.
     """
     env = StrictEnvironment(
         context={"cookiecutter": CONTEXT}, keep_trailing_newline=True
     )
     verbatim = CONTEXT.get("_copy_without_render", [])
     for component in COMPONENTS:
-        source_root = TEMPLATE_DIR / component
-        for source in sorted(source_root.rglob("*")):
-            if not source.is_file():
-                continue
+        for source in component_files(TEMPLATE_DIR / component):
             relative = source.relative_to(TEMPLATE_DIR)
             target = SERVICE_DIR / "deploy" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            if any(fnmatch.fnmatch(str(relative), pattern) for pattern in verbatim):
+            if source.is_symlink():
+                target.symlink_to(os.readlink(source))
+            elif any(fnmatch.fnmatch(str(relative), glob) for glob in verbatim):
                 shutil.copy2(source, target)
             else:
                 text = env.from_string(source.read_text()).render(cookiecutter=CONTEXT)

@@ -1,0 +1,402 @@
+"""The generated service's Helm chart: lint, valid objects, restricted pods, schema.
+
+Each server choice's chart (with both databases among them) is rendered with every
+example values file in its ci/ directory, and every object is validated for the
+oldest and newest Kubernetes the chart supports; custom resources against the
+vendored CRDs (tests/crds/). The pod checks below are this project's own (no
+checkov: these are the rules we hold the chart to, named one by one).
+"""
+
+import json
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from charts import (
+    KUBERNETES_VERSIONS,
+    RELEASE,
+    chart_dir,
+    containers,
+    helm,
+    pod_specs,
+    template,
+    template_error,
+    validate_builtin,
+    validate_custom,
+    values_files,
+)
+from harness import generate_service
+
+SERVICES = {
+    "uvicorn-sqlite": {"server": "uvicorn", "database": "sqlite"},
+    "granian-postgresql": {
+        "server": "granian",
+        "database": "postgresql",
+        "websockets": "no",
+    },
+    "gunicorn-postgresql": {"server": "gunicorn-uvicorn", "database": "postgresql"},
+}
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+    "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
+# The probes each long-running container must have: the app waits for startup,
+# and the exporter only needs restarting when it hangs.
+PROBES = {
+    "app": {"startupProbe", "livenessProbe", "readinessProbe"},
+    "nginx": {"livenessProbe", "readinessProbe"},
+    "nginx-exporter": {"livenessProbe"},
+}
+# Every container of ours gets a writable /tmp on a read-only root.
+TMP = "/tmp"  # noqa: S108 (a path inside the pod)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    made = {}
+
+    def make(key: str) -> Path:
+        if key not in made:
+            made[key] = generate_service(SERVICES[key], tmp_path_factory.mktemp(key))
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def renders(service):
+    """{values file name: objects} of a service's chart."""
+    cached = {}
+
+    def render(key: str) -> dict[str, list[dict]]:
+        if key not in cached:
+            project = service(key)
+            cached[key] = {
+                path.name: template(project, path) for path in values_files(project)
+            }
+        return cached[key]
+
+    return render
+
+
+def default_values(project: Path) -> Path:
+    return chart_dir(project) / "ci" / "default-values.yaml"
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_chart_passes_helm_lint_strict_with_every_values_file(key, service):
+    project = service(key)
+    assert len(values_files(project)) >= 5
+    failures = []
+    for path in values_files(project):
+        result = helm("lint", "--strict", str(chart_dir(project)), "-f", str(path),
+                      cwd=project)  # fmt: skip
+        if result.returncode != 0:
+            failures.append(f"{path.name}:\n{result.stdout}{result.stderr}")
+    assert failures == []
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_every_rendered_object_is_valid_for_each_kubernetes_version(key, renders):
+    errors, custom = [], 0
+    for values, objects in renders(key).items():
+        for obj in objects:
+            where = f"{values} {obj['kind']}/{obj['metadata']['name']}"
+            if "monitoring.coreos.com" in obj["apiVersion"] or obj[
+                "apiVersion"
+            ].startswith("gateway.networking.k8s.io"):
+                custom += 1
+                errors += [f"{where}: {e}" for e in validate_custom(obj)]
+                continue
+            for version in KUBERNETES_VERSIONS:
+                try:
+                    validate_builtin(obj, version)
+                except kubernetes_validate.ValidationError as error:
+                    path = "/".join(map(str, error.path))
+                    errors.append(f"{where} ({version}) {path}: {error.message}")
+    assert errors == []
+    # ServiceMonitor, PrometheusRule and HTTPRoute were among them.
+    assert custom >= 3
+
+
+def test_the_validators_refuse_what_the_api_server_would(service):
+    """The checks above can fail: an unknown field in a built-in object and in a
+    custom resource, and a wrong type in a CRD field, are all caught."""
+    project = service("uvicorn-sqlite")
+    objects = template(project, chart_dir(project) / "ci" / "monitoring-values.yaml")
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_builtin(deployment, KUBERNETES_VERSIONS[0])
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["scrape_interval"] = "30s"
+    assert validate_custom(monitor) != []
+    rule = next(o for o in objects if o["kind"] == "PrometheusRule")
+    rule["spec"]["groups"][0]["rules"][0]["for"] = 5
+    assert validate_custom(rule) != []
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_every_pod_meets_the_restricted_pod_security_standard(key, renders):
+    problems = []
+    for values, objects in renders(key).items():
+        for name, spec in pod_specs(objects):
+            where = f"{values} {name}"
+            pod = spec.get("securityContext", {})
+            if pod.get("runAsNonRoot") is not True:
+                problems.append(f"{where}: pod runAsNonRoot")
+            if pod.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                problems.append(f"{where}: pod seccompProfile")
+            if spec.get("automountServiceAccountToken") is not False:
+                problems.append(f"{where}: automountServiceAccountToken")
+            for flag in ("hostNetwork", "hostPID", "hostIPC"):
+                if spec.get(flag):
+                    problems.append(f"{where}: {flag}")
+            for volume in spec.get("volumes", []):
+                kinds = set(volume) - {"name"}
+                if not kinds <= RESTRICTED_VOLUMES:
+                    problems.append(f"{where}: volume {volume['name']} is {kinds}")
+            for container in containers(spec):
+                context = container.get("securityContext", {})
+                label = f"{where} container {container['name']}"
+                expected = {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "runAsNonRoot": True,
+                }
+                for field, value in expected.items():
+                    if context.get(field) is not value:
+                        problems.append(f"{label}: {field} is not {value}")
+                if context.get("privileged"):
+                    problems.append(f"{label}: privileged")
+                if context.get("runAsUser", 1) == 0:
+                    problems.append(f"{label}: runs as root")
+                if context.get("capabilities", {}).get("drop") != ["ALL"]:
+                    problems.append(f"{label}: capabilities not dropped")
+                if context.get("capabilities", {}).get("add"):
+                    problems.append(f"{label}: capabilities added")
+                if any("hostPort" in port for port in container.get("ports", [])):
+                    problems.append(f"{label}: hostPort")
+                if (
+                    not any(
+                        mount["mountPath"] == TMP
+                        for mount in container.get("volumeMounts", [])
+                    )
+                    and container["name"] != "nginx-exporter"
+                ):
+                    problems.append(f"{label}: no writable /tmp")
+    assert problems == []
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_containers_have_resources_probes_and_pinned_images(key, renders):
+    problems = []
+    for values, objects in renders(key).items():
+        for name, spec in pod_specs(objects):
+            long_running = name.startswith("Deployment/")
+            for container in containers(spec):
+                label = f"{values} {name} {container['name']}"
+                resources = container.get("resources", {})
+                for kind in ("requests", "limits"):
+                    if set(resources.get(kind, {})) != {"cpu", "memory"}:
+                        problems.append(f"{label}: {kind} lack cpu or memory")
+                image = container["image"]
+                tag = image.rsplit(":", 1)[-1] if ":" in image else ""
+                if "@sha256:" not in image and tag in {"", "latest"}:
+                    problems.append(f"{label}: image {image} is not pinned")
+                if long_running and container in spec["containers"]:
+                    expected = PROBES.get(container["name"])
+                    if expected is None:
+                        problems.append(f"{label}: a container with no probe rule")
+                    elif missing := expected - set(container):
+                        problems.append(f"{label}: no {sorted(missing)}")
+            if long_running:
+                app = next(c for c in spec["containers"] if c["name"] == "app")
+                if app["readinessProbe"]["httpGet"]["path"] != "/readyz":
+                    problems.append(f"{values} {name}: readiness is not /readyz")
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("replicaCount=two", "replicaCount"),
+        ("server.workers=many", "workers"),
+        ("image.tag=latest", "tag"),
+        ("replicaCont=1", "replicaCont"),
+        ("ingress.hots=example.com", "hots"),
+        ("config.logLevel=LOUD", "logLevel"),
+        ("nginx.image.tag=", "tag"),
+        # SQLite is one pod's file.
+        ("replicaCount=2", "replicaCount"),
+        ("autoscaling.enabled=true", "enabled"),
+    ],
+)
+def test_the_values_schema_refuses_wrong_values(setting, error, service):
+    project = service("uvicorn-sqlite")
+    message = template_error(project, default_values(project), sets=[setting])
+    assert "values don't meet the specifications of the schema" in message, message
+    assert error in message, message
+
+
+def test_the_chart_refuses_what_the_schema_cannot_express(service):
+    project = service("granian-postgresql")
+    assert "secret.secretKey (DJANGO_SECRET_KEY) is required" in template_error(project)
+    assert "secret.databaseUrl" in template_error(project, sets=["secret.secretKey=x"])
+    assert "terminationGracePeriodSeconds must exceed" in template_error(
+        project, default_values(project), sets=["terminationGracePeriodSeconds=35"]
+    )
+    assert "httpRoute.parentRefs" in template_error(
+        project, default_values(project), sets=["httpRoute.enabled=true"]
+    )
+
+
+def test_nginx_prometheus_and_grafana_come_from_their_components(service, renders):
+    """The chart embeds the service's deploy/ files themselves, through symbolic
+    links: nothing is copied, so nothing can drift."""
+    key = "granian-postgresql"
+    project = service(key)
+    deploy = project / "deploy"
+    for component in ("nginx", "prometheus", "grafana"):
+        link = chart_dir(project) / "files" / component
+        assert link.is_symlink(), f"{link} is a copy, not a link"
+        assert link.resolve() == (deploy / component).resolve()
+    objects = renders(key)["monitoring-values.yaml"]
+    by_kind = {}
+    for obj in objects:
+        by_kind.setdefault(obj["kind"], []).append(obj)
+
+    nginx = next(c for c in by_kind["ConfigMap"] if c["metadata"]["name"].endswith(
+        "-nginx"))  # fmt: skip
+    assert nginx["data"] == {
+        path.name: path.read_text() for path in (deploy / "nginx").glob("*.conf")
+    }
+    rules = [
+        group
+        for path in sorted((deploy / "prometheus" / "rules").glob("*.yml"))
+        for group in yaml.safe_load(path.read_text())["groups"]
+    ]
+    assert by_kind["PrometheusRule"][0]["spec"]["groups"] == rules
+    dashboards = {
+        name: json.loads(text)
+        for config in by_kind["ConfigMap"]
+        if config["metadata"]["labels"].get("grafana_dashboard") == "1"
+        for name, text in config["data"].items()
+    }
+    assert dashboards == {
+        path.name: json.loads(path.read_text())
+        for path in (deploy / "grafana" / "dashboards").glob("*.json")
+    }
+    assert set(dashboards) == {"service.json", "granian.json"}
+
+
+@pytest.mark.parametrize("key", ["granian-postgresql", "uvicorn-sqlite"])
+def test_scrape_jobs_are_those_the_rules_select(key, service, renders):
+    """The ServiceMonitor names its jobs as deploy/prometheus/prometheus.yml does for
+    VMs, and labels them with the service: the same rules work on both."""
+    project = service(key)
+    config = yaml.safe_load((project / "deploy/prometheus/prometheus.yml").read_text())
+    vm_jobs = {job["job_name"] for job in config["scrape_configs"]} - {
+        f"{project.name}-node"
+    }
+    monitor = next(
+        o for o in renders(key)["monitoring-values.yaml"]
+        if o["kind"] == "ServiceMonitor"
+    )  # fmt: skip
+    labels = [
+        {r["targetLabel"]: r["replacement"] for r in endpoint["relabelings"]}
+        for endpoint in monitor["spec"]["endpoints"]
+    ]
+    assert {label["job"] for label in labels} == vm_jobs
+    assert {label["service"] for label in labels} == {project.name}
+
+
+def test_a_changed_setting_or_secret_rolls_the_pods(service):
+    project = service("uvicorn-sqlite")
+
+    def annotations(*sets):
+        objects = template(project, default_values(project), sets=sets)
+        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        return deployment["spec"]["template"]["metadata"]["annotations"]
+
+    before = annotations()
+    config = annotations("config.logLevel=DEBUG")
+    secret = annotations("secret.redisUrl=redis://redis:6379/1")
+    assert config["checksum/config"] != before["checksum/config"]
+    assert config["checksum/secret"] == before["checksum/secret"]
+    assert secret["checksum/secret"] != before["checksum/secret"]
+    assert secret["checksum/nginx"] == before["checksum/nginx"]
+
+
+def test_an_existing_secret_replaces_the_charts_own(service, renders):
+    key = "granian-postgresql"
+    objects = renders(key)["existing-secret-values.yaml"]
+    secret_name = f"{service(key).name}-secrets"
+    assert [o for o in objects if o["kind"] == "Secret"] == []
+    for name, spec in pod_specs(objects):
+        for container in containers(spec):
+            refs = [
+                ref["secretRef"]["name"]
+                for ref in container.get("envFrom", [])
+                if "secretRef" in ref
+            ] + [
+                env["valueFrom"]["secretKeyRef"]["name"]
+                for env in container.get("env", [])
+                if "secretKeyRef" in env.get("valueFrom", {})
+            ]
+            assert set(refs) <= {secret_name}, f"{name}: {refs}"
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/secret" not in annotations
+
+
+def test_migrations_run_before_the_new_version(renders):
+    """PostgreSQL: a pre-install/pre-upgrade hook Job, with its own hook Secret that
+    exists before it; SQLite: an init container of the one pod."""
+    objects = renders("gunicorn-postgresql")["default-values.yaml"]
+    hooks = {
+        o["kind"]: o["metadata"]["annotations"]
+        for o in objects
+        if "helm.sh/hook" in o["metadata"].get("annotations", {})
+        and o["metadata"]["name"].endswith("-migrate")
+    }
+    assert hooks["Job"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert hooks["Secret"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(hooks["Secret"]["helm.sh/hook-weight"]) < int(
+        hooks["Job"]["helm.sh/hook-weight"]
+    )
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    sqlite = renders("uvicorn-sqlite")["default-values.yaml"]
+    assert not [o for o in sqlite if o["kind"] == "Job"]
+    pod = next(o for o in sqlite if o["kind"] == "Deployment")["spec"]["template"]
+    (prepare,) = pod["spec"]["initContainers"]
+    assert "manage.py migrate --noinput" in " ".join(prepare["command"])
+
+
+def test_autoscaling_owns_the_replica_count(renders):
+    objects = renders("gunicorn-postgresql")["autoscaling-values.yaml"]
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert "replicas" not in deployment["spec"]
+    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
+    default = renders("gunicorn-postgresql")["default-values.yaml"]
+    assert not [o for o in default if o["kind"] == "HorizontalPodAutoscaler"]
+
+
+def test_the_app_port_is_closed_to_the_cluster(renders):
+    """NetworkPolicy: Nginx's port for clients, metrics ports for Prometheus (and
+    the helm test pod), nothing for the app's own port."""
+    objects = renders("granian-postgresql")["ingress-values.yaml"]
+    policy = next(o for o in objects if o["kind"] == "NetworkPolicy")
+    ports = {
+        port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]
+    }
+    assert ports == {"http", "metrics", "nginx-metrics", "granian-metrics"}
+    service = next(o for o in objects if o["kind"] == "Service")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == ports
+    grace = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]
+    assert grace["spec"]["terminationGracePeriodSeconds"] > 10 + 30
+    assert RELEASE in policy["metadata"]["name"]

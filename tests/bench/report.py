@@ -94,18 +94,32 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def cpu_ratio(a, b) -> float | None:
+    """How many times less CPU per request a takes than b."""
+    if a is None or b is None or not (a["cpu_us_per_req"] and b["cpu_us_per_req"]):
+        return None
+    return b["cpu_us_per_req"] / a["cpu_us_per_req"]
+
+
+def _cost(r: float | None) -> float | None:
+    return None if r is None else 1 - r
+
+
 def targets(rows: list) -> list[tuple]:
-    """(target, measured, met, limit) for every target of the issue."""
+    """(target, measured, by CPU per request, met, limit) for every target of the
+    issue. Speed-ups are judged on throughput, as the issue states them; costs
+    (metrics, Nginx) on the worse of throughput and CPU per request, since one
+    worker holding most of wrk's connections can hide a cost in throughput."""
     out = []
     for server in ("uvicorn", "granian", "gunicorn-uvicorn"):
-        r = ratio(
-            find(rows, "tiny-json", f"service-{server}"),
-            find(rows, "tiny-json", f"stock-{server}"),
-        )
+        service = find(rows, "tiny-json", f"service-{server}")
+        stock = find(rows, "tiny-json", f"stock-{server}")
+        r = ratio(service, stock)
         out.append(
             (
-                f"tiny JSON, service ≥ 2x stock Django ASGI ({server}; aim 3x)",
+                f"tiny JSON, service >= 2x stock Django ASGI ({server}; aim 3x)",
                 _x(r),
+                _x(cpu_ratio(service, stock)),
                 r is not None and r >= 2,
                 LIMITS["stock"],
             )
@@ -113,25 +127,26 @@ def targets(rows: list) -> list[tuple]:
     for server in ("uvicorn", "granian", "gunicorn-uvicorn"):
         service = find(rows, "upstream-50ms", f"service-{server}")
         for baseline, floor in (("wsgi-gthread", 2), ("wsgi-sync", 20)):
-            r = ratio(service, find(rows, "upstream-50ms", baseline))
+            base = find(rows, "upstream-50ms", baseline)
+            r = ratio(service, base)
             out.append(
                 (
-                    f"50 ms upstream, service ({server}) ≥ {floor}x {baseline}",
+                    f"50 ms upstream, service ({server}) >= {floor}x {baseline}",
                     _x(r),
+                    _x(cpu_ratio(service, base)),
                     r is not None and r >= floor,
                     LIMITS[baseline.removeprefix("wsgi-")],
                 )
             )
-    r = ratio(
-        find(rows, "tiny-json", "service-uvicorn"),
-        find(rows, "tiny-json", "service-uvicorn-no-metrics"),
-    )
-    cost = None if r is None else 1 - r
+    on = find(rows, "tiny-json", "service-uvicorn")
+    off = find(rows, "tiny-json", "service-uvicorn-no-metrics")
+    costs = (_cost(ratio(on, off)), _cost(cpu_ratio(on, off)))
     out.append(
         (
-            "metrics on costs ≤ 10% (tiny JSON, uvicorn)",
-            _percent(cost),
-            cost is not None and cost <= 0.10,
+            "metrics on costs <= 10% (tiny JSON, uvicorn)",
+            _percent(costs[0]),
+            _percent(costs[1]),
+            None not in costs and max(costs) <= 0.10,
             LIMITS["metrics"],
         )
     )
@@ -141,16 +156,15 @@ def targets(rows: list) -> list[tuple]:
         ("tiny-json", "granian", "nginx"),
         ("upstream-50ms", "uvicorn", "nginx"),
     ):
-        r = ratio(
-            find(rows, scenario, f"service-{server}", via),
-            find(rows, scenario, f"service-{server}"),
-        )
-        cost = None if r is None else 1 - r
+        behind = find(rows, scenario, f"service-{server}", via)
+        direct = find(rows, scenario, f"service-{server}")
+        costs = (_cost(ratio(behind, direct)), _cost(cpu_ratio(behind, direct)))
         out.append(
             (
-                f"Nginx in front costs ≤ 15% ({scenario}, {server}, {via})",
-                _percent(cost),
-                cost is not None and cost <= 0.15,
+                f"Nginx in front costs <= 15% ({scenario}, {server}, {via})",
+                _percent(costs[0]),
+                _percent(costs[1]),
+                None not in costs and max(costs) <= 0.15,
                 LIMITS["nginx"],
             )
         )
@@ -159,9 +173,10 @@ def targets(rows: list) -> list[tuple]:
             met = row["held"] >= 10_000 and row["kib_per_connection"] <= 20
             out.append(
                 (
-                    f"≥ 10 000 idle WebSockets per worker at ≤ 20 KiB each "
+                    f">= 10 000 idle WebSockets per worker at <= 20 KiB each "
                     f"({row['config']})",
                     f"{row['held']:,} held, {row['kib_per_connection']:.1f} KiB each",
+                    "",
                     met,
                     LIMITS["websockets"],
                 )
@@ -226,12 +241,13 @@ def write(run: dict, out: Path) -> None:
         "",
         "## Targets",
         "",
-        "| target | measured | met | what limits it when missed |",
-        "|---|---|---|---|",
+        "| target | measured (throughput) | by CPU per request | met "
+        "| what limits it when missed |",
+        "|---|---|---|---|---|",
     ]
-    for target, measured, met, limit in targets(rows):
+    for target, measured, by_cpu, met, limit in targets(rows):
         lines.append(
-            f"| {target} | {measured} | {'met' if met else '**missed**'} "
+            f"| {target} | {measured} | {by_cpu} | {'met' if met else '**missed**'} "
             f"| {'' if met else limit} |"
         )
     for scenario, title in HTTP_SCENARIOS.items():

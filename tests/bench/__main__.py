@@ -71,6 +71,9 @@ def main() -> None:
         workdir = Path(tmp)
         logdir = workdir / "logs"
         logdir.mkdir()
+        # Nginx's workers (nobody) reach the app's unix socket there.
+        for directory in (workdir, logdir):
+            directory.chmod(0o755)
         projects = {server: generate(server, workdir) for server in SERVERS}
         # Not under workdir: that one is private to root, and PostgreSQL runs as
         # the postgres user.

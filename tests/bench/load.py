@@ -29,6 +29,7 @@ class Measurement:
     # The two busiest processes' share (cores): a worker that holds most of the
     # keep-alive connections shows here.
     busiest: list = field(default_factory=list)
+    by_process: dict = field(default_factory=dict)  # pid: cores
     extra: dict = field(default_factory=dict)
 
     @property
@@ -110,11 +111,13 @@ def wrk(
     )
     elapsed = time.monotonic() - started
     after = cpu_by_process(pids())
-    used = sorted(
-        ((after[pid] - before.get(pid, 0.0)) / elapsed for pid in after), reverse=True
-    )
+    by_process = {pid: (after[pid] - before.get(pid, 0.0)) / elapsed for pid in after}
+    used = sorted(by_process.values(), reverse=True)
     return Measurement(
-        cpu_cores=sum(used), busiest=used[:2], **parse_wrk(result.stdout)
+        cpu_cores=sum(used),
+        busiest=used[:2],
+        by_process=by_process,
+        **parse_wrk(result.stdout),
     )
 
 

@@ -15,7 +15,6 @@ from bench.deploy import (
     cpu_seconds,
     nginx_in_front,
     process_tree,
-    readable_tempdir,
     resident_bytes,
     wsgi_server,
 )
@@ -72,7 +71,8 @@ class Cells:
             else:
                 env = {}
                 if via == "nginx-uds":
-                    env["UDS"] = str(readable_tempdir("bench-uds-") / "app.sock")
+                    # Under the log directory: readable by Nginx's workers.
+                    env["UDS"] = str(self.logdir / f"app-{time.monotonic_ns()}.sock")
                 project, app = self.server(config, **env)
                 app.start()
                 started.append(app)
@@ -94,6 +94,12 @@ class Cells:
                 row["upstream_cpu_cores"] = (
                     cpu_seconds([self.upstream_pid]) - upstream_before[0]
                 ) / (time.monotonic() - upstream_before[1])
+            if via:
+                row["nginx_cpu_cores"] = sum(
+                    cores
+                    for pid, cores in measured.by_process.items()
+                    if pid in process_tree(front.process.pid)
+                )
             row.update(
                 req_s=measured.requests_per_second,
                 p50_ms=measured.p50_ms,

@@ -79,6 +79,8 @@ def http_table(rows: list, scenario: str) -> list[str]:
             name += f" (upstream process: {row['upstream_cpu_cores']:.2f} cores)"
         if "nginx_cpu_cores" in row:
             name += f" (Nginx: {row['nginx_cpu_cores']:.2f} cores)"
+        if "first_attempt_failed" in row:
+            name += f" (second attempt; the first: {row['first_attempt_failed']})"
         lines.append(
             f"| {name} | {_n(row['req_s'])} | {_n(row['p50_ms'], 1)} "
             f"| {_n(row['p99_ms'], 1)} | {row['errors']} | {_n(row['cpu_cores'], 2)} "

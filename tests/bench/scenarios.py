@@ -59,14 +59,24 @@ class Cells:
         return project, asgi_server(name, project, self.logdir, env)
 
     def http(self, scenario: str, config: str, path: str, conns: int, via: str = ""):
-        """One wrk cell: `via` is "", "nginx" (TCP to the app) or "nginx-uds"."""
+        """One wrk cell: `via` is "", "nginx" (TCP to the app) or "nginx-uds". A
+        cell that fails is tried once more; the first failure stays in its row."""
+        row = self._http(scenario, config, path, conns, via)
+        if "failed" in row:
+            first = row["failed"]
+            row = self._http(scenario, config, path, conns, via)
+            row["first_attempt_failed"] = first
+        print(f"bench: {row}", flush=True)
+        self.rows.append(row)
+
+    def _http(self, scenario, config, path, conns, via) -> dict:
         row = {"scenario": scenario, "config": config, "via": via or "direct"}
         started = []
         try:
             if config == "nginx-alone":
                 front = NginxAlone()
-                front.start()
                 started.append(front)
+                front.start()
                 port, pids = front.port, front.pids
             else:
                 env = {}
@@ -74,13 +84,13 @@ class Cells:
                     # Under the log directory: readable by Nginx's workers.
                     env["UDS"] = str(self.logdir / f"app-{time.monotonic_ns()}.sock")
                 project, app = self.server(config, **env)
-                app.start()
                 started.append(app)
+                app.start()
                 port, pids = app.port, app.pids
                 if via:
                     front = nginx_in_front(project, app)
-                    front.start()
                     started.append(front)
+                    front.start()
                     port = front.port
 
                     def pids(app=app, front=front):
@@ -113,11 +123,13 @@ class Cells:
         except Exception as exc:
             row["failed"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
+            for process in started:
+                print(f"bench: the end of {process.log}:\n{process.output()[-3000:]}")
         finally:
             for process in reversed(started):
-                process.stop()
-        print(f"bench: {row}", flush=True)
-        self.rows.append(row)
+                if process.process is not None:
+                    process.stop()
+        return row
 
     def websockets(self, server: str):
         """Idle WebSockets held by one worker: how many, and memory per connection."""

@@ -2,9 +2,10 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+from core.handler import get_asgi_application
+
 # Django must be set up before anything that imports models (ruff: E402 allowed).
 http_application = get_asgi_application()
 

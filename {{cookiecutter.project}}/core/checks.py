@@ -3,12 +3,14 @@
 import inspect
 
 from django.conf import settings
+from django.core import signals
 from django.core.checks import Tags, Warning, register
 from django.core.checks.security import base as security_checks
 from django.test.utils import override_settings
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
+from core import handler
 from core.middleware import InlineHooksMixin
 
 # Hooks Django wraps in sync_to_async, on every request, when they are not coroutines.
@@ -65,6 +67,31 @@ def check_middleware_stays_async(app_configs, **kwargs):
                     id="core.W001",
                 )
             )
+    return warnings
+
+
+@register(Tags.compatibility)
+def check_request_signals_stay_async(app_configs, **kwargs):
+    """Synchronous receivers of request_started/request_finished that are not
+    Django's own: core.handler then runs the signal in a thread on every request."""
+    warnings = []
+    for signal, name, known in (
+        (signals.request_started, "request_started", handler.STARTED_IN_REQUEST_THREAD),
+        (signals.request_finished, "request_finished", handler.FINISHED_ANYWHERE),
+    ):
+        sync_receivers, _ = handler.receivers(signal, handler.ASGIHandler)
+        for receiver in sync_receivers:
+            if receiver not in known:
+                path = f"{receiver.__module__}.{receiver.__qualname__}"
+                warnings.append(
+                    Warning(
+                        f"{path} receives {name} synchronously: every request "
+                        "switches threads to run it.",
+                        hint="Make the receiver a coroutine function.",
+                        obj=path,
+                        id="core.W005",
+                    )
+                )
     return warnings
 
 

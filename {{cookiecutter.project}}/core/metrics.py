@@ -11,6 +11,7 @@ histograms of dead workers are kept, so that totals never go down when a worker
 is recycled. Labels take bounded values only: the URL pattern, never the path.
 """
 
+import functools
 import platform
 
 import django
@@ -136,6 +137,19 @@ _CLOSE_CODE_CLASSES = {
     1012: "restart",
     1013: "restart",
 }
+
+
+# The children of the per-request metrics, looked up once per label set: labels()
+# takes a lock and checks its arguments on every call. Label values are bounded
+# (see above), so these caches are too.
+@functools.cache
+def request_counter(route: str, method: str, status: str):
+    return HTTP_REQUESTS.labels(route, method, status)
+
+
+@functools.cache
+def request_timer(route: str, method: str, status_class: str):
+    return HTTP_DURATION.labels(route, method, status_class)
 
 
 def method_label(method: str | None) -> str:

@@ -78,8 +78,8 @@ class MetricsMiddleware(AsyncMiddleware):
         route = match.route if match else metrics.UNMATCHED_ROUTE
         method = metrics.method_label(request.method)
         status = response.status_code
-        metrics.HTTP_REQUESTS.labels(route, method, str(status)).inc()
-        metrics.HTTP_DURATION.labels(route, method, f"{status // 100}xx").observe(
+        metrics.request_counter(route, method, str(status)).inc()
+        metrics.request_timer(route, method, f"{status // 100}xx").observe(
             time.perf_counter() - started
         )
         return response

@@ -6,9 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core import signals
 from django.core.checks import run_checks
 
-from core.checks import check_middleware_stays_async
+from core.checks import check_middleware_stays_async, check_request_signals_stay_async
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent
 
@@ -75,3 +76,18 @@ def test_deploy_check_is_clean_with_production_settings():
         check=False,
     )
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+def sync_receiver(sender, **kwargs):
+    pass
+
+
+def test_sync_request_signal_receivers_are_reported():
+    assert check_request_signals_stay_async(None) == []
+    signals.request_finished.connect(sync_receiver)
+    try:
+        (warning,) = check_request_signals_stay_async(None)
+    finally:
+        signals.request_finished.disconnect(sync_receiver)
+    assert warning.id == "core.W005"
+    assert warning.obj == f"{__name__}.sync_receiver"

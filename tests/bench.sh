@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The benchmark suite (tests/bench): generates a service per server, runs each
+# scenario against it and the baselines on 127.0.0.1, and writes
+# tests/bench/results/ (results.md, results.json, plots). Not part of tests/run.sh.
+# Arguments go to it: --quick for short cells while developing, --out DIR.
+set -euo pipefail
+# shellcheck source=tests/bootstrap.sh
+source "$(dirname "$0")/bootstrap.sh"
+if ! command -v wrk >/dev/null; then
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
+  fi
+  command -v wrk >/dev/null || die "wrk not found: apt-get install wrk"
+fi
+# Each held WebSocket is a file descriptor in the client and in the server.
+ulimit -n "$(ulimit -Hn)"
+cd "$ROOT/tests"
+exec "$ROOT/.venv/bin/python" -m bench "$@"

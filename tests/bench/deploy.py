@@ -1,0 +1,239 @@
+"""What the benchmark runs: generated services with the bench's own files, their
+servers (the service's bin/serve, or Gunicorn for the WSGI baselines), the
+service's own Nginx in front, an Nginx answering by itself, the slow upstream.
+Everything listens on 127.0.0.1."""
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from edge import Nginx, Process, readable_tempdir, wait_for_socket, wait_until_ok
+from harness import generate_service, run, service_env
+from matrix import default_combination
+from services import free_port, wait_for_port
+
+OVERLAY = Path(__file__).resolve().parent / "overlay"
+# PostgreSQL for the ORM scenario; WebSockets for the capacity scenario.
+BENCH_CHOICES = {"database": "postgresql", "websockets": "yes"}
+# config/asgi.py takes its handler and connection counter from bench_app.py.
+ASGI_PATCHES = (
+    ("from core.handler import get_asgi_application", "from bench_app import "),
+    ("from core.connections import count_connections", "from bench_app import "),
+)
+# Each run measures the request path, not worker recycling (bin/serve recycles
+# after 10 000 requests, which a 10 s run at 5 000 req/s would hit).
+STEADY = {"MAX_REQUESTS": "1000000000", "GRACEFUL_TIMEOUT": "5"}
+
+
+def generate(server: str, workdir: Path) -> Path:
+    combination = {**default_combination(), **BENCH_CHOICES, "server": server}
+    project = generate_service(combination, workdir / server)
+    run(["uv", "sync", "--locked", "--quiet"], project)
+    for source in OVERLAY.glob("*.py"):
+        shutil.copy(source, project / source.name)
+    asgi = project / "config" / "asgi.py"
+    text = asgi.read_text()
+    for old, prefix in ASGI_PATCHES:
+        assert text.count(old) == 1, f"{old!r} not found once in {asgi}"
+        text = text.replace(old, prefix + old.rsplit(" ", 1)[-1])
+    asgi.write_text(text)
+    return project
+
+
+def install_gunicorn(project: Path) -> None:
+    """The WSGI baselines' server, beside the service's own dependencies."""
+    run(["uv", "pip", "install", "--quiet", "gunicorn==27.0.1"], project)
+
+
+class Server(Process):
+    """A web server of the benchmark on a free port (or a unix socket)."""
+
+    def __init__(self, name: str, command: list, project: Path, env: dict, log: Path):
+        super().__init__(command, project, env, log)
+        self.name = name
+        self.port = int(env.get("PORT", "0"))
+        self.socket = env.get("UDS")
+
+    @property
+    def upstream(self) -> str:
+        return f"unix:{self.socket}" if self.socket else f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        if self.socket:
+            wait_for_socket(Path(self.socket))
+        else:
+            wait_until_ok(f"http://127.0.0.1:{self.port}/healthz")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        return super().stop(sig, timeout)
+
+    def pids(self) -> list[int]:
+        """The server's process and all its descendants."""
+        return process_tree(self.process.pid)
+
+
+def base_env(project: Path, logdir: Path, **extra: str) -> dict:
+    return service_env(
+        PATH=f"{project / '.venv' / 'bin'}:{service_env()['PATH']}",
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        GRANIAN_METRICS_PORT=str(free_port()),
+        DJANGO_SETTINGS_MODULE="bench_settings",
+        DJANGO_DEBUG="false",
+        # Plain HTTP from the load generator; Nginx would set X-Forwarded-Proto.
+        DJANGO_SECURE_SSL_REDIRECT="false",
+        METRICS_DIR=str(logdir / f"metrics-{free_port()}"),
+        **STEADY,
+        **extra,
+    )
+
+
+def asgi_server(name, project, logdir, env) -> Server:
+    """The generated service, started by its own bin/serve."""
+    env = base_env(project, logdir, **env)
+    return Server(name, ["bin/serve"], project, env, logdir / f"{name}.log")
+
+
+def wsgi_server(name, project, logdir, env, worker: str) -> Server:
+    """The same service as WSGI under Gunicorn: 2 sync workers, or 2 gthread
+    workers of 16 threads each."""
+    env = base_env(project, logdir, **env)
+    command = [
+        str(project / ".venv" / "bin" / "gunicorn"),
+        "bench_wsgi:application",
+        "--bind",
+        f"127.0.0.1:{env['PORT']}",
+        "--workers",
+        "2",
+        "--worker-class",
+        worker,
+        "--backlog",
+        "2048",
+        "--timeout",
+        "60",
+        "--no-control-socket",
+    ]
+    if worker == "gthread":
+        command += ["--threads", "16", "--keep-alive", "60"]
+    return Server(name, command, project, env, logdir / f"{name}.log")
+
+
+def nginx_in_front(project: Path, server: Server) -> Nginx:
+    """The service's own deploy/nginx (access log, headers, limits) in front."""
+    return Nginx(project, [server])
+
+
+class NginxAlone(Process):
+    """Nginx answering the tiny JSON by itself: the ceiling of this machine."""
+
+    CONF = """worker_processes auto;
+error_log stderr;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{{"status": "ok"}}';
+        }}
+    }}
+}}
+"""
+
+    def __init__(self):
+        self.port = free_port()
+        prefix = readable_tempdir("bench-nginx-")
+        conf = prefix / "nginx.conf"
+        conf.write_text(self.CONF.format(prefix=prefix, port=self.port))
+        command = ["nginx", "-p", str(prefix), "-c", str(conf), "-e", "stderr"]
+        super().__init__(
+            [*command, "-g", "daemon off;"], prefix, service_env(), prefix / "log"
+        )
+
+    def start(self) -> None:
+        super().start()
+        wait_for_port(self.port)
+
+    def stop(self, sig: int = signal.SIGQUIT, timeout: float = 30) -> int:
+        code = super().stop(sig, timeout)
+        shutil.rmtree(self.cwd)
+        return code
+
+    def pids(self) -> list[int]:
+        return process_tree(self.process.pid)
+
+
+class Upstream(Process):
+    """bench.upstream in a process of its own, answering after `delay` seconds."""
+
+    def __init__(self, delay: float, logdir: Path):
+        self.port = free_port()
+        command = [sys.executable, "-m", "bench.upstream", str(self.port), str(delay)]
+        env = {**service_env(), "PYTHONPATH": str(Path(__file__).parent.parent)}
+        super().__init__(command, Path.cwd(), env, logdir / "upstream.log")
+
+    def start(self) -> None:
+        super().start()
+        wait_for_port(self.port)
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, pending = [], [root]
+    while pending:
+        pid = pending.pop()
+        tree.append(pid)
+        pending.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_by_process(pids: list[int]) -> dict[int, float]:
+    """User and system CPU seconds of each of these processes so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return seconds
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_by_process(pids).values())
+
+
+def resident_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            statm = Path(f"/proc/{pid}/statm").read_text().split()
+        except OSError:
+            continue
+        total += int(statm[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
+def migrate_and_seed(project: Path, database_url: str, items: int = 100) -> None:
+    env = service_env(DATABASE_URL=database_url)
+    python = str(project / ".venv" / "bin" / "python")
+    run([python, "manage.py", "migrate", "--verbosity", "0"], project, env)
+    seed = (
+        "from items.models import Category, Item\n"
+        "category, _ = Category.objects.get_or_create(name='bench')\n"
+        f"Item.objects.bulk_create([Item(name=f'item {{n}}', category=category, "
+        f"price='1.00') for n in range({items})])\n"
+    )
+    run([python, "manage.py", "shell", "-c", seed], project, env)

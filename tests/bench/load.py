@@ -1,0 +1,219 @@
+"""Load generators, all aimed at 127.0.0.1 and bounded in time: wrk for HTTP,
+asyncio clients for WebSockets and Server-Sent Events."""
+
+import asyncio
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+import websockets
+
+from bench.deploy import cpu_by_process
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+@dataclass
+class Measurement:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    cpu_cores: float  # CPU time of the server's processes per second of load
+    # The two busiest processes' share (cores): a worker that holds most of the
+    # keep-alive connections shows here.
+    busiest: list = field(default_factory=list)
+    by_process: dict = field(default_factory=dict)  # pid: cores
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if not self.requests:
+            return None
+        return self.cpu_cores * 1e6 / self.requests_per_second
+
+
+def require_wrk() -> str:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit(
+            "bench: wrk not found: apt-get install wrk (tests/bench.sh does)"
+        )
+    return wrk
+
+
+def _milliseconds(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * UNITS[unit]
+
+
+def parse_wrk(output: str) -> dict:
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.M))
+    socket_errors = re.search(
+        r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    requests = re.search(r"(\d+) requests in", output)
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if not (rate and requests and latency):
+        raise RuntimeError(f"cannot read wrk's output:\n{output}")
+    errors = sum(map(int, socket_errors.groups())) if socket_errors else 0
+    return {
+        "requests_per_second": float(rate.group(1)),
+        "requests": int(requests.group(1)),
+        "p50_ms": _milliseconds(latency["50"]),
+        "p99_ms": _milliseconds(latency["99"]),
+        "errors": errors + (int(non_2xx.group(1)) if non_2xx else 0),
+    }
+
+
+def settle(base_url: str, seconds: float = 60) -> None:
+    """Until the server answers a fresh request: a server that queues connections
+    (Gunicorn's sync workers) first serves those the warm-up left behind."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=seconds):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def wrk(
+    base_url: str, path: str, connections: int, seconds: float, warmup: float, pids
+):
+    """A warm-up run, then the measured one; CPU is counted over the measured run."""
+    command = [require_wrk(), "--threads", "2", "--timeout", "10s", "--latency"]
+    url = base_url + path
+    if warmup:
+        subprocess.run(
+            [*command, f"-c{connections}", f"-d{warmup}s", url],
+            check=True,
+            capture_output=True,
+            timeout=warmup + 60,
+        )
+        settle(base_url)
+    before, started = cpu_by_process(pids()), time.monotonic()
+    result = subprocess.run(
+        [*command, f"-c{connections}", f"-d{seconds}s", url],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    elapsed = time.monotonic() - started
+    after = cpu_by_process(pids())
+    by_process = {pid: (after[pid] - before.get(pid, 0.0)) / elapsed for pid in after}
+    used = sorted(by_process.values(), reverse=True)
+    return Measurement(
+        cpu_cores=sum(used),
+        busiest=used[:2],
+        by_process=by_process,
+        **parse_wrk(result.stdout),
+    )
+
+
+async def hold_websockets(url: str, count: int, origin: str, concurrency: int = 200):
+    """Opens `count` idle WebSockets (each reads its welcome message); returns the
+    open ones and the number that failed."""
+    semaphore = asyncio.Semaphore(concurrency)
+    failed = 0
+
+    async def open_one():
+        nonlocal failed
+        async with semaphore:
+            try:
+                connection = await websockets.connect(
+                    url, origin=origin, compression=None, open_timeout=30
+                )
+                await asyncio.wait_for(connection.recv(), 30)
+                return connection
+            except (OSError, TimeoutError, websockets.WebSocketException):
+                failed += 1
+                return None
+
+    opened = await asyncio.gather(*(open_one() for _ in range(count)))
+    return [c for c in opened if c is not None], failed
+
+
+async def close_websockets(connections) -> None:
+    await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+
+
+async def _read_events(port: int, client: int, ready: asyncio.Event, stop, seen: list):
+    """One SSE client on a raw socket: records each bench event's delivery delay.
+    Through Nginx it passes for a client of its own (X-Forwarded-For, which the
+    bench's Nginx trusts from 127.0.0.1), as the per-client limits expect."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = (
+        "GET /api/items/events HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"X-Forwarded-For: 10.0.{client // 250}.{client % 250 + 1}\r\n\r\n"
+    )
+    writer.write(request.encode())
+    await writer.drain()
+    buffer = b""
+    try:
+        while not stop.is_set():
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            buffer += chunk
+            if b"retry:" in buffer:
+                ready.set()
+            *events, buffer = buffer.split(b"\n\n")
+            now = time.time()
+            for event in events:
+                if b"event: bench" in event:
+                    data = event.rsplit(b"data: ", 1)[-1]
+                    seen.append(now - json.loads(data)["sent"])
+    finally:
+        writer.close()
+
+
+async def sse_fan_out(port: int, clients: int, seconds: float, batch: int = 20):
+    """`clients` event streams open at once; a publisher asks the service for
+    `batch` events at a time for `seconds`. Returns delivered events per second,
+    delivery delay percentiles, and events lost (published x clients - delivered)."""
+    stop = asyncio.Event()
+    seen: list[float] = []
+    readies = [asyncio.Event() for _ in range(clients)]
+    readers = [
+        asyncio.ensure_future(_read_events(port, client, ready, stop, seen))
+        for client, ready in enumerate(readies)
+    ]
+    await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    publish = f"GET /bench/publish?count={batch} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    publish = publish.encode()
+    published, started = 0, time.monotonic()
+    while time.monotonic() - started < seconds:
+        writer.write(publish)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+        await reader.readexactly(length)
+        published += batch
+    elapsed = time.monotonic() - started
+    writer.close()
+    await asyncio.sleep(1.0)  # the last events are still on their way
+    stop.set()
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    delays = sorted(seen) or [0.0]
+    return {
+        "events_per_second": len(seen) / elapsed,
+        "published": published,
+        "delivered": len(seen),
+        "lost": published * clients - len(seen),
+        "p50_ms": statistics.median(delays) * 1e3,
+        "p99_ms": delays[int(len(delays) * 0.99) - 1 if len(delays) > 1 else 0] * 1e3,
+    }

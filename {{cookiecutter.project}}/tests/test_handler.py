@@ -1,0 +1,142 @@
+"""The request path through core.handler: no thread and no thread hop unless the
+request runs sync code, database connections closed in the thread that opened
+them, and exceptions still logged and counted."""
+
+import threading
+
+import pytest
+from asgiref import sync
+from asgiref.testing import ApplicationCommunicator
+from django.core import signals
+from django.core.handlers.asgi import ASGIHandler as StockASGIHandler
+from django.db import connections
+from prometheus_client import REGISTRY
+
+from config.asgi import application
+from items import store
+from tests.asgi import http_scope
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def get(app, path: str) -> tuple[int, bytes]:
+    communicator = ApplicationCommunicator(app, http_scope(path))
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=5)
+    body = b""
+    while True:
+        message = await communicator.receive_output(timeout=5)
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await communicator.wait(timeout=5)
+    return start["status"], body
+
+
+@pytest.fixture
+def thread_use(monkeypatch):
+    """Counts threads started and sync_to_async calls made."""
+    counts = {"threads": 0, "hops": 0}
+    start, call = threading.Thread.start, sync.SyncToAsync.__call__
+
+    def counting_start(thread):
+        counts["threads"] += 1
+        return start(thread)
+
+    async def counting_call(self, *args, **kwargs):
+        counts["hops"] += 1
+        return await call(self, *args, **kwargs)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    monkeypatch.setattr(sync.SyncToAsync, "__call__", counting_call)
+    return counts
+
+
+async def test_an_async_request_stays_in_the_event_loop(thread_use):
+    assert await get(application, "/healthz") == (200, b'{"status": "ok"}')
+    assert thread_use == {"threads": 0, "hops": 0}
+
+
+async def test_django_stock_handler_would_start_threads_and_hop(thread_use):
+    # What core.handler saves on every request: the counting above sees it.
+    assert (await get(StockASGIHandler(), "/healthz"))[0] == 200
+    assert thread_use["hops"] == 2
+    assert thread_use["threads"] >= 1
+
+
+async def test_connections_are_closed_in_the_thread_that_used_them(monkeypatch):
+    wrapper = type(connections["default"])
+    opened, closed = [], []
+    ensure_connection, close = wrapper.ensure_connection, wrapper.close
+
+    def recording_ensure_connection(connection):
+        opened.append(threading.current_thread())
+        return ensure_connection(connection)
+
+    def recording_close(connection):
+        if connection.connection is not None:
+            closed.append(threading.current_thread())
+        return close(connection)
+
+    monkeypatch.setattr(wrapper, "ensure_connection", recording_ensure_connection)
+    monkeypatch.setattr(wrapper, "close", recording_close)
+    for _ in range(2):
+        closes = len(closed)
+        assert (await get(application, "/api/items"))[0] == 200
+        # CONN_MAX_AGE is 0: each request's connection is closed (or returned to
+        # the pool) by request_finished, in the thread that opened it.
+        assert len(closed) > closes
+    assert opened
+    assert threading.current_thread() not in opened
+    assert set(closed) == set(opened)
+
+
+async def test_request_threads_are_kept_for_later_requests(thread_use):
+    for _ in range(3):
+        assert (await get(application, "/api/items"))[0] == 200
+    # Django's own handler starts two threads per request.
+    assert thread_use["threads"] <= 1
+
+
+async def test_unhandled_exceptions_are_logged_and_counted(monkeypatch, caplog):
+    async def broken():
+        raise RuntimeError("the store is broken")
+
+    monkeypatch.setattr(store, "stats", broken)
+    before = REGISTRY.get_sample_value(
+        "django_http_exceptions_total", {"type": "RuntimeError"}
+    )
+    status, _ = await get(application, "/api/items/stats")
+    assert status == 500
+    after = REGISTRY.get_sample_value(
+        "django_http_exceptions_total", {"type": "RuntimeError"}
+    )
+    assert after == (before or 0) + 1
+    assert any(
+        record.exc_info and record.exc_info[0] is RuntimeError
+        for record in caplog.records
+    )
+
+
+async def test_request_signal_receivers_still_run():
+    calls = []
+
+    def sync_receiver(sender, **kwargs):
+        calls.append(("sync", threading.get_ident()))
+
+    async def async_receiver(sender, **kwargs):
+        calls.append(("async", threading.get_ident()))
+
+    signals.request_started.connect(sync_receiver)
+    signals.request_started.connect(async_receiver)
+    signals.request_finished.connect(sync_receiver)
+    try:
+        assert (await get(application, "/healthz"))[0] == 200
+    finally:
+        signals.request_started.disconnect(sync_receiver)
+        signals.request_started.disconnect(async_receiver)
+        signals.request_finished.disconnect(sync_receiver)
+    loop_thread = threading.get_ident()
+    # A project's sync receivers run in a thread, as Django runs them.
+    assert sorted(kind for kind, _ in calls) == ["async", "sync", "sync"]
+    assert all((thread == loop_thread) == (kind == "async") for kind, thread in calls)

@@ -259,10 +259,13 @@ def image_build_args() -> dict[str, str]:
     return {"CREATED": created, "REVISION": revision}
 
 
-def build_service_image(project: Path, tag: str) -> str:
+def build_service_image(project: Path, tag: str, *, cached: bool = True) -> str:
     """Builds a generated service's image from its own Dockerfile; returns `tag`.
 
     The Dockerfile's bases resolve to local stand-ins, never to a registry.
+    `cached=False` rebuilds every step: buildah reuses a cached LABEL step whose
+    build args changed (containers/buildah#5501), so only a fresh build shows
+    the labels the Dockerfile sets.
     """
     for base in _bases(project / "Dockerfile"):
         assert base in SERVICE_BASES, (
@@ -280,6 +283,7 @@ def build_service_image(project: Path, tag: str) -> str:
         podman(
             "build",
             "--pull=never",
+            *([] if cached else ["--no-cache"]),
             *ca_bundle,
             *build_args,
             f"--tag={tag}",

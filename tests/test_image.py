@@ -44,7 +44,8 @@ def image(tmp_path_factory):
     probe.parent.mkdir(parents=True)
     probe.write_text(PROBE_CSS)
     begun = time.monotonic()
-    build_service_image(project, TAG)
+    # Fresh, so that the OCI labels are this build's and not a cached one's.
+    build_service_image(project, TAG, cached=False)
     print(f"\n{TAG} built in {time.monotonic() - begun:.0f} s")
     return TAG
 

@@ -55,6 +55,14 @@ def refusals(context: dict, choices: dict[str, list[str]]) -> list[str]:
             "digits and single hyphens, starting with a letter "
             "(it names the directory, the distribution, the chart and the units)"
         )
+    tasks = context.get("tasks")
+    queued = set(choices.get("tasks", [])) - {"none"}
+    if tasks in queued and context.get("database") == "sqlite":
+        problems.append(
+            f"tasks={tasks!r} needs database='postgresql': the task worker runs in "
+            "processes, pods and hosts of its own, and a SQLite database is a file "
+            "that only the web process's host can open"
+        )
     domain = str(context.get("domain", ""))
     if not DOMAIN.match(domain):
         problems.append(

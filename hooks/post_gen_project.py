@@ -23,17 +23,27 @@ sys.path.insert(0, str(TEMPLATE_DIR))
 # The template's stack components, rendered into deploy/<name>/ of every service.
 COMPONENTS = ("nginx", "helm", "ansible", "prometheus", "grafana")
 
-# Files that exist only for one value of an option.
+# Files that exist only for some values of an option.
+TASK_QUEUES = ("django", "celery", "dramatiq", "arq", "django-q2")
 FILES_OF_CHOICE = {
-    ("websockets", "yes"): [
+    ("websockets", ("yes",)): [
         "items/consumers.py",
         "items/routing.py",
         "tests/test_websocket.py",
     ],
-    ("server", "gunicorn-uvicorn"): ["config/workers.py"],
-    ("server", "granian"): ["deploy/grafana/dashboards/granian.json"],
+    ("server", ("gunicorn-uvicorn",)): ["config/workers.py"],
+    ("server", ("granian",)): ["deploy/grafana/dashboards/granian.json"],
     # SQLite is one pod's file: no autoscaling example.
-    ("database", "postgresql"): ["deploy/helm/ci/autoscaling-values.yaml"],
+    ("database", ("postgresql",)): ["deploy/helm/ci/autoscaling-values.yaml"],
+    ("tasks", TASK_QUEUES): [
+        "bin/worker",
+        "core/tasks.py",
+        "core/worker.py",
+        "items/migrations/0002_report_itemchange.py",
+        "items/signals.py",
+        "items/tasks.py",
+        "tests/test_tasks.py",
+    ],
 }
 
 
@@ -49,10 +59,19 @@ def write_local_env_file() -> None:
 
 
 def remove_files_of_other_choices() -> None:
-    for (option, choice), paths in FILES_OF_CHOICE.items():
-        if CONTEXT[option] != choice:
+    for (option, choices), paths in FILES_OF_CHOICE.items():
+        if CONTEXT[option] not in choices:
             for path in paths:
                 (SERVICE_DIR / path).unlink()
+
+
+def install_task_queue() -> None:
+    """core/queue.py is the chosen library's adapter, one of core/queues/."""
+    adapters = SERVICE_DIR / "core" / "queues"
+    if CONTEXT["tasks"] != "none":
+        chosen = adapters / f"{CONTEXT['tasks'].replace('-', '_')}.py"
+        chosen.rename(SERVICE_DIR / "core" / "queue.py")
+    shutil.rmtree(adapters)
 
 
 def component_files(root: Path):
@@ -115,6 +134,7 @@ def main() -> None:
     write_local_env_file()
     render_components()
     remove_files_of_other_choices()
+    install_task_queue()
     lock_dependencies()
 
 

@@ -47,6 +47,10 @@ def cookiecutter_cli(tmp_path, **options):
         ({"domain": "localhost"}, "domain='localhost' is not"),
         ({"domain": "Shop.Example.com"}, "domain='Shop.Example.com' is not"),
         ({"domain": "-bad.example.com"}, "domain='-bad.example.com' is not"),
+        (
+            {"tasks": "celery", "database": "sqlite"},
+            "tasks='celery' needs database='postgresql'",
+        ),
     ],
 )
 def test_bad_option_is_refused_and_nothing_is_written(tmp_path, options, reason):

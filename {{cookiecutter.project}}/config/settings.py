@@ -107,6 +107,14 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "core.cache.LocMemCache"}}
 
+{% if cookiecutter.tasks != "none" -%}
+# Background tasks (core.queue: {{ cookiecutter.tasks }}). Services that share a
+# broker each need their own queue name.
+TASK_QUEUE = env.str("TASK_QUEUE", default=SERVICE_NAME)
+# Seconds before a failed task's first retry; each further retry waits twice as long.
+TASK_RETRY_DELAY = env.float("TASK_RETRY_DELAY", default=10.0)
+
+{% endif -%}
 # Seconds an item read by id stays cached; writes through the API drop it at once.
 ITEM_CACHE_SECONDS = env.int("ITEM_CACHE_SECONDS", default=30)
 # Readiness probes give each dependency this long before reporting it down.

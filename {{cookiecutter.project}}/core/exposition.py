@@ -39,13 +39,16 @@ async def metrics(request):
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
-def render(directory: str | None) -> bytes:
+def render(directory: str | None, collectors=()) -> bytes:
+    """The workers' metrics; with a directory, also those `collectors` read now."""
     if not directory:
         return generate_latest(REGISTRY)
     with _locked(Path(directory)):
         retire_dead_workers(Path(directory))
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=directory)
+        for collector in collectors:
+            registry.register(collector)
         return generate_latest(registry)
 
 

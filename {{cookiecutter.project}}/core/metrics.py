@@ -120,6 +120,46 @@ CACHE_REQUESTS = Counter(
     "django_cache_requests", "Cache lookups, by result (hit or miss).", ["result"]
 )
 
+{% if cookiecutter.tasks != "none" -%}
+# Background tasks, by task name (core.tasks). Enqueued counts where a task is
+# handed to the broker (web or worker); the others count in the worker. A failed
+# attempt that the queue will try again is "retried"; the last one is "failed".
+TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+TASKS_ENQUEUED = Counter(
+    "django_tasks_enqueued", "Tasks handed to the broker, by task.", ["task"]
+)
+TASKS_STARTED = Counter(
+    "django_tasks_started", "Task attempts a worker started, by task.", ["task"]
+)
+TASKS_SUCCEEDED = Counter(
+    "django_tasks_succeeded", "Task attempts that succeeded, by task.", ["task"]
+)
+TASKS_RETRIED = Counter(
+    "django_tasks_retried",
+    "Task attempts that failed and will be tried again, by task.",
+    ["task"],
+)
+TASKS_FAILED = Counter(
+    "django_tasks_failed",
+    "Tasks whose last attempt failed, by task and exception class.",
+    ["task", "type"],
+)
+TASKS_RUNNING = Gauge(
+    "django_tasks_running",
+    "Task attempts running now, by task.",
+    ["task"],
+    multiprocess_mode="livesum",
+)
+TASK_DURATION = Histogram(
+    "django_task_duration_seconds",
+    "Time a task attempt ran, by task and outcome (succeeded, retried, failed).",
+    ["task", "outcome"],
+    buckets=TASK_BUCKETS,
+)
+# The queue depth is read from the broker when core.worker answers a scrape:
+# django_task_queue_depth, a gauge of no process.
+
+{% endif -%}
 METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )

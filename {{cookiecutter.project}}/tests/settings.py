@@ -11,6 +11,12 @@ os.environ["DJANGO_DEBUG"] = "false"
 os.environ["DJANGO_SECURE_SSL_REDIRECT"] = "false"
 os.environ["SSE_KEEPALIVE_SECONDS"] = "0.2"
 os.environ["READINESS_TIMEOUT"] = "1"
+{%- if cookiecutter.tasks != "none" %}
+# A queue of this run's own, which the worker it starts inherits: suites that share
+# a broker never run each other's tasks.
+os.environ.setdefault("TASK_QUEUE", f"{{ cookiecutter.project }}-test-{os.getpid()}")
+os.environ["TASK_RETRY_DELAY"] = "0.1"
+{%- endif %}
 
 from config.settings import *  # noqa: F403
 {%- if cookiecutter.websockets == "yes" %}

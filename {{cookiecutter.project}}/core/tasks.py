@@ -1,0 +1,69 @@
+"""What every background task gets around its body, whatever the queue library:
+a time limit, one log line per attempt, and the task metrics of core.metrics.
+
+The library's adapter (core.queue) calls `enqueued` once the broker holds a task,
+and wraps each attempt a worker makes in `attempt`. Task bodies are coroutines,
+so that they use the async ORM as the views do.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from django.conf import settings
+
+from core import metrics
+
+logger = logging.getLogger(__name__)
+
+
+def enqueued(name: str, job_id: str) -> None:
+    metrics.TASKS_ENQUEUED.labels(name).inc()
+    logger.info("task enqueued", extra={"task": name, "job_id": job_id})
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before the attempt after `attempt` (1 is the first): exponential,
+    from TASK_RETRY_DELAY, at most ten minutes."""
+    return min(settings.TASK_RETRY_DELAY * 2 ** (attempt - 1), 600.0)
+
+
+async def attempt(
+    name: str,
+    body: Callable[..., Awaitable],
+    args: tuple,
+    *,
+    number: int,
+    attempts: int,
+    time_limit: float,
+):
+    """Runs attempt `number` of at most `attempts`; returns or raises what the body
+    does. A body still running after `time_limit` seconds is cancelled, and the
+    attempt fails with TimeoutError."""
+    log = {"task": name, "attempt": number, "attempts": attempts}
+    metrics.TASKS_STARTED.labels(name).inc()
+    started = time.perf_counter()
+    outcome = "failed"
+    try:
+        with metrics.TASKS_RUNNING.labels(name).track_inprogress():
+            async with asyncio.timeout(time_limit):
+                result = await body(*args)
+    except Exception as error:
+        outcome = "retried" if number < attempts else "failed"
+        if outcome == "retried":
+            metrics.TASKS_RETRIED.labels(name).inc()
+            logger.warning("task attempt failed, will retry", extra=log, exc_info=True)
+        else:
+            metrics.TASKS_FAILED.labels(name, type(error).__name__).inc()
+            logger.error("task failed", extra=log, exc_info=True)
+        raise
+    else:
+        outcome = "succeeded"
+        metrics.TASKS_SUCCEEDED.labels(name).inc()
+        return result
+    finally:
+        duration = time.perf_counter() - started
+        metrics.TASK_DURATION.labels(name, outcome).observe(duration)
+        if outcome == "succeeded":
+            logger.info("task succeeded", extra={**log, "duration": duration})

@@ -1,0 +1,150 @@
+"""The task worker's supervisor: runs the queue library's worker, serves its metrics.
+
+bin/worker starts it. The library's worker (core.queue.WORKER_COMMAND) runs as a
+child process in a process group of its own; SIGTERM and SIGINT reach it once,
+from here, and it stops taking tasks and lets the running ones finish (within
+WORKER_SHUTDOWN_TIMEOUT) before this process exits with its status. Meanwhile
+this process answers HTTP on WORKER_METRICS_HOST:WORKER_METRICS_PORT:
+  /metrics  what the worker's processes wrote to METRICS_DIR (core.exposition
+            retires those that died), and the queue depth, read from the broker
+            at each scrape;
+  /healthz  200 while the worker runs: the liveness probe.
+
+Environment (defaults in brackets): WORKER_CONCURRENCY [2], WORKER_SHUTDOWN_TIMEOUT
+[60], WORKER_METRICS_HOST [127.0.0.1], WORKER_METRICS_PORT [9500], METRICS_DIR [a
+new temporary directory; a given one is emptied, as bin/serve does].
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import django
+
+logger = logging.getLogger("core.worker")
+
+
+def prepare_metrics_directory() -> str:
+    """The worker processes' metrics directory, without a previous run's files:
+    a process with a reused pid would carry on from them."""
+    directory = os.environ.get("METRICS_DIR")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink()
+    else:
+        directory = tempfile.mkdtemp(prefix="worker-metrics-")
+    # Before prometheus_client is imported, here and in the worker's processes.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
+class QueueDepth:
+    """django_task_queue_depth: read from the broker when Prometheus scrapes."""
+
+    def __init__(self, queue_name: str):
+        self.queue_name = queue_name
+
+    def _family(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        return GaugeMetricFamily(
+            "django_task_queue_depth",
+            "Tasks waiting in the broker for a worker, by queue.",
+            labels=["queue"],
+        )
+
+    def describe(self):
+        yield self._family()
+
+    def collect(self):
+        from core import queue
+
+        try:
+            depth = queue.queue_depth()
+        except Exception:
+            # No sample rather than a wrong one; the log says why.
+            logger.warning("could not read the queue depth", exc_info=True)
+            return
+        family = self._family()
+        family.add_metric([self.queue_name], depth)
+        yield family
+
+
+def serve_http(worker: subprocess.Popen, directory: str, queue_name: str):
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from core import exposition
+
+    depth = QueueDepth(queue_name)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/healthz":
+                alive = worker.poll() is None
+                body = b'{"status": "ok"}' if alive else b'{"status": "stopped"}'
+                self._send(200 if alive else 503, body, "application/json")
+            elif self.path == "/metrics":
+                body = exposition.render(directory, [depth])
+                self._send(200, body, CONTENT_TYPE_LATEST)
+            else:
+                self._send(404, b'{"error": "not_found"}', "application/json")
+
+        def _send(self, status: int, body: bytes, content_type: str):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):
+            # Probes and scrapes every few seconds: not worth a log line each.
+            pass
+
+    address = (
+        os.environ.get("WORKER_METRICS_HOST", "127.0.0.1"),
+        int(os.environ.get("WORKER_METRICS_PORT", "9500")),
+    )
+    server = ThreadingHTTPServer(address, Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def main() -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ.setdefault("WORKER_CONCURRENCY", "2")
+    os.environ.setdefault("WORKER_SHUTDOWN_TIMEOUT", "60")
+    directory = prepare_metrics_directory()
+    django.setup()
+    from django.conf import settings
+
+    from core import queue
+
+    # The command is the adapter's constant, never input.
+    worker = subprocess.Popen(queue.WORKER_COMMAND, process_group=0)  # noqa: S603
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: worker.send_signal(signum))
+    try:
+        server = serve_http(worker, directory, settings.TASK_QUEUE)
+    except OSError:
+        worker.kill()
+        raise
+    logger.info(
+        "worker started",
+        extra={"pid": worker.pid, "queue": settings.TASK_QUEUE, "metrics": directory},
+    )
+    status = worker.wait()
+    server.shutdown()
+    logger.info("worker stopped", extra={"status": status})
+    # A worker killed by a signal exits as a shell would report it.
+    return 128 - status if status < 0 else status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

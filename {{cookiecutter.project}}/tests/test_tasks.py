@@ -1,0 +1,242 @@
+"""Background tasks, run by the real worker (bin/worker) on the real broker.
+
+The worker is another process, as in production: it reads the test database and
+the broker this process enqueues into. No eager mode: what these tests see is
+what the worker did. They need PostgreSQL (DATABASE_URL){% if cookiecutter.tasks in ["celery", "dramatiq", "arq"] %} and Redis (REDIS_URL){% endif %}.
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from items.models import ItemChange
+from items.tasks import build_report
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+JSON = "application/json"
+# Seconds the worker gets to do what a test waits for.
+WAIT = 30
+
+
+def worker_database_url() -> str:
+    db = connection.settings_dict
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.fail(
+            "the task tests need PostgreSQL (DATABASE_URL): the worker is another "
+            "process, and it must open the test database"
+        )
+    credentials = quote(db["USER"] or "", safe="")
+    if db["PASSWORD"]:
+        credentials += ":" + quote(db["PASSWORD"], safe="")
+    return (
+        f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}"
+        f"/{db['NAME']}"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Worker:
+    def __init__(self, process: subprocess.Popen, port: int):
+        self.process = process
+        self.port = port
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        url = f"http://127.0.0.1:{self.port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def samples(self) -> dict:
+        """The worker's metrics: {(name, sorted labels): value}."""
+        status, body = self.get("/metrics")
+        assert status == 200
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    with django_db_blocker.unblock():
+        database_url = worker_database_url()
+    {%- if cookiecutter.tasks in ["celery", "dramatiq", "arq"] %}
+    if not settings.REDIS_URL:
+        pytest.fail("the task tests need Redis (REDIS_URL): it is the broker")
+    {%- endif %}
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": database_url,
+        "WORKER_METRICS_PORT": str(port),
+        "METRICS_DIR": str(tmp_path_factory.mktemp("worker-metrics")),
+        "WORKER_SHUTDOWN_TIMEOUT": str(WAIT),
+    }
+    process = subprocess.Popen([BASE_DIR / "bin" / "worker"], env=env)  # noqa: S603
+    worker = Worker(process, port)
+    deadline = time.monotonic() + WAIT
+    while True:
+        assert process.poll() is None, f"bin/worker exited with {process.returncode}"
+        try:
+            if worker.get("/healthz")[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "bin/worker never answered /healthz"
+        time.sleep(0.1)
+    yield worker
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=WAIT + 10) == 0
+
+
+async def eventually(check, seconds: float = WAIT):
+    """The first true result of `await check()`, tried until `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while not (result := await check()):
+        assert time.monotonic() < deadline, f"not done after {seconds} s"
+        await asyncio.sleep(0.1)
+    return result
+
+
+async def create_item(client, payload) -> dict:
+    response = await client.post("/api/items", payload, content_type=JSON)
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+async def request_report(client, body: dict) -> dict:
+    response = await client.post("/api/reports", body, content_type=JSON)
+    assert response.status_code == 202, response.content
+    report = response.json()
+    assert response["Location"] == f"/api/reports/{report['id']}"
+    assert report["status"] == "queued"
+    return report
+
+
+async def finished_report(client, report_id: int) -> dict:
+    async def check():
+        response = await client.get(f"/api/reports/{report_id}")
+        assert response.status_code == 200
+        report = response.json()
+        return report if report["status"] in ("done", "failed") else None
+
+    return await eventually(check)
+
+
+async def test_item_changes_are_recorded_by_the_worker(
+    worker, async_client, item_payload
+):
+    item = await create_item(async_client, item_payload)
+    path = f"/api/items/{item['id']}"
+    response = await async_client.patch(path, {"quantity": 1}, content_type=JSON)
+    assert response.status_code == 200
+    assert (await async_client.delete(path)).status_code == 204
+
+    def recorded():
+        # In a thread that closes its connection: the test database is dropped
+        # at the end while no session is open on it.
+        try:
+            changes = ItemChange.objects.filter(item_id=item["id"])
+            events = sorted(changes.values_list("event", flat=True))
+        finally:
+            connection.close()
+        return events if len(events) == 3 else None
+
+    events = await eventually(lambda: asyncio.to_thread(recorded))
+    assert events == ["item.created", "item.deleted", "item.updated"]
+
+
+async def test_a_report_is_built_by_the_worker(worker, async_client, item_payload):
+    await create_item(async_client, {**item_payload, "quantity": 3})
+    await create_item(async_client, {**item_payload, "quantity": 2, "price": "1.00"})
+    await create_item(async_client, {**item_payload, "category": "other"})
+    report = await request_report(async_client, {"category": "tools"})
+    report = await finished_report(async_client, report["id"])
+    assert report["status"] == "done", report
+    assert report["attempts"] == 1
+    assert report["result"] == {"items": 2, "units": 5, "value": "39.50"}
+    assert report["error"] is None
+
+
+async def test_a_failing_task_is_retried_then_reported_failed(worker, async_client):
+    def counts() -> dict:
+        samples = worker.samples()
+        task = (("task", "items.build_report"),)
+        return {
+            kind: samples.get((f"django_tasks_{kind}_total", task), 0)
+            for kind in ("started", "retried", "succeeded")
+        } | {
+            "failed": samples.get(
+                (
+                    "django_tasks_failed_total",
+                    (("task", "items.build_report"), ("type", "LookupError")),
+                ),
+                0,
+            )
+        }
+
+    before = counts()
+    report = await request_report(async_client, {"category": "nowhere"})
+    report = await finished_report(async_client, report["id"])
+    attempts = build_report.retries + 1
+    assert report["status"] == "failed", report
+    assert report["attempts"] == attempts
+    assert report["error"] == "category 'nowhere' does not exist"
+
+    def failure_counted():
+        now = counts()
+        return now if now["failed"] > before["failed"] else None
+
+    after = await eventually(lambda: asyncio.to_thread(failure_counted))
+    assert {kind: after[kind] - before[kind] for kind in after} == {
+        "started": attempts,
+        "retried": attempts - 1,
+        "succeeded": 0,
+        "failed": 1,
+    }
+
+
+async def test_the_web_process_counts_what_it_enqueues(worker, async_client):
+    def enqueued() -> float:
+        labels = {"task": "items.build_report"}
+        return REGISTRY.get_sample_value("django_tasks_enqueued_total", labels) or 0
+
+    before = enqueued()
+    report = await request_report(async_client, {})
+    assert enqueued() == before + 1
+    assert (await finished_report(async_client, report["id"]))["status"] == "done"
+
+
+def test_the_worker_reports_its_queue_depth_and_health(worker):
+    depth = ("django_task_queue_depth", (("queue", settings.TASK_QUEUE),))
+    deadline = time.monotonic() + WAIT
+    while worker.samples().get(depth) != 0:
+        assert time.monotonic() < deadline, worker.samples().get(depth)
+        time.sleep(0.2)
+    assert worker.get("/healthz") == (200, b'{"status": "ok"}')
+    assert worker.get("/nothing-here")[0] == 404

@@ -43,19 +43,49 @@ def every_combination() -> list[dict]:
     ]
 
 
+def _pairs(combination: dict) -> set[frozenset]:
+    return {
+        frozenset([(a, combination[a]), (b, combination[b])])
+        for a, b in itertools.combinations(combination, 2)
+    }
+
+
 def covering_combinations() -> list[dict]:
-    """Supported combinations in which every pair of choices appears at least once."""
-    keys = list(CHOICES)
+    """Supported combinations in which every supported pair of choices appears."""
+    # AllPairs does best with the options of most choices first.
+    keys = sorted(CHOICES, key=lambda key: -len(CHOICES[key]))
 
     def partial_row_is_supported(row: list) -> bool:
-        # Only complete rows can be judged; refusals need every option.
-        return len(row) < len(keys) or supported(dict(zip(keys, row, strict=True)))
-
-    return [
-        dict(zip(keys, row, strict=True))
-        for row in AllPairs(
-            list(CHOICES.values()), filter_func=partial_row_is_supported
+        # Refusals judge complete rows: a partial one is fine if some completion is.
+        rest = [CHOICES[key] for key in keys[len(row) :]]
+        return any(
+            supported(dict(zip(keys, [*row, *tail], strict=True)))
+            for tail in itertools.product(*rest)
         )
+
+    rows = [
+        {key: row[keys.index(key)] for key in CHOICES}
+        for row in AllPairs(
+            [CHOICES[key] for key in keys], filter_func=partial_row_is_supported
+        )
+    ]
+    # The filter can leave a pair stranded: each gets the first row that has it.
+    every = every_combination()
+    covered = set().union(*map(_pairs, rows))
+    for pair in sorted(set().union(*map(_pairs, every)) - covered, key=sorted):
+        if pair not in covered:
+            row = next(c for c in every if pair in _pairs(c))
+            rows.append(row)
+            covered |= _pairs(row)
+    return rows
+
+
+def suite_combinations() -> list[dict]:
+    """Where generated services run their own suites on real servers: every
+    combination without tasks, and with each tasks choice the covering set's rows
+    (each queue with every choice of every other option)."""
+    return [c for c in every_combination() if c["tasks"] == "none"] + [
+        c for c in covering_combinations() if c["tasks"] != "none"
     ]
 
 

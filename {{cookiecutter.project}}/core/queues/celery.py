@@ -16,11 +16,18 @@ one of the worker's prefork processes. A failed attempt is retried by Celery
 (a new message, held by the worker until it is due) until the task's retries
 are spent; Celery's hard time limit, a few seconds after core.tasks' own, kills
 a process whose task ignores cancellation.
+
+SIGTERM starts Celery's warm shutdown: no new tasks, the running ones finish.
+Celery puts no limit on it; after WORKER_SHUTDOWN_TIMEOUT seconds the worker
+signals itself SIGQUIT, Celery's cold shutdown, which stops the tasks still
+running and hands them back to the queue.
 """
 
 import asyncio
 import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 
 import redis
@@ -43,6 +50,19 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 def keep_django_logging(**kwargs) -> None:
     """Django's LOGGING already set up the worker's logging: JSON lines on stdout.
     With a receiver for this signal, Celery configures no logging of its own."""
+
+
+@signals.worker_shutting_down.connect
+def limit_warm_shutdown(how: str, **kwargs) -> None:
+    if how == "Warm":
+        timer = threading.Timer(
+            float(os.environ["WORKER_SHUTDOWN_TIMEOUT"]),
+            os.kill,
+            (os.getpid(), signal.SIGQUIT),
+        )
+        # A warm shutdown that ends in time exits without waiting for it.
+        timer.daemon = True
+        timer.start()
 
 
 def _check_broker() -> None:
@@ -97,6 +117,7 @@ def task(name: str, *, retries: int, time_limit: float):
 
 
 def queue_depth() -> int:
+    _check_broker()
     # Tasks are sent without a priority: they all wait in the queue's one list.
     prefix = app.conf.broker_transport_options["global_keyprefix"]
     client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)

@@ -113,6 +113,29 @@ else:
 TASK_QUEUE = env.str("TASK_QUEUE", default=SERVICE_NAME)
 # Seconds before a failed task's first retry; each further retry waits twice as long.
 TASK_RETRY_DELAY = env.float("TASK_RETRY_DELAY", default=10.0)
+{%- if cookiecutter.tasks == "celery" %}
+# Celery (core.queue), on Redis. Results are not kept: a task records what it did
+# in the database.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Queue, unacknowledged tasks and control channels of this service only.
+    "global_keyprefix": f"{TASK_QUEUE}:",
+    # A task not acknowledged after this long is handed out again: longer than
+    # any task runs or waits for its retry (core.tasks.retry_delay: 10 minutes).
+    "visibility_timeout": 3600,
+    # A publish to a broker gone silent fails instead of hanging the request.
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+}
+CELERY_TASK_DEFAULT_QUEUE = TASK_QUEUE
+CELERY_TASK_IGNORE_RESULT = True
+# Acknowledged once run, and put back when the worker process running it dies.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A worker process reserves only the task it runs: the others stay for other workers.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+{%- endif %}
 
 {% endif -%}
 # Seconds an item read by id stays cached; writes through the API drop it at once.

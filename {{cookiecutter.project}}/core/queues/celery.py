@@ -1,0 +1,157 @@
+"""The task queue: Celery, on Redis (REDIS_URL). Task bodies are coroutines.
+
+The interface every queue adapter of this service offers (core.worker and the
+apps use nothing else):
+  task(name, retries=, time_limit=)  declares a coroutine a task; the returned
+                                     Task's `await enqueue(*args)` hands it over
+  WORKER_COMMAND                     what core.worker runs: `python -m core.queue`
+  queue_depth()                      tasks waiting, read from the broker
+
+`app` is configured from the CELERY_* Django settings (config/settings.py): every
+key of this service in Redis starts with TASK_QUEUE, and tasks wait in the list
+named after it. A task is acknowledged once it has run, so that one whose worker
+process dies goes back to the queue. Celery runs functions, not coroutines: each
+attempt runs core.tasks.attempt in an event loop of its own (async_to_sync), in
+one of the worker's prefork processes. A failed attempt is retried by Celery
+(a new message, held by the worker until it is due) until the task's retries
+are spent; Celery's hard time limit, a few seconds after core.tasks' own, kills
+a process whose task ignores cancellation.
+
+SIGTERM starts Celery's warm shutdown: no new tasks, the running ones finish.
+Celery puts no limit on it; after WORKER_SHUTDOWN_TIMEOUT seconds the worker
+signals itself SIGQUIT, Celery's cold shutdown, which stops the tasks still
+running and hands them back to the queue.
+"""
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+
+import redis
+from asgiref.sync import async_to_sync
+from celery import Celery, signals
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from core import tasks
+
+WORKER_COMMAND = [sys.executable, "-m", "core.queue"]
+# Past core.tasks' own time limit, so that the task's failure is counted first.
+HARD_LIMIT_MARGIN = 5.0
+
+app = Celery(settings.SERVICE_NAME)
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+
+@signals.setup_logging.connect
+def keep_django_logging(**kwargs) -> None:
+    """Django's LOGGING already set up the worker's logging: JSON lines on stdout.
+    With a receiver for this signal, Celery configures no logging of its own."""
+
+
+@signals.worker_shutting_down.connect
+def limit_warm_shutdown(how: str, **kwargs) -> None:
+    if how == "Warm":
+        timer = threading.Timer(
+            float(os.environ["WORKER_SHUTDOWN_TIMEOUT"]),
+            os.kill,
+            (os.getpid(), signal.SIGQUIT),
+        )
+        # A warm shutdown that ends in time exits without waiting for it.
+        timer.daemon = True
+        timer.start()
+
+
+def _check_broker() -> None:
+    # Without a broker URL, Celery would quietly try AMQP on localhost.
+    if not settings.REDIS_URL:
+        raise ImproperlyConfigured("REDIS_URL is not set: Celery's broker is Redis")
+
+
+class Task:
+    def __init__(self, name: str, retries: int, message: Callable):
+        self.name = name
+        self.retries = retries
+        self._message = message
+
+    async def enqueue(self, *args) -> str:
+        _check_broker()
+        # Publishing is blocking I/O: not in the event loop.
+        result = await asyncio.to_thread(self._message.apply_async, args)
+        tasks.enqueued(self.name, result.id)
+        return result.id
+
+
+def task(name: str, *, retries: int, time_limit: float):
+    def declare(body: Callable[..., Awaitable]) -> Task:
+        @app.task(
+            name=name,
+            bind=True,
+            max_retries=retries,
+            time_limit=time_limit + HARD_LIMIT_MARGIN,
+        )
+        def run(self, *args):
+            number = self.request.retries + 1
+            try:
+                return async_to_sync(tasks.attempt)(
+                    name,
+                    body,
+                    args,
+                    number=number,
+                    attempts=retries + 1,
+                    time_limit=time_limit,
+                )
+            except Exception as error:
+                if number <= retries:
+                    raise self.retry(
+                        exc=error, countdown=tasks.retry_delay(number)
+                    ) from error
+                raise
+
+        return Task(name, retries, run)
+
+    return declare
+
+
+def queue_depth() -> int:
+    _check_broker()
+    # Tasks are sent without a priority: they all wait in the queue's one list.
+    prefix = app.conf.broker_transport_options["global_keyprefix"]
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+    try:
+        return client.llen(prefix + settings.TASK_QUEUE)
+    finally:
+        client.close()
+
+
+def main() -> int:
+    import django
+
+    django.setup()
+    import items.tasks  # noqa: F401  (declares the tasks)
+
+    _check_broker()
+    return app.start(
+        [
+            # No banner: stdout carries JSON log lines only.
+            "--quiet",
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={int(os.environ['WORKER_CONCURRENCY'])}",
+            f"--queues={settings.TASK_QUEUE}",
+            # Worker-to-worker chatter over events, which this service does not use.
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    # The tasks declare themselves in core.queue, which is not this __main__ module.
+    from core.queue import main as run_worker
+
+    sys.exit(run_worker())

@@ -179,14 +179,15 @@ def queue_depth() -> int:
 
 
 def main() -> None:
+    # A stop asked for while the worker boots is honoured once it has started.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.set())
+
     import django
 
     django.setup()
     import items.tasks  # noqa: F401  (declares the tasks)
-
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: stopping.set())
 
     queue_broker = broker()
     # What dramatiq's CLI emits in each worker process: TimeLimit starts its timer.
@@ -201,8 +202,10 @@ def main() -> None:
     # fetched but unstarted ones back to Redis.
     worker.stop(timeout=int(os.environ["WORKER_SHUTDOWN_TIMEOUT"]) * 1000)
     queue_broker.close()
-    # Its threads would otherwise hold up the interpreter's exit.
-    connections["default"].close_pool()
+    for connection in connections.all():
+        if connection.vendor == "postgresql":
+            # The pool's threads would otherwise hold up the interpreter's exit.
+            connection.close_pool()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,215 @@
+"""The task queue: Dramatiq, on Redis (REDIS_URL). Task bodies are coroutines.
+
+The interface every queue adapter of this service offers (core.worker and the
+apps use nothing else):
+  task(name, retries=, time_limit=)  declares a coroutine a task; the returned
+                                     Task's `await enqueue(*args)` hands it over
+  WORKER_COMMAND                     what core.worker runs: `python -m core.queue`
+  queue_depth()                      tasks waiting, read from the broker
+
+Plain dramatiq, without django-dramatiq: its DB-connection middleware acts on the
+worker threads, while the async ORM runs on asgiref's own thread, and its
+rundramatiq command starts dramatiq's CLI, which adds a master process and relays
+its workers' output to stderr. The worker here is dramatiq's Worker in the one
+process core.worker starts, after django.setup(): it logs through Django's LOGGING.
+
+Messages wait in Redis in the list NAMESPACE:TASK_QUEUE, retries in the delay
+queue NAMESPACE:TASK_QUEUE.DQ. A failed attempt raises dramatiq's Retry, delayed
+by core.tasks.retry_delay, until the task's retries are spent; the last failure
+dead-letters the message. Dramatiq's TimeLimit, a few seconds after core.tasks'
+time limit, interrupts an attempt that ignores cancellation. Coroutines run on the
+event loop thread of dramatiq's AsyncIO middleware, one per worker process.
+"""
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+
+import dramatiq
+import redis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import close_old_connections, connections
+from dramatiq.asyncio import async_to_sync
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import AsyncIO, CurrentMessage, Retries, TimeLimit
+
+from core import tasks
+
+WORKER_COMMAND = [sys.executable, "-m", "core.queue"]
+# Past core.tasks' own time limit, so that the task's failure is counted first.
+HARD_LIMIT_MARGIN = 5.0
+# The prefix of the RedisBroker's keys (its default, spelled out for queue_depth).
+NAMESPACE = "dramatiq"
+
+
+class AttemptsExhausted(Exception):
+    """The last attempt failed. core.tasks counted and logged it; dramatiq expects
+    this exception (the actors' `throws`), so it dead-letters the message without
+    logging the failure again."""
+
+
+class Task:
+    def __init__(
+        self, name: str, body: Callable[..., Awaitable], retries: int, time_limit: float
+    ):
+        self.name = name
+        self.retries = retries
+        self.body = body
+        self.time_limit = time_limit
+        self.actor: dramatiq.Actor | None = None
+
+    def declare(self, broker: RedisBroker) -> None:
+        self.actor = dramatiq.actor(
+            self.run,
+            actor_name=self.name,
+            queue_name=settings.TASK_QUEUE,
+            broker=broker,
+            max_retries=self.retries,
+            time_limit=int((self.time_limit + HARD_LIMIT_MARGIN) * 1000),
+            # For failures outside core.tasks.attempt (the hard time limit): the
+            # backoff of core.tasks.retry_delay.
+            min_backoff=int(tasks.retry_delay(1) * 1000),
+            max_backoff=int(tasks.retry_delay(max(self.retries, 1)) * 1000),
+            throws=(AttemptsExhausted,),
+        )
+
+    def run(self, *args) -> None:
+        """The actor, in a worker thread: runs the body on the AsyncIO middleware's
+        event loop and waits for it."""
+        # The Retries middleware counts the failed attempts in the message.
+        number = CurrentMessage.get_current_message().options.get("retries", 0) + 1
+        try:
+            async_to_sync(self.attempt)(number, args)
+        except Exception as error:
+            if number <= self.retries:
+                delay = int(tasks.retry_delay(number) * 1000)
+                raise dramatiq.Retry(delay=delay) from error
+            raise AttemptsExhausted(self.name) from error
+
+    async def attempt(self, number: int, args: tuple) -> None:
+        try:
+            await tasks.attempt(
+                self.name,
+                self.body,
+                args,
+                number=number,
+                attempts=self.retries + 1,
+                time_limit=self.time_limit,
+            )
+        finally:
+            # As at the end of a request: the attempt's database connection goes
+            # back to the pool, and one that broke is not used again.
+            await sync_to_async(close_old_connections)()
+
+    def send(self, *args) -> str:
+        broker()  # declares the actor
+        return self.actor.send(*args).message_id
+
+    async def enqueue(self, *args) -> str:
+        # Sending is blocking Redis I/O: off the event loop.
+        job_id = await asyncio.to_thread(self.send, *args)
+        tasks.enqueued(self.name, job_id)
+        return job_id
+
+
+_tasks: list[Task] = []
+_broker: RedisBroker | None = None
+_broker_lock = threading.Lock()
+
+
+def _redis_url() -> str:
+    if not settings.REDIS_URL:
+        raise ImproperlyConfigured("REDIS_URL is not set: Dramatiq's broker is Redis")
+    return settings.REDIS_URL
+
+
+def broker() -> RedisBroker:
+    """The broker, made when first needed, with the tasks declared so far: importing
+    the tasks (settings checks, migrations) needs no REDIS_URL."""
+    global _broker
+    with _broker_lock:
+        if _broker is None:
+            new = RedisBroker(
+                url=_redis_url(),
+                namespace=NAMESPACE,
+                # Dramatiq's Prometheus middleware is left out: core.tasks
+                # records the task metrics.
+                middleware=[
+                    CurrentMessage(),
+                    AsyncIO(),
+                    TimeLimit(),
+                    Retries(),
+                ],
+            )
+            for declared in _tasks:
+                declared.declare(new)
+            _broker = new
+        return _broker
+
+
+def task(name: str, *, retries: int, time_limit: float):
+    def declare(body: Callable[..., Awaitable]) -> Task:
+        declared = Task(name, body, retries, time_limit)
+        with _broker_lock:
+            _tasks.append(declared)
+            if _broker is not None:
+                declared.declare(_broker)
+        return declared
+
+    return declare
+
+
+def queue_depth() -> int:
+    """Messages no worker has taken, and retries waiting for their time: the delay
+    queue's messages stay in its hash until they are due, even once a worker has
+    fetched them to wait in memory."""
+    queue = f"{NAMESPACE}:{settings.TASK_QUEUE}"
+    delay_queue = f"{queue}.DQ.msgs"
+    client = redis.Redis.from_url(_redis_url(), socket_timeout=5)
+    try:
+        ready, delayed = client.pipeline().llen(queue).hlen(delay_queue).execute()
+    finally:
+        client.close()
+    return ready + delayed
+
+
+def main() -> None:
+    # A stop asked for while the worker boots is honoured once it has started.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stopping.set())
+
+    import django
+
+    django.setup()
+    import items.tasks  # noqa: F401  (declares the tasks)
+
+    queue_broker = broker()
+    # What dramatiq's CLI emits in each worker process: TimeLimit starts its timer.
+    queue_broker.emit_after("process_boot")
+    # Each thread runs one task at a time; their coroutines share the event loop.
+    worker = dramatiq.Worker(
+        queue_broker, worker_threads=int(os.environ["WORKER_CONCURRENCY"])
+    )
+    worker.start()
+    stopping.wait()
+    # Takes no more messages, gives running tasks the timeout to finish, and hands
+    # fetched but unstarted ones back to Redis.
+    worker.stop(timeout=int(os.environ["WORKER_SHUTDOWN_TIMEOUT"]) * 1000)
+    queue_broker.close()
+    for connection in connections.all():
+        if connection.vendor == "postgresql":
+            # The pool's threads would otherwise hold up the interpreter's exit.
+            connection.close_pool()
+
+
+if __name__ == "__main__":
+    # The tasks declare themselves in core.queue, which is not this __main__ module.
+    from core.queue import main as run_worker
+
+    run_worker()

@@ -39,6 +39,7 @@ FILES_OF_CHOICE = {
         "bin/worker",
         "core/tasks.py",
         "core/worker.py",
+        "deploy/grafana/dashboards/tasks.json",
         "items/migrations/0002_report_itemchange.py",
         "items/signals.py",
         "items/tasks.py",

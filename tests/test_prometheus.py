@@ -1,5 +1,6 @@
-"""The Prometheus component, as rendered for each server: valid for Prometheus 2.42,
-its rules pass their unit tests, and those tests and selectors cover what they must."""
+"""The Prometheus component, as rendered for each server and for a service with
+background tasks: valid for Prometheus 2.42, its rules pass their unit tests, and
+those tests and selectors cover what they must."""
 
 import re
 
@@ -7,7 +8,7 @@ import pytest
 import yaml
 
 from harness import run
-from matrix import DEFAULT_TEXT, each_server, params
+from matrix import DEFAULT_TEXT, default_combination, each_server, params
 
 PROJECT = DEFAULT_TEXT["project"]
 # A series that belongs to one service: its own metrics, its exporters', the
@@ -16,6 +17,14 @@ PROJECT = DEFAULT_TEXT["project"]
 SELECTOR = re.compile(
     r"(?<![\w:])([\w:]*(?:django|nginx|granian)_[\w:]*|up)\b(\{[^}]*\})?"
 )
+# The task rules are the same whatever the queue library: one tasks service.
+COMBINATIONS = params(
+    [
+        *each_server(),
+        {**default_combination(), "database": "postgresql", "tasks": "arq"},
+    ]
+)
+TASK_ALERTS = {"TaskFailureRatioHigh", "TaskQueueBacklogGrowing", "TaskWorkersDown"}
 
 
 def rule_files(prometheus):
@@ -39,7 +48,7 @@ def rules(prometheus):
     ]
 
 
-@pytest.mark.parametrize("combination", params(each_server()))
+@pytest.mark.parametrize("combination", COMBINATIONS)
 def test_promtool_accepts_the_configuration_and_the_rules_pass_their_tests(
     combination, generated
 ):
@@ -49,7 +58,7 @@ def test_promtool_accepts_the_configuration_and_the_rules_pass_their_tests(
     run(["promtool", "test", "rules", *unit_test_files(prometheus)], prometheus)
 
 
-@pytest.mark.parametrize("combination", params(each_server()))
+@pytest.mark.parametrize("combination", COMBINATIONS)
 def test_every_alert_has_a_firing_and_a_quiet_test(combination, generated):
     prometheus = generated(combination) / "deploy" / "prometheus"
     alerts = {rule["alert"] for rule in rules(prometheus) if "alert" in rule}
@@ -61,9 +70,11 @@ def test_every_alert_has_a_firing_and_a_quiet_test(combination, generated):
     assert firing == alerts
     assert quiet == alerts
     assert ("GranianWorkerCrashed" in alerts) == (combination["server"] == "granian")
+    with_tasks = combination["tasks"] != "none"
+    assert alerts & TASK_ALERTS == (TASK_ALERTS if with_tasks else set())
 
 
-@pytest.mark.parametrize("combination", params(each_server()))
+@pytest.mark.parametrize("combination", COMBINATIONS)
 def test_every_rule_selects_this_service_only(combination, generated):
     prometheus = generated(combination) / "deploy" / "prometheus"
     groups = [
@@ -82,13 +93,15 @@ def test_every_rule_selects_this_service_only(combination, generated):
     assert unscoped == []
 
 
-@pytest.mark.parametrize("combination", params(each_server()))
+@pytest.mark.parametrize("combination", COMBINATIONS)
 def test_every_scrape_job_labels_its_targets_with_the_service(combination, generated):
     prometheus = generated(combination) / "deploy" / "prometheus"
     jobs = load(prometheus / "prometheus.yml")["scrape_configs"]
     suffixes = ["", "-nginx", "-node"]
     if combination["server"] == "granian":
         suffixes.append("-granian")
+    if combination["tasks"] != "none":
+        suffixes.append("-worker")
     assert sorted(job["job_name"] for job in jobs) == sorted(
         PROJECT + suffix for suffix in suffixes
     )

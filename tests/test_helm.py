@@ -1,9 +1,10 @@
 """The generated service's Helm chart: lint, valid objects, restricted pods, schema.
 
-Each server choice's chart (with both databases among them) is rendered with every
-example values file in its ci/ directory, and every object is validated for the
-oldest and newest Kubernetes the chart supports; custom resources against the
-vendored CRDs (tests/crds/). The pod checks below are this project's own (no
+Each server choice's chart (with both databases among them), and the chart of a
+service with background tasks (its worker), is rendered with every example values
+file in its ci/ directory, and every object is validated for the oldest and newest
+Kubernetes the chart supports; custom resources against the vendored CRDs
+(tests/crds/). The pod checks below are this project's own (no
 checkov: these are the rules we hold the chart to, named one by one).
 """
 
@@ -38,6 +39,20 @@ SERVICES = {
     },
     "gunicorn-postgresql": {"server": "gunicorn-uvicorn", "database": "postgresql"},
 }
+# The task queues whose services' charts are rendered, one generated service each.
+# The chart sees the choice through Chart.yaml's annotation alone and differs
+# between them by the broker: Redis or the database.
+TASKS = ("arq",)
+REDIS_BROKERS = {"celery", "dramatiq", "arq"}
+TASK_SERVICES = {
+    f"{tasks}-postgresql": {
+        "server": "uvicorn",
+        "database": "postgresql",
+        "tasks": tasks,
+    }
+    for tasks in TASKS
+}
+SERVICES |= TASK_SERVICES
 RESTRICTED_VOLUMES = {
     "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
     "persistentVolumeClaim", "projected", "secret",
@@ -48,6 +63,8 @@ PROBES = {
     "app": {"startupProbe", "livenessProbe", "readinessProbe"},
     "nginx": {"livenessProbe", "readinessProbe"},
     "nginx-exporter": {"livenessProbe"},
+    # No readiness: nothing routes requests to a worker.
+    "worker": {"startupProbe", "livenessProbe"},
 }
 # Every container of ours gets a writable /tmp on a read-only root.
 TMP = "/tmp"  # noqa: S108 (a path inside the pod)
@@ -212,8 +229,7 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
                         problems.append(f"{label}: a container with no probe rule")
                     elif missing := expected - set(container):
                         problems.append(f"{label}: no {sorted(missing)}")
-            if long_running:
-                app = next(c for c in spec["containers"] if c["name"] == "app")
+            for app in (c for c in spec["containers"] if c["name"] == "app"):
                 if app["readinessProbe"]["httpGet"]["path"] != "/readyz":
                     problems.append(f"{values} {name}: readiness is not /readyz")
     assert problems == []
@@ -292,21 +308,21 @@ def test_nginx_prometheus_and_grafana_come_from_their_components(service, render
     assert set(dashboards) == {"service.json", "granian.json"}
 
 
-@pytest.mark.parametrize("key", ["granian-postgresql", "uvicorn-sqlite"])
+@pytest.mark.parametrize(
+    "key", ["granian-postgresql", "uvicorn-sqlite", *TASK_SERVICES]
+)
 def test_scrape_jobs_are_those_the_rules_select(key, service, renders):
-    """The ServiceMonitor names its jobs as deploy/prometheus/prometheus.yml does for
-    VMs, and labels them with the service: the same rules work on both."""
+    """The ServiceMonitors name their jobs as deploy/prometheus/prometheus.yml does
+    for VMs, and label them with the service: the same rules work on both."""
     project = service(key)
     config = yaml.safe_load((project / "deploy/prometheus/prometheus.yml").read_text())
     vm_jobs = {job["job_name"] for job in config["scrape_configs"]} - {
         f"{project.name}-node"
     }
-    monitor = next(
-        o for o in renders(key)["monitoring-values.yaml"]
-        if o["kind"] == "ServiceMonitor"
-    )  # fmt: skip
     labels = [
         {r["targetLabel"]: r["replacement"] for r in endpoint["relabelings"]}
+        for monitor in renders(key)["monitoring-values.yaml"]
+        if monitor["kind"] == "ServiceMonitor"
         for endpoint in monitor["spec"]["endpoints"]
     ]
     assert {label["job"] for label in labels} == vm_jobs
@@ -400,3 +416,207 @@ def test_the_app_port_is_closed_to_the_cluster(renders):
     grace = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]
     assert grace["spec"]["terminationGracePeriodSeconds"] > 10 + 30
     assert RELEASE in policy["metadata"]["name"]
+
+
+def worker_objects(objects: list[dict]) -> dict[str, dict]:
+    """{kind: object} of the task worker's objects."""
+    return {
+        o["kind"]: o
+        for o in objects
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        == "worker"
+    }
+
+
+def web_objects(objects: list[dict]) -> dict[str, dict]:
+    """{kind: object} of the app's objects (one of each kind among these)."""
+    kinds = {"Deployment", "Service", "ServiceMonitor", "NetworkPolicy"}
+    return {
+        o["kind"]: o
+        for o in objects
+        if o["kind"] in kinds and o not in worker_objects(objects).values()
+    }
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return selector.items() <= labels.items()
+
+
+@pytest.mark.parametrize("key", TASK_SERVICES)
+def test_the_worker_runs_bin_worker_as_the_app_runs(key, renders):
+    """The same image, settings, Secret, identity and restrictions as the app; its
+    own command, environment, probes and grace period."""
+    objects = renders(key)["default-values.yaml"]
+    worker = worker_objects(objects)["Deployment"]
+    web = web_objects(objects)["Deployment"]
+    pod, web_pod = worker["spec"]["template"], web["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    app = next(c for c in web_pod["spec"]["containers"] if c["name"] == "app")
+
+    assert container["command"] == ["bin/worker"]
+    for field in ("image", "envFrom", "securityContext"):
+        assert container[field] == app[field], field
+    for field in (
+        "serviceAccountName",
+        "securityContext",
+        "automountServiceAccountToken",
+    ):
+        assert pod["spec"][field] == web_pod["spec"][field], field
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["checksum/config"] == web_pod["metadata"]["annotations"][
+        "checksum/config"]  # fmt: skip
+    assert "checksum/secret" in annotations
+
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env.pop("METRICS_DIR").startswith(f"{TMP}/")
+    assert env == {
+        "WORKER_CONCURRENCY": "2",
+        "WORKER_SHUTDOWN_TIMEOUT": "60",
+        "WORKER_METRICS_HOST": "0.0.0.0",  # noqa: S104 (the pod's own address)
+        "WORKER_METRICS_PORT": "9500",
+    }
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9500}]
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # Nothing routes requests to it: no readiness, nothing to drain.
+    assert "readinessProbe" not in container
+    assert "lifecycle" not in container
+    assert pod["spec"]["terminationGracePeriodSeconds"] > 60
+    assert worker["spec"]["replicas"] == 2
+
+
+@pytest.mark.parametrize("key", TASK_SERVICES)
+def test_nothing_of_the_app_selects_the_workers_pods(key, renders):
+    """The app's Deployment (and so its autoscaler), Service, ServiceMonitor and
+    NetworkPolicy select the app's pods only, and the worker's objects its own."""
+    objects = renders(key)["monitoring-values.yaml"]
+    worker, web = worker_objects(objects), web_objects(objects)
+    worker_pod = worker["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    web_pod = web["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    pod_selectors = {
+        "Deployment": lambda o: o["spec"]["selector"]["matchLabels"],
+        "Service": lambda o: o["spec"]["selector"],
+        "NetworkPolicy": lambda o: o["spec"]["podSelector"]["matchLabels"],
+    }
+    for kind, selector in pod_selectors.items():
+        assert not selects(selector(web[kind]), worker_pod), kind
+        assert selects(selector(worker[kind]), worker_pod), kind
+        assert not selects(selector(worker[kind]), web_pod), kind
+    monitor = worker["ServiceMonitor"]["spec"]["selector"]["matchLabels"]
+    assert selects(monitor, worker["Service"]["metadata"]["labels"])
+    assert not selects(monitor, web["Service"]["metadata"]["labels"])
+    assert not selects(
+        web["ServiceMonitor"]["spec"]["selector"]["matchLabels"],
+        worker["Service"]["metadata"]["labels"],
+    )
+
+
+@pytest.mark.parametrize("key", TASK_SERVICES)
+def test_the_worker_is_scraped_as_on_vms_and_closed_to_the_rest(key, service, renders):
+    project = service(key)
+    objects = renders(key)["monitoring-values.yaml"]
+    worker, web = worker_objects(objects), web_objects(objects)
+    assert worker["Service"]["spec"]["clusterIP"] == "None"
+    assert worker["Service"]["spec"]["ports"] == [
+        {"name": "metrics", "port": 9500, "targetPort": "metrics"}
+    ]
+    (endpoint,) = worker["ServiceMonitor"]["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics"
+    assert endpoint["path"] == "/metrics"
+    labels = {r["targetLabel"]: r["replacement"] for r in endpoint["relabelings"]}
+    assert labels == {"job": f"{project.name}-worker", "service": project.name}
+    assert worker["ServiceMonitor"]["metadata"]["labels"]["release"] == (
+        "kube-prometheus-stack"
+    )
+
+    policy = worker["NetworkPolicy"]["spec"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": "metrics"}]
+    monitoring = {"kubernetes.io/metadata.name": "monitoring"}
+    assert rule["from"] == [{"namespaceSelector": {"matchLabels": monitoring}}]
+    assert policy["egress"] == web["NetworkPolicy"]["spec"]["egress"]
+    limited = worker_objects(renders(key)["gateway-values.yaml"])["NetworkPolicy"]
+    gateway_web = web_objects(renders(key)["gateway-values.yaml"])["NetworkPolicy"]
+    assert limited["spec"]["egress"] == gateway_web["spec"]["egress"] != [{}]
+
+
+@pytest.mark.parametrize("key", TASK_SERVICES)
+def test_the_chart_refuses_a_worker_that_cannot_work(key, service):
+    project = service(key)
+    values = default_values(project)
+    assert "worker.terminationGracePeriodSeconds must exceed" in template_error(
+        project, values, sets=["worker.terminationGracePeriodSeconds=60"]
+    )
+    template(project, values, sets=["worker.terminationGracePeriodSeconds=61"])
+    assert "worker.autoscaling.minReplicas must not exceed" in template_error(
+        project, values,
+        sets=["worker.autoscaling.enabled=true", "worker.autoscaling.minReplicas=11"],
+    )  # fmt: skip
+    without_redis = ["secret.redisUrl="]
+    if SERVICES[key]["tasks"] in REDIS_BROKERS:
+        message = template_error(project, values, sets=without_redis)
+        assert "secret.redisUrl (REDIS_URL, the broker of" in message, message
+    else:
+        template(project, values, sets=without_redis)
+    # A Secret of one's own may hold REDIS_URL: the chart cannot look.
+    existing = chart_dir(project) / "ci" / "existing-secret-values.yaml"
+    objects = template(project, existing)
+    (secret_ref,) = [
+        ref["secretRef"]["name"]
+        for ref in worker_objects(objects)["Deployment"]["spec"]["template"]["spec"][
+            "containers"][0]["envFrom"]
+        if "secretRef" in ref
+    ]  # fmt: skip
+    assert secret_ref == f"{project.name}-secrets"
+
+
+@pytest.mark.parametrize(
+    ("setting", "error"),
+    [
+        ("worker.concurrency=many", "concurrency"),
+        ("worker.concurrency=0", "concurrency"),
+        ("worker.replicas=2", "replicas"),
+        ("worker.autoscaling.enabeld=true", "enabeld"),
+    ],
+)
+def test_the_values_schema_refuses_wrong_worker_values(setting, error, service):
+    project = service(next(iter(TASK_SERVICES)))
+    message = template_error(project, default_values(project), sets=[setting])
+    assert "values don't meet the specifications of the schema" in message, message
+    assert error in message, message
+
+
+@pytest.mark.parametrize("key", TASK_SERVICES)
+def test_the_worker_has_its_own_autoscaler_and_disruption_budget(key, service, renders):
+    default = worker_objects(renders(key)["default-values.yaml"])
+    assert "HorizontalPodAutoscaler" not in default
+    assert default["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+
+    objects = renders(key)["autoscaling-values.yaml"]
+    worker = worker_objects(objects)
+    assert "replicas" not in worker["Deployment"]["spec"]
+    hpa = worker["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == worker["Deployment"]["metadata"]["name"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 8)
+    web_hpa = next(
+        o for o in objects
+        if o["kind"] == "HorizontalPodAutoscaler" and o not in worker.values()
+    )  # fmt: skip
+    assert web_hpa["spec"]["scaleTargetRef"]["name"] == web_objects(objects)[
+        "Deployment"]["metadata"]["name"]  # fmt: skip
+
+    project = service(key)
+    objects = template(project, default_values(project),
+                       sets=["worker.podDisruptionBudget.enabled=false"])  # fmt: skip
+    assert "PodDisruptionBudget" not in worker_objects(objects)
+    assert [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+
+
+def test_a_service_without_tasks_has_no_worker(service, renders):
+    project = service("granian-postgresql")
+    for values, objects in renders("granian-postgresql").items():
+        assert worker_objects(objects) == {}, values
+        assert not [o for o in objects if o["metadata"]["name"].endswith("-worker")]
+    message = template_error(project, default_values(project),
+                             sets=["worker.concurrency=2"])  # fmt: skip
+    assert "worker" in message, message

@@ -34,6 +34,37 @@ app.kubernetes.io/part-of: {{ .Chart.Name }}
 {{- define "service.database" -}}
 {{- index .Chart.Annotations "django-asgi-platform/database" }}
 {{- end }}
+{{- define "service.tasks" -}}
+{{- index .Chart.Annotations "django-asgi-platform/tasks" }}
+{{- end }}
+{{/* "true" when the service has a task worker, else "". */}}
+{{- define "service.worker" -}}
+{{- if ne (include "service.tasks" .) "none" }}true{{ end }}
+{{- end }}
+{{/* "true" when the task broker is Redis (the others queue in the database). */}}
+{{- define "service.redisBroker" -}}
+{{- if has (include "service.tasks" .) (list "celery" "dramatiq" "arq") }}true{{ end }}
+{{- end }}
+
+{{/* The task worker's objects: a name and labels of their own, so that nothing of
+the web (its Deployment, Service, HPA, ServiceMonitor) selects the worker's pods. */}}
+{{- define "service.workerFullname" -}}
+{{- printf "%s-worker" (include "service.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "service.workerSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-worker" (include "service.name" . | trunc 56 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "service.workerLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "service.workerSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ .Chart.Name }}
+app.kubernetes.io/component: worker
+{{- end }}
 
 {{- define "service.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
@@ -81,6 +112,22 @@ seccompProfile:
     name: {{ include "service.secretName" . }}
 {{- end }}
 
+{{/* The egress rules of the service's pods (web and worker). */}}
+{{- define "service.egress" -}}
+{{- if .Values.networkPolicy.allowAllEgress -}}
+- {}
+{{- else -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- with .Values.networkPolicy.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* What the chart refuses, with the reason. */}}
 {{- define "service.validate" -}}
 {{- if and (not .Values.secret.existingSecret) (not .Values.secret.secretKey) }}
@@ -94,5 +141,16 @@ seccompProfile:
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
+{{- end }}
+{{- if include "service.worker" . }}
+{{- if and (include "service.redisBroker" .) (not .Values.secret.existingSecret) (not .Values.secret.redisUrl) }}
+{{- fail (printf "secret.redisUrl (REDIS_URL, the broker of %s tasks) is required, or secret.existingSecret naming a Secret that holds it" (include "service.tasks" .)) }}
+{{- end }}
+{{- if le (int .Values.worker.terminationGracePeriodSeconds) (int .Values.worker.shutdownTimeout) }}
+{{- fail "worker.terminationGracePeriodSeconds must exceed worker.shutdownTimeout (WORKER_SHUTDOWN_TIMEOUT), or the kubelet kills tasks still finishing" }}
+{{- end }}
+{{- if and .Values.worker.autoscaling.enabled (gt (int .Values.worker.autoscaling.minReplicas) (int .Values.worker.autoscaling.maxReplicas)) }}
+{{- fail "worker.autoscaling.minReplicas must not exceed worker.autoscaling.maxReplicas" }}
+{{- end }}
 {{- end }}
 {{- end }}

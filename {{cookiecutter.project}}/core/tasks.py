@@ -11,7 +11,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 
 from core import metrics
 
@@ -63,6 +65,9 @@ async def attempt(
         metrics.TASKS_SUCCEEDED.labels(name).inc()
         return result
     finally:
+        # As at the end of a request: the attempt's database connection goes back
+        # to the pool, and one that broke is not used again.
+        await sync_to_async(close_old_connections)()
         duration = time.perf_counter() - started
         metrics.TASK_DURATION.labels(name, outcome).observe(duration)
         if outcome == "succeeded":

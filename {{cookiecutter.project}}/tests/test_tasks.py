@@ -17,8 +17,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -112,6 +113,12 @@ def worker(django_db_setup, django_db_blocker, tmp_path_factory):
     yield worker
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=WAIT + 10) == 0
+    # The test database is dropped next, and not while a session is open on it:
+    # the async ORM calls of the tests held theirs in asgiref's sync thread.
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all)())
+        for alias in connections:
+            connections[alias].close_pool()
 
 
 async def eventually(check, seconds: float = WAIT):

@@ -30,10 +30,9 @@ from collections.abc import Awaitable, Callable
 
 import dramatiq
 import redis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections, connections
+from django.db import connections
 from dramatiq.asyncio import async_to_sync
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Retries, TimeLimit
@@ -92,19 +91,14 @@ class Task:
             raise AttemptsExhausted(self.name) from error
 
     async def attempt(self, number: int, args: tuple) -> None:
-        try:
-            await tasks.attempt(
-                self.name,
-                self.body,
-                args,
-                number=number,
-                attempts=self.retries + 1,
-                time_limit=self.time_limit,
-            )
-        finally:
-            # As at the end of a request: the attempt's database connection goes
-            # back to the pool, and one that broke is not used again.
-            await sync_to_async(close_old_connections)()
+        await tasks.attempt(
+            self.name,
+            self.body,
+            args,
+            number=number,
+            attempts=self.retries + 1,
+            time_limit=self.time_limit,
+        )
 
     def send(self, *args) -> str:
         broker()  # declares the actor

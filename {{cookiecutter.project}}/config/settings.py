@@ -35,6 +35,9 @@ INSTALLED_APPS = [
 {%- endif %}
     "django.contrib.staticfiles",
     "channels",
+{%- if cookiecutter.tasks == "django" %}
+    "django_tasks_db",
+{%- endif %}
     "core",
     "items",
 ]
@@ -113,6 +116,16 @@ else:
 TASK_QUEUE = env.str("TASK_QUEUE", default=SERVICE_NAME)
 # Seconds before a failed task's first retry; each further retry waits twice as long.
 TASK_RETRY_DELAY = env.float("TASK_RETRY_DELAY", default=10.0)
+{%- if cookiecutter.tasks == "django" %}
+# Django's task framework; django-tasks-db keeps the tasks in this database, and
+# its db_worker processes (core.queue) run those of TASK_QUEUE.
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "QUEUES": [TASK_QUEUE],
+    }
+}
+{%- endif %}
 
 {% endif -%}
 # Seconds an item read by id stays cached; writes through the API drop it at once.

@@ -39,6 +39,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.tasks import Task as DjangoTask
 from django.tasks import TaskResultStatus
+from django.tasks.signals import (
+    log_task_finished,
+    log_task_started,
+    task_finished,
+    task_started,
+)
 from django.utils import timezone
 
 from core import tasks
@@ -152,7 +158,19 @@ def run_db_worker(argv: list[str]) -> None:
         def configure_logging(self, verbosity: int) -> None:
             pass
 
-    DbWorker().run_from_argv(argv)
+    # core.tasks logs each attempt; django.tasks would log it again, a failed
+    # attempt that will be retried as an error.
+    task_started.disconnect(log_task_started)
+    task_finished.disconnect(log_task_finished)
+    try:
+        DbWorker().run_from_argv(argv)
+    finally:
+        # As the web processes do when they stop (core.lifespan): the pool ends
+        # its sessions now, not in the interpreter's finalization.
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+            if hasattr(connection, "close_pool"):
+                connection.close_pool()
 
 
 def main() -> None:

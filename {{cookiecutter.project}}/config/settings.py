@@ -35,6 +35,9 @@ INSTALLED_APPS = [
 {%- endif %}
     "django.contrib.staticfiles",
     "channels",
+{%- if cookiecutter.tasks == "django" %}
+    "django_tasks_db",
+{%- endif %}
     "core",
     "items",
 ]
@@ -135,6 +138,15 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # A worker process reserves only the task it runs: the others stay for other workers.
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+{%- elif cookiecutter.tasks == "django" %}
+# Django's task framework; django-tasks-db keeps the tasks in this database, and
+# its db_worker processes (core.queue) run those of TASK_QUEUE.
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "QUEUES": [TASK_QUEUE],
+    }
+}
 {%- endif %}
 
 {% endif -%}

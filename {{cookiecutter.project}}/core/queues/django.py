@@ -1,0 +1,221 @@
+"""The task queue: Django's task framework (django.tasks), on django-tasks-db's
+DatabaseBackend: tasks are rows of this service's database. Tasks are coroutines
+end to end.
+
+The interface every queue adapter of this service offers (core.worker and the
+apps use nothing else):
+  task(name, retries=, time_limit=)  declares a coroutine a task; the returned
+                                     Task's `await enqueue(*args)` hands it over
+  WORKER_COMMAND                     what core.worker runs: `python -m core.queue`
+  queue_depth()                      tasks waiting, read from the database
+
+Tasks wait as READY rows of django_tasks_db's DBTaskResult whose queue_name is
+TASK_QUEUE. django-tasks-db's `db_worker` runs one task at a time, so this
+module's main() runs WORKER_CONCURRENCY of them as child processes, passes them
+SIGTERM and SIGINT (each finishes its task, then exits) and kills those still
+running after WORKER_SHUTDOWN_TIMEOUT.
+
+Django's framework has no retries: a failed attempt enqueues the next one itself,
+as a new row that runs after core.tasks.retry_delay, carrying its attempt number.
+Neither has it a hard time limit: core.tasks' asyncio limit is the only one, so a
+body that blocks without awaiting holds its worker process until it returns. A
+row whose worker was killed mid-task stays RUNNING: it is not run again.
+"""
+
+import dataclasses
+import functools
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import django
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
+from django.tasks import Task as DjangoTask
+from django.tasks import TaskResultStatus
+from django.tasks.signals import (
+    log_task_finished,
+    log_task_started,
+    task_finished,
+    task_started,
+)
+from django.utils import timezone
+
+from core import tasks
+
+logger = logging.getLogger(__name__)
+
+WORKER_COMMAND = [sys.executable, "-m", "core.queue"]
+# DBTaskResult.queue_name is a CharField(max_length=32).
+QUEUE_NAME_MAX_LENGTH = 32
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Task(DjangoTask):
+    """A django.tasks Task with this service's task interface. The worker finds it
+    again by its function's module path (items.tasks.build_report), which is the
+    declared body's."""
+
+    task_name: str
+    retries: int
+
+    @property
+    def name(self) -> str:
+        return self.task_name
+
+    async def enqueue(self, *args) -> str:
+        """Unlike Django's own enqueue, a coroutine returning the job's id."""
+        result = await self.aenqueue(*args)
+        tasks.enqueued(self.name, result.id)
+        return result.id
+
+    async def retry(self, args: tuple, attempt: int) -> None:
+        """Enqueues attempt `attempt + 1`, after core.tasks' retry delay."""
+        run_after = timezone.now() + timedelta(seconds=tasks.retry_delay(attempt))
+        result = await self.using(run_after=run_after).aenqueue(
+            *args, attempt=attempt + 1
+        )
+        logger.info(
+            "task retry enqueued",
+            extra={"task": self.name, "job_id": result.id, "attempt": attempt + 1},
+        )
+
+
+def task(name: str, *, retries: int, time_limit: float):
+    if len(settings.TASK_QUEUE) > QUEUE_NAME_MAX_LENGTH:
+        raise ImproperlyConfigured(
+            f"TASK_QUEUE {settings.TASK_QUEUE!r} is longer than django-tasks-db's "
+            f"{QUEUE_NAME_MAX_LENGTH} characters"
+        )
+
+    def declare(body: Callable[..., Awaitable]) -> Task:
+        # Keyword-only, so that it never meets the body's positional arguments.
+        @functools.wraps(body)
+        async def run(*args, attempt: int = 1):
+            try:
+                return await tasks.attempt(
+                    name,
+                    body,
+                    args,
+                    number=attempt,
+                    attempts=retries + 1,
+                    time_limit=time_limit,
+                )
+            except Exception:
+                if attempt <= retries:
+                    await declared.retry(args, attempt)
+                raise
+
+        declared = Task(
+            func=run,
+            queue_name=settings.TASK_QUEUE,
+            task_name=name,
+            retries=retries,
+        )
+        return declared
+
+    return declare
+
+
+def queue_depth() -> int:
+    from django_tasks_db.models import DBTaskResult
+
+    # READY rows include the retries whose run_after is still to come.
+    waiting = DBTaskResult.objects.filter(
+        status=TaskResultStatus.READY, queue_name=settings.TASK_QUEUE
+    )
+    try:
+        return waiting.count()
+    finally:
+        # Each scrape comes in a thread of its own: its connection goes back now.
+        connections[waiting.db].close()
+
+
+def db_worker_command() -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "core.queue",
+        "db_worker",
+        f"--queue-name={settings.TASK_QUEUE}",
+        # core.worker owns this process's life; DEBUG would turn the reloader on.
+        "--no-reload",
+    ]
+
+
+def run_db_worker(argv: list[str]) -> None:
+    """One db_worker process, under LOGGING: db_worker would otherwise set its
+    loggers' levels from --verbosity."""
+    from django_tasks_db.management.commands.db_worker import Command
+
+    class DbWorker(Command):
+        def configure_logging(self, verbosity: int) -> None:
+            pass
+
+    # core.tasks logs each attempt; django.tasks would log it again, a failed
+    # attempt that will be retried as an error.
+    task_started.disconnect(log_task_started)
+    task_finished.disconnect(log_task_finished)
+    try:
+        DbWorker().run_from_argv(argv)
+    finally:
+        # As the web processes do when they stop (core.lifespan): the pool ends
+        # its sessions now, not in the interpreter's finalization.
+        for connection in connections.all(initialized_only=True):
+            connection.close()
+            if hasattr(connection, "close_pool"):
+                connection.close_pool()
+
+
+def main() -> None:
+    """Runs WORKER_CONCURRENCY db_worker processes until a signal stops them, or
+    one of them ends: then the others are stopped, so that the worker restarts
+    whole."""
+    concurrency = int(os.environ["WORKER_CONCURRENCY"])
+    shutdown_timeout = float(os.environ["WORKER_SHUTDOWN_TIMEOUT"])
+    # Recorded here, passed on by the loop below: a signal that comes while the
+    # processes start still reaches each of them, and only once.
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    command = db_worker_command()
+    # The command is this module's, never input.
+    children = [subprocess.Popen(command) for _ in range(concurrency)]  # noqa: S603
+    forwarded = 0
+    stopping_since = None
+    while alive := [child for child in children if child.poll() is None]:
+        # Every signal: db_worker stops its running task at the second one.
+        for signum in received[forwarded:]:
+            for child in alive:
+                child.send_signal(signum)
+            forwarded += 1
+        if stopping_since is None and (received or len(alive) < len(children)):
+            stopping_since = time.monotonic()
+            if not received:
+                logger.error("a db_worker process ended: stopping the others")
+                for child in alive:
+                    child.terminate()
+        elif stopping_since and time.monotonic() - stopping_since > shutdown_timeout:
+            logger.error(
+                "db_worker processes still running at the shutdown timeout: killed",
+                extra={"pids": [child.pid for child in alive]},
+            )
+            for child in alive:
+                child.kill()
+        time.sleep(0.2)
+    clean = received and all(child.returncode == 0 for child in children)
+    sys.exit(0 if clean else 1)
+
+
+if __name__ == "__main__":
+    django.setup()
+    if sys.argv[1:2] == ["db_worker"]:
+        run_db_worker([sys.argv[0], *sys.argv[1:]])
+    else:
+        main()

@@ -63,6 +63,12 @@ def refusals(context: dict, choices: dict[str, list[str]]) -> list[str]:
             "processes, pods and hosts of its own, and a SQLite database is a file "
             "that only the web process's host can open"
         )
+    # django-tasks-db keeps the queue's name, the slug by default, in 32 characters.
+    if tasks == "django" and len(str(context.get("project", ""))) > 32:
+        problems.append(
+            "tasks='django' needs a project slug of at most 32 characters: "
+            "django-tasks-db's queue name column holds no more"
+        )
     domain = str(context.get("domain", ""))
     if not DOMAIN.match(domain):
         problems.append(

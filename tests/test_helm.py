@@ -42,7 +42,7 @@ SERVICES = {
 # The task queues whose services' charts are rendered, one generated service each.
 # The chart sees the choice through Chart.yaml's annotation alone and differs
 # between them by the broker: Redis or the database.
-TASKS = ("arq",)
+TASKS = ("arq", "django")
 REDIS_BROKERS = {"celery", "dramatiq", "arq"}
 TASK_SERVICES = {
     f"{tasks}-postgresql": {

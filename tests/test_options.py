@@ -51,6 +51,10 @@ def cookiecutter_cli(tmp_path, **options):
             {"tasks": "celery", "database": "sqlite"},
             "tasks='celery' needs database='postgresql'",
         ),
+        (
+            {"tasks": "django", "database": "postgresql", "project": "a" * 33},
+            "tasks='django' needs a project slug of at most 32 characters",
+        ),
     ],
 )
 def test_bad_option_is_refused_and_nothing_is_written(tmp_path, options, reason):

@@ -24,6 +24,8 @@ django-q2's per-task timeout, a few seconds after core.tasks' time limit, stops
 a task that ignores cancellation: its worker process is replaced.
 """
 
+import atexit
+import functools
 import math
 import os
 import sys
@@ -132,6 +134,7 @@ def task(name: str, *, retries: int, time_limit: float):
 def queue_depth() -> int:
     """The queue's rows: tasks waiting, waiting for a retry, or running (a row
     goes when its attempt is acknowledged), as arq's queue counts them."""
+    _close_databases_at_exit()
     alias = settings.Q_CLUSTER["orm"]
     try:
         return OrmQ.objects.using(alias).filter(key=settings.TASK_QUEUE).count()
@@ -140,14 +143,19 @@ def queue_depth() -> int:
         connections[alias].close()
 
 
-def close_database_connections() -> None:
-    """Before each fork: psycopg's connections and pools cannot be shared by
-    processes, and Django's pool is one per process. django-q2 closes the
-    connections before it forks its workers, but not the pool."""
-    for connection in connections.all(initialized_only=True):
+def close_databases() -> None:
+    """This thread's database connections, and the process's pools."""
+    for connection in connections.all():
         connection.close()
         if connection.vendor == "postgresql":
             connection.close_pool()
+
+
+@functools.cache
+def _close_databases_at_exit() -> None:
+    # The pool's threads stop only when it is closed: left to the interpreter's
+    # exit, each holds it up for seconds.
+    atexit.register(close_databases)
 
 
 def main() -> None:
@@ -155,10 +163,11 @@ def main() -> None:
     closes its database connections before it forks."""
     from django_q.cluster import Cluster
 
-    os.register_at_fork(before=close_database_connections)
+    # psycopg's connections and pools cannot be shared by processes. django-q2
+    # closes the connections before it forks its processes, but not the pool.
+    os.register_at_fork(before=close_databases)
     # Its SIGTERM and SIGINT handler stops the cluster: no more tasks are taken,
     # and the workers finish the ones they hold.
     cluster = Cluster()
     cluster.start()
     cluster.sentinel.join()
-

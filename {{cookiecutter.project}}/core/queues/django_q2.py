@@ -21,14 +21,22 @@ django-q2's redelivery stays for what it is good at: an attempt whose worker
 died before it could report.
 
 django-q2's per-task timeout, a few seconds after core.tasks' time limit, stops
-a task that ignores cancellation: its worker process is replaced.
+a task that ignores cancellation: its worker process is replaced. That attempt
+is not retried.
+
+The worker is django-q2's cluster (what `manage.py qcluster` runs): a sentinel
+process forking WORKER_CONCURRENCY workers, a pusher that takes rows from the
+broker and a monitor that acknowledges them. They log through Django's LOGGING,
+which they inherit.
 """
 
 import atexit
 import functools
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -160,14 +168,30 @@ def _close_databases_at_exit() -> None:
 
 def main() -> None:
     """django-q2's cluster, as `manage.py qcluster` runs it, in a process that
-    closes its database connections before it forks."""
+    closes its database connections before it forks, and with a deadline on
+    stopping."""
     from django_q.cluster import Cluster
 
     # psycopg's connections and pools cannot be shared by processes. django-q2
     # closes the connections before it forks its processes, but not the pool.
     os.register_at_fork(before=close_databases)
-    # Its SIGTERM and SIGINT handler stops the cluster: no more tasks are taken,
-    # and the workers finish the ones they hold.
     cluster = Cluster()
     cluster.start()
+
+    def stop(signum, frame):
+        # django-q2 stops taking tasks and waits for its workers to finish the
+        # ones they hold, for as long as those take. Past the deadline, the
+        # cluster is killed; its unacknowledged tasks are handed out again after
+        # Q_CLUSTER's retry.
+        deadline = threading.Timer(
+            float(os.environ["WORKER_SHUTDOWN_TIMEOUT"]),
+            os.killpg,
+            (0, signal.SIGKILL),
+        )
+        deadline.daemon = True
+        deadline.start()
+        cluster.sig_handler(signum, frame)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
     cluster.sentinel.join()

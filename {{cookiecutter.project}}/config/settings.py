@@ -37,6 +37,8 @@ INSTALLED_APPS = [
     "channels",
 {%- if cookiecutter.tasks == "django" %}
     "django_tasks_db",
+{%- elif cookiecutter.tasks == "django-q2" %}
+    "django_q",
 {%- endif %}
     "core",
     "items",
@@ -147,6 +149,34 @@ TASKS = {
         "QUEUES": [TASK_QUEUE],
     }
 }
+{%- elif cookiecutter.tasks == "django-q2" %}
+# django-q2's cluster (core.queue). Its broker is the database: the table
+# django_q_ormq, one row per task.
+WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=2)
+Q_CLUSTER = {
+    "name": TASK_QUEUE,
+    "orm": "default",
+    "workers": WORKER_CONCURRENCY,
+    # Tasks the cluster takes ahead of its workers: one each.
+    "queue_limit": WORKER_CONCURRENCY,
+    # No task's hard time limit (core.queue) may exceed it.
+    "timeout": 300,
+    # An unacknowledged task is handed out again after this many seconds: one
+    # whose worker died. Longer than a task can wait behind another in the
+    # cluster (queue_limit) and then run.
+    "retry": 2 * 300 + 60,
+    # Retries are core.queue's, with their own delays: the broker drops every
+    # finished attempt, and never hands a failed one out again.
+    "ack_failures": True,
+    "max_attempts": 1,
+    # core.tasks logs and counts every attempt; results are not read. django-q2
+    # keeps failed tasks regardless (django_q_task).
+    "save_limit": -1,
+    # The cluster's statistics (qmonitor, qinfo) need a cache shared by the
+    # processes; this service keeps its state in logs and metrics instead.
+    "cache": "django-q",
+}
+CACHES["django-q"] = {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}
 {%- endif %}
 
 {% endif -%}

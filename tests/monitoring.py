@@ -125,3 +125,33 @@ class Prometheus(Process):
             for group in self._get("/api/v1/rules")["data"]["groups"]
             for rule in group["rules"]
         ]
+
+    def queries_without_data(self, queries: dict[str, str], seconds: float = 15):
+        """Those of {name: PromQL} that still give nothing after `seconds`.
+
+        A series first written at the end of the traffic needs two scrapes before
+        rate() has data: a few seconds at the tests' 1 s interval."""
+        deadline = time.monotonic() + seconds
+        while queries and time.monotonic() < deadline:
+            queries = {name: q for name, q in queries.items() if not self.query(q)}
+            time.sleep(1)
+        return queries
+
+    def evaluated_rules(self, seconds: float = 30) -> list[dict]:
+        """Every rule, once each has been evaluated at least once."""
+        deadline = time.monotonic() + seconds
+        rules = self.rules()
+        while any(rule["health"] == "unknown" for rule in rules):
+            assert time.monotonic() < deadline, "rules never evaluated"
+            time.sleep(0.5)
+            rules = self.rules()
+        return rules
+
+
+def failing(rules: list[dict]) -> str:
+    """The rules that failed to evaluate, one line each."""
+    return "\n".join(
+        f"{rule['name']}: {rule['health']} {rule.get('lastError', '')}"
+        for rule in rules
+        if rule["health"] != "ok" or rule.get("lastError")
+    )

@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 import dashboards
 from edge import ORIGIN, App, Nginx, request, serve
 from matrix import CHOICES, each_server, params
-from monitoring import NginxExporter, Prometheus
+from monitoring import NginxExporter, Prometheus, failing
 
 SERVERS = params(each_server())
 WORKERS = 2
@@ -284,23 +284,15 @@ def test_every_dashboard_panel_returns_data(combination, observed):
     assert [f.stem for f in files] == (
         ["granian", "service"] if combination["server"] == "granian" else ["service"]
     )
-    pending = {
-        f"{path.name}: {title}": dashboards.instant(
-            expr, service=SERVICE, rate_interval=RATE_INTERVAL
-        )
-        for path in files
-        for title, expr in dashboards.queries(dashboards.load(path))
-    }
-    # A series first written at the end of the traffic (a WebSocket's close) needs
-    # two scrapes before rate() has data: a few seconds at the test's 1 s interval.
-    deadline = time.monotonic() + 15
-    while pending and time.monotonic() < deadline:
-        pending = {
-            panel: query
-            for panel, query in pending.items()
-            if not run["prometheus"].query(query)
+    pending = run["prometheus"].queries_without_data(
+        {
+            f"{path.name}: {title}": dashboards.instant(
+                expr, service=SERVICE, rate_interval=RATE_INTERVAL
+            )
+            for path in files
+            for title, expr in dashboards.queries(dashboards.load(path))
         }
-        time.sleep(1)
+    )
     assert not pending, "panels without data:\n" + "\n".join(
         f"{panel}: {query}" for panel, query in pending.items()
     )
@@ -308,20 +300,9 @@ def test_every_dashboard_panel_returns_data(combination, observed):
 
 @pytest.mark.parametrize("combination", SERVERS)
 def test_every_rule_evaluates_without_error(combination, observed):
-    prometheus = observed(combination)["prometheus"]
-    deadline = time.monotonic() + 30
-    rules = prometheus.rules()
-    while any(rule["health"] == "unknown" for rule in rules):
-        assert time.monotonic() < deadline, "rules never evaluated"
-        time.sleep(0.5)
-        rules = prometheus.rules()
+    rules = observed(combination)["prometheus"].evaluated_rules()
     assert rules
-    failing = [
-        f"{rule['name']}: {rule['health']} {rule.get('lastError', '')}"
-        for rule in rules
-        if rule["health"] != "ok" or rule.get("lastError")
-    ]
-    assert not failing, "\n".join(failing)
+    assert not failing(rules), failing(rules)
 
 
 @pytest.mark.parametrize("combination", SERVERS)

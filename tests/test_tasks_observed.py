@@ -21,7 +21,7 @@ import pytest
 import dashboards
 from edge import App, Nginx, Process, request, wait_until_ok
 from matrix import CHOICES, default_combination, params
-from monitoring import NginxExporter, Prometheus
+from monitoring import NginxExporter, Prometheus, failing
 from services import free_port, postgres_bin
 
 QUEUES = [choice for choice in CHOICES["tasks"] if choice != "none"]
@@ -231,20 +231,14 @@ def test_the_queue_empties_and_the_worker_is_up(combination, observed):
 def test_every_tasks_dashboard_panel_returns_data(combination, observed):
     run = observed(combination)
     path = run["project"] / "deploy" / "grafana" / "dashboards" / "tasks.json"
-    pending = {
-        title: dashboards.instant(expr, service=SERVICE, rate_interval=RATE_INTERVAL)
-        for title, expr in dashboards.queries(dashboards.load(path))
-    }
-    # A series first written at the end of the traffic needs two scrapes before
-    # rate() has data: a few seconds at the test's 1 s interval.
-    deadline = time.monotonic() + 15
-    while pending and time.monotonic() < deadline:
-        pending = {
-            panel: query
-            for panel, query in pending.items()
-            if not run["prometheus"].query(query)
+    pending = run["prometheus"].queries_without_data(
+        {
+            title: dashboards.instant(
+                expr, service=SERVICE, rate_interval=RATE_INTERVAL
+            )
+            for title, expr in dashboards.queries(dashboards.load(path))
         }
-        time.sleep(1)
+    )
     assert not pending, "panels without data:\n" + "\n".join(
         f"{panel}: {query}" for panel, query in pending.items()
     )
@@ -252,17 +246,6 @@ def test_every_tasks_dashboard_panel_returns_data(combination, observed):
 
 @pytest.mark.parametrize("combination", COMBINATIONS)
 def test_every_rule_evaluates_without_error(combination, observed):
-    prometheus = observed(combination)["prometheus"]
-    deadline = time.monotonic() + 30
-    rules = prometheus.rules()
-    while any(rule["health"] == "unknown" for rule in rules):
-        assert time.monotonic() < deadline, "rules never evaluated"
-        time.sleep(0.5)
-        rules = prometheus.rules()
+    rules = observed(combination)["prometheus"].evaluated_rules()
     assert {"TaskFailureRatioHigh", "TaskWorkersDown"} <= {r["name"] for r in rules}
-    failing = [
-        f"{rule['name']}: {rule['health']} {rule.get('lastError', '')}"
-        for rule in rules
-        if rule["health"] != "ok" or rule.get("lastError")
-    ]
-    assert not failing, "\n".join(failing)
+    assert not failing(rules), failing(rules)

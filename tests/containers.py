@@ -118,7 +118,9 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 # A Debian 13 VM for the Ansible tests: systemd as PID 1 (`podman run --systemd=always
 # IMAGE /sbin/init`), Python and python3-apt for Ansible's modules, iproute2 for
-# testinfra's socket checks. Everything the service needs, the playbook installs.
+# testinfra's socket checks. Everything the service needs, the playbook installs,
+# except its PostgreSQL: a team's database server, which the deploy only connects
+# to; each test host runs Debian's, on 127.0.0.1, in its stead.
 SYSTEMD_HOST = Recipe(
     "trixie",
     (
@@ -129,6 +131,7 @@ SYSTEMD_HOST = Recipe(
         "python3-apt",
         "ca-certificates",
         "iproute2",
+        "postgresql",
     ),
     (PATH_ENV, "ENV LANG=C.UTF-8", "STOPSIGNAL SIGRTMIN+3", 'CMD ["/sbin/init"]'),
 )
@@ -163,14 +166,14 @@ def stand_in(reference: str, recipe: Recipe) -> str:
     """
     with _lock(recipe.digest):
         label = _built_from(reference)
-        if label == recipe.digest:
+        # A real image (no label) is used as it is; a stand-in of an older recipe
+        # is replaced.
+        if label in (recipe.digest, ""):
             return reference
-        assert label in (None, ""), f"{reference} exists and is not a stand-in"
-        if label is None:
-            image = f"localhost/stand-in:{recipe.digest}"
-            if _built_from(image) != recipe.digest:
-                _build(image, recipe)
-            podman("tag", image, reference)
+        image = f"localhost/stand-in:{recipe.digest}"
+        if _built_from(image) != recipe.digest:
+            _build(image, recipe)
+        podman("tag", image, reference)
         return reference
 
 

@@ -6,6 +6,11 @@ playbook reaches them with the containers.podman connection, testinfra with its
 podman backend, and the service's own bin/smoke checks each host through its Nginx.
 The deploy takes packages from Debian and the service's dependencies from PyPI,
 like any host would.
+
+The service has background tasks (arq, on each host's local Redis), so it uses
+PostgreSQL: each host's own, from the image, standing in for a team's database
+server (the playbook only connects to one). Each host's database is its own, so
+the deploy migrates each (service_database_shared: false).
 """
 
 import json
@@ -25,7 +30,7 @@ import testinfra
 
 from containers import SYSTEMD_HOST, environment, podman, stand_in
 from harness import generate_service, run, service_env
-from matrix import CHOICES, each_server
+from matrix import CHOICES, default_combination, each_server
 from services import free_port
 
 pytestmark = pytest.mark.xdist_group("ansible")
@@ -34,17 +39,22 @@ IMAGE = "localhost/django-asgi-platform/debian-systemd:trixie"
 PROJECT = "my-service"
 DOMAIN = f"{PROJECT}.example.com"
 # Container ports published on 127.0.0.1: Nginx, the per-instance /metrics
-# listeners, the Nginx exporter, the node exporter.
-PUBLIC, METRICS_1, METRICS_2, NGINX_EXPORTER, NODE_EXPORTER = (
+# listeners, the task worker's /metrics, the Nginx exporter, the node exporter.
+PUBLIC, METRICS_1, METRICS_2, WORKER_METRICS, NGINX_EXPORTER, NODE_EXPORTER = (
     8080,
     9181,
     9182,
+    9179,
     9113,
     9100,
 )
+# The task worker's own /metrics and /healthz, on 127.0.0.1 inside each host.
+WORKER_PORT = 9500
+WORKER = f"{PROJECT}-worker.service"
 UNITS = (
     f"{PROJECT}@1.service",
     f"{PROJECT}@2.service",
+    WORKER,
     f"{PROJECT}-nginx.service",
     "prometheus-node-exporter.service",
     "prometheus-nginx-exporter.service",
@@ -75,6 +85,7 @@ class Deployment:
     hosts: list
     inventory: Path
     secret_key: str
+    database_password: str
     runs: list  # the output of every playbook run
 
     def deploy(self) -> str:
@@ -110,6 +121,7 @@ def recap(output: str) -> dict:
 def start_host(name: str, cleanup: list) -> Host:
     container = f"ansible-{name}-{uuid.uuid4().hex[:8]}"
     ports = {port: free_port() for port in (PUBLIC, METRICS_1, METRICS_2)}
+    ports[WORKER_METRICS] = free_port()
     ports |= {port: free_port() for port in (NGINX_EXPORTER, NODE_EXPORTER)}
     cleanup.append(container)
     podman(
@@ -141,6 +153,28 @@ def trust_this_machines_authorities(host: Host) -> None:
     podman("exec", host.container, "update-ca-certificates")
 
 
+def create_database(host: Host, password: str) -> str:
+    """The service's role and database in the host's PostgreSQL; returns its URL."""
+    name = PROJECT.replace("-", "_")
+    for statement in (
+        f"CREATE ROLE {name} LOGIN PASSWORD '{password}'",
+        f"CREATE DATABASE {name} OWNER {name} ENCODING 'UTF8'",
+    ):
+        podman(
+            "exec",
+            host.container,
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "--quiet",
+            "--set=ON_ERROR_STOP=1",
+            f"--command={statement}",
+        )
+    return f"postgres://{name}:{password}@127.0.0.1:5432/{name}"
+
+
 def wait_until_booted(host: Host) -> None:
     state = podman(
         "exec",
@@ -165,7 +199,9 @@ def deployment(tmp_path_factory):
     stand_in(IMAGE, SYSTEMD_HOST)
     workdir = tmp_path_factory.mktemp("ansible")
     defaults = {option: choices[0] for option, choices in CHOICES.items()}
-    project = generate_service(defaults, workdir)
+    project = generate_service(
+        defaults | {"database": "postgresql", "tasks": "arq"}, workdir
+    )
     # The service's virtualenv runs bin/smoke here; the hosts build their own.
     run(["uv", "sync", "--locked", "--quiet"], project)
     containers = []
@@ -178,13 +214,20 @@ def deployment(tmp_path_factory):
                 trust_this_machines_authorities(host)
                 wait_until_booted(host)
             secret_key = secrets.token_urlsafe(50)
+            database_password = secrets.token_urlsafe(24)
             inventory = workdir / "inventory.yml"
             inventory.write_text(
                 json.dumps(
                     {
                         "service": {
                             "hosts": {
-                                h.name: {"ansible_host": h.container} for h in hosts
+                                h.name: {
+                                    "ansible_host": h.container,
+                                    "service_database_url": create_database(
+                                        h, database_password
+                                    ),
+                                }
+                                for h in hosts
                             },
                             "vars": {
                                 "ansible_connection": "containers.podman.podman",
@@ -193,13 +236,16 @@ def deployment(tmp_path_factory):
                                 "ansible_become_method": "su",
                                 "service_secret_key": secret_key,
                                 "redis_local_enabled": True,
+                                "service_database_shared": False,
                             },
                         },
                         "prometheus": {"hosts": {hosts[0].name: None}},
                     }
                 )
             )
-            yield Deployment(project, hosts, inventory, secret_key, [])
+            yield Deployment(
+                project, hosts, inventory, secret_key, database_password, []
+            )
         finally:
             if containers:
                 podman("rm", "--force", "--time", "0", *containers, check=False)
@@ -281,7 +327,10 @@ def test_files_owners_and_modes(deployed):
         assert machine.file(f"{current.linked_to}/.venv/bin/uvicorn").is_file
         data = machine.file(f"/var/lib/{PROJECT}")
         assert (data.user, data.mode) == (PROJECT, 0o750)
-        assert machine.file(f"/var/lib/{PROJECT}/db.sqlite3").user == PROJECT
+        assert (
+            f'DATABASE_URL="postgres://my_service:{deployment.database_password}'
+            '@127.0.0.1:5432/my_service"'
+        ) in env.content_string
         for instance in (1, 2):
             unit = f"{PROJECT}@{instance}.service"
             pid = machine.check_output(f"systemctl show -p MainPID --value {unit}")
@@ -303,14 +352,142 @@ def test_files_owners_and_modes(deployed):
             }
 
 
+def worker_health(machine) -> int:
+    """The status of the task worker's /healthz, asked from inside the host."""
+    url = f"http://127.0.0.1:{WORKER_PORT}/healthz"
+    return int(
+        machine.check_output(
+            f"python3 -c 'import urllib.request; "
+            f'print(urllib.request.urlopen("{url}", timeout=5).status)\''
+        )
+    )
+
+
+def unit_properties(machine, unit: str, *names: str) -> dict:
+    output = machine.check_output(
+        f"systemctl show {unit} " + " ".join(f"-p {name}" for name in names)
+    )
+    return dict(line.split("=", 1) for line in output.splitlines())
+
+
+def test_the_task_worker_runs_as_the_service_user_on_localhost(deployed):
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        machine = host.testinfra
+        properties = unit_properties(
+            machine,
+            WORKER,
+            "NoNewPrivileges",
+            "ProtectSystem",
+            "PrivateTmp",
+            "Restart",
+            "KillSignal",
+            "KillMode",
+            "TimeoutStopUSec",
+            "User",
+        )
+        assert properties == {
+            "NoNewPrivileges": "yes",
+            "ProtectSystem": "strict",
+            "PrivateTmp": "yes",
+            "Restart": "on-failure",
+            "KillSignal": "15",
+            # SIGTERM reaches bin/worker only, which hands it to the queue's worker.
+            "KillMode": "mixed",
+            # WORKER_SHUTDOWN_TIMEOUT (60 s) for running tasks, then 15 s more.
+            "TimeoutStopUSec": "1min 15s",
+            "User": PROJECT,
+        }
+        # bin/worker and the queue's worker process it starts: the unit's cgroup.
+        pids = re.findall(
+            r"^/proc/(\d+)/cgroup$",
+            machine.run(f"grep -ls '/{WORKER}$' /proc/[0-9]*/cgroup").stdout,
+            re.MULTILINE,
+        )
+        assert len(pids) >= 2, pids
+        for pid in pids:
+            assert machine.file(f"/proc/{pid}").user == PROJECT, pid
+        pid = machine.check_output(f"systemctl show -p MainPID --value {WORKER}")
+        assert pid in pids
+        environ = machine.check_output(f"tr '\\0' '\\n' < /proc/{pid}/environ")
+        for setting in (
+            f"WORKER_METRICS_PORT={WORKER_PORT}",
+            "WORKER_CONCURRENCY=2",
+            "WORKER_SHUTDOWN_TIMEOUT=60",
+            f"METRICS_DIR=/run/{PROJECT}-worker",
+            "REDIS_URL=redis://127.0.0.1:6379/0",
+        ):
+            assert setting in environ.splitlines(), setting
+        sockets = listening(machine)
+        assert [s for s in sockets if s.endswith(f":{WORKER_PORT}")] == [
+            f"tcp://127.0.0.1:{WORKER_PORT}"
+        ]
+        assert worker_health(machine) == 200
+        # Nginx publishes the worker's /metrics, nothing else of it.
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(host.url(WORKER_METRICS, "/healthz"), timeout=10)
+        assert error.value.code == 404
+
+
+def tasks_succeeded(host: Host, task: str = "items.record_change") -> float:
+    """django_tasks_succeeded_total of a task on the host's worker, through Nginx."""
+    with urllib.request.urlopen(
+        host.url(WORKER_METRICS, "/metrics"), timeout=10
+    ) as response:
+        text = response.read().decode()
+    assert "django_task_queue_depth{" in text
+    sample = re.compile(
+        rf'^django_tasks_succeeded_total\{{task="{re.escape(task)}"\}} (\S+)$',
+        re.MULTILINE,
+    )
+    return sum(float(value) for value in sample.findall(text))
+
+
+def a_task_runs(host: Host) -> None:
+    """An item POSTed through the host's Nginx: its change is recorded by a task
+    (items.record_change), which the host's worker runs within seconds."""
+    before = tasks_succeeded(host)
+    request = urllib.request.Request(
+        host.url(PUBLIC, "/api/items"),
+        data=json.dumps(
+            {
+                "name": f"ansible-{uuid.uuid4().hex[:12]}",
+                "category": "ansible",
+                "price": "1.00",
+            }
+        ).encode(),
+        method="POST",
+        headers={
+            "Host": DOMAIN,
+            "X-Forwarded-Proto": "https",
+            "Content-Type": "application/json",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+    deadline = time.monotonic() + 30
+    while tasks_succeeded(host) <= before:
+        assert time.monotonic() < deadline, f"no task ran on {host.name}'s worker"
+        time.sleep(0.5)
+
+
+def test_each_hosts_worker_runs_the_tasks_of_its_instances(deployed):
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        a_task_runs(host)
+
+
 def test_secrets_never_reach_logs(deployed):
     deployment, _, _ = deployed
+    hidden = (deployment.secret_key, deployment.database_password)
     for output in deployment.runs:
-        assert deployment.secret_key not in output
+        for secret in hidden:
+            assert secret not in output
     for host in deployment.hosts:
         journal = host.testinfra.check_output("journalctl --no-pager -o cat")
         assert journal, "an empty journal proves nothing"
-        assert deployment.secret_key not in journal
+        for secret in hidden:
+            assert secret not in journal
 
 
 def smoke(deployment: Deployment, host: Host):
@@ -359,6 +536,7 @@ def test_prometheus_gets_file_sd_targets(deployed):
         ],
         "nginx.json": [f"{h.container}:9113" for h in deployment.hosts],
         "node.json": [f"{h.container}:9100" for h in deployment.hosts],
+        "worker.json": [f"{h.container}:9179" for h in deployment.hosts],
     }
     for name, targets in expected.items():
         groups = json.loads(
@@ -415,6 +593,10 @@ def test_deploying_a_new_version_fails_no_request(deployed):
         h.name: h.testinfra.file(f"/opt/{PROJECT}/current").linked_to
         for h in deployment.hosts
     }
+    workers_before = {
+        h.name: unit_properties(h.testinfra, WORKER, "InvocationID")
+        for h in deployment.hosts
+    }
     settings = deployment.project / "config" / "settings.py"
     text = settings.read_text()
     assert 'SERVICE_VERSION = "0.1.0"' in text
@@ -438,11 +620,42 @@ def test_deploying_a_new_version_fails_no_request(deployed):
         assert release != releases_before[host.name]
         # The previous release stays for a while: a rollback is one more deploy.
         assert host.testinfra.file(releases_before[host.name]).is_directory
+        # The worker restarted on the new release, once the instances had.
+        machine = host.testinfra
+        assert (
+            unit_properties(machine, WORKER, "InvocationID")
+            != (workers_before[host.name])
+        )
+        pid = machine.check_output(f"systemctl show -p MainPID --value {WORKER}")
+        assert machine.file(f"/proc/{pid}/cwd").linked_to == release
+        started = {
+            unit: int(
+                unit_properties(machine, unit, "ActiveEnterTimestampMonotonic")[
+                    "ActiveEnterTimestampMonotonic"
+                ]
+            )
+            for unit in (f"{PROJECT}@1.service", f"{PROJECT}@2.service", WORKER)
+        }
+        assert started[WORKER] > max(started[f"{PROJECT}@{n}.service"] for n in (1, 2))
+        assert worker_health(machine) == 200
     for host in deployment.hosts:
         smoke(deployment, host)
+        a_task_runs(host)
 
 
-@pytest.mark.parametrize("combination", each_server(), ids=lambda c: c["server"])
+# Each server, and the task worker's unit, ports and targets beside Granian's.
+RENDERINGS = [
+    *each_server(),
+    {**default_combination(), "server": "granian"}
+    | {"database": "postgresql", "tasks": "arq"},
+]
+
+
+@pytest.mark.parametrize(
+    "combination",
+    RENDERINGS,
+    ids=lambda c: c["server"] + ("" if c["tasks"] == "none" else f"-{c['tasks']}"),
+)
 def test_each_servers_rendering_passes_ansible_lint(combination, tmp_path):
     for tool in ("ansible-playbook", "ansible-lint"):
         assert shutil.which(tool), f"{tool} is missing: run the tests with tests/run.sh"
@@ -454,3 +667,4 @@ def test_each_servers_rendering_passes_ansible_lint(combination, tmp_path):
     run(["ansible-lint", "--offline", "--profile", "production", "--nocolor"], ansible)
     facts = (ansible / "group_vars" / "all" / "service.yml").read_text()
     assert f"service_server: {combination['server']}\n" in facts
+    assert f"service_tasks: {combination['tasks']}\n" in facts

@@ -75,3 +75,19 @@ def instant(expr: str, *, service: str, rate_interval: str) -> str:
     if "$" in query:
         raise ValueError(f"a variable in an unsupported syntax in {expr}")
     return query
+
+
+def panels_without_data(prometheus, paths, *, service: str, rate_interval: str) -> str:
+    """The panels of the dashboards at `paths` whose query a live Prometheus
+    (monitoring.Prometheus) still answers with nothing: one "file: title: query"
+    line each, empty when every panel has data."""
+    pending = prometheus.queries_without_data(
+        {
+            f"{path.name}: {title}": instant(
+                expr, service=service, rate_interval=rate_interval
+            )
+            for path in paths
+            for title, expr in queries(load(path))
+        }
+    )
+    return "\n".join(f"{panel}: {query}" for panel, query in pending.items())

@@ -231,17 +231,10 @@ def test_the_queue_empties_and_the_worker_is_up(combination, observed):
 def test_every_tasks_dashboard_panel_returns_data(combination, observed):
     run = observed(combination)
     path = run["project"] / "deploy" / "grafana" / "dashboards" / "tasks.json"
-    pending = run["prometheus"].queries_without_data(
-        {
-            title: dashboards.instant(
-                expr, service=SERVICE, rate_interval=RATE_INTERVAL
-            )
-            for title, expr in dashboards.queries(dashboards.load(path))
-        }
+    missing = dashboards.panels_without_data(
+        run["prometheus"], [path], service=SERVICE, rate_interval=RATE_INTERVAL
     )
-    assert not pending, "panels without data:\n" + "\n".join(
-        f"{panel}: {query}" for panel, query in pending.items()
-    )
+    assert not missing, f"panels without data:\n{missing}"
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS)

@@ -514,7 +514,14 @@ def test_smoke_through_each_hosts_nginx(deployed):
     deployment, _, _ = deployed
     for host in deployment.hosts:
         output = smoke(deployment, host)
-        for check in ("health", "API round trip", "SSE event", "WebSocket broadcast"):
+        checks = (
+            "health",
+            "API round trip",
+            "background task",
+            "SSE event",
+            "WebSocket broadcast",
+        )
+        for check in checks:
             assert re.search(rf"^ok\s+{check}", output, re.MULTILINE), output
 
 

@@ -1,4 +1,5 @@
-"""Times every database query and counts the failed ones, async ORM included.
+"""Times every database query and counts the failed ones, async ORM included;
+and closes a process's connections and pools when it stops or forks.
 
 The async ORM runs its queries in a thread through the same connection objects,
 so one execute wrapper per connection sees them all. Django opens connections
@@ -8,7 +9,20 @@ each time: the wrapper is added once per connection object.
 
 import time
 
+from django.db import connections
+
 from core import metrics
+
+
+def close_databases() -> None:
+    """Closes this thread's connections and every open pool. psycopg's pool
+    threads would hold up the interpreter's exit by seconds, and a forked child
+    must not inherit a pool's connections."""
+    for connection in connections.all():
+        connection.close()
+        # Django's close_pool() opens a pool that does not exist, to close it.
+        if connection.alias in getattr(connection, "_connection_pools", {}):
+            connection.close_pool()
 
 
 class QueryMetrics:

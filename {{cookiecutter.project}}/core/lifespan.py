@@ -8,9 +8,9 @@ import django
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connections
 
 from core import metrics, sampler, shutdown
+from core.database import close_databases
 
 logger = logging.getLogger(__name__)
 _sampling: asyncio.Task | None = None
@@ -33,20 +33,13 @@ async def _startup() -> None:
     )
 
 
-def _close_databases() -> None:
-    for connection in connections.all(initialized_only=True):
-        connection.close()
-        if hasattr(connection, "close_pool"):
-            connection.close_pool()
-
-
 async def _shutdown() -> None:
     if _sampling is not None:
         _sampling.cancel()
     layer = get_channel_layer()
     if hasattr(layer, "close_pools"):
         await layer.close_pools()
-    await sync_to_async(_close_databases)()
+    await sync_to_async(close_databases)()
     metrics.worker_stopped()
     logger.info("stopped", extra={"pid": os.getpid()})
 

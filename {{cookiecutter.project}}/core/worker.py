@@ -125,6 +125,7 @@ def main() -> int:
     from django.conf import settings
 
     from core import queue
+    from core.database import close_databases
 
     # The command is the adapter's constant, never input.
     worker = subprocess.Popen(queue.WORKER_COMMAND, process_group=0)  # noqa: S603
@@ -141,6 +142,8 @@ def main() -> int:
     )
     status = worker.wait()
     server.shutdown()
+    # Scrapes that read the queue depth from the database opened a pool.
+    close_databases()
     logger.info("worker stopped", extra={"status": status})
     # A worker killed by a signal exits as a shell would report it.
     return 128 - status if status < 0 else status

@@ -48,6 +48,7 @@ from django.tasks.signals import (
 from django.utils import timezone
 
 from core import tasks
+from core.database import close_databases
 
 logger = logging.getLogger(__name__)
 
@@ -165,12 +166,7 @@ def run_db_worker(argv: list[str]) -> None:
     try:
         DbWorker().run_from_argv(argv)
     finally:
-        # As the web processes do when they stop (core.lifespan): the pool ends
-        # its sessions now, not in the interpreter's finalization.
-        for connection in connections.all(initialized_only=True):
-            connection.close()
-            if hasattr(connection, "close_pool"):
-                connection.close_pool()
+        close_databases()
 
 
 def main() -> None:

@@ -30,8 +30,6 @@ broker and a monitor that acknowledges them. They log through Django's LOGGING,
 which they inherit.
 """
 
-import atexit
-import functools
 import math
 import os
 import signal
@@ -50,6 +48,7 @@ from django_q.models import OrmQ
 from django_q.tasks import async_task
 
 from core import tasks
+from core.database import close_databases
 
 # django-q2's modules need Django's app registry before they are imported, this
 # one's too: `python -m core.queue` could not import it.
@@ -142,28 +141,12 @@ def task(name: str, *, retries: int, time_limit: float):
 def queue_depth() -> int:
     """The queue's rows: tasks waiting, waiting for a retry, or running (a row
     goes when its attempt is acknowledged), as arq's queue counts them."""
-    _close_databases_at_exit()
     alias = settings.Q_CLUSTER["orm"]
     try:
         return OrmQ.objects.using(alias).filter(key=settings.TASK_QUEUE).count()
     finally:
         # Each scrape comes in a thread of its own, which would keep a connection.
         connections[alias].close()
-
-
-def close_databases() -> None:
-    """This thread's database connections, and the process's pools."""
-    for connection in connections.all():
-        connection.close()
-        if connection.vendor == "postgresql":
-            connection.close_pool()
-
-
-@functools.cache
-def _close_databases_at_exit() -> None:
-    # The pool's threads stop only when it is closed: left to the interpreter's
-    # exit, each holds it up for seconds.
-    atexit.register(close_databases)
 
 
 def main() -> None:

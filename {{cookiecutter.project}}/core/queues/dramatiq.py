@@ -32,12 +32,12 @@ import dramatiq
 import redis
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections
 from dramatiq.asyncio import async_to_sync
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Retries, TimeLimit
 
 from core import tasks
+from core.database import close_databases
 
 WORKER_COMMAND = [sys.executable, "-m", "core.queue"]
 # Past core.tasks' own time limit, so that the task's failure is counted first.
@@ -196,10 +196,7 @@ def main() -> None:
     # fetched but unstarted ones back to Redis.
     worker.stop(timeout=int(os.environ["WORKER_SHUTDOWN_TIMEOUT"]) * 1000)
     queue_broker.close()
-    for connection in connections.all():
-        if connection.vendor == "postgresql":
-            # The pool's threads would otherwise hold up the interpreter's exit.
-            connection.close_pool()
+    close_databases()
 
 
 if __name__ == "__main__":

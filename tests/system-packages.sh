@@ -21,8 +21,8 @@ DEFAULT_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx promethe
   debootstrap unzip nodejs npm)
 SYSTEM_ROOT=${SYSTEM_ROOT:-}
 
-# Succeeds when what $1 provides works here. Only shell builtins and the checked
-# tools themselves run, so a PATH of stubs decides alone.
+# Succeeds when what $1 provides works here. Like the rest of this script, it runs
+# only shell builtins, the checked tools and apt-get, so a PATH of stubs decides alone.
 provided() {
   case $1 in
     python3-venv) python3 -c 'import ensurepip, venv' ;;
@@ -49,14 +49,22 @@ missing() {
 
 die() { printf 'system-packages: %s\n' "$*" >&2; exit 1; }
 
+# The lines of apt's output that say why (its errors and dependency lines), not
+# its progress; all of it when none match.
+reasons() {
+  local line found=""
+  while IFS= read -r line; do
+    if [[ $line == " "* || $line == E:* ]]; then found+="$line"$'\n'; fi
+  done <<<"$1"
+  printf '%s' "${found:-$1$'\n'}"
+}
+
 # apt's own account of why it cannot install each of $@ (a dry run apiece).
 explain() {
-  local package reasons
+  local package output
   for package in "$@"; do
-    if ! reasons=$(apt-get install -s --no-remove --no-install-recommends "$package" 2>&1); then
-      printf '\n%s cannot be installed; apt says:\n' "$package"
-      # Its dependency lines and errors, not the progress lines.
-      grep -E '^ |^E:' <<<"$reasons" || printf '%s\n' "$reasons" | tail -n 5
+    if ! output=$(apt-get install -s --no-remove --no-install-recommends "$package" 2>&1); then
+      printf '\n%s cannot be installed; apt says:\n%s' "$package" "$(reasons "$output")"
     fi
   done
 }
@@ -75,7 +83,7 @@ $output"
   if ! output=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
     --no-install-recommends --no-remove "${wanted[@]}" 2>&1); then
     die "apt-get could not install ${wanted[*]}:
-$(grep -E '^E:' <<<"$output" || printf '%s\n' "$output" | tail -n 5)
+$(reasons "$output")
 $(explain "${wanted[@]}")
 
 Nothing was removed or replaced. Where another vendor's package already provides

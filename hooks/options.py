@@ -17,6 +17,17 @@ DOMAIN = re.compile(rf"^(?=.{{1,253}}$){HOST_LABEL}(?:\.{HOST_LABEL})+$")
 # Free text lands in TOML, Python and YAML strings: refuse what would need escaping.
 UNSAFE_TEXT = re.compile(r'["\\\x00-\x1f\x7f`$]')
 TEXT_MAX = {"project_name": 60, "description": 200, "author": 100}
+# Where each task queue keeps its messages: the Redis of REDIS_URL or the database.
+# Every component reads this one table, as cookiecutter.json's __task_broker (the
+# FactsExtension gives it to Jinja) or by importing it.
+TASK_BROKER = {
+    "none": "none",
+    "django": "database",
+    "celery": "redis",
+    "dramatiq": "redis",
+    "arq": "redis",
+    "django-q2": "database",
+}
 
 
 def load_choices(template_dir: Path) -> dict[str, list[str]]:
@@ -56,8 +67,7 @@ def refusals(context: dict, choices: dict[str, list[str]]) -> list[str]:
             "(it names the directory, the distribution, the chart and the units)"
         )
     tasks = context.get("tasks")
-    queued = set(choices.get("tasks", [])) - {"none"}
-    if tasks in queued and context.get("database") == "sqlite":
+    if TASK_BROKER.get(tasks, "none") != "none" and context.get("database") == "sqlite":
         problems.append(
             f"tasks={tasks!r} needs database='postgresql': the task worker runs in "
             "processes, pods and hosts of its own, and a SQLite database is a file "

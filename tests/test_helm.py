@@ -29,6 +29,7 @@ from charts import (
     values_files,
 )
 from harness import generate_service
+from options import TASK_BROKER
 
 SERVICES = {
     "uvicorn-sqlite": {"server": "uvicorn", "database": "sqlite"},
@@ -43,7 +44,6 @@ SERVICES = {
 # The chart sees the choice through Chart.yaml's annotation alone and differs
 # between them by the broker: Redis or the database.
 TASKS = ("arq", "django")
-REDIS_BROKERS = {"celery", "dramatiq", "arq"}
 TASK_SERVICES = {
     f"{tasks}-postgresql": {
         "server": "uvicorn",
@@ -553,7 +553,7 @@ def test_the_chart_refuses_a_worker_that_cannot_work(key, service):
         sets=["worker.autoscaling.enabled=true", "worker.autoscaling.minReplicas=11"],
     )  # fmt: skip
     without_redis = ["secret.redisUrl="]
-    if SERVICES[key]["tasks"] in REDIS_BROKERS:
+    if TASK_BROKER[SERVICES[key]["tasks"]] == "redis":
         message = template_error(project, values, sets=without_redis)
         assert "secret.redisUrl (REDIS_URL, the broker of" in message, message
     else:

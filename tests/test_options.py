@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from matrix import CHOICES, DEFAULT_TEXT, TEMPLATE_DIR, context, every_combination
-from options import refusals
+from options import TASK_BROKER, refusals
 
 
 def cookiecutter_cli(tmp_path, **options):
@@ -97,3 +97,9 @@ def test_python_versions_offered_are_the_ones_django_6_supports():
 def test_defaults_are_accepted():
     defaults = {key: choices[0] for key, choices in CHOICES.items()}
     assert refusals({**DEFAULT_TEXT, **defaults}, CHOICES) == []
+
+
+def test_every_task_queue_has_its_broker():
+    """hooks/options.py's table is the one place each queue's broker is written."""
+    assert set(TASK_BROKER) == set(CHOICES["tasks"])
+    assert set(TASK_BROKER.values()) == {"none", "redis", "database"}

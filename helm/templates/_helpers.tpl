@@ -43,7 +43,7 @@ app.kubernetes.io/part-of: {{ .Chart.Name }}
 {{- end }}
 {{/* "true" when the task broker is Redis (the others queue in the database). */}}
 {{- define "service.redisBroker" -}}
-{{- if has (include "service.tasks" .) (list "celery" "dramatiq" "arq") }}true{{ end }}
+{{- if eq (index .Chart.Annotations "django-asgi-platform/task-broker") "redis" }}true{{ end }}
 {{- end }}
 
 {{/* The task worker's objects: a name and labels of their own, so that nothing of

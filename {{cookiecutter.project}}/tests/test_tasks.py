@@ -2,7 +2,7 @@
 
 The worker is another process, as in production: it reads the test database and
 the broker this process enqueues into. No eager mode: what these tests see is
-what the worker did. They need PostgreSQL (DATABASE_URL){% if cookiecutter.tasks in ["celery", "dramatiq", "arq"] %} and Redis (REDIS_URL){% endif %}.
+what the worker did. They need PostgreSQL (DATABASE_URL){% if cookiecutter.__task_broker == "redis" %} and Redis (REDIS_URL){% endif %}.
 """
 
 import asyncio
@@ -84,7 +84,7 @@ class Worker:
 def worker(django_db_setup, django_db_blocker, tmp_path_factory):
     with django_db_blocker.unblock():
         database_url = worker_database_url()
-    {%- if cookiecutter.tasks in ["celery", "dramatiq", "arq"] %}
+    {%- if cookiecutter.__task_broker == "redis" %}
     if not settings.REDIS_URL:
         pytest.fail("the task tests need Redis (REDIS_URL): it is the broker")
     {%- endif %}

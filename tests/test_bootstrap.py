@@ -191,7 +191,7 @@ runc --version
 node --version
 npm --version
 test "$(dpkg-query -W -f '${Version}' nodejs)" = 20.99.0-1vendor1
-! dpkg-query -W -f '${Status}' npm 2>/dev/null | grep -q installed
+test "$(dpkg-query -W -f '${db:Status-Status}' npm 2>/dev/null)" != installed
 """
 
 

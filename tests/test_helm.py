@@ -8,7 +8,10 @@ Kubernetes the chart supports; custom resources against the vendored CRDs
 checkov: these are the rules we hold the chart to, named one by one).
 """
 
+import difflib
 import json
+import re
+import shutil
 from pathlib import Path
 
 import kubernetes_validate
@@ -20,6 +23,7 @@ from charts import (
     RELEASE,
     chart_dir,
     containers,
+    generate_readme,
     helm,
     pod_specs,
     template,
@@ -113,6 +117,42 @@ def test_chart_passes_helm_lint_strict_with_every_values_file(key, service):
         if result.returncode != 0:
             failures.append(f"{path.name}:\n{result.stdout}{result.stderr}")
     assert failures == []
+
+
+def value_keys(values: dict, prefix: str = "") -> set[str]:
+    """The dotted names of the values' leaves; a list or an empty map is a leaf."""
+    keys = set()
+    for name, value in values.items():
+        if isinstance(value, dict) and value:
+            keys |= value_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_the_readmes_parameters_are_generated_from_values_yaml(key, service, tmp_path):
+    """README.md's "Parameters" tables are what Bitnami's readme-generator-for-helm
+    writes from values.yaml's `## @param` lines, and every value has one: the
+    tables cannot drift from the values."""
+    chart = chart_dir(service(key))
+    rendered = (chart / "README.md").read_text()
+    generated = tmp_path / "README.md"
+    shutil.copy(chart / "README.md", generated)
+    result = generate_readme(chart / "values.yaml", generated)
+    assert result.returncode == 0, result.stdout + result.stderr
+    diff = difflib.unified_diff(
+        rendered.splitlines(keepends=True),
+        generated.read_text().splitlines(keepends=True),
+        "README.md",
+        "README.md as readme-generator-for-helm writes it",
+    )
+    assert "".join(diff) == ""
+
+    parameters = rendered.split("\n## Parameters\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([^`]+)` +\|", parameters, re.MULTILINE))
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    assert documented == value_keys(values)
 
 
 @pytest.mark.parametrize("key", SERVICES)

@@ -470,7 +470,10 @@ def worker_objects(objects: list[dict]) -> dict[str, dict]:
 
 def web_objects(objects: list[dict]) -> dict[str, dict]:
     """{kind: object} of the app's objects (one of each kind among these)."""
-    kinds = {"Deployment", "Service", "ServiceMonitor", "NetworkPolicy"}
+    kinds = {
+        "Deployment", "Service", "ServiceMonitor", "NetworkPolicy",
+        "PodDisruptionBudget",
+    }  # fmt: skip
     return {
         o["kind"]: o
         for o in objects
@@ -527,8 +530,9 @@ def test_the_worker_runs_bin_worker_as_the_app_runs(key, renders):
 
 @pytest.mark.parametrize("key", TASK_SERVICES)
 def test_nothing_of_the_app_selects_the_workers_pods(key, renders):
-    """The app's Deployment (and so its autoscaler), Service, ServiceMonitor and
-    NetworkPolicy select the app's pods only, and the worker's objects its own."""
+    """The app's Deployment (and so its autoscaler), Service, ServiceMonitor,
+    NetworkPolicy and PodDisruptionBudget select the app's pods only, and the
+    worker's objects its own."""
     objects = renders(key)["monitoring-values.yaml"]
     worker, web = worker_objects(objects), web_objects(objects)
     worker_pod = worker["Deployment"]["spec"]["template"]["metadata"]["labels"]
@@ -537,6 +541,7 @@ def test_nothing_of_the_app_selects_the_workers_pods(key, renders):
         "Deployment": lambda o: o["spec"]["selector"]["matchLabels"],
         "Service": lambda o: o["spec"]["selector"],
         "NetworkPolicy": lambda o: o["spec"]["podSelector"]["matchLabels"],
+        "PodDisruptionBudget": lambda o: o["spec"]["selector"]["matchLabels"],
     }
     for kind, selector in pod_selectors.items():
         assert not selects(selector(web[kind]), worker_pod), kind
@@ -549,6 +554,48 @@ def test_nothing_of_the_app_selects_the_workers_pods(key, renders):
         web["ServiceMonitor"]["spec"]["selector"]["matchLabels"],
         worker["Service"]["metadata"]["labels"],
     )
+
+
+COMPONENT = "app.kubernetes.io/component"
+
+
+def selectors(obj: dict) -> list[dict]:
+    """The label selectors of an object of the chart."""
+    spec = obj.get("spec", {})
+    match obj["kind"]:
+        case "Deployment":
+            spread = spec["template"]["spec"].get("topologySpreadConstraints", [])
+            return [spec["selector"]["matchLabels"]] + [
+                constraint["labelSelector"]["matchLabels"] for constraint in spread
+            ]
+        case "Service":
+            return [spec["selector"]]
+        case "PodDisruptionBudget" | "ServiceMonitor":
+            return [spec["selector"]["matchLabels"]]
+        case "NetworkPolicy":
+            return [spec["podSelector"]["matchLabels"]]
+    return []
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_every_selector_holds_its_objects_component(key, renders):
+    """Each object of a component carries app.kubernetes.io/component and selects
+    on it: no object of the web selects the worker's pods, nor the reverse."""
+    problems, checked = [], 0
+    for values, objects in renders(key).items():
+        for obj in objects:
+            component = obj["metadata"]["labels"].get(COMPONENT)
+            for selector in selectors(obj):
+                checked += 1
+                if component is None or selector.get(COMPONENT) != component:
+                    name = f"{obj['kind']}/{obj['metadata']['name']}"
+                    problems.append(f"{values} {name}: {component} {selector}")
+            if obj["kind"] == "Deployment":
+                pod = obj["spec"]["template"]["metadata"]["labels"]
+                if pod.get(COMPONENT) != component:
+                    problems.append(f"{values} {obj['metadata']['name']}: pods")
+    assert problems == []
+    assert checked > 0
 
 
 @pytest.mark.parametrize("key", TASK_SERVICES)

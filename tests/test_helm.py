@@ -20,6 +20,7 @@ import yaml
 
 from charts import (
     KUBERNETES_VERSIONS,
+    README_GENERATOR,
     RELEASE,
     chart_dir,
     containers,
@@ -153,6 +154,10 @@ def test_the_readmes_parameters_are_generated_from_values_yaml(key, service, tmp
     documented = set(re.findall(r"^\| `([^`]+)` +\|", parameters, re.MULTILINE))
     values = yaml.safe_load((chart / "values.yaml").read_text())
     assert documented == value_keys(values)
+    # values.yaml tells how to regenerate them, with the version tested here.
+    package = json.loads((README_GENERATOR.parents[1] / "package.json").read_text())
+    command = f"npx @bitnami/readme-generator-for-helm@{package['version']} "
+    assert command in (chart / "values.yaml").read_text()
 
 
 @pytest.mark.parametrize("key", SERVICES)

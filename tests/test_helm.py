@@ -8,7 +8,10 @@ Kubernetes the chart supports; custom resources against the vendored CRDs
 checkov: these are the rules we hold the chart to, named one by one).
 """
 
+import difflib
 import json
+import re
+import shutil
 from pathlib import Path
 
 import kubernetes_validate
@@ -17,9 +20,11 @@ import yaml
 
 from charts import (
     KUBERNETES_VERSIONS,
+    README_GENERATOR,
     RELEASE,
     chart_dir,
     containers,
+    generate_readme,
     helm,
     pod_specs,
     template,
@@ -113,6 +118,46 @@ def test_chart_passes_helm_lint_strict_with_every_values_file(key, service):
         if result.returncode != 0:
             failures.append(f"{path.name}:\n{result.stdout}{result.stderr}")
     assert failures == []
+
+
+def value_keys(values: dict, prefix: str = "") -> set[str]:
+    """The dotted names of the values' leaves; a list or an empty map is a leaf."""
+    keys = set()
+    for name, value in values.items():
+        if isinstance(value, dict) and value:
+            keys |= value_keys(value, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_the_readmes_parameters_are_generated_from_values_yaml(key, service, tmp_path):
+    """README.md's "Parameters" tables are what Bitnami's readme-generator-for-helm
+    writes from values.yaml's `## @param` lines, and every value has one: the
+    tables cannot drift from the values."""
+    chart = chart_dir(service(key))
+    rendered = (chart / "README.md").read_text()
+    generated = tmp_path / "README.md"
+    shutil.copy(chart / "README.md", generated)
+    result = generate_readme(chart / "values.yaml", generated)
+    assert result.returncode == 0, result.stdout + result.stderr
+    diff = difflib.unified_diff(
+        rendered.splitlines(keepends=True),
+        generated.read_text().splitlines(keepends=True),
+        "README.md",
+        "README.md as readme-generator-for-helm writes it",
+    )
+    assert "".join(diff) == ""
+
+    parameters = rendered.split("\n## Parameters\n", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([^`]+)` +\|", parameters, re.MULTILINE))
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    assert documented == value_keys(values)
+    # values.yaml tells how to regenerate them, with the version tested here.
+    package = json.loads((README_GENERATOR.parents[1] / "package.json").read_text())
+    command = f"npx @bitnami/readme-generator-for-helm@{package['version']} "
+    assert command in (chart / "values.yaml").read_text()
 
 
 @pytest.mark.parametrize("key", SERVICES)
@@ -430,7 +475,10 @@ def worker_objects(objects: list[dict]) -> dict[str, dict]:
 
 def web_objects(objects: list[dict]) -> dict[str, dict]:
     """{kind: object} of the app's objects (one of each kind among these)."""
-    kinds = {"Deployment", "Service", "ServiceMonitor", "NetworkPolicy"}
+    kinds = {
+        "Deployment", "Service", "ServiceMonitor", "NetworkPolicy",
+        "PodDisruptionBudget",
+    }  # fmt: skip
     return {
         o["kind"]: o
         for o in objects
@@ -487,8 +535,9 @@ def test_the_worker_runs_bin_worker_as_the_app_runs(key, renders):
 
 @pytest.mark.parametrize("key", TASK_SERVICES)
 def test_nothing_of_the_app_selects_the_workers_pods(key, renders):
-    """The app's Deployment (and so its autoscaler), Service, ServiceMonitor and
-    NetworkPolicy select the app's pods only, and the worker's objects its own."""
+    """The app's Deployment (and so its autoscaler), Service, ServiceMonitor,
+    NetworkPolicy and PodDisruptionBudget select the app's pods only, and the
+    worker's objects its own."""
     objects = renders(key)["monitoring-values.yaml"]
     worker, web = worker_objects(objects), web_objects(objects)
     worker_pod = worker["Deployment"]["spec"]["template"]["metadata"]["labels"]
@@ -497,6 +546,7 @@ def test_nothing_of_the_app_selects_the_workers_pods(key, renders):
         "Deployment": lambda o: o["spec"]["selector"]["matchLabels"],
         "Service": lambda o: o["spec"]["selector"],
         "NetworkPolicy": lambda o: o["spec"]["podSelector"]["matchLabels"],
+        "PodDisruptionBudget": lambda o: o["spec"]["selector"]["matchLabels"],
     }
     for kind, selector in pod_selectors.items():
         assert not selects(selector(web[kind]), worker_pod), kind
@@ -509,6 +559,48 @@ def test_nothing_of_the_app_selects_the_workers_pods(key, renders):
         web["ServiceMonitor"]["spec"]["selector"]["matchLabels"],
         worker["Service"]["metadata"]["labels"],
     )
+
+
+COMPONENT = "app.kubernetes.io/component"
+
+
+def selectors(obj: dict) -> list[dict]:
+    """The label selectors of an object of the chart."""
+    spec = obj.get("spec", {})
+    match obj["kind"]:
+        case "Deployment":
+            spread = spec["template"]["spec"].get("topologySpreadConstraints", [])
+            return [spec["selector"]["matchLabels"]] + [
+                constraint["labelSelector"]["matchLabels"] for constraint in spread
+            ]
+        case "Service":
+            return [spec["selector"]]
+        case "PodDisruptionBudget" | "ServiceMonitor":
+            return [spec["selector"]["matchLabels"]]
+        case "NetworkPolicy":
+            return [spec["podSelector"]["matchLabels"]]
+    return []
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_every_selector_holds_its_objects_component(key, renders):
+    """Each object of a component carries app.kubernetes.io/component and selects
+    on it: no object of the web selects the worker's pods, nor the reverse."""
+    problems, checked = [], 0
+    for values, objects in renders(key).items():
+        for obj in objects:
+            component = obj["metadata"]["labels"].get(COMPONENT)
+            for selector in selectors(obj):
+                checked += 1
+                if component is None or selector.get(COMPONENT) != component:
+                    name = f"{obj['kind']}/{obj['metadata']['name']}"
+                    problems.append(f"{values} {name}: {component} {selector}")
+            if obj["kind"] == "Deployment":
+                pod = obj["spec"]["template"]["metadata"]["labels"]
+                if pod.get(COMPONENT) != component:
+                    problems.append(f"{values} {obj['metadata']['name']}: pods")
+    assert problems == []
+    assert checked > 0
 
 
 @pytest.mark.parametrize("key", TASK_SERVICES)

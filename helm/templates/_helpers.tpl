@@ -14,17 +14,26 @@
 {{- end }}
 {{- end }}
 
+{{/* The labels that select a component's pods: (dict "context" . "component" "web").
+The component tells the web, the worker, the migrations and the helm test apart:
+nothing of one selects the pods of another. */}}
 {{- define "service.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "service.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "service.name" .context }}
+app.kubernetes.io/instance: {{ .context.Release.Name }}
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
 {{- end }}
 
+{{/* Every object's labels: (dict "context" . "component" "web"); objects that both
+components share (settings, Secret, ServiceAccount, rules, dashboards) have no
+component. */}}
 {{- define "service.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+helm.sh/chart: {{ printf "%s-%s" .context.Chart.Name .context.Chart.Version | replace "+" "_" }}
 {{ include "service.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: {{ .Chart.Name }}
+app.kubernetes.io/version: {{ .context.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .context.Release.Service }}
+app.kubernetes.io/part-of: {{ .context.Chart.Name }}
 {{- end }}
 
 {{/* Facts of the image (Chart.yaml annotations), not values. */}}
@@ -46,24 +55,22 @@ app.kubernetes.io/part-of: {{ .Chart.Name }}
 {{- if eq (index .Chart.Annotations "django-asgi-platform/task-broker") "redis" }}true{{ end }}
 {{- end }}
 
-{{/* The task worker's objects: a name and labels of their own, so that nothing of
-the web (its Deployment, Service, HPA, ServiceMonitor) selects the worker's pods. */}}
-{{- define "service.workerFullname" -}}
-{{- printf "%s-worker" (include "service.fullname" . | trunc 56 | trimSuffix "-") }}
+{{/* The components, each a Deployment with the objects around it: the web (the app
+behind Nginx) always, the task worker when the service has tasks. Range over
+`include "service.components" . | splitList " "`. */}}
+{{- define "service.components" -}}
+web{{ if include "service.worker" . }} worker{{ end }}
 {{- end }}
 
-{{- define "service.workerSelectorLabels" -}}
-app.kubernetes.io/name: {{ printf "%s-worker" (include "service.name" . | trunc 56 | trimSuffix "-") }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+{{/* A component's objects' name: (dict "context" . "component" "worker"). The web's
+objects carry the release's full name, the worker's that name and "-worker". */}}
+{{- define "service.componentFullname" -}}
+{{- $fullname := include "service.fullname" .context }}
+{{- if eq .component "web" }}
+{{- $fullname }}
+{{- else }}
+{{- printf "%s-%s" ($fullname | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component }}
 {{- end }}
-
-{{- define "service.workerLabels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "service.workerSelectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: {{ .Chart.Name }}
-app.kubernetes.io/component: worker
 {{- end }}
 
 {{- define "service.serviceAccountName" -}}
@@ -104,6 +111,47 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
+{{/* Pod Security Standards "restricted", for every pod of the chart: the app's user. */}}
+{{- define "service.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* A component's pods spread over zones and nodes: (dict "context" . "component" "web"). */}}
+{{- define "service.topologySpread" -}}
+{{- $ := .context }}
+{{- $scope := . }}
+{{- range $key := list "topology.kubernetes.io/zone" "kubernetes.io/hostname" }}
+- topologyKey: {{ $key }}
+  maxSkew: {{ $.Values.topologySpread.maxSkew }}
+  whenUnsatisfiable: {{ $.Values.topologySpread.whenUnsatisfiable }}
+  labelSelector:
+    matchLabels:
+      {{- include "service.selectorLabels" $scope | nindent 6 }}
+  # Counts the pods of the same rollout only.
+  matchLabelKeys: [pod-template-hash]
+{{- end }}
+{{- end }}
+
+{{/* A component's pod annotations: (dict "context" . "component" "web"). A changed
+setting or secret, and for the web a changed Nginx file, rolls its pods. */}}
+{{- define "service.podAnnotations" -}}
+{{- $ := .context }}
+checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") $ | sha256sum }}
+{{- if eq .component "web" }}
+checksum/nginx: {{ include (print $.Template.BasePath "/configmap-nginx.yaml") $ | sha256sum }}
+{{- end }}
+{{- if not $.Values.secret.existingSecret }}
+checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") $ | sha256sum }}
+{{- end }}
+{{- with $.Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* The app's environment: settings from the ConfigMap, secrets from the Secret. */}}
 {{- define "service.envFrom" -}}
 - configMapRef:
@@ -139,9 +187,6 @@ seccompProfile:
 {{- if le (int .Values.terminationGracePeriodSeconds) (add .Values.preStopSleepSeconds .Values.server.gracefulTimeout) }}
 {{- fail "terminationGracePeriodSeconds must exceed preStopSleepSeconds + server.gracefulTimeout, or the kubelet kills requests still draining" }}
 {{- end }}
-{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
-{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
-{{- end }}
 {{- if include "service.worker" . }}
 {{- if and (include "service.redisBroker" .) (not .Values.secret.existingSecret) (not .Values.secret.redisUrl) }}
 {{- fail (printf "secret.redisUrl (REDIS_URL, the broker of %s tasks) is required, or secret.existingSecret naming a Secret that holds it" (include "service.tasks" .)) }}
@@ -149,8 +194,12 @@ seccompProfile:
 {{- if le (int .Values.worker.terminationGracePeriodSeconds) (int .Values.worker.shutdownTimeout) }}
 {{- fail "worker.terminationGracePeriodSeconds must exceed worker.shutdownTimeout (WORKER_SHUTDOWN_TIMEOUT), or the kubelet kills tasks still finishing" }}
 {{- end }}
-{{- if and .Values.worker.autoscaling.enabled (gt (int .Values.worker.autoscaling.minReplicas) (int .Values.worker.autoscaling.maxReplicas)) }}
-{{- fail "worker.autoscaling.minReplicas must not exceed worker.autoscaling.maxReplicas" }}
+{{- end }}
+{{- range $component := include "service.components" . | splitList " " }}
+{{- $values := ternary $.Values.worker $.Values (eq $component "worker") }}
+{{- $key := ternary "autoscaling" "worker.autoscaling" (eq $component "web") }}
+{{- if and $values.autoscaling.enabled (gt (int $values.autoscaling.minReplicas) (int $values.autoscaling.maxReplicas)) }}
+{{- fail (printf "%s.minReplicas must not exceed %s.maxReplicas" $key $key) }}
 {{- end }}
 {{- end }}
 {{- end }}

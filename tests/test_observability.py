@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 import dashboards
 from edge import ORIGIN, App, Nginx, request, serve
-from matrix import CHOICES, each_server, params
+from matrix import each_server, params
 from monitoring import NginxExporter, Prometheus, failing
 
 SERVERS = params(each_server())
@@ -174,7 +174,7 @@ def crash_a_worker(app: App, metrics_dir: Path, prometheus: Prometheus) -> dict:
 
 
 @pytest.fixture(scope="session")
-def observed(generated, redis_url, tmp_path_factory):
+def observed(generated, redis_database, tmp_path_factory):
     """Per server: the stack, the traffic sent to it, and what Prometheus saw."""
     runs = {}
     with ExitStack() as cleanup:
@@ -191,7 +191,7 @@ def observed(generated, redis_url, tmp_path_factory):
                 project,
                 workdir,
                 WEB_CONCURRENCY=str(WORKERS),
-                REDIS_URL=f"{redis_url}/{4 + CHOICES['server'].index(server)}",
+                REDIS_URL=redis_database(),
                 METRICS_DIR=str(metrics_dir),
                 DATABASE_BUSY_TIMEOUT="0.3",
                 # Production settings; plain HTTP because no TLS proxy is in front.

@@ -121,7 +121,7 @@ def drive_tasks(nginx: Nginx) -> Counter:
 
 
 @pytest.fixture(scope="session")
-def observed(generated, postgres_url, redis_url, tmp_path_factory):
+def observed(generated, postgres_url, redis_database, tmp_path_factory):
     """Per queue library: the stack, the tasks sent to it, and its Prometheus."""
     runs = {}
     with ExitStack() as cleanup:
@@ -136,7 +136,7 @@ def observed(generated, postgres_url, redis_url, tmp_path_factory):
                 project,
                 workdir,
                 "app",
-                REDIS_URL=f"{redis_url}/{8 + QUEUES.index(queue)}",
+                REDIS_URL=redis_database(),
                 METRICS_DIR=str(workdir / "metrics"),
                 TASK_RETRY_DELAY="0.2",
                 # Production settings; plain HTTP because no TLS proxy is in front.

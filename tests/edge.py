@@ -25,6 +25,8 @@ from services import free_port, wait_for_port
 ORIGIN = {"Origin": "http://127.0.0.1"}
 PUBLIC_LISTEN = "listen 8080 default_server;"
 STATUS_LISTEN = "listen 127.0.0.1:8081;"
+# Under an Nginx's prefix: the $static_root of deploy/nginx/.
+STATIC_ROOT = "srv"
 
 
 class Process:
@@ -107,10 +109,25 @@ class App(Process):
 
 
 class Nginx(Process):
-    """Debian's Nginx running deploy/nginx/nginx.conf with a private prefix."""
+    """Debian's Nginx running the nginx.conf of a private prefix (conf/nginx.conf),
+    which listens on `port` of 127.0.0.1; the prefix goes once it stops.
 
-    def __init__(self, project: Path, upstreams: list[App]):
-        self.port, self.status_port = free_port(), free_port()
+    Nginx.in_front(project, upstreams) is the service's own deploy/nginx/; the
+    benchmark also runs a configuration of its own this way."""
+
+    def __init__(self, prefix: Path, port: int, status_port: int | None = None):
+        self.port, self.status_port = port, status_port
+        main = prefix / "conf" / "nginx.conf"
+        command = ["nginx", "-p", prefix, "-c", main, "-e", "stderr"]
+        subprocess.run([*command, "-t", "-q"], check=True, capture_output=True)
+        super().__init__(
+            [*command, "-g", "daemon off;"], prefix, service_env(), prefix / "nginx.log"
+        )
+
+    @classmethod
+    def in_front(cls, project: Path, upstreams: list[App]) -> "Nginx":
+        """The service's deploy/nginx/ in front of these app servers."""
+        port, status_port = free_port(), free_port()
         prefix = readable_tempdir("edge-nginx-")
         conf = prefix / "conf"
         shutil.copytree(project / "deploy" / "nginx", conf)
@@ -119,8 +136,8 @@ class Nginx(Process):
         assert text.count(PUBLIC_LISTEN) == text.count(STATUS_LISTEN) == 1
         main.write_text(
             text.replace(
-                PUBLIC_LISTEN, f"listen 127.0.0.1:{self.port} default_server;"
-            ).replace(STATUS_LISTEN, f"listen 127.0.0.1:{self.status_port};")
+                PUBLIC_LISTEN, f"listen 127.0.0.1:{port} default_server;"
+            ).replace(STATUS_LISTEN, f"listen 127.0.0.1:{status_port};")
         )
         # A refused instance is skipped for 1 s: rolling restarts here take seconds.
         (conf / "upstream.conf").write_text(
@@ -129,17 +146,17 @@ class Nginx(Process):
                 for app in upstreams
             )
         )
-        self.static_root = prefix / "srv"
-        (self.static_root / "static").mkdir(parents=True)
+        (prefix / STATIC_ROOT / "static").mkdir(parents=True)
         (conf / "deployment.conf").write_text(
-            f'map "" $static_root {{ default {self.static_root}; }}\n'
+            f'map "" $static_root {{ default {prefix / STATIC_ROOT}; }}\n'
             "set_real_ip_from 127.0.0.1;\nreal_ip_header X-Forwarded-For;\n"
         )
-        command = ["nginx", "-p", prefix, "-c", main, "-e", "stderr"]
-        subprocess.run([*command, "-t", "-q"], check=True, capture_output=True)
-        super().__init__(
-            [*command, "-g", "daemon off;"], prefix, service_env(), prefix / "nginx.log"
-        )
+        return cls(prefix, port, status_port)
+
+    @property
+    def static_root(self) -> Path:
+        """Where deploy/nginx/ serves /static/ from (Nginx.in_front)."""
+        return self.cwd / STATIC_ROOT
 
     def start(self) -> None:
         super().start()
@@ -157,7 +174,7 @@ def serve(cleanup: ExitStack, project: Path, workdir: Path, **env) -> tuple[App,
     app.migrate()
     app.start()
     cleanup.callback(app.stop)
-    nginx = Nginx(project, [app])
+    nginx = Nginx.in_front(project, [app])
     nginx.start()
     cleanup.callback(nginx.stop)
     return app, nginx

@@ -44,7 +44,7 @@ def started(generated, redis_database, tmp_path):
         for app in apps:
             app.start()
             running.append(app)
-        nginx = Nginx(project, apps)
+        nginx = Nginx.in_front(project, apps)
         nginx.start()
         running.append(nginx)
         return apps, nginx
@@ -143,7 +143,7 @@ def test_nginx_reaches_the_app_over_a_unix_socket(combination, generated, tmp_pa
     app.migrate()
     app.start()
     try:
-        nginx = Nginx(project, [app])
+        nginx = Nginx.in_front(project, [app])
         nginx.start()
         try:
             assert post_item(nginx, "over a socket") == 201

@@ -153,7 +153,7 @@ def observed(generated, postgres_url, redis_database, tmp_path_factory):
             worker = Worker(app, workdir)
             worker.start()
             cleanup.callback(worker.stop)
-            nginx = Nginx(project, [app])
+            nginx = Nginx.in_front(project, [app])
             nginx.start()
             cleanup.callback(nginx.stop)
             exporter = NginxExporter(nginx, workdir)

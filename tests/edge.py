@@ -1,4 +1,5 @@
-"""Real app servers and a real Nginx, started from a generated service, on 127.0.0.1.
+"""Real app servers, task workers and a real Nginx, started from a generated
+service, on 127.0.0.1.
 
 A test deployment is one more deployment of deploy/nginx/: like the pod and the
 VM, it writes its own upstream.conf and deployment.conf. Only the listen ports
@@ -61,7 +62,8 @@ class Process:
 
 class App(Process):
     """The service's web process, started by its own bin/serve, on a free port or,
-    with `socket`, on a unix socket (UDS) as a VM deployment may want."""
+    with `socket`, on a unix socket (UDS) as a VM deployment may want; on SQLite in
+    workdir unless env has a DATABASE_URL."""
 
     def __init__(
         self, project: Path, workdir: Path, name: str, socket: Path | None = None, **env
@@ -76,8 +78,7 @@ class App(Process):
             HOST="127.0.0.1",
             PORT=str(self.port),
             GRANIAN_METRICS_PORT=str(self.granian_metrics_port),
-            DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
-            **env,
+            **{"DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}", **env},
         )
         super().__init__(["bin/serve"], project, env, workdir / f"{name}.log")
 
@@ -106,6 +107,25 @@ class App(Process):
             wait_until_ok(f"http://127.0.0.1:{self.port}/healthz")
         else:
             wait_for_socket(self.socket)
+
+
+class Worker(Process):
+    """The service's task worker, started by its own bin/worker with its app's
+    environment; `seconds` bound its start and its graceful shutdown."""
+
+    def __init__(self, app: App, workdir: Path, seconds: int):
+        self.port, self.seconds = free_port(), seconds
+        env = {
+            **app.env,
+            "WORKER_METRICS_PORT": str(self.port),
+            "METRICS_DIR": str(workdir / "worker-metrics"),
+            "WORKER_SHUTDOWN_TIMEOUT": str(seconds),
+        }
+        super().__init__(["bin/worker"], app.cwd, env, workdir / "worker.log")
+
+    def start(self) -> None:
+        super().start()
+        wait_until_ok(f"http://127.0.0.1:{self.port}/healthz", self.seconds)
 
 
 class Nginx(Process):

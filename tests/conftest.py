@@ -10,6 +10,11 @@ import services
 from harness import generate_service, run
 from matrix import CHOICES, name
 
+# Every use of Redis on a worker gets a database of its own: with every test on one
+# worker that is about 60 (a suite per suite combination, a stack per server and
+# per queue, a stack per lifecycle test), well beyond Redis's default 16.
+REDIS_DATABASES = 256
+
 
 def pytest_sessionstart(session):
     missing = [
@@ -57,6 +62,8 @@ def postgres_url():
 
 
 @pytest.fixture(scope="session")
-def redis_url():
-    with services.redis() as url:
-        yield url
+def redis_database():
+    """A function that gives the URL of a database of this worker's Redis server that
+    no other use has had: tests choose no database numbers by hand."""
+    with services.redis(REDIS_DATABASES) as url:
+        yield services.RedisDatabases(url, REDIS_DATABASES).new

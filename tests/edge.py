@@ -1,4 +1,5 @@
-"""Real app servers and a real Nginx, started from a generated service, on 127.0.0.1.
+"""Real app servers, task workers and a real Nginx, started from a generated
+service, on 127.0.0.1.
 
 A test deployment is one more deployment of deploy/nginx/: like the pod and the
 VM, it writes its own upstream.conf and deployment.conf. Only the listen ports
@@ -25,6 +26,8 @@ from services import free_port, wait_for_port
 ORIGIN = {"Origin": "http://127.0.0.1"}
 PUBLIC_LISTEN = "listen 8080 default_server;"
 STATUS_LISTEN = "listen 127.0.0.1:8081;"
+# Under an Nginx's prefix: the $static_root of deploy/nginx/.
+STATIC_ROOT = "srv"
 
 
 class Process:
@@ -59,7 +62,8 @@ class Process:
 
 class App(Process):
     """The service's web process, started by its own bin/serve, on a free port or,
-    with `socket`, on a unix socket (UDS) as a VM deployment may want."""
+    with `socket`, on a unix socket (UDS) as a VM deployment may want; on SQLite in
+    workdir unless env has a DATABASE_URL."""
 
     def __init__(
         self, project: Path, workdir: Path, name: str, socket: Path | None = None, **env
@@ -74,8 +78,7 @@ class App(Process):
             HOST="127.0.0.1",
             PORT=str(self.port),
             GRANIAN_METRICS_PORT=str(self.granian_metrics_port),
-            DATABASE_URL=f"sqlite:///{workdir / 'db.sqlite3'}",
-            **env,
+            **{"DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}", **env},
         )
         super().__init__(["bin/serve"], project, env, workdir / f"{name}.log")
 
@@ -106,11 +109,45 @@ class App(Process):
             wait_for_socket(self.socket)
 
 
-class Nginx(Process):
-    """Debian's Nginx running deploy/nginx/nginx.conf with a private prefix."""
+class Worker(Process):
+    """The service's task worker, started by its own bin/worker with its app's
+    environment; `seconds` bound its start and its graceful shutdown."""
 
-    def __init__(self, project: Path, upstreams: list[App]):
-        self.port, self.status_port = free_port(), free_port()
+    def __init__(self, app: App, workdir: Path, seconds: int):
+        self.port, self.seconds = free_port(), seconds
+        env = {
+            **app.env,
+            "WORKER_METRICS_PORT": str(self.port),
+            "METRICS_DIR": str(workdir / "worker-metrics"),
+            "WORKER_SHUTDOWN_TIMEOUT": str(seconds),
+        }
+        super().__init__(["bin/worker"], app.cwd, env, workdir / "worker.log")
+
+    def start(self) -> None:
+        super().start()
+        wait_until_ok(f"http://127.0.0.1:{self.port}/healthz", self.seconds)
+
+
+class Nginx(Process):
+    """Debian's Nginx running the nginx.conf of a private prefix (conf/nginx.conf),
+    which listens on `port` of 127.0.0.1; the prefix goes once it stops.
+
+    Nginx.in_front(project, upstreams) is the service's own deploy/nginx/; the
+    benchmark also runs a configuration of its own this way."""
+
+    def __init__(self, prefix: Path, port: int, status_port: int | None = None):
+        self.port, self.status_port = port, status_port
+        main = prefix / "conf" / "nginx.conf"
+        command = ["nginx", "-p", prefix, "-c", main, "-e", "stderr"]
+        subprocess.run([*command, "-t", "-q"], check=True, capture_output=True)
+        super().__init__(
+            [*command, "-g", "daemon off;"], prefix, service_env(), prefix / "nginx.log"
+        )
+
+    @classmethod
+    def in_front(cls, project: Path, upstreams: list[App]) -> "Nginx":
+        """The service's deploy/nginx/ in front of these app servers."""
+        port, status_port = free_port(), free_port()
         prefix = readable_tempdir("edge-nginx-")
         conf = prefix / "conf"
         shutil.copytree(project / "deploy" / "nginx", conf)
@@ -119,8 +156,8 @@ class Nginx(Process):
         assert text.count(PUBLIC_LISTEN) == text.count(STATUS_LISTEN) == 1
         main.write_text(
             text.replace(
-                PUBLIC_LISTEN, f"listen 127.0.0.1:{self.port} default_server;"
-            ).replace(STATUS_LISTEN, f"listen 127.0.0.1:{self.status_port};")
+                PUBLIC_LISTEN, f"listen 127.0.0.1:{port} default_server;"
+            ).replace(STATUS_LISTEN, f"listen 127.0.0.1:{status_port};")
         )
         # A refused instance is skipped for 1 s: rolling restarts here take seconds.
         (conf / "upstream.conf").write_text(
@@ -129,17 +166,17 @@ class Nginx(Process):
                 for app in upstreams
             )
         )
-        self.static_root = prefix / "srv"
-        (self.static_root / "static").mkdir(parents=True)
+        (prefix / STATIC_ROOT / "static").mkdir(parents=True)
         (conf / "deployment.conf").write_text(
-            f'map "" $static_root {{ default {self.static_root}; }}\n'
+            f'map "" $static_root {{ default {prefix / STATIC_ROOT}; }}\n'
             "set_real_ip_from 127.0.0.1;\nreal_ip_header X-Forwarded-For;\n"
         )
-        command = ["nginx", "-p", prefix, "-c", main, "-e", "stderr"]
-        subprocess.run([*command, "-t", "-q"], check=True, capture_output=True)
-        super().__init__(
-            [*command, "-g", "daemon off;"], prefix, service_env(), prefix / "nginx.log"
-        )
+        return cls(prefix, port, status_port)
+
+    @property
+    def static_root(self) -> Path:
+        """Where deploy/nginx/ serves /static/ from (Nginx.in_front)."""
+        return self.cwd / STATIC_ROOT
 
     def start(self) -> None:
         super().start()
@@ -157,7 +194,7 @@ def serve(cleanup: ExitStack, project: Path, workdir: Path, **env) -> tuple[App,
     app.migrate()
     app.start()
     cleanup.callback(app.stop)
-    nginx = Nginx(project, [app])
+    nginx = Nginx.in_front(project, [app])
     nginx.start()
     cleanup.callback(nginx.stop)
     return app, nginx

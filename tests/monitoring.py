@@ -1,4 +1,5 @@
-"""A real Prometheus and Nginx exporter for a generated service, on 127.0.0.1.
+"""A real Prometheus and Nginx exporter for a generated service, on 127.0.0.1, and
+the observed stack: the service behind its Nginx, scraped by that Prometheus.
 
 Prometheus runs the service's own deploy/prometheus/: its scrape jobs, recording
 rules and alerts as generated. Only what a test deployment must differ in is
@@ -11,13 +12,19 @@ import shutil
 import time
 import urllib.parse
 import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from edge import Nginx, Process, readable_tempdir, wait_until_ok
+from edge import App, Nginx, Process, Worker, readable_tempdir, serve, wait_until_ok
 from harness import service_env
+from matrix import DEFAULT_TEXT
 from services import free_port, wait_for_port
+
+# The `service` label of every series: the generated service's name.
+SERVICE = DEFAULT_TEXT["project"]
 
 
 class NginxExporter(Process):
@@ -155,3 +162,59 @@ def failing(rules: list[dict]) -> str:
         for rule in rules
         if rule["health"] != "ok" or rule.get("lastError")
     )
+
+
+@dataclass
+class Observed:
+    """A running observed stack."""
+
+    app: App
+    nginx: Nginx
+    prometheus: Prometheus
+    metrics_dir: Path
+
+
+def observe(
+    cleanup: ExitStack,
+    combination: dict,
+    project: Path,
+    workdir: Path,
+    seconds: int = 30,
+    **env: str,
+) -> Observed:
+    """The service of `combination` with production settings, its task worker if it
+    has tasks, behind its Nginx and exporter, scraped by Prometheus with the
+    service's own configuration: returned once Prometheus sees every target up
+    (within `seconds`, which also bound the worker's start and stop). Everything
+    stops when cleanup closes."""
+    metrics_dir = workdir / "metrics"
+    app, nginx = serve(
+        cleanup,
+        project,
+        workdir,
+        METRICS_DIR=str(metrics_dir),
+        # Production settings; plain HTTP because no TLS proxy is in front.
+        DJANGO_DEBUG="false",
+        DJANGO_SECURE_SSL_REDIRECT="false",
+        **env,
+    )
+    targets = {"app": [f"127.0.0.1:{app.port}"]}
+    if combination["tasks"] != "none":
+        worker = Worker(app, workdir, seconds)
+        worker.start()
+        cleanup.callback(worker.stop)
+        targets["worker"] = [f"127.0.0.1:{worker.port}"]
+    exporter = NginxExporter(nginx, workdir)
+    exporter.start()
+    cleanup.callback(exporter.stop)
+    targets["nginx"] = [f"127.0.0.1:{exporter.port}"]
+    if combination["server"] == "granian":
+        targets["granian"] = [f"127.0.0.1:{app.granian_metrics_port}"]
+    prometheus = Prometheus(project, targets)
+    prometheus.start()
+    cleanup.callback(prometheus.stop)
+    up = f'sum(up{{service="{SERVICE}"}})'
+    assert prometheus.wait_for(up, len(targets), seconds) == len(targets), (
+        prometheus.targets()
+    )
+    return Observed(app, nginx, prometheus, metrics_dir)

@@ -77,8 +77,9 @@ def postgresql(workdir: Path):
 
 
 @contextmanager
-def redis():
-    """A Redis server that keeps nothing on disk; yields its URL."""
+def redis(databases: int = 16):
+    """A Redis server that keeps nothing on disk, with this many databases (Redis's
+    default is 16); yields its URL, without a database."""
     executable = shutil.which("redis-server")
     if executable is None:
         raise RuntimeError("redis-server not found: apt-get install redis-server")
@@ -94,6 +95,8 @@ def redis():
             "",
             "--appendonly",
             "no",
+            "--databases",
+            str(databases),
         ],
         stdout=subprocess.DEVNULL,
     )
@@ -103,3 +106,25 @@ def redis():
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+class RedisDatabases:
+    """Hands out the databases of one Redis server, each at most once.
+
+    The tests that share a pytest-xdist worker share its Redis server, and session
+    stacks keep running while other tests start theirs: two uses of one database
+    would see each other's keys, task queues and channel-layer groups."""
+
+    def __init__(self, url: str, count: int):
+        self.url, self.count = url, count
+        self.numbers = iter(range(count))
+
+    def new(self) -> str:
+        """The URL of a database no one has had yet."""
+        number = next(self.numbers, None)
+        if number is None:
+            raise RuntimeError(
+                f"all {self.count} databases of {self.url} are handed out: "
+                "start the server with more"
+            )
+        return f"{self.url}/{number}"

@@ -11,7 +11,7 @@ import pytest
 from websockets.sync.client import connect
 
 from edge import ORIGIN, App, Nginx, request, serve
-from matrix import CHOICES, each_server, params
+from matrix import each_server, params
 
 # Shorter than Nginx's default proxy_read_timeout (60 s) so that the idle test
 # shows the pings, not luck, keep a WebSocket open.
@@ -22,7 +22,7 @@ SERVERS = params(each_server())
 
 
 @pytest.fixture(scope="session")
-def stacks(generated, redis_url, tmp_path_factory):
+def stacks(generated, redis_database, tmp_path_factory):
     """One running app (two workers) behind one Nginx per combination."""
     running = {}
     with ExitStack() as cleanup:
@@ -32,13 +32,12 @@ def stacks(generated, redis_url, tmp_path_factory):
             if key not in running:
                 project = generated(combination)
                 workdir = tmp_path_factory.mktemp(f"edge-{key}")
-                database = CHOICES["server"].index(key) + 1
                 running[key] = serve(
                     cleanup,
                     project,
                     workdir,
                     WEB_CONCURRENCY="2",
-                    REDIS_URL=f"{redis_url}/{database}",
+                    REDIS_URL=redis_database(),
                     WEBSOCKET_PING_INTERVAL=PING_INTERVAL,
                 )
             return running[key]

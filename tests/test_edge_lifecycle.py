@@ -28,21 +28,23 @@ def post_item(nginx: Nginx, name: str) -> int:
 
 
 @pytest.fixture
-def started(generated, redis_url, tmp_path):
+def started(generated, redis_database, tmp_path):
     """Starts apps and their Nginx for one test, and stops whatever is left."""
     running = []
 
     def start(combination: dict, count: int, **env: str) -> tuple[list[App], Nginx]:
         project = generated(combination)
+        # The instances of one deployment share its Redis: its channel layer.
+        redis_url = redis_database()
         apps = [
-            App(project, tmp_path, f"app-{n}", REDIS_URL=f"{redis_url}/9", **env)
+            App(project, tmp_path, f"app-{n}", REDIS_URL=redis_url, **env)
             for n in range(count)
         ]
         apps[0].migrate()
         for app in apps:
             app.start()
             running.append(app)
-        nginx = Nginx(project, apps)
+        nginx = Nginx.in_front(project, apps)
         nginx.start()
         running.append(nginx)
         return apps, nginx
@@ -141,7 +143,7 @@ def test_nginx_reaches_the_app_over_a_unix_socket(combination, generated, tmp_pa
     app.migrate()
     app.start()
     try:
-        nginx = Nginx(project, [app])
+        nginx = Nginx.in_front(project, [app])
         nginx.start()
         try:
             assert post_item(nginx, "over a socket") == 201

@@ -21,13 +21,12 @@ import pytest
 from websockets.sync.client import connect
 
 import dashboards
-from edge import ORIGIN, App, Nginx, request, serve
-from matrix import CHOICES, each_server, params
-from monitoring import NginxExporter, Prometheus, failing
+from edge import ORIGIN, App, Nginx, request
+from matrix import each_server, params
+from monitoring import SERVICE, Prometheus, failing, observe
 
 SERVERS = params(each_server())
 WORKERS = 2
-SERVICE = "my-service"
 ITEM_ROUTE = "api/items/<item_id:item_id>"
 EVENTS_ROUTE = "api/items/events"
 # Routes the test's own waiting and Prometheus's scrapes hit as well.
@@ -174,7 +173,7 @@ def crash_a_worker(app: App, metrics_dir: Path, prometheus: Prometheus) -> dict:
 
 
 @pytest.fixture(scope="session")
-def observed(generated, redis_url, tmp_path_factory):
+def observed(generated, redis_database, tmp_path_factory):
     """Per server: the stack, the traffic sent to it, and what Prometheus saw."""
     runs = {}
     with ExitStack() as cleanup:
@@ -185,44 +184,23 @@ def observed(generated, redis_url, tmp_path_factory):
                 return runs[server]
             project = generated(combination)
             workdir = tmp_path_factory.mktemp(f"observability-{server}")
-            metrics_dir = workdir / "metrics"
-            app, nginx = serve(
+            stack = observe(
                 cleanup,
+                combination,
                 project,
                 workdir,
                 WEB_CONCURRENCY=str(WORKERS),
-                REDIS_URL=f"{redis_url}/{4 + CHOICES['server'].index(server)}",
-                METRICS_DIR=str(metrics_dir),
+                REDIS_URL=redis_database(),
                 DATABASE_BUSY_TIMEOUT="0.3",
-                # Production settings; plain HTTP because no TLS proxy is in front.
-                DJANGO_DEBUG="false",
-                DJANGO_SECURE_SSL_REDIRECT="false",
                 GRANIAN_METRICS_SCRAPE_INTERVAL="1",
             )
-            exporter = NginxExporter(nginx, workdir)
-            exporter.start()
-            cleanup.callback(exporter.stop)
-            targets = {
-                "app": [f"127.0.0.1:{app.port}"],
-                "nginx": [f"127.0.0.1:{exporter.port}"],
-            }
-            if server == "granian":
-                targets["granian"] = [f"127.0.0.1:{app.granian_metrics_port}"]
-            prometheus = Prometheus(project, targets)
-            prometheus.start()
-            cleanup.callback(prometheus.stop)
-
-            up = f'sum(up{{service="{SERVICE}"}})'
-            assert prometheus.wait_for(up, len(targets)) == len(targets), (
-                prometheus.targets()
-            )
-            traffic = Traffic(nginx)
+            traffic = Traffic(stack.nginx)
             drive_requests(traffic, workdir / "db.sqlite3")
-            connections = drive_connections(traffic, prometheus)
-            crash = crash_a_worker(app, metrics_dir, prometheus)
+            connections = drive_connections(traffic, stack.prometheus)
+            crash = crash_a_worker(stack.app, stack.metrics_dir, stack.prometheus)
             runs[server] = {
                 "project": project,
-                "prometheus": prometheus,
+                "prometheus": stack.prometheus,
                 "sent": traffic.sent,
                 "connections": connections,
                 "crash": crash,

@@ -24,9 +24,11 @@ def run_suite(project, env):
 
 
 @pytest.mark.parametrize("combination", params(suite_combinations()))
-def test_suite_passes_on_real_servers(combination, generated, postgres_url, redis_url):
+def test_suite_passes_on_real_servers(
+    combination, generated, postgres_url, redis_database
+):
     project = generated(combination)
-    env = service_env(REDIS_URL=f"{redis_url}/0")
+    env = service_env(REDIS_URL=redis_database())
     expected_database = "sqlite"
     if combination["database"] == "postgresql":
         # One database per combination: suites never share a test database.

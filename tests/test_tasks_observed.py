@@ -19,10 +19,10 @@ from contextlib import ExitStack
 import pytest
 
 import dashboards
-from edge import App, Nginx, Process, request, wait_until_ok
+from edge import Nginx, request
 from matrix import CHOICES, default_combination, params
-from monitoring import NginxExporter, Prometheus, failing
-from services import free_port, postgres_bin
+from monitoring import SERVICE, Prometheus, failing, observe
+from services import postgres_bin
 
 QUEUES = [choice for choice in CHOICES["tasks"] if choice != "none"]
 # Every queue on PostgreSQL (tasks refuse SQLite), each on another server.
@@ -37,7 +37,6 @@ COMBINATIONS = params(
         for index, queue in enumerate(QUEUES)
     ]
 )
-SERVICE = "my-service"
 RECORD_CHANGE, BUILD_REPORT = "items.record_change", "items.build_report"
 # build_report's retries (items/tasks.py): a report that cannot be built is
 # attempted this many more times before it fails.
@@ -58,24 +57,6 @@ def create_database(postgres_url: str, name: str) -> str:
         capture_output=True,
     )
     return f"{postgres_url}/{name}"
-
-
-class Worker(Process):
-    """The service's task worker, started by its own bin/worker."""
-
-    def __init__(self, app: App, workdir):
-        self.port = free_port()
-        env = {
-            **app.env,
-            "WORKER_METRICS_PORT": str(self.port),
-            "METRICS_DIR": str(workdir / "worker-metrics"),
-            "WORKER_SHUTDOWN_TIMEOUT": str(WAIT),
-        }
-        super().__init__(["bin/worker"], app.cwd, env, workdir / "worker.log")
-
-    def start(self) -> None:
-        super().start()
-        wait_until_ok(f"http://127.0.0.1:{self.port}/healthz", WAIT)
 
 
 def send(nginx: Nginx, method: str, path: str, body=None) -> tuple[int, dict]:
@@ -121,7 +102,7 @@ def drive_tasks(nginx: Nginx) -> Counter:
 
 
 @pytest.fixture(scope="session")
-def observed(generated, postgres_url, redis_url, tmp_path_factory):
+def observed(generated, postgres_url, redis_database, tmp_path_factory):
     """Per queue library: the stack, the tasks sent to it, and its Prometheus."""
     runs = {}
     with ExitStack() as cleanup:
@@ -132,51 +113,23 @@ def observed(generated, postgres_url, redis_url, tmp_path_factory):
                 return runs[queue]
             project = generated(combination)
             workdir = tmp_path_factory.mktemp(f"tasks-observed-{queue}")
-            app = App(
+            # Tasks services run on PostgreSQL: the worker, another process, reads
+            # the app's database.
+            database = f"obs_tasks_{queue.replace('-', '_')}"
+            stack = observe(
+                cleanup,
+                combination,
                 project,
                 workdir,
-                "app",
-                REDIS_URL=f"{redis_url}/{8 + QUEUES.index(queue)}",
-                METRICS_DIR=str(workdir / "metrics"),
+                seconds=WAIT,
+                REDIS_URL=redis_database(),
+                DATABASE_URL=create_database(postgres_url, database),
                 TASK_RETRY_DELAY="0.2",
-                # Production settings; plain HTTP because no TLS proxy is in front.
-                DJANGO_DEBUG="false",
-                DJANGO_SECURE_SSL_REDIRECT="false",
-            )
-            # App defaults to SQLite; tasks services run on PostgreSQL, and the
-            # worker, another process, reads the same database.
-            database = f"obs_tasks_{queue.replace('-', '_')}"
-            app.env["DATABASE_URL"] = create_database(postgres_url, database)
-            app.migrate()
-            app.start()
-            cleanup.callback(app.stop)
-            worker = Worker(app, workdir)
-            worker.start()
-            cleanup.callback(worker.stop)
-            nginx = Nginx(project, [app])
-            nginx.start()
-            cleanup.callback(nginx.stop)
-            exporter = NginxExporter(nginx, workdir)
-            exporter.start()
-            cleanup.callback(exporter.stop)
-            targets = {
-                "app": [f"127.0.0.1:{app.port}"],
-                "nginx": [f"127.0.0.1:{exporter.port}"],
-                "worker": [f"127.0.0.1:{worker.port}"],
-            }
-            if combination["server"] == "granian":
-                targets["granian"] = [f"127.0.0.1:{app.granian_metrics_port}"]
-            prometheus = Prometheus(project, targets)
-            prometheus.start()
-            cleanup.callback(prometheus.stop)
-            up = f'sum(up{{service="{SERVICE}"}})'
-            assert prometheus.wait_for(up, len(targets)) == len(targets), (
-                prometheus.targets()
             )
             runs[queue] = {
                 "project": project,
-                "prometheus": prometheus,
-                "enqueued": drive_tasks(nginx),
+                "prometheus": stack.prometheus,
+                "enqueued": drive_tasks(stack.nginx),
             }
             return runs[queue]
 

@@ -121,15 +121,8 @@ def wsgi_server(name, project, logdir, env, worker: str) -> Server:
     return Server(name, command, project, env, logdir / f"{name}.log")
 
 
-def nginx_in_front(project: Path, server: Server) -> Nginx:
-    """The service's own deploy/nginx (access log, headers, limits) in front."""
-    return Nginx(project, [server])
-
-
-class NginxAlone(Process):
-    """Nginx answering the tiny JSON by itself: the ceiling of this machine."""
-
-    CONF = """worker_processes auto;
+# Nginx answering the tiny JSON by itself: the ceiling of this machine.
+NGINX_ALONE = """worker_processes auto;
 error_log stderr;
 pid {prefix}/nginx.pid;
 events {{ worker_connections 4096; }}
@@ -145,27 +138,15 @@ http {{
 }}
 """
 
-    def __init__(self):
-        self.port = free_port()
-        prefix = readable_tempdir("bench-nginx-")
-        conf = prefix / "nginx.conf"
-        conf.write_text(self.CONF.format(prefix=prefix, port=self.port))
-        command = ["nginx", "-p", str(prefix), "-c", str(conf), "-e", "stderr"]
-        super().__init__(
-            [*command, "-g", "daemon off;"], prefix, service_env(), prefix / "log"
-        )
 
-    def start(self) -> None:
-        super().start()
-        wait_for_port(self.port)
-
-    def stop(self, sig: int = signal.SIGQUIT, timeout: float = 30) -> int:
-        code = super().stop(sig, timeout)
-        shutil.rmtree(self.cwd)
-        return code
-
-    def pids(self) -> list[int]:
-        return process_tree(self.process.pid)
+def nginx_alone() -> Nginx:
+    """NGINX_ALONE on a free port."""
+    port, prefix = free_port(), readable_tempdir("bench-nginx-")
+    (prefix / "conf").mkdir()
+    (prefix / "conf" / "nginx.conf").write_text(
+        NGINX_ALONE.format(prefix=prefix, port=port)
+    )
+    return Nginx(prefix, port)
 
 
 class Upstream(Process):

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from bench import load
 from bench.deploy import (
-    NginxAlone,
     asgi_server,
     cpu_seconds,
-    nginx_in_front,
+    nginx_alone,
     process_tree,
     resident_bytes,
     wsgi_server,
 )
+from edge import Nginx
 
 SERVERS = ("uvicorn", "granian", "gunicorn-uvicorn")
 ORIGIN = "http://127.0.0.1"
@@ -74,10 +74,13 @@ class Cells:
         started = []
         try:
             if config == "nginx-alone":
-                front = NginxAlone()
+                front = nginx_alone()
                 started.append(front)
                 front.start()
-                port, pids = front.port, front.pids
+                port = front.port
+
+                def pids(front=front):
+                    return process_tree(front.process.pid)
             else:
                 env = {}
                 if via == "nginx-uds":
@@ -88,7 +91,7 @@ class Cells:
                 app.start()
                 port, pids = app.port, app.pids
                 if via:
-                    front = nginx_in_front(project, app)
+                    front = Nginx.in_front(project, [app])
                     started.append(front)
                     front.start()
                     port = front.port
@@ -188,7 +191,7 @@ class Cells:
             started.append(app)
             port = app.port
             if via:
-                front = nginx_in_front(project, app)
+                front = Nginx.in_front(project, [app])
                 front.start()
                 started.append(front)
                 port = front.port

@@ -25,12 +25,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import pytest
 import testinfra
+import yaml
 
 from containers import SYSTEMD_HOST, environment, podman, stand_in
 from harness import generate_service, run, service_env
-from matrix import CHOICES, default_combination, each_server
+from matrix import CHOICES, TEMPLATE_DIR, default_combination, each_server
 from services import free_port
 
 pytestmark = pytest.mark.xdist_group("ansible")
@@ -38,18 +40,29 @@ pytestmark = pytest.mark.xdist_group("ansible")
 IMAGE = "localhost/django-asgi-platform/debian-systemd:trixie"
 PROJECT = "my-service"
 DOMAIN = f"{PROJECT}.example.com"
+# A service with background tasks, so with PostgreSQL (see above).
+OPTIONS = {"database": "postgresql", "tasks": "arq"}
+# Where each part listens on a host: the playbook's port layout, rendered as the
+# service is generated (the worker's ports exist only with tasks).
+LAYOUT = yaml.safe_load(
+    # YAML, not HTML: rendered as cookiecutter renders it, without escaping.
+    jinja2.Environment(undefined=jinja2.StrictUndefined)  # noqa: S701
+    .from_string(
+        (TEMPLATE_DIR / "ansible" / "group_vars" / "all" / "layout.yml").read_text()
+    )
+    .render(cookiecutter=OPTIONS)
+)
+INSTANCE_PORTS = [LAYOUT["service_port_base"] + n for n in (1, 2)]
+STATUS = LAYOUT["edge_status_port"]
 # Container ports published on 127.0.0.1: Nginx, the per-instance /metrics
 # listeners, the task worker's /metrics, the Nginx exporter, the node exporter.
-PUBLIC, METRICS_1, METRICS_2, WORKER_METRICS, NGINX_EXPORTER, NODE_EXPORTER = (
-    8080,
-    9181,
-    9182,
-    9179,
-    9113,
-    9100,
-)
+PUBLIC = LAYOUT["edge_port"]
+METRICS_1, METRICS_2 = (LAYOUT["service_metrics_port_base"] + n for n in (1, 2))
+WORKER_METRICS = LAYOUT["service_worker_metrics_port"]
+NGINX_EXPORTER = LAYOUT["exporters_nginx_port"]
+NODE_EXPORTER = LAYOUT["exporters_node_port"]
 # The task worker's own /metrics and /healthz, on 127.0.0.1 inside each host.
-WORKER_PORT = 9500
+WORKER_PORT = LAYOUT["service_worker_port"]
 WORKER = f"{PROJECT}-worker.service"
 UNITS = (
     f"{PROJECT}@1.service",
@@ -199,9 +212,7 @@ def deployment(tmp_path_factory):
     stand_in(IMAGE, SYSTEMD_HOST)
     workdir = tmp_path_factory.mktemp("ansible")
     defaults = {option: choices[0] for option, choices in CHOICES.items()}
-    project = generate_service(
-        defaults | {"database": "postgresql", "tasks": "arq"}, workdir
-    )
+    project = generate_service(defaults | OPTIONS, workdir)
     # The service's virtualenv runs bin/smoke here; the hosts build their own.
     run(["uv", "sync", "--locked", "--quiet"], project)
     containers = []
@@ -294,14 +305,16 @@ def test_the_app_listens_only_on_localhost_and_nginx_on_the_public_port(deployed
     deployment, _, _ = deployed
     for host in deployment.hosts:
         sockets = listening(host.testinfra)
-        for port in (8001, 8002):
+        for port in INSTANCE_PORTS:
             assert f"tcp://127.0.0.1:{port}" in sockets
             assert [s for s in sockets if s.endswith(f":{port}")] == [
                 f"tcp://127.0.0.1:{port}"
             ]
-        assert "tcp://0.0.0.0:8080" in sockets
+        assert f"tcp://0.0.0.0:{PUBLIC}" in sockets
         # stub_status stays internal; the exporter publishes it.
-        assert [s for s in sockets if s.endswith(":8081")] == ["tcp://127.0.0.1:8081"]
+        assert [s for s in sockets if s.endswith(f":{STATUS}")] == [
+            f"tcp://127.0.0.1:{STATUS}"
+        ]
 
 
 def test_files_owners_and_modes(deployed):
@@ -520,18 +533,20 @@ def test_smoke_through_each_hosts_nginx(deployed):
             "background task",
             "SSE event",
             "WebSocket broadcast",
+            # Each instance's /metrics through Nginx, and the Nginx exporter.
+            "app metrics",
+            "Nginx exporter",
         )
         for check in checks:
             assert re.search(rf"^ok\s+{check}", output, re.MULTILINE), output
 
 
-def test_exporters_answer(deployed):
+def test_the_node_exporter_answers(deployed):
+    # bin/smoke checks the Nginx exporter (test_smoke_through_each_hosts_nginx).
     deployment, _, _ = deployed
     for host in deployment.hosts:
         with urllib.request.urlopen(host.url(NODE_EXPORTER, "/metrics")) as response:
             assert b"node_cpu_seconds_total" in response.read()
-        with urllib.request.urlopen(host.url(NGINX_EXPORTER, "/metrics")) as response:
-            assert b"nginx_up 1" in response.read()
 
 
 def test_prometheus_gets_file_sd_targets(deployed):
@@ -539,11 +554,13 @@ def test_prometheus_gets_file_sd_targets(deployed):
     machine = deployment.hosts[0].testinfra
     expected = {
         "app.json": [
-            f"{h.container}:{p}" for h in deployment.hosts for p in (9181, 9182)
+            f"{h.container}:{p}"
+            for h in deployment.hosts
+            for p in (METRICS_1, METRICS_2)
         ],
-        "nginx.json": [f"{h.container}:9113" for h in deployment.hosts],
-        "node.json": [f"{h.container}:9100" for h in deployment.hosts],
-        "worker.json": [f"{h.container}:9179" for h in deployment.hosts],
+        "nginx.json": [f"{h.container}:{NGINX_EXPORTER}" for h in deployment.hosts],
+        "node.json": [f"{h.container}:{NODE_EXPORTER}" for h in deployment.hosts],
+        "worker.json": [f"{h.container}:{WORKER_METRICS}" for h in deployment.hosts],
     }
     for name, targets in expected.items():
         groups = json.loads(

@@ -31,14 +31,14 @@ FILES_OF_CHOICE = {
         "items/routing.py",
         "tests/test_websocket.py",
     ],
-    ("server", ("gunicorn-uvicorn",)): ["config/workers.py"],
+    ("server", ("gunicorn-uvicorn",)): ["config/gunicorn_worker_class.py"],
     ("server", ("granian",)): ["deploy/grafana/dashboards/granian.json"],
     # SQLite is one pod's file: no autoscaling example.
     ("database", ("postgresql",)): ["deploy/helm/ci/autoscaling-values.yaml"],
     ("tasks", TASK_QUEUES): [
         "bin/worker",
         "core/tasks.py",
-        "core/worker.py",
+        "core/task_worker.py",
         "deploy/grafana/dashboards/tasks.json",
         "items/migrations/0002_report_itemchange.py",
         "items/signals.py",

@@ -112,7 +112,7 @@ def test_a_service_without_tasks_has_no_task_code(tmp_path):
         "core/queue.py",
         "core/queues",
         "core/tasks.py",
-        "core/worker.py",
+        "core/task_worker.py",
         "items/tasks.py",
         "items/signals.py",
         "tests/test_tasks.py",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import django
 
+# The name its log lines have always carried: log queries select them by it.
 logger = logging.getLogger("core.worker")
 
 

@@ -37,6 +37,7 @@ FILES_OF_CHOICE = {
     ("database", ("postgresql",)): ["deploy/helm/ci/autoscaling-values.yaml"],
     ("tasks", TASK_QUEUES): [
         "bin/worker",
+        "core/queueing.py",
         "core/tasks.py",
         "core/task_worker.py",
         "deploy/grafana/dashboards/tasks.json",

@@ -111,6 +111,7 @@ def test_a_service_without_tasks_has_no_task_code(tmp_path):
         "bin/worker",
         "core/queue.py",
         "core/queues",
+        "core/queueing.py",
         "core/tasks.py",
         "core/task_worker.py",
         "items/tasks.py",

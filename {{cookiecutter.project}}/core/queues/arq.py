@@ -50,20 +50,20 @@ class Task:
 def task(name: str, *, retries: int, time_limit: float):
     def declare(body: Callable[..., Awaitable]) -> Task:
         async def run(ctx: dict, *args):
-            number = ctx["job_try"]
-            try:
-                return await tasks.attempt(
-                    name,
-                    body,
-                    args,
-                    number=number,
-                    attempts=retries + 1,
-                    time_limit=time_limit,
-                )
-            except Exception as error:
-                if number <= retries:
-                    raise Retry(defer=tasks.retry_delay(number)) from error
-                raise
+            decision = await tasks.attempt(
+                name,
+                body,
+                args,
+                number=ctx["job_try"],
+                attempts=retries + 1,
+                time_limit=time_limit,
+            )
+            match decision:
+                case tasks.Retry(error=error, delay=delay):
+                    raise Retry(defer=delay) from error
+                case tasks.GiveUp(error=error):
+                    raise error
+            return decision.result
 
         _functions.append(
             func(

@@ -81,22 +81,20 @@ def task(name: str, *, retries: int, time_limit: float):
             time_limit=time_limit + queueing.HARD_LIMIT_MARGIN,
         )
         def run(self, *args):
-            number = self.request.retries + 1
-            try:
-                return async_to_sync(tasks.attempt)(
-                    name,
-                    body,
-                    args,
-                    number=number,
-                    attempts=retries + 1,
-                    time_limit=time_limit,
-                )
-            except Exception as error:
-                if number <= retries:
-                    raise self.retry(
-                        exc=error, countdown=tasks.retry_delay(number)
-                    ) from error
-                raise
+            decision = async_to_sync(tasks.attempt)(
+                name,
+                body,
+                args,
+                number=self.request.retries + 1,
+                attempts=retries + 1,
+                time_limit=time_limit,
+            )
+            match decision:
+                case tasks.Retry(error=error, delay=delay):
+                    raise self.retry(exc=error, countdown=delay) from error
+                case tasks.GiveUp(error=error):
+                    raise error
+            return decision.result
 
         return Task(name, retries, run)
 

@@ -67,9 +67,9 @@ class Task(DjangoTask):
         tasks.enqueued(self.name, result.id)
         return result.id
 
-    async def retry(self, args: tuple, attempt: int) -> None:
-        """Enqueues attempt `attempt + 1`, after core.tasks' retry delay."""
-        run_after = timezone.now() + timedelta(seconds=tasks.retry_delay(attempt))
+    async def retry(self, args: tuple, attempt: int, delay: float) -> None:
+        """Enqueues attempt `attempt + 1`, to run `delay` seconds from now."""
+        run_after = timezone.now() + timedelta(seconds=delay)
         result = await self.using(run_after=run_after).aenqueue(
             *args, attempt=attempt + 1
         )
@@ -90,19 +90,21 @@ def task(name: str, *, retries: int, time_limit: float):
         # Keyword-only, so that it never meets the body's positional arguments.
         @functools.wraps(body)
         async def run(*args, attempt: int = 1):
-            try:
-                return await tasks.attempt(
-                    name,
-                    body,
-                    args,
-                    number=attempt,
-                    attempts=retries + 1,
-                    time_limit=time_limit,
-                )
-            except Exception:
-                if attempt <= retries:
-                    await declared.retry(args, attempt)
-                raise
+            decision = await tasks.attempt(
+                name,
+                body,
+                args,
+                number=attempt,
+                attempts=retries + 1,
+                time_limit=time_limit,
+            )
+            match decision:
+                case tasks.Retry(error=error, delay=delay):
+                    await declared.retry(args, attempt, delay)
+                    raise error
+                case tasks.GiveUp(error=error):
+                    raise error
+            return decision.result
 
         declared = Task(
             func=run,

@@ -97,20 +97,21 @@ class Task:
         return async_to_sync(self._run)(args, attempt)
 
     async def _run(self, args: tuple, number: int):
-        try:
-            return await tasks.attempt(
-                self.name,
-                self.body,
-                args,
-                number=number,
-                attempts=self.retries + 1,
-                time_limit=self.time_limit,
-            )
-        except Exception:
-            if number <= self.retries:
-                delay = tasks.retry_delay(number)
+        decision = await tasks.attempt(
+            self.name,
+            self.body,
+            args,
+            number=number,
+            attempts=self.retries + 1,
+            time_limit=self.time_limit,
+        )
+        match decision:
+            case tasks.Retry(error=error, delay=delay):
                 await sync_to_async(self._push)(args, number + 1, delay)
-            raise
+                raise error
+            case tasks.GiveUp(error=error):
+                raise error
+        return decision.result
 
 
 def task(name: str, *, retries: int, time_limit: float):

@@ -72,16 +72,16 @@ class Task:
         event loop and waits for it."""
         # The Retries middleware counts the failed attempts in the message.
         number = CurrentMessage.get_current_message().options.get("retries", 0) + 1
-        try:
-            async_to_sync(self.attempt)(number, args)
-        except Exception as error:
-            if number <= self.retries:
-                delay = int(tasks.retry_delay(number) * 1000)
-                raise dramatiq.Retry(delay=delay) from error
-            raise AttemptsExhausted(self.name) from error
+        match async_to_sync(self.attempt)(number, args):
+            case tasks.Retry(error=error, delay=delay):
+                raise dramatiq.Retry(delay=int(delay * 1000)) from error
+            case tasks.GiveUp(error=error):
+                raise AttemptsExhausted(self.name) from error
 
-    async def attempt(self, number: int, args: tuple) -> None:
-        await tasks.attempt(
+    async def attempt(
+        self, number: int, args: tuple
+    ) -> tasks.Succeeded | tasks.Retry | tasks.GiveUp:
+        return await tasks.attempt(
             self.name,
             self.body,
             args,

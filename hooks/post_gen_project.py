@@ -42,6 +42,7 @@ FILES_OF_CHOICE = {
         "core/task_worker.py",
         "deploy/grafana/dashboards/tasks.json",
         "items/migrations/0002_report_itemchange.py",
+        "items/reports.py",
         "items/signals.py",
         "items/tasks.py",
         "tests/test_tasks.py",
@@ -68,12 +69,14 @@ def remove_files_of_other_choices() -> None:
 
 
 def install_task_queue() -> None:
-    """core/queue.py is the chosen library's adapter, one of core/queues/."""
-    adapters = SERVICE_DIR / "core" / "queues"
-    if CONTEXT["tasks"] != "none":
-        chosen = adapters / f"{CONTEXT['tasks'].replace('-', '_')}.py"
-        chosen.rename(SERVICE_DIR / "core" / "queue.py")
-    shutil.rmtree(adapters)
+    """core/queue.py is the chosen library's adapter, one of core/queues/, and
+    config/task_queue.py its settings, one of config/task_queues/."""
+    for package, chosen_module in (("core", "queue"), ("config", "task_queue")):
+        modules = SERVICE_DIR / package / f"{chosen_module}s"
+        if CONTEXT["tasks"] != "none":
+            chosen = modules / f"{CONTEXT['tasks'].replace('-', '_')}.py"
+            chosen.rename(SERVICE_DIR / package / f"{chosen_module}.py")
+        shutil.rmtree(modules)
 
 
 def component_files(root: Path):

@@ -31,16 +31,18 @@ FILES_OF_CHOICE = {
         "items/routing.py",
         "tests/test_websocket.py",
     ],
-    ("server", ("gunicorn-uvicorn",)): ["config/workers.py"],
+    ("server", ("gunicorn-uvicorn",)): ["config/gunicorn_worker_class.py"],
     ("server", ("granian",)): ["deploy/grafana/dashboards/granian.json"],
     # SQLite is one pod's file: no autoscaling example.
     ("database", ("postgresql",)): ["deploy/helm/ci/autoscaling-values.yaml"],
     ("tasks", TASK_QUEUES): [
         "bin/worker",
+        "core/queueing.py",
         "core/tasks.py",
-        "core/worker.py",
+        "core/task_worker.py",
         "deploy/grafana/dashboards/tasks.json",
         "items/migrations/0002_report_itemchange.py",
+        "items/reports.py",
         "items/signals.py",
         "items/tasks.py",
         "tests/test_tasks.py",
@@ -67,12 +69,14 @@ def remove_files_of_other_choices() -> None:
 
 
 def install_task_queue() -> None:
-    """core/queue.py is the chosen library's adapter, one of core/queues/."""
-    adapters = SERVICE_DIR / "core" / "queues"
-    if CONTEXT["tasks"] != "none":
-        chosen = adapters / f"{CONTEXT['tasks'].replace('-', '_')}.py"
-        chosen.rename(SERVICE_DIR / "core" / "queue.py")
-    shutil.rmtree(adapters)
+    """core/queue.py is the chosen library's adapter, one of core/queues/, and
+    config/task_queue.py its settings, one of config/task_queues/."""
+    for package, chosen_module in (("core", "queue"), ("config", "task_queue")):
+        modules = SERVICE_DIR / package / f"{chosen_module}s"
+        if CONTEXT["tasks"] != "none":
+            chosen = modules / f"{CONTEXT['tasks'].replace('-', '_')}.py"
+            chosen.rename(SERVICE_DIR / package / f"{chosen_module}.py")
+        shutil.rmtree(modules)
 
 
 def component_files(root: Path):

@@ -109,10 +109,14 @@ def test_a_service_without_tasks_has_no_task_code(tmp_path):
     project = generate_service({}, tmp_path)
     for path in (
         "bin/worker",
+        "config/task_queue.py",
+        "config/task_queues",
         "core/queue.py",
         "core/queues",
+        "core/queueing.py",
         "core/tasks.py",
-        "core/worker.py",
+        "core/task_worker.py",
+        "items/reports.py",
         "items/tasks.py",
         "items/signals.py",
         "tests/test_tasks.py",
@@ -120,5 +124,7 @@ def test_a_service_without_tasks_has_no_task_code(tmp_path):
         assert not (project / path).exists(), path
     assert not list((project / "items" / "migrations").glob("0002_*"))
     assert "TASK_QUEUE" not in (project / "config" / "settings.py").read_text()
+    assert "items.reports" not in (project / "config" / "urls.py").read_text()
     assert "item_changed" not in (project / "items" / "views.py").read_text()
+    assert "item_changed" not in (project / "items" / "changes.py").read_text()
     assert "django_tasks" not in (project / "core" / "metrics.py").read_text()

@@ -35,11 +35,6 @@ INSTALLED_APPS = [
 {%- endif %}
     "django.contrib.staticfiles",
     "channels",
-{%- if cookiecutter.tasks == "django" %}
-    "django_tasks_db",
-{%- elif cookiecutter.tasks == "django-q2" %}
-    "django_q",
-{%- endif %}
     "core",
     "items",
 ]
@@ -118,66 +113,8 @@ else:
 TASK_QUEUE = env.str("TASK_QUEUE", default=SERVICE_NAME)
 # Seconds before a failed task's first retry; each further retry waits twice as long.
 TASK_RETRY_DELAY = env.float("TASK_RETRY_DELAY", default=10.0)
-{%- if cookiecutter.tasks == "celery" %}
-# Celery (core.queue), on Redis. Results are not kept: a task records what it did
-# in the database.
-CELERY_BROKER_URL = REDIS_URL
-CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # Queue, unacknowledged tasks and control channels of this service only.
-    "global_keyprefix": f"{TASK_QUEUE}:",
-    # A task not acknowledged after this long is handed out again: longer than
-    # any task runs or waits for its retry (core.tasks.retry_delay: 10 minutes).
-    "visibility_timeout": 3600,
-    # A publish to a broker gone silent fails instead of hanging the request.
-    "socket_timeout": 10,
-    "socket_connect_timeout": 5,
-}
-CELERY_TASK_DEFAULT_QUEUE = TASK_QUEUE
-CELERY_TASK_IGNORE_RESULT = True
-# Acknowledged once run, and put back when the worker process running it dies.
-CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
-# A worker process reserves only the task it runs: the others stay for other workers.
-CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-{%- elif cookiecutter.tasks == "django" %}
-# Django's task framework; django-tasks-db keeps the tasks in this database, and
-# its db_worker processes (core.queue) run those of TASK_QUEUE.
-TASKS = {
-    "default": {
-        "BACKEND": "django_tasks_db.DatabaseBackend",
-        "QUEUES": [TASK_QUEUE],
-    }
-}
-{%- elif cookiecutter.tasks == "django-q2" %}
-# django-q2's cluster (core.queue). Its broker is the database: the table
-# django_q_ormq, one row per task.
-WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=2)
-Q_CLUSTER = {
-    "name": TASK_QUEUE,
-    "orm": "default",
-    "workers": WORKER_CONCURRENCY,
-    # Tasks the cluster takes ahead of its workers: one each.
-    "queue_limit": WORKER_CONCURRENCY,
-    # No task's hard time limit (core.queue) may exceed it.
-    "timeout": 300,
-    # An unacknowledged task is handed out again after this many seconds: one
-    # whose worker died. Longer than a task can wait behind another in the
-    # cluster (queue_limit) and then run.
-    "retry": 2 * 300 + 60,
-    # Retries are core.queue's, with their own delays: the broker drops every
-    # finished attempt, and never hands a failed one out again.
-    "ack_failures": True,
-    "max_attempts": 1,
-    # core.tasks logs and counts every attempt; results are not read. django-q2
-    # keeps failed tasks regardless (django_q_task).
-    "save_limit": -1,
-    # The cluster's statistics (qmonitor, qinfo) need a cache shared by the
-    # processes; this service keeps its state in logs and metrics instead.
-    "cache": "django-q",
-}
-CACHES["django-q"] = {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}
-{%- endif %}
+# The queue library's own settings (config/task_queue.py), which read the above.
+from config.task_queue import *  # noqa: E402, F403
 
 {% endif -%}
 # Seconds an item read by id stays cached; writes through the API drop it at once.

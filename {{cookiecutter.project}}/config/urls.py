@@ -8,6 +8,9 @@ urlpatterns = [
     # Not public: Nginx answers 404 for it; Prometheus scrapes the app directly.
     path("metrics", exposition.metrics, name="metrics"),
     path("api/", include("items.urls")),
+{%- if cookiecutter.tasks != "none" %}
+    path("api/", include("items.reports")),
+{%- endif %}
 ]
 
 handler400 = "core.api.bad_request"

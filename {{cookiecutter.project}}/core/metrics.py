@@ -156,7 +156,7 @@ TASK_DURATION = Histogram(
     ["task", "outcome"],
     buckets=TASK_BUCKETS,
 )
-# The queue depth is read from the broker when core.worker answers a scrape:
+# The queue depth is read from the broker when core.task_worker answers a scrape:
 # django_task_queue_depth, a gauge of no process.
 
 {% endif -%}

@@ -12,7 +12,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from core import shutdown
-from items.views import EVENTS_GROUP
+from items.changes import EVENTS_GROUP
 
 # Close codes (RFC 6455).
 GOING_AWAY = 1001

@@ -57,12 +57,6 @@ class RestockIn(Schema):
     changes: Annotated[list[Restock], Field(min_length=1, max_length=100)]
 
 
-{% if cookiecutter.tasks != "none" -%}
-class ReportIn(Schema):
-    category: CategoryName | None = None
-
-
-{% endif -%}
 class ItemQuery(Schema):
     category: CategoryName | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 20

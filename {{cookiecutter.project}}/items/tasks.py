@@ -1,7 +1,8 @@
 """The items' background tasks: what runs outside the request, in the worker.
 
 Each is a coroutine declared with core.queue.task: the queue library, its retries
-and its time limit are the adapter's business, metrics and logs core.tasks'.
+and its time limit are the adapter's business, metrics and logs core.tasks'. The
+worker imports this module by its name, as every app's `tasks` (core.queueing).
 """
 
 from django.db.models import F, Sum

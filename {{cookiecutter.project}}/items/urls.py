@@ -27,8 +27,4 @@ urlpatterns = [
     path("items/events", views.ItemEvents.as_view(), name="items-events"),
     path("items/<item_id:item_id>", views.ItemDetail.as_view(), name="item"),
     path("categories", views.CategoryCollection.as_view(), name="categories"),
-{%- if cookiecutter.tasks != "none" %}
-    path("reports", views.ReportCollection.as_view(), name="reports"),
-    path("reports/<item_id:report_id>", views.ReportDetail.as_view(), name="report"),
-{%- endif %}
 ]

@@ -7,27 +7,15 @@ from core import events
 from core.api import ApiError, ApiView, parse_body, parse_query
 from core.sse import event_stream_response
 from items import store
-{%- if cookiecutter.tasks != "none" %}
-from items.models import Item, Report
-{%- endif %}
+from items.changes import EVENTS_GROUP, notify
 from items.schemas import (
     BulkItemsIn,
     CategoryIn,
     ItemIn,
     ItemPatch,
     ItemQuery,
-{%- if cookiecutter.tasks != "none" %}
-    ReportIn,
-{%- endif %}
     RestockIn,
 )
-{%- if cookiecutter.tasks != "none" %}
-from items.signals import item_changed
-from items.tasks import build_report
-{%- endif %}
-
-# The channel-layer group that SSE streams and WebSocket consumers listen to.
-EVENTS_GROUP = "items"
 
 
 def _missing(item_id: int) -> ApiError:
@@ -42,10 +30,7 @@ class ItemCollection(ApiView):
 
     async def post(self, request):
         item = await store.create_item(parse_body(request, ItemIn))
-        await events.publish(EVENTS_GROUP, "item.created", item)
-{%- if cookiecutter.tasks != "none" %}
-        await item_changed.asend(Item, item_id=item["id"], event="item.created")
-{%- endif %}
+        await notify("item.created", item)
         return JsonResponse(item, status=201)
 
 
@@ -60,19 +45,13 @@ class ItemDetail(ApiView):
         item = await store.update_item(item_id, parse_body(request, ItemPatch))
         if item is None:
             raise _missing(item_id)
-        await events.publish(EVENTS_GROUP, "item.updated", item)
-{%- if cookiecutter.tasks != "none" %}
-        await item_changed.asend(Item, item_id=item_id, event="item.updated")
-{%- endif %}
+        await notify("item.updated", item)
         return JsonResponse(item)
 
     async def delete(self, request, item_id: int):
         if not await store.delete_item(item_id):
             raise _missing(item_id)
-        await events.publish(EVENTS_GROUP, "item.deleted", {"id": item_id})
-{%- if cookiecutter.tasks != "none" %}
-        await item_changed.asend(Item, item_id=item_id, event="item.deleted")
-{%- endif %}
+        await notify("item.deleted", {"id": item_id})
         return HttpResponse(status=204)
 
 
@@ -131,41 +110,3 @@ class ItemEvents(ApiView):
 
     async def get(self, request):
         return event_stream_response(EVENTS_GROUP)
-{%- if cookiecutter.tasks != "none" %}
-
-
-def report_data(report: Report) -> dict:
-    return {
-        "id": report.id,
-        "category": report.category or None,
-        "status": report.status,
-        "attempts": report.attempts,
-        "result": report.result,
-        "error": report.error or None,
-        "created_at": report.created_at.isoformat(),
-        "finished_at": report.finished_at and report.finished_at.isoformat(),
-    }
-
-
-class ReportCollection(ApiView):
-    """A stock report is built by the worker: 202 now, the result at its URL."""
-
-    async def post(self, request):
-        data = parse_body(request, ReportIn)
-        report = await Report.objects.acreate(category=data.category or "")
-        await build_report.enqueue(report.id)
-        response = JsonResponse(report_data(report), status=202)
-        response["Location"] = f"/api/reports/{report.id}"
-        return response
-
-
-class ReportDetail(ApiView):
-    async def get(self, request, report_id: int):
-        try:
-            report = await Report.objects.aget(pk=report_id)
-        except Report.DoesNotExist:
-            raise ApiError(
-                404, "not_found", f"report {report_id} does not exist"
-            ) from None
-        return JsonResponse(report_data(report))
-{%- endif %}

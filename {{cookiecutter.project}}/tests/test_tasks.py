@@ -23,6 +23,7 @@ from django.db import connection, connections
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from core import queue, queueing
 from items.models import ItemChange
 from items.tasks import build_report
 
@@ -247,3 +248,8 @@ def test_the_worker_reports_its_queue_depth_and_health(worker):
         time.sleep(0.2)
     assert worker.get("/healthz") == (200, b'{"status": "ok"}')
     assert worker.get("/nothing-here")[0] == 404
+
+
+def test_the_queue_adapter_offers_the_contract():
+    assert isinstance(queue, queueing.Adapter)
+    assert isinstance(build_report, queueing.Task)

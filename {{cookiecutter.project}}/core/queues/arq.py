@@ -1,20 +1,13 @@
 """The task queue: arq, on Redis (REDIS_URL). Tasks are coroutines end to end.
 
-The interface every queue adapter of this service offers (core.worker and the
-apps use nothing else):
-  task(name, retries=, time_limit=)  declares a coroutine a task; the returned
-                                     Task's `await enqueue(*args)` hands it over
-  WORKER_COMMAND                     what core.worker runs: `python -m core.queue`
-  queue_depth()                      tasks waiting, read from the broker
-
-Jobs wait in the sorted set named TASK_QUEUE. A failed attempt raises arq's Retry
-until the task's retries are spent; arq's own job timeout, a few seconds after
-core.tasks' time limit, stops a job that ignores cancellation.
+The adapter of core.queueing's contract for arq. Jobs wait in the sorted set
+named TASK_QUEUE. A failed attempt raises arq's Retry until the task's retries
+are spent; arq's own job timeout, a few seconds after core.tasks' time limit,
+stops a job that ignores cancellation.
 """
 
 import asyncio
 import os
-import sys
 from collections.abc import Awaitable, Callable
 
 import redis
@@ -22,13 +15,8 @@ from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Function, Worker, func
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 
-from core import tasks
-
-WORKER_COMMAND = [sys.executable, "-m", "core.queue"]
-# Past core.tasks' own time limit, so that the task's failure is counted first.
-HARD_LIMIT_MARGIN = 5.0
+from core import queueing, tasks
 
 _functions: list[Function] = []
 # One connection pool per event loop: a pool cannot be shared between loops.
@@ -36,9 +24,7 @@ _pools: dict[asyncio.AbstractEventLoop, ArqRedis] = {}
 
 
 def _redis_settings() -> RedisSettings:
-    if not settings.REDIS_URL:
-        raise ImproperlyConfigured("REDIS_URL is not set: arq's broker is Redis")
-    return RedisSettings.from_dsn(settings.REDIS_URL)
+    return RedisSettings.from_dsn(queueing.redis_url("arq"))
 
 
 async def _pool() -> ArqRedis:
@@ -64,27 +50,27 @@ class Task:
 def task(name: str, *, retries: int, time_limit: float):
     def declare(body: Callable[..., Awaitable]) -> Task:
         async def run(ctx: dict, *args):
-            number = ctx["job_try"]
-            try:
-                return await tasks.attempt(
-                    name,
-                    body,
-                    args,
-                    number=number,
-                    attempts=retries + 1,
-                    time_limit=time_limit,
-                )
-            except Exception as error:
-                if number <= retries:
-                    raise Retry(defer=tasks.retry_delay(number)) from error
-                raise
+            decision = await tasks.attempt(
+                name,
+                body,
+                args,
+                number=ctx["job_try"],
+                attempts=retries + 1,
+                time_limit=time_limit,
+            )
+            match decision:
+                case tasks.Retry(error=error, delay=delay):
+                    raise Retry(defer=delay) from error
+                case tasks.GiveUp(error=error):
+                    raise error
+            return decision.result
 
         _functions.append(
             func(
                 run,
                 name=name,
                 max_tries=retries + 1,
-                timeout=time_limit + HARD_LIMIT_MARGIN,
+                timeout=time_limit + queueing.HARD_LIMIT_MARGIN,
             )
         )
         return Task(name, retries)
@@ -101,11 +87,6 @@ def queue_depth() -> int:
 
 
 def main() -> None:
-    import django
-
-    django.setup()
-    import items.tasks  # noqa: F401  (declares the tasks)
-
     Worker(
         functions=_functions,
         queue_name=settings.TASK_QUEUE,
@@ -116,10 +97,3 @@ def main() -> None:
         keep_result=0,
         log_results=False,
     ).run()
-
-
-if __name__ == "__main__":
-    # The tasks declare themselves in core.queue, which is not this __main__ module.
-    from core.queue import main as run_worker
-
-    run_worker()

@@ -1,18 +1,12 @@
 """The task queue: Celery, on Redis (REDIS_URL). Task bodies are coroutines.
 
-The interface every queue adapter of this service offers (core.worker and the
-apps use nothing else):
-  task(name, retries=, time_limit=)  declares a coroutine a task; the returned
-                                     Task's `await enqueue(*args)` hands it over
-  WORKER_COMMAND                     what core.worker runs: `python -m core.queue`
-  queue_depth()                      tasks waiting, read from the broker
-
-`app` is configured from the CELERY_* Django settings (config/settings.py): every
-key of this service in Redis starts with TASK_QUEUE, and tasks wait in the list
-named after it. A task is acknowledged once it has run, so that one whose worker
-process dies goes back to the queue. Celery runs functions, not coroutines: each
-attempt runs core.tasks.attempt in an event loop of its own (async_to_sync), in
-one of the worker's prefork processes. A failed attempt is retried by Celery
+core.queueing's contract, for Celery. `app` is configured from the CELERY_*
+Django settings (config/task_queue.py): every key of this service in Redis starts
+with TASK_QUEUE, and tasks wait in the list named after it. A task is
+acknowledged once it has run, so that one whose worker process dies goes back to
+the queue. Celery runs functions, not coroutines: each attempt runs
+core.tasks.attempt in an event loop of its own (async_to_sync), in one of the
+worker's prefork processes. A failed attempt is retried by Celery
 (a new message, held by the worker until it is due) until the task's retries
 are spent; Celery's hard time limit, a few seconds after core.tasks' own, kills
 a process whose task ignores cancellation.
@@ -26,7 +20,6 @@ running and hands them back to the queue.
 import asyncio
 import os
 import signal
-import sys
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -34,13 +27,8 @@ import redis
 from asgiref.sync import async_to_sync
 from celery import Celery, signals
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 
-from core import tasks
-
-WORKER_COMMAND = [sys.executable, "-m", "core.queue"]
-# Past core.tasks' own time limit, so that the task's failure is counted first.
-HARD_LIMIT_MARGIN = 5.0
+from core import queueing, tasks
 
 app = Celery(settings.SERVICE_NAME)
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -67,8 +55,7 @@ def limit_warm_shutdown(how: str, **kwargs) -> None:
 
 def _check_broker() -> None:
     # Without a broker URL, Celery would quietly try AMQP on localhost.
-    if not settings.REDIS_URL:
-        raise ImproperlyConfigured("REDIS_URL is not set: Celery's broker is Redis")
+    queueing.redis_url("Celery")
 
 
 class Task:
@@ -91,25 +78,23 @@ def task(name: str, *, retries: int, time_limit: float):
             name=name,
             bind=True,
             max_retries=retries,
-            time_limit=time_limit + HARD_LIMIT_MARGIN,
+            time_limit=time_limit + queueing.HARD_LIMIT_MARGIN,
         )
         def run(self, *args):
-            number = self.request.retries + 1
-            try:
-                return async_to_sync(tasks.attempt)(
-                    name,
-                    body,
-                    args,
-                    number=number,
-                    attempts=retries + 1,
-                    time_limit=time_limit,
-                )
-            except Exception as error:
-                if number <= retries:
-                    raise self.retry(
-                        exc=error, countdown=tasks.retry_delay(number)
-                    ) from error
-                raise
+            decision = async_to_sync(tasks.attempt)(
+                name,
+                body,
+                args,
+                number=self.request.retries + 1,
+                attempts=retries + 1,
+                time_limit=time_limit,
+            )
+            match decision:
+                case tasks.Retry(error=error, delay=delay):
+                    raise self.retry(exc=error, countdown=delay) from error
+                case tasks.GiveUp(error=error):
+                    raise error
+            return decision.result
 
         return Task(name, retries, run)
 
@@ -128,11 +113,6 @@ def queue_depth() -> int:
 
 
 def main() -> int:
-    import django
-
-    django.setup()
-    import items.tasks  # noqa: F401  (declares the tasks)
-
     _check_broker()
     return app.start(
         [
@@ -148,10 +128,3 @@ def main() -> int:
             "--without-heartbeat",
         ]
     )
-
-
-if __name__ == "__main__":
-    # The tasks declare themselves in core.queue, which is not this __main__ module.
-    from core.queue import main as run_worker
-
-    sys.exit(run_worker())

@@ -2,18 +2,12 @@
 DatabaseBackend: tasks are rows of this service's database. Tasks are coroutines
 end to end.
 
-The interface every queue adapter of this service offers (core.worker and the
-apps use nothing else):
-  task(name, retries=, time_limit=)  declares a coroutine a task; the returned
-                                     Task's `await enqueue(*args)` hands it over
-  WORKER_COMMAND                     what core.worker runs: `python -m core.queue`
-  queue_depth()                      tasks waiting, read from the database
-
-Tasks wait as READY rows of django_tasks_db's DBTaskResult whose queue_name is
-TASK_QUEUE. django-tasks-db's `db_worker` runs one task at a time, so this
-module's main() runs WORKER_CONCURRENCY of them as child processes, passes them
-SIGTERM and SIGINT (each finishes its task, then exits) and kills those still
-running after WORKER_SHUTDOWN_TIMEOUT.
+core.queueing's contract, for Django's framework. Tasks wait as READY rows of
+django_tasks_db's DBTaskResult whose queue_name is TASK_QUEUE. django-tasks-db's
+`db_worker` runs one task at a time, so this module's main() runs
+WORKER_CONCURRENCY of them as child processes, passes them SIGTERM and SIGINT
+(each finishes its task, then exits) and kills those still running after
+WORKER_SHUTDOWN_TIMEOUT.
 
 Django's framework has no retries: a failed attempt enqueues the next one itself,
 as a new row that runs after core.tasks.retry_delay, carrying its attempt number.
@@ -33,7 +27,6 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-import django
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
@@ -47,12 +40,11 @@ from django.tasks.signals import (
 )
 from django.utils import timezone
 
-from core import tasks
+from core import queueing, tasks
 from core.database import close_databases
 
 logger = logging.getLogger(__name__)
 
-WORKER_COMMAND = [sys.executable, "-m", "core.queue"]
 # DBTaskResult.queue_name is a CharField(max_length=32).
 QUEUE_NAME_MAX_LENGTH = 32
 
@@ -60,8 +52,7 @@ QUEUE_NAME_MAX_LENGTH = 32
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Task(DjangoTask):
     """A django.tasks Task with this service's task interface. The worker finds it
-    again by its function's module path (items.tasks.build_report), which is the
-    declared body's."""
+    again by its function's module path, which is the declared body's."""
 
     task_name: str
     retries: int
@@ -76,9 +67,9 @@ class Task(DjangoTask):
         tasks.enqueued(self.name, result.id)
         return result.id
 
-    async def retry(self, args: tuple, attempt: int) -> None:
-        """Enqueues attempt `attempt + 1`, after core.tasks' retry delay."""
-        run_after = timezone.now() + timedelta(seconds=tasks.retry_delay(attempt))
+    async def retry(self, args: tuple, attempt: int, delay: float) -> None:
+        """Enqueues attempt `attempt + 1`, to run `delay` seconds from now."""
+        run_after = timezone.now() + timedelta(seconds=delay)
         result = await self.using(run_after=run_after).aenqueue(
             *args, attempt=attempt + 1
         )
@@ -99,19 +90,21 @@ def task(name: str, *, retries: int, time_limit: float):
         # Keyword-only, so that it never meets the body's positional arguments.
         @functools.wraps(body)
         async def run(*args, attempt: int = 1):
-            try:
-                return await tasks.attempt(
-                    name,
-                    body,
-                    args,
-                    number=attempt,
-                    attempts=retries + 1,
-                    time_limit=time_limit,
-                )
-            except Exception:
-                if attempt <= retries:
-                    await declared.retry(args, attempt)
-                raise
+            decision = await tasks.attempt(
+                name,
+                body,
+                args,
+                number=attempt,
+                attempts=retries + 1,
+                time_limit=time_limit,
+            )
+            match decision:
+                case tasks.Retry(error=error, delay=delay):
+                    await declared.retry(args, attempt, delay)
+                    raise error
+                case tasks.GiveUp(error=error):
+                    raise error
+            return decision.result
 
         declared = Task(
             func=run,
@@ -140,12 +133,10 @@ def queue_depth() -> int:
 
 def db_worker_command() -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "core.queue",
+        *queueing.WORKER_COMMAND,
         "db_worker",
         f"--queue-name={settings.TASK_QUEUE}",
-        # core.worker owns this process's life; DEBUG would turn the reloader on.
+        # core.task_worker owns this process's life; DEBUG would turn the reloader on.
         "--no-reload",
     ]
 
@@ -170,6 +161,14 @@ def run_db_worker(argv: list[str]) -> None:
 
 
 def main() -> None:
+    """The supervisor of the db_worker processes, or, as one of them, a db_worker."""
+    if sys.argv[1:2] == ["db_worker"]:
+        run_db_worker(sys.argv)
+    else:
+        supervise_db_workers()
+
+
+def supervise_db_workers() -> None:
     """Runs WORKER_CONCURRENCY db_worker processes until a signal stops them, or
     one of them ends: then the others are stopped, so that the worker restarts
     whole."""
@@ -207,11 +206,3 @@ def main() -> None:
         time.sleep(0.2)
     clean = received and all(child.returncode == 0 for child in children)
     sys.exit(0 if clean else 1)
-
-
-if __name__ == "__main__":
-    django.setup()
-    if sys.argv[1:2] == ["db_worker"]:
-        run_db_worker([sys.argv[0], *sys.argv[1:]])
-    else:
-        main()

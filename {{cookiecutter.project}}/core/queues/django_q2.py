@@ -1,15 +1,8 @@
 """The task queue: django-q2, with the database as its broker (Q_CLUSTER's orm).
 
-The interface every queue adapter of this service offers (core.worker and the
-apps use nothing else):
-  task(name, retries=, time_limit=)  declares a coroutine a task; the returned
-                                     Task's `await enqueue(*args)` hands it over
-  WORKER_COMMAND                     what core.worker runs: main() below
-  queue_depth()                      tasks waiting, read from the broker
-
-A task is a row of django_q_ormq whose key is TASK_QUEUE. django-q2 calls a
-synchronous function by its dotted path: the Task object itself, which runs the
-coroutine with async_to_sync.
+core.queueing's contract, for django-q2. A task is a row of django_q_ormq whose
+key is TASK_QUEUE. django-q2 calls a synchronous function by its dotted path: the
+Task object itself, which runs the coroutine with async_to_sync.
 
 Retries are this adapter's: django-q2's own are redeliveries of an attempt that
 was not acknowledged, all after Q_CLUSTER's one `retry` delay, which must exceed
@@ -33,7 +26,6 @@ which they inherit.
 import math
 import os
 import signal
-import sys
 import threading
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -47,18 +39,8 @@ from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
 from django_q.tasks import async_task
 
-from core import tasks
+from core import queueing, tasks
 from core.database import close_databases
-
-# django-q2's modules need Django's app registry before they are imported, this
-# one's too: `python -m core.queue` could not import it.
-WORKER_COMMAND = [
-    sys.executable,
-    "-c",
-    "import django; django.setup(); from core.queue import main; main()",
-]
-# Past core.tasks' own time limit, so that the task's failure is counted first.
-HARD_LIMIT_MARGIN = 5.0
 
 
 class DeferringBroker(ORM):
@@ -88,7 +70,7 @@ class Task:
         # module (task() decorates module-level coroutines).
         self.path = f"{body.__module__}.{body.__name__}"
         # django-q2 sets it with signal.alarm, which takes whole seconds.
-        self.hard_limit = math.ceil(time_limit + HARD_LIMIT_MARGIN)
+        self.hard_limit = math.ceil(time_limit + queueing.HARD_LIMIT_MARGIN)
         if self.hard_limit > settings.Q_CLUSTER["timeout"]:
             raise ImproperlyConfigured(
                 f"task {name}: its hard time limit ({self.hard_limit} s) exceeds "
@@ -115,20 +97,21 @@ class Task:
         return async_to_sync(self._run)(args, attempt)
 
     async def _run(self, args: tuple, number: int):
-        try:
-            return await tasks.attempt(
-                self.name,
-                self.body,
-                args,
-                number=number,
-                attempts=self.retries + 1,
-                time_limit=self.time_limit,
-            )
-        except Exception:
-            if number <= self.retries:
-                delay = tasks.retry_delay(number)
+        decision = await tasks.attempt(
+            self.name,
+            self.body,
+            args,
+            number=number,
+            attempts=self.retries + 1,
+            time_limit=self.time_limit,
+        )
+        match decision:
+            case tasks.Retry(error=error, delay=delay):
                 await sync_to_async(self._push)(args, number + 1, delay)
-            raise
+                raise error
+            case tasks.GiveUp(error=error):
+                raise error
+        return decision.result
 
 
 def task(name: str, *, retries: int, time_limit: float):

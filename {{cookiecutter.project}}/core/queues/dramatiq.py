@@ -1,17 +1,12 @@
 """The task queue: Dramatiq, on Redis (REDIS_URL). Task bodies are coroutines.
 
-The interface every queue adapter of this service offers (core.worker and the
-apps use nothing else):
-  task(name, retries=, time_limit=)  declares a coroutine a task; the returned
-                                     Task's `await enqueue(*args)` hands it over
-  WORKER_COMMAND                     what core.worker runs: `python -m core.queue`
-  queue_depth()                      tasks waiting, read from the broker
-
-Plain dramatiq, without django-dramatiq: its DB-connection middleware acts on the
-worker threads, while the async ORM runs on asgiref's own thread, and its
-rundramatiq command starts dramatiq's CLI, which adds a master process and relays
-its workers' output to stderr. The worker here is dramatiq's Worker in the one
-process core.worker starts, after django.setup(): it logs through Django's LOGGING.
+core.queueing's contract, for Dramatiq. Plain dramatiq, without
+django-dramatiq: its DB-connection middleware acts on the worker threads, while
+the async ORM runs on asgiref's own thread, and its rundramatiq command starts
+dramatiq's CLI, which adds a master process and relays its workers' output to
+stderr. The worker here is dramatiq's Worker in the one
+process core.task_worker starts, after django.setup(): it logs through Django's
+LOGGING.
 
 Messages wait in Redis in the list NAMESPACE:TASK_QUEUE, retries in the delay
 queue NAMESPACE:TASK_QUEUE.DQ. A failed attempt raises dramatiq's Retry, delayed
@@ -24,24 +19,19 @@ event loop thread of dramatiq's AsyncIO middleware, one per worker process.
 import asyncio
 import os
 import signal
-import sys
 import threading
 from collections.abc import Awaitable, Callable
 
 import dramatiq
 import redis
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from dramatiq.asyncio import async_to_sync
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Retries, TimeLimit
 
-from core import tasks
+from core import queueing, tasks
 from core.database import close_databases
 
-WORKER_COMMAND = [sys.executable, "-m", "core.queue"]
-# Past core.tasks' own time limit, so that the task's failure is counted first.
-HARD_LIMIT_MARGIN = 5.0
 # The prefix of the RedisBroker's keys (its default, spelled out for queue_depth).
 NAMESPACE = "dramatiq"
 
@@ -69,7 +59,7 @@ class Task:
             queue_name=settings.TASK_QUEUE,
             broker=broker,
             max_retries=self.retries,
-            time_limit=int((self.time_limit + HARD_LIMIT_MARGIN) * 1000),
+            time_limit=int((self.time_limit + queueing.HARD_LIMIT_MARGIN) * 1000),
             # For failures outside core.tasks.attempt (the hard time limit): the
             # backoff of core.tasks.retry_delay.
             min_backoff=int(tasks.retry_delay(1) * 1000),
@@ -82,16 +72,16 @@ class Task:
         event loop and waits for it."""
         # The Retries middleware counts the failed attempts in the message.
         number = CurrentMessage.get_current_message().options.get("retries", 0) + 1
-        try:
-            async_to_sync(self.attempt)(number, args)
-        except Exception as error:
-            if number <= self.retries:
-                delay = int(tasks.retry_delay(number) * 1000)
-                raise dramatiq.Retry(delay=delay) from error
-            raise AttemptsExhausted(self.name) from error
+        match async_to_sync(self.attempt)(number, args):
+            case tasks.Retry(error=error, delay=delay):
+                raise dramatiq.Retry(delay=int(delay * 1000)) from error
+            case tasks.GiveUp(error=error):
+                raise AttemptsExhausted(self.name) from error
 
-    async def attempt(self, number: int, args: tuple) -> None:
-        await tasks.attempt(
+    async def attempt(
+        self, number: int, args: tuple
+    ) -> tasks.Succeeded | tasks.Retry | tasks.GiveUp:
+        return await tasks.attempt(
             self.name,
             self.body,
             args,
@@ -116,12 +106,6 @@ _broker: RedisBroker | None = None
 _broker_lock = threading.Lock()
 
 
-def _redis_url() -> str:
-    if not settings.REDIS_URL:
-        raise ImproperlyConfigured("REDIS_URL is not set: Dramatiq's broker is Redis")
-    return settings.REDIS_URL
-
-
 def broker() -> RedisBroker:
     """The broker, made when first needed, with the tasks declared so far: importing
     the tasks (settings checks, migrations) needs no REDIS_URL."""
@@ -129,7 +113,7 @@ def broker() -> RedisBroker:
     with _broker_lock:
         if _broker is None:
             new = RedisBroker(
-                url=_redis_url(),
+                url=queueing.redis_url("Dramatiq"),
                 namespace=NAMESPACE,
                 # Dramatiq's Prometheus middleware is left out: core.tasks
                 # records the task metrics.
@@ -164,7 +148,7 @@ def queue_depth() -> int:
     fetched them to wait in memory."""
     queue = f"{NAMESPACE}:{settings.TASK_QUEUE}"
     delay_queue = f"{queue}.DQ.msgs"
-    client = redis.Redis.from_url(_redis_url(), socket_timeout=5)
+    client = redis.Redis.from_url(queueing.redis_url("Dramatiq"), socket_timeout=5)
     try:
         ready, delayed = client.pipeline().llen(queue).hlen(delay_queue).execute()
     finally:
@@ -177,12 +161,6 @@ def main() -> None:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: stopping.set())
-
-    import django
-
-    django.setup()
-    import items.tasks  # noqa: F401  (declares the tasks)
-
     queue_broker = broker()
     # What dramatiq's CLI emits in each worker process: TimeLimit starts its timer.
     queue_broker.emit_after("process_boot")
@@ -197,10 +175,3 @@ def main() -> None:
     worker.stop(timeout=int(os.environ["WORKER_SHUTDOWN_TIMEOUT"]) * 1000)
     queue_broker.close()
     close_databases()
-
-
-if __name__ == "__main__":
-    # The tasks declare themselves in core.queue, which is not this __main__ module.
-    from core.queue import main as run_worker
-
-    run_worker()

@@ -1,4 +1,5 @@
-"""The Gunicorn worker: uvicorn-worker's UvicornWorker with this service's settings.
+"""The worker class Gunicorn runs its web server processes with: uvicorn-worker's
+UvicornWorker with this service's Uvicorn settings.
 
 Gunicorn hands Uvicorn the bind, keep-alive, backlog, worker recycling and
 trusted proxies from its own flags (bin/serve); the settings below have no
@@ -10,7 +11,7 @@ import os
 from uvicorn_worker import UvicornWorker
 
 
-class ServiceWorker(UvicornWorker):
+class ServiceUvicornWorker(UvicornWorker):
     CONFIG_KWARGS = {
         "loop": "uvloop",
         "http": "httptools",

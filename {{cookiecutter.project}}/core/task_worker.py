@@ -1,6 +1,6 @@
 """The task worker's supervisor: runs the queue library's worker, serves its metrics.
 
-bin/worker starts it. The library's worker (core.queue.WORKER_COMMAND) runs as a
+bin/worker starts it. The library's worker (core.queueing.WORKER_COMMAND) runs as a
 child process in a process group of its own; SIGTERM and SIGINT reach it once,
 from here, and it stops taking tasks and lets the running ones finish (within
 WORKER_SHUTDOWN_TIMEOUT) before this process exits with its status. Meanwhile
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import django
 
+# The name its log lines have always carried: log queries select them by it.
 logger = logging.getLogger("core.worker")
 
 
@@ -124,11 +125,11 @@ def main() -> int:
     django.setup()
     from django.conf import settings
 
-    from core import queue
+    from core import queueing
     from core.database import close_databases
 
-    # The command is the adapter's constant, never input.
-    worker = subprocess.Popen(queue.WORKER_COMMAND, process_group=0)  # noqa: S603
+    # The command is a constant, never input.
+    worker = subprocess.Popen(queueing.WORKER_COMMAND, process_group=0)  # noqa: S603
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda signum, frame: worker.send_signal(signum))
     try:

@@ -1,0 +1,77 @@
+"""The contract between this service and its task queue library's adapter.
+
+core/queue.py is the chosen library's adapter, the only module that knows the
+library. Every adapter offers `Adapter` below; what they share is here, so that
+each keeps only what is specific to its library: the process that runs the
+library's worker, the margin of the library's hard time limit, and the check
+that Redis, where some libraries keep their queue, is configured.
+
+`python -m core.queueing` is that process (WORKER_COMMAND, which core.task_worker
+starts): it sets Django up, imports every app's `tasks` module, so that the
+tasks are declared without core naming the apps, and runs the adapter's main().
+"""
+
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+WORKER_COMMAND = [sys.executable, "-m", "core.queueing"]
+# A library's own time limit runs this much longer than core.tasks' limit, so
+# that the task's failure is counted and logged first.
+HARD_LIMIT_MARGIN = 5.0
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A declared task: `await enqueue(*args)` hands it to the broker and returns
+    the job's id."""
+
+    name: str
+    retries: int
+
+    async def enqueue(self, *args) -> str: ...
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What core.queue offers; core.task_worker and the apps use nothing else."""
+
+    def task(
+        self, name: str, *, retries: int, time_limit: float
+    ) -> Callable[[Callable[..., Awaitable]], Task]:
+        """Declares a coroutine a task, run through core.tasks.attempt, tried
+        `retries` more times when an attempt fails, `time_limit` seconds each."""
+
+    def queue_depth(self) -> int:
+        """Tasks waiting, read from the broker."""
+
+    def main(self) -> int | None:
+        """Runs the library's worker in this process until a signal stops it;
+        returns the exit status (None: 0)."""
+
+
+def redis_url(library: str) -> str:
+    """REDIS_URL, for a library whose broker is Redis: without it, it must not
+    start, nor quietly try a default broker."""
+    if not settings.REDIS_URL:
+        raise ImproperlyConfigured(f"REDIS_URL is not set: {library}'s broker is Redis")
+    return settings.REDIS_URL
+
+
+def run_worker() -> int | None:
+    import django
+    from django.utils.module_loading import autodiscover_modules
+
+    django.setup()
+    autodiscover_modules("tasks")
+    # Imported once Django is set up: some libraries need the app registry.
+    from core import queue
+
+    return queue.main()
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker())

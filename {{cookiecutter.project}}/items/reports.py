@@ -1,0 +1,58 @@
+"""Stock reports, built in the background: POST /api/reports answers 202 at once,
+the worker (items.tasks.build_report) fills the report in, GET /api/reports/<id>
+shows how far it got. config/urls.py includes the routes below."""
+
+from django.http import JsonResponse
+from django.urls import path
+
+import items.urls  # noqa: F401  (registers the item_id converter of the routes below)
+from core.api import ApiError, ApiView, parse_body
+from items.models import Report
+from items.schemas import CategoryName, Schema
+from items.tasks import build_report
+
+
+class ReportIn(Schema):
+    category: CategoryName | None = None
+
+
+def report_data(report: Report) -> dict:
+    return {
+        "id": report.id,
+        "category": report.category or None,
+        "status": report.status,
+        "attempts": report.attempts,
+        "result": report.result,
+        "error": report.error or None,
+        "created_at": report.created_at.isoformat(),
+        "finished_at": report.finished_at and report.finished_at.isoformat(),
+    }
+
+
+class ReportCollection(ApiView):
+    """A stock report is built by the worker: 202 now, the result at its URL."""
+
+    async def post(self, request):
+        data = parse_body(request, ReportIn)
+        report = await Report.objects.acreate(category=data.category or "")
+        await build_report.enqueue(report.id)
+        response = JsonResponse(report_data(report), status=202)
+        response["Location"] = f"/api/reports/{report.id}"
+        return response
+
+
+class ReportDetail(ApiView):
+    async def get(self, request, report_id: int):
+        try:
+            report = await Report.objects.aget(pk=report_id)
+        except Report.DoesNotExist:
+            raise ApiError(
+                404, "not_found", f"report {report_id} does not exist"
+            ) from None
+        return JsonResponse(report_data(report))
+
+
+urlpatterns = [
+    path("reports", ReportCollection.as_view(), name="reports"),
+    path("reports/<item_id:report_id>", ReportDetail.as_view(), name="report"),
+]

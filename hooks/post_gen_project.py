@@ -23,8 +23,8 @@ sys.path.insert(0, str(TEMPLATE_DIR))
 # The template's stack components, rendered into deploy/<name>/ of every service.
 COMPONENTS = ("nginx", "helm", "ansible", "prometheus", "grafana")
 
-# Files that exist only for some values of an option.
-TASK_QUEUES = ("django", "celery", "dramatiq", "arq", "django-q2")
+# Files that exist only for some values of an option, or of a fact derived from
+# the options (cookiecutter.json's __ variables).
 FILES_OF_CHOICE = {
     ("websockets", ("yes",)): [
         "items/consumers.py",
@@ -35,7 +35,8 @@ FILES_OF_CHOICE = {
     ("server", ("granian",)): ["deploy/grafana/dashboards/granian.json"],
     # SQLite is one pod's file: no autoscaling example.
     ("database", ("postgresql",)): ["deploy/helm/ci/autoscaling-values.yaml"],
-    ("tasks", TASK_QUEUES): [
+    # Any task queue: every one of them has a broker.
+    ("__task_broker", ("redis", "database")): [
         "bin/worker",
         "core/queueing.py",
         "core/tasks.py",

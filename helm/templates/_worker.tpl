@@ -27,7 +27,7 @@ containers:
     ports:
       - name: metrics
         containerPort: 9500
-    # /healthz: 200 while the library's worker process runs (core/worker.py).
+    # /healthz: 200 while the library's worker process runs (core/task_worker.py).
     startupProbe:
       httpGet:
         path: /healthz

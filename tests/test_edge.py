@@ -21,7 +21,9 @@ PING_INTERVAL = "5"
 SERVERS = params(each_server())
 
 
-@pytest.fixture(scope="session")
+# Module scope: a stack stops once its tests have run, instead of serving and
+# scraping until the session ends (eleven at once slowed the whole suite).
+@pytest.fixture(scope="module")
 def stacks(generated, redis_database, tmp_path_factory):
     """One running app (two workers) behind one Nginx per combination."""
     running = {}

@@ -172,7 +172,9 @@ def crash_a_worker(app: App, metrics_dir: Path, prometheus: Prometheus) -> dict:
     }
 
 
-@pytest.fixture(scope="session")
+# Module scope: a stack stops once its tests have run, instead of serving and
+# scraping until the session ends (eleven at once slowed the whole suite).
+@pytest.fixture(scope="module")
 def observed(generated, redis_database, tmp_path_factory):
     """Per server: the stack, the traffic sent to it, and what Prometheus saw."""
     runs = {}

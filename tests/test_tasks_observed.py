@@ -101,7 +101,9 @@ def drive_tasks(nginx: Nginx) -> Counter:
     return enqueued
 
 
-@pytest.fixture(scope="session")
+# Module scope: a stack stops once its tests have run, instead of serving and
+# scraping until the session ends (eleven at once slowed the whole suite).
+@pytest.fixture(scope="module")
 def observed(generated, postgres_url, redis_database, tmp_path_factory):
     """Per queue library: the stack, the tasks sent to it, and its Prometheus."""
     runs = {}

@@ -145,10 +145,11 @@ def test_image_carries_the_oci_labels(config):
     )
     facts = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(facts)
+    template_prefix = "org.django-asgi-platform.template."
     template_labels = {
-        key.removeprefix("org.django-asgi-platform.template."): value
+        key.removeprefix(template_prefix): value
         for key, value in config["Labels"].items()
-        if key.startswith("org.django-asgi-platform.")
+        if key.startswith(template_prefix)
     }
     assert template_labels == {
         "version": facts.template_version(),

@@ -35,6 +35,12 @@ UNSUFFIXED_COUNTERS = frozenset(
 # $name: the only variable syntax the dashboards use.
 VARIABLE = re.compile(r"\$(\w+)")
 
+# Dashboards of every service a Prometheus scrapes rather than of one: their `service`
+# variable takes several values, and "All" by default, which Grafana sends as its
+# allValue. They have no `instance` variable.
+FLEET = frozenset({"fleet.json"})
+ALL = ".*"
+
 
 def is_counter(metric: str) -> bool:
     return metric.endswith(COUNTER_SUFFIXES) or metric in UNSUFFIXED_COUNTERS
@@ -78,16 +84,21 @@ def instant(expr: str, *, service: str, rate_interval: str) -> str:
 
 
 def panels_without_data(prometheus, paths, *, service: str, rate_interval: str) -> str:
-    """The panels of the dashboards at `paths` whose query a live Prometheus
-    (monitoring.Prometheus) still answers with nothing: one "file: title: query"
-    line each, empty when every panel has data."""
+    """The panels of the dashboards at `paths` whose queries a live Prometheus
+    (monitoring.Prometheus) still answers with nothing: one "file: title (refId):
+    query" line each, empty when every query of every panel has data. Fleet
+    dashboards show all services."""
+    # Each query of a panel on its own: a panel has data only if each has.
     pending = prometheus.queries_without_data(
         {
-            f"{path.name}: {title}": instant(
-                expr, service=service, rate_interval=rate_interval
+            f"{path.name}: {panel['title']} ({target['refId']})": instant(
+                target["expr"],
+                service=ALL if path.name in FLEET else service,
+                rate_interval=rate_interval,
             )
             for path in paths
-            for title, expr in queries(load(path))
+            for panel in panels(load(path))
+            for target in panel.get("targets", [])
         }
     )
     return "\n".join(f"{panel}: {query}" for panel, query in pending.items())

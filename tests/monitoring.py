@@ -1,10 +1,13 @@
 """A real Prometheus and Nginx exporter for a generated service, on 127.0.0.1, and
-the observed stack: the service behind its Nginx, scraped by that Prometheus.
+the observed stack: the service behind its Nginx, scraped by that Prometheus; or a
+fleet of such services, all scraped by one Prometheus.
 
 Prometheus runs the service's own deploy/prometheus/: its scrape jobs, recording
-rules and alerts as generated. Only what a test deployment must differ in is
-changed: the file_sd target files it writes, and one-second scrape and
-evaluation intervals so that a test waits seconds, not minutes.
+rules and alerts as generated. A fleet's Prometheus takes in every service's jobs
+and rules, as a shared Prometheus does (deploy/prometheus/README.md). Only what a
+test deployment must differ in is changed: the file_sd target files it writes, and
+one-second scrape and evaluation intervals so that a test waits seconds, not
+minutes.
 """
 
 import json
@@ -48,25 +51,53 @@ class NginxExporter(Process):
         wait_for_port(self.port)
 
 
-class Prometheus(Process):
-    """Debian's Prometheus with the service's configuration and these targets:
-    {"app": ["127.0.0.1:8000"], "nginx": [...]}, one file_sd file per job."""
+def write_targets(config_dir: Path, targets: dict[str, list[str]]) -> None:
+    """{"app": ["127.0.0.1:8000"], "nginx": [...]}: one file_sd file per job."""
+    (config_dir / "targets").mkdir(exist_ok=True)
+    for job, addresses in targets.items():
+        (config_dir / "targets" / f"{job}.json").write_text(
+            json.dumps([{"targets": addresses}])
+        )
 
-    def __init__(self, project: Path, targets: dict[str, list[str]]):
+
+def shared_config(config_dir: Path, fleet: dict[Path, dict[str, list[str]]]) -> dict:
+    """A configuration of every service's scrape jobs and rules, each service's
+    deploy/prometheus/ copied into config_dir/<service>/ with its targets."""
+    config = {"global": {}, "rule_files": [], "scrape_configs": []}
+    for project, targets in fleet.items():
+        own = config_dir / project.name
+        shutil.copytree(project / "deploy" / "prometheus", own)
+        write_targets(own, targets)
+        service = yaml.safe_load((own / "prometheus.yml").read_text())
+        # Relative paths are resolved against the shared file's directory.
+        config["rule_files"] += [f"{project.name}/{f}" for f in service["rule_files"]]
+        for job in service["scrape_configs"]:
+            for discovery in job["file_sd_configs"]:
+                discovery["files"] = [f"{project.name}/{f}" for f in discovery["files"]]
+            config["scrape_configs"].append(job)
+    return config
+
+
+class Prometheus(Process):
+    """Debian's Prometheus scraping {project: targets}: one service with its own
+    configuration, or several with a shared one (shared_config)."""
+
+    def __init__(self, fleet: dict[Path, dict[str, list[str]]]):
         self.port = free_port()
         home = readable_tempdir("prometheus-")
         config_dir = home / "config"
-        shutil.copytree(project / "deploy" / "prometheus", config_dir)
         config_file = config_dir / "prometheus.yml"
-        config = yaml.safe_load(config_file.read_text())
+        if len(fleet) == 1:
+            [(project, targets)] = fleet.items()
+            shutil.copytree(project / "deploy" / "prometheus", config_dir)
+            write_targets(config_dir, targets)
+            config = yaml.safe_load(config_file.read_text())
+        else:
+            config_dir.mkdir()
+            config = shared_config(config_dir, fleet)
         config["global"]["scrape_interval"] = "1s"
         config["global"]["evaluation_interval"] = "1s"
         config_file.write_text(yaml.safe_dump(config))
-        (config_dir / "targets").mkdir(exist_ok=True)
-        for job, addresses in targets.items():
-            (config_dir / "targets" / f"{job}.json").write_text(
-                json.dumps([{"targets": addresses}])
-            )
         super().__init__(
             [
                 "prometheus",
@@ -187,6 +218,50 @@ def observe(
     service's own configuration: returned once Prometheus sees every target up
     (within `seconds`, which also bound the worker's start and stop). Everything
     stops when cleanup closes."""
+    return observe_fleet(cleanup, combination, {project: workdir}, seconds, **env)[
+        project
+    ]
+
+
+def observe_fleet(
+    cleanup: ExitStack,
+    combination: dict,
+    fleet: dict[Path, Path],
+    seconds: int = 30,
+    **env: str,
+) -> dict[Path, Observed]:
+    """Each service of {project: workdir}, all generated with `combination`, as
+    observe() runs it, all scraped by one Prometheus: returned once it sees every
+    target of every service up."""
+    started, targets = {}, {}
+    for project, workdir in fleet.items():
+        *started[project], targets[project] = scraped(
+            cleanup, combination, project, workdir, seconds, **env
+        )
+    prometheus = Prometheus(targets)
+    prometheus.start()
+    cleanup.callback(prometheus.stop)
+    for project, jobs in targets.items():
+        up = f'sum(up{{service="{project.name}"}})'
+        assert prometheus.wait_for(up, len(jobs), seconds) == len(jobs), (
+            prometheus.targets()
+        )
+    return {
+        project: Observed(app, nginx, prometheus, metrics_dir)
+        for project, (app, nginx, metrics_dir) in started.items()
+    }
+
+
+def scraped(
+    cleanup: ExitStack,
+    combination: dict,
+    project: Path,
+    workdir: Path,
+    seconds: int,
+    **env: str,
+) -> tuple[App, Nginx, Path, dict[str, list[str]]]:
+    """The service started as observe() says: its app, Nginx, the app's metrics
+    directory, and the targets Prometheus scrapes ({job: addresses})."""
     metrics_dir = workdir / "metrics"
     app, nginx = serve(
         cleanup,
@@ -210,11 +285,4 @@ def observe(
     targets["nginx"] = [f"127.0.0.1:{exporter.port}"]
     if combination["server"] == "granian":
         targets["granian"] = [f"127.0.0.1:{app.granian_metrics_port}"]
-    prometheus = Prometheus(project, targets)
-    prometheus.start()
-    cleanup.callback(prometheus.stop)
-    up = f'sum(up{{service="{SERVICE}"}})'
-    assert prometheus.wait_for(up, len(targets), seconds) == len(targets), (
-        prometheus.targets()
-    )
-    return Observed(app, nginx, prometheus, metrics_dir)
+    return app, nginx, metrics_dir, targets

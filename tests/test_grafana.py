@@ -12,18 +12,24 @@ import yaml
 from cookiecutter.environment import StrictEnvironment
 
 import dashboards
-from matrix import DEFAULT_TEXT, TEMPLATE_DIR
+from matrix import CHOICES, DEFAULT_TEXT, TEMPLATE_DIR
 
 GRAFANA_DIR = TEMPLATE_DIR / "grafana"
 DASHBOARD_FILES = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
+FLEET_DASHBOARD_FILES = [p for p in DASHBOARD_FILES if p.name in dashboards.FLEET]
+SERVICE_DASHBOARD_FILES = [p for p in DASHBOARD_FILES if p not in FLEET_DASHBOARD_FILES]
 CATALOGUE = TEMPLATE_DIR / "{{cookiecutter.project}}" / "core" / "metrics.py"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-PANEL_TYPES = {"row", "timeseries", "stat"}
+# A table only where rows are services (the fleet's), which no chart shows as well.
+PANEL_TYPES = {"row", "timeseries", "stat", "table"}
 RATE_FUNCTIONS = {"rate", "increase", "irate"}
 # Metrics of the app's own targets, filtered by instance; Nginx's come from the
 # exporter's target, whose instance is another one.
 APP_METRIC = re.compile(r"(django|granian)_\w+")
-METRIC = re.compile(r"(django|nginx|granian)_\w+")
+# Recording rules (level:metric:operations) are selectors too; they keep no instance.
+METRIC = re.compile(r"(\w+:)?(django|nginx|granian)_[\w:]+")
+# The first choice of each option: what a service gets by default.
+DEFAULT_CHOICES = {option: choices[0] for option, choices in CHOICES.items()}
 # Metrics of core/metrics.py that no panel shows, each with the reason.
 UNCHARTED: dict[str, str] = {}
 
@@ -44,6 +50,14 @@ TOKEN = re.compile(
     re.VERBOSE,
 )
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:\\.|[^"\\])*)"')
+# A burn-rate alert's condition (alerts.yml): the SLI over a window above burn rate
+# times error budget; and a fleet panel's burn rate: the SLI over a window / budget.
+BURN_CONDITION = re.compile(
+    r"service:django_http_request_(\w+):ratio_rate(\w+)\{[^}]*\} > ([\d.]+) \* ([\d.]+)"
+)
+BURN_QUERY = re.compile(
+    r"service:django_http_request_(\w+):ratio_rate(\w+)\{[^}]*\} / ([\d.]+)"
+)
 
 
 def parse(expr: str) -> tuple[list[dict], list[tuple[str, str | None]]]:
@@ -82,6 +96,9 @@ def parse(expr: str) -> tuple[list[dict], list[tuple[str, str | None]]]:
 each_dashboard = pytest.mark.parametrize(
     "dashboard_file", DASHBOARD_FILES, ids=[path.name for path in DASHBOARD_FILES]
 )
+each_fleet_dashboard = pytest.mark.parametrize(
+    "dashboard_file", FLEET_DASHBOARD_FILES, ids=[p.name for p in FLEET_DASHBOARD_FILES]
+)
 
 
 @pytest.fixture
@@ -110,7 +127,11 @@ def render(path) -> str:
 
 
 def test_there_are_dashboards():
-    assert {path.name for path in DASHBOARD_FILES} >= {"service.json", "granian.json"}
+    assert {path.name for path in DASHBOARD_FILES} >= {
+        "service.json",
+        "granian.json",
+        "fleet.json",
+    }
 
 
 @each_dashboard
@@ -141,7 +162,11 @@ def test_datasource_variable_chooses_a_prometheus(dashboard_file, dashboard):
     assert variables["datasource"]["query"] == "prometheus", dashboard_file.name
 
 
-@each_dashboard
+@pytest.mark.parametrize(
+    "dashboard_file",
+    SERVICE_DASHBOARD_FILES,
+    ids=[path.name for path in SERVICE_DASHBOARD_FILES],
+)
 def test_service_and_instance_variables_come_from_one_metric(dashboard_file, dashboard):
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     service, instance = variables["service"], variables["instance"]
@@ -160,6 +185,87 @@ def test_service_and_instance_variables_come_from_one_metric(dashboard_file, das
     assert instance["multi"], dashboard_file.name
     assert instance["includeAll"], dashboard_file.name
     assert instance["allValue"] == ".*", dashboard_file.name
+
+
+@each_fleet_dashboard
+def test_fleet_variable_chooses_any_services(dashboard):
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert set(variables) == {"datasource", "service"}
+    service = variables["service"]
+    assert service["type"] == "query"
+    assert service["datasource"] == DATASOURCE
+    assert service["query"] == "label_values(django_build_info, service)"
+    assert service["multi"]
+    assert service["includeAll"]
+    assert service["allValue"] == dashboards.ALL
+    assert service["current"]["value"] == "$__all"
+
+
+@each_fleet_dashboard
+def test_fleet_panels_open_the_service_dashboard_of_their_service(dashboard):
+    """A click on a service's row or line opens service.json for that service, with
+    the same data source and time range."""
+    uid = dashboards.load(GRAFANA_DIR / "dashboards" / "service.json")["uid"]
+    for panel in dashboards.panels(dashboard):
+        # A table's rows name their service in a field, a chart's lines in a label.
+        service = (
+            "${__data.fields.service}"
+            if panel["type"] == "table"
+            else "${__field.labels.service}"
+        )
+        urls = [link["url"] for link in panel["fieldConfig"]["defaults"]["links"]]
+        assert urls == [
+            f"/d/{uid}/{uid}?var-service={service}"
+            "&${datasource:queryparam}&${__url_time_range}"
+        ], panel["title"]
+
+
+def alert_burn_rates() -> list[tuple[str, str, float, float]]:
+    """(SLI, long window, burn rate, error budget) of every burn-rate alert, as
+    rules/alerts.yml renders for a service."""
+    context = {"cookiecutter": {**DEFAULT_TEXT, **DEFAULT_CHOICES}}
+    environment = StrictEnvironment(context=context)
+    rules = yaml.safe_load(
+        environment.from_string(
+            (TEMPLATE_DIR / "prometheus" / "rules" / "alerts.yml").read_text()
+        ).render(**context)
+    )
+    return [
+        (sli, window, float(burn_rate), float(budget))
+        for group in rules["groups"]
+        for rule in group["rules"]
+        for sli, window, burn_rate, budget in BURN_CONDITION.findall(rule["expr"])
+    ]
+
+
+@each_fleet_dashboard
+def test_fleet_burn_rates_use_the_alerts_objectives(dashboard):
+    """The dashboard is copied verbatim, not rendered: it repeats the error budgets
+    of alerts.yml, and marks the burn rate at which the alert of that window fires.
+    """
+    alerts = alert_burn_rates()
+    budgets = {sli: budget for sli, _, _, budget in alerts}
+    burn_rates = {window: burn_rate for _, window, burn_rate, _ in alerts}
+    assert set(budgets) == {"errors", "slow"}, alerts
+    shown = set()
+    for panel in dashboards.panels(dashboard):
+        steps = {
+            step["value"]
+            for field in (
+                panel["fieldConfig"]["defaults"],
+                *(
+                    {p["id"]: p["value"] for p in override["properties"]}
+                    for override in panel["fieldConfig"]["overrides"]
+                ),
+            )
+            for step in field.get("thresholds", {}).get("steps", [])
+        }
+        for target in panel["targets"]:
+            for sli, window, budget in BURN_QUERY.findall(target["expr"]):
+                assert float(budget) == budgets[sli], f"{panel['title']}: {sli}"
+                assert burn_rates[window] in steps, f"{panel['title']}: {steps}"
+                shown.add(sli)
+    assert shown == set(budgets)
 
 
 @each_dashboard
@@ -258,11 +364,13 @@ def test_counters_appear_only_inside_rates(dashboard_file, dashboard):
 
 @each_dashboard
 def test_selectors_filter_by_service(dashboard_file, dashboard):
+    # A fleet dashboard's $service is a regular expression: one, several or all.
+    operator = "=~" if dashboard_file.name in dashboards.FLEET else "="
     for title, selectors, _ in every_query(dashboard):
         for selector in selectors:
-            assert ("service", "=", "$service") in selector["matchers"], (
+            assert ("service", operator, "$service") in selector["matchers"], (
                 f"{dashboard_file.name}: {title}: {selector['metric']} without "
-                'service="$service"'
+                f'service{operator}"$service"'
             )
 
 
@@ -270,7 +378,9 @@ def test_selectors_filter_by_service(dashboard_file, dashboard):
 def test_app_selectors_filter_by_instance(dashboard_file, dashboard):
     for title, selectors, _ in every_query(dashboard):
         for selector in selectors:
-            needed = bool(APP_METRIC.fullmatch(selector["metric"]))
+            needed = bool(APP_METRIC.fullmatch(selector["metric"])) and (
+                dashboard_file.name not in dashboards.FLEET
+            )
             by_instance = ("instance", "=~", "$instance") in selector["matchers"]
             assert by_instance == needed, (
                 f"{dashboard_file.name}: {title}: {selector['metric']} "

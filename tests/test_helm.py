@@ -350,7 +350,7 @@ def test_nginx_prometheus_and_grafana_come_from_their_components(service, render
         path.name: json.loads(path.read_text())
         for path in (deploy / "grafana" / "dashboards").glob("*.json")
     }
-    assert set(dashboards) == {"service.json", "granian.json"}
+    assert set(dashboards) == {"service.json", "granian.json", "fleet.json"}
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ reported here are the stand-in's plus the service's layers.
 """
 
 import http.client
+import importlib.util
 import json
 import time
 import uuid
@@ -17,7 +18,7 @@ import pytest
 import services
 from containers import build_service_image, image_build_args, podman
 from harness import generate_service
-from matrix import DEFAULT_TEXT
+from matrix import DEFAULT_TEXT, TEMPLATE_DIR
 
 pytestmark = pytest.mark.xdist_group("podman")
 
@@ -137,6 +138,23 @@ def test_image_carries_the_oci_labels(config):
     assert datetime.fromisoformat(labels["created"]).tzinfo is not None, (
         f"created={labels['created']!r} is not an RFC 3339 time"
     )
+    # The template's commit, as the template's facts read it from this checkout,
+    # which the image's service was generated from.
+    spec = importlib.util.spec_from_file_location(
+        "template_facts", TEMPLATE_DIR / "hooks" / "facts.py"
+    )
+    facts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(facts)
+    template_prefix = "org.django-asgi-platform.template."
+    template_labels = {
+        key.removeprefix(template_prefix): value
+        for key, value in config["Labels"].items()
+        if key.startswith(template_prefix)
+    }
+    assert template_labels == {
+        "version": facts.template_version(),
+        "date": facts.template_date(),
+    }, "the image's template labels are missing or wrong"
 
 
 def test_build_only_secret_key_stays_out_of_the_image(config):

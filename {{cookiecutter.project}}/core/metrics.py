@@ -18,6 +18,8 @@ import django
 from django.conf import settings
 from prometheus_client import Counter, Gauge, Histogram
 
+from config import template
+
 # Seconds. Latency objectives are judged at 0.1, 0.25 and 0.5 s: keep those bounds.
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONNECTION_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0)
@@ -26,8 +28,14 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 BUILD_INFO = Gauge(
     "django_build_info",
-    "Always 1; labels name the running build.",
-    ["version", "server", "django", "python"],
+    "Always 1; labels name the running build and the platform template it came from.",
+    ["version", "server", "django", "python", "template_version", "template_date"],
+    multiprocess_mode="livemax",
+)
+# A label cannot be computed with: this makes "how far behind" a PromQL question.
+TEMPLATE_COMMIT_TIMESTAMP = Gauge(
+    "django_template_commit_timestamp_seconds",
+    "When the platform template's commit this build came from was made (0: unknown).",
     multiprocess_mode="livemax",
 )
 WORKERS = Gauge(
@@ -218,7 +226,10 @@ def worker_started() -> None:
         settings.SERVER,
         django.get_version(),
         platform.python_version(),
+        template.VERSION,
+        template.DATE,
     ).set(1)
+    TEMPLATE_COMMIT_TIMESTAMP.set(template.TIMESTAMP)
     WORKERS.set(1)
     WORKER_STARTS.inc()
 

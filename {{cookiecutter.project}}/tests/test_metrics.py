@@ -3,18 +3,22 @@ adding up several worker processes, dead ones included."""
 
 import asyncio
 import os
+import platform
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+import django
 import pytest
 from django.conf import settings
 from django.test import AsyncClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import template
 from config.asgi import application
-from core import exposition, sampler
+from core import exposition, metrics, sampler
 from items import store
 from tests.asgi import next_chunk, open_stream
 
@@ -183,6 +187,37 @@ async def test_item_reads_hit_the_cache_until_a_write(async_client, item_payload
     response = await async_client.get(f"/api/items/{item['id']}")
     assert response.json()["quantity"] == 9
     assert sample("django_cache_requests_total", result="miss") == misses + 2
+
+
+def test_build_info_names_the_build_and_the_template_it_came_from():
+    metrics.worker_started()
+    try:
+        assert (
+            sample(
+                "django_build_info",
+                version=settings.SERVICE_VERSION,
+                server=settings.SERVER,
+                django=django.get_version(),
+                python=platform.python_version(),
+                template_version=template.VERSION,
+                template_date=template.DATE,
+            )
+            == 1
+        )
+        assert sample("django_template_commit_timestamp_seconds") == template.TIMESTAMP
+    finally:
+        metrics.worker_stopped()
+
+
+def test_the_template_date_is_a_utc_time_or_unknown():
+    if template.DATE == "unknown":
+        assert template.TIMESTAMP == 0
+    else:
+        date = datetime.strptime(template.DATE, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=UTC
+        )
+        assert date.timestamp() == template.TIMESTAMP
+    assert template.VERSION
 
 
 async def test_sampler_measures_loop_lag_cpu_and_memory(monkeypatch):

@@ -193,11 +193,14 @@ def tree(root: Path) -> dict[str, tuple]:
     return entries
 
 
+def replace_once(text: str, old: str, new: str, relative: str) -> str:
+    assert text.count(old) == 1, f"{relative} holds {old!r} {text.count(old)} times"
+    return text.replace(old, new)
+
+
 def edit(service: Path, relative: str, old: str, new: str) -> None:
     file = service / relative
-    text = file.read_text()
-    assert text.count(old) == 1, f"{relative} holds {old!r} {text.count(old)} times"
-    file.write_text(text.replace(old, new))
+    file.write_text(replace_once(file.read_text(), old, new, relative))
 
 
 def customise(service: Path) -> None:
@@ -214,9 +217,8 @@ def with_team_changes(fresh: dict) -> dict:
     expected = dict(fresh)
     for relative, old, new in TEAM_EDITS:
         kind, mode, content = expected[relative]
-        text = content.decode()
-        assert text.count(old) == 1, f"{relative} holds {old!r} {text.count(old)} times"
-        expected[relative] = (kind, mode, text.replace(old, new).encode())
+        text = replace_once(content.decode(), old, new, relative)
+        expected[relative] = (kind, mode, text.encode())
     for relative, text in TEAM_FILES.items():
         expected[relative] = ("file", 0o644, text.encode())
     return expected
@@ -253,6 +255,8 @@ def test_the_same_answers_render_the_same_service(template, tmp_path):
 
 
 def test_a_customised_service_takes_the_new_template(template, tmp_path):
+    """Generated at A, customised, updated to B: the team's changes stay, every other
+    file is what a fresh generation at B gives, .env is the one it had."""
     answers = context(default_combination())
     service = create(template, tmp_path / "service", answers, checkout=template.a)
     state = json.loads((service / ".cruft.json").read_text())
@@ -289,6 +293,8 @@ def test_a_customised_service_takes_the_new_template(template, tmp_path):
 
 
 def test_a_change_both_sides_made_is_shown_not_dropped(template, tmp_path):
+    """The team and B both change Nginx's keep-alive: the update leaves a conflict
+    that git and cruft's output name, with both lines in it."""
     answers = context(default_combination())
     service = create(template, tmp_path / "service", answers, checkout=template.a)
     commit_all(service, "Generated at A")
@@ -306,6 +312,9 @@ def test_a_change_both_sides_made_is_shown_not_dropped(template, tmp_path):
 
 
 def test_a_service_generated_before_cruft_is_linked_then_updated(template, tmp_path):
+    """Plain cookiecutter at A with other answers than the defaults, then `cruft
+    link` to A: `cruft diff` finds nothing but the chart's links, and the update to
+    B gives what a fresh generation at B gives."""
     answers = {"server": "granian", "database": "postgresql", "tasks": "celery"}
     template_at_a = tmp_path / "template-at-a"
     git("clone", "--quiet", str(template.repo.path), str(template_at_a), cwd=tmp_path)
@@ -343,6 +352,8 @@ def test_a_service_generated_before_cruft_is_linked_then_updated(template, tmp_p
 def test_each_service_of_the_fleet_takes_the_new_template(
     template, tmp_path, combination
 ):
+    """Each service of the pairwise covering set, updated from A to B, gets B's
+    changes and nothing else, and passes the quick checks once re-locked."""
     service = create(template, tmp_path / "services", context(combination), template.a)
     commit_all(service, "Generated at A")
     cruft("update", "--skip-apply-ask", cwd=service)

@@ -117,7 +117,11 @@ def render_components() -> None:
 
 
 def lock_dependencies() -> None:
-    """Write uv.lock so that every build installs the same versions."""
+    """Write uv.lock so that every build installs the same versions.
+
+    cruft's temporary renders (update, diff) lock too, about a second each with a
+    warm uv cache, and drop the result: services skip uv.lock ([tool.cruft] in
+    their pyproject.toml) and re-lock after an update."""
     uv = shutil.which("uv")
     if uv is None:
         print(

@@ -83,3 +83,19 @@ class TemplateRepo:
 
     def head(self) -> str:
         return git("rev-parse", "HEAD", cwd=self.path)
+
+    def describe(self) -> tuple[str, str]:
+        """The template version and date a service generated from the checkout now
+        records: git's own answers, against which hooks/facts.py is checked."""
+        version = git(
+            "describe", "--tags", "--always", "--dirty", "--abbrev=12", cwd=self.path
+        )
+        date = git(
+            "log",
+            "-1",
+            "--format=%cd",
+            "--date=format-local:%Y-%m-%dT%H:%M:%SZ",
+            cwd=self.path,
+            env={"TZ": "UTC"},
+        )
+        return version, date

@@ -55,22 +55,6 @@ def generate(repo: TemplateRepo, project_name: str, output_dir: Path) -> Path:
     return project
 
 
-def template_facts(repo: TemplateRepo) -> tuple[str, str]:
-    """The version and date a service generated from the checkout now should have."""
-    version = git(
-        "describe", "--tags", "--always", "--dirty", "--abbrev=12", cwd=repo.path
-    )
-    date = git(
-        "log",
-        "-1",
-        "--format=%cd",
-        "--date=format-local:%Y-%m-%dT%H:%M:%SZ",
-        cwd=repo.path,
-        env={"TZ": "UTC"},
-    )
-    return version, date
-
-
 def send_traffic(nginx) -> None:
     """A write, reads and a miss: REQUESTS requests, through Nginx."""
     item = {"name": "widget", "category": "tools", "price": "2.50", "tags": []}
@@ -97,12 +81,12 @@ def fleet(tmp_path_factory):
         cwd=repo.path,
         env={"GIT_COMMITTER_DATE": f"@{made} +0000"},
     )
-    expected = {"fleet-old": template_facts(repo)}
+    expected = {"fleet-old": repo.describe()}
     old = generate(repo, "Fleet Old", workdir / "old")
     # A release of the template: its version is the new commit, whatever changed.
     repo.commit("A newer platform template")
     git("tag", "v2.0.0", cwd=repo.path)
-    expected["fleet-new"] = template_facts(repo)
+    expected["fleet-new"] = repo.describe()
     new = generate(repo, "Fleet New", workdir / "new")
     generated = time.monotonic()
 

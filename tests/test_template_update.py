@@ -58,6 +58,9 @@ TEMPLATE_CHANGES = [
 ]
 CHANGED_BY_B = {
     ".cruft.json",
+    # Any new commit: the template version the service records (hooks/facts.py).
+    "config/template.py",
+    "Dockerfile",
     "core/health.py",
     "deploy/grafana/dashboards/service.json",
     "deploy/helm/Chart.yaml",

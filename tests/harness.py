@@ -38,7 +38,9 @@ def run(command: list, cwd: Path, env: dict | None = None, timeout: int = 600):
     return result
 
 
-def check(project: Path, *steps: str, env: dict | None = None, timeout: int = 1800):
+def check_steps(
+    project: Path, *steps: str, env: dict | None = None, timeout: int = 1800
+):
     """Runs steps of the service's own bin/check, as its CI does; fails the test with
     their output if one fails."""
     env = env or service_env()

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from harness import check, generate_service, run
+from harness import check_steps, generate_service, run
 from matrix import TEMPLATE_DIR, every_combination, params
 
 # Leftover template syntax: nothing in a generated service mentions cookiecutter,
@@ -64,7 +64,7 @@ def test_generated_service_passes_static_checks(combination, generated):
     test_service_ci."""
     project = generated(combination)
     assert leftover_template_syntax(project) == []
-    check(project, *CHEAP_STEPS)
+    check_steps(project, *CHEAP_STEPS)
     assert (project / "uv.lock").is_file()
     assert (project / ".python-version").read_text().strip() == combination[
         "python_version"

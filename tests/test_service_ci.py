@@ -23,7 +23,7 @@ import yaml
 from template_repo import TemplateRepo
 
 from containers import HOST_CA_BUNDLE, SERVICE_BASES, environment, stand_in
-from harness import check, generate_service, run, service_env
+from harness import check_steps, generate_service, run, service_env
 from matrix import DEFAULT_TEXT
 
 PROJECT = DEFAULT_TEXT["project"]
@@ -135,7 +135,7 @@ def test_image_step_builds_the_image_and_its_sbom(service, tmp_path):
         IMAGE_BUILD_OPTIONS=" ".join(options),
         SBOM=str(sbom),
     )
-    check(service, "image", env=env)
+    check_steps(service, "image", env=env)
     inspect = run(["podman", "image", "inspect", image], service, env=env).stdout
     labels = json.loads(inspect)[0]["Config"]["Labels"]
     assert labels["org.opencontainers.image.revision"] == "unknown"  # not a git repo
@@ -160,12 +160,12 @@ def cruft_service(tmp_path: Path) -> tuple[TemplateRepo, Path]:
 
 def test_cruft_step_warns_when_the_template_moved_on_and_fails_when_broken(tmp_path):
     repo, project = cruft_service(tmp_path)
-    up_to_date = check(project, "cruft")
+    up_to_date = check_steps(project, "cruft")
     assert "::warning" not in up_to_date.stdout
 
     repo.edit("README.md", "# django-asgi-platform", "# django-asgi-platform (new)")
     repo.commit("The template moves on")
-    moved = check(project, "cruft")
+    moved = check_steps(project, "cruft")
     assert "::warning title=Template moved on::" in moved.stdout
 
     cruft_file = project / ".cruft.json"

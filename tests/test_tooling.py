@@ -15,6 +15,7 @@ def test_hooks_and_tests_pass_ruff():
 def test_shell_scripts_pass_shellcheck():
     scripts = [
         *sorted((TEMPLATE_DIR / "tests").glob("*.sh")),
+        *sorted((TEMPLATE_DIR / "tests" / "bin").iterdir()),
         TEMPLATE_DIR / ".ci" / "run",
     ]
     run(["shellcheck", "--external-sources", *scripts], TEMPLATE_DIR)

@@ -14,7 +14,6 @@ small HTTP server of the test for the Service's port 80: the script's real `curl
 waits on it, as it waits on the port-forward of a real cluster.
 """
 
-import json
 import os
 import shutil
 import stat
@@ -25,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from recorded import Recorded
 
 from harness import generate_service, run, service_env
 from matrix import DEFAULT_TEXT, TEMPLATE_DIR
@@ -119,35 +119,7 @@ def stubs(tmp_path):
     return directory
 
 
-class Run:
-    """One run of bin/kind-smoke: its result and the stubs' calls, in order."""
-
-    def __init__(self, result, log: Path):
-        self.returncode = result.returncode
-        self.output = result.stdout + result.stderr
-        lines = log.read_text().splitlines() if log.exists() else []
-        self.calls = [json.loads(line) for line in lines]
-        self.argvs = [call["argv"] for call in self.calls]
-
-    def index(self, *prefix: str) -> int:
-        """Where the first call beginning with prefix is; fails if none is."""
-        for position, argv in enumerate(self.argvs):
-            if tuple(argv[: len(prefix)]) == prefix:
-                return position
-        raise AssertionError(f"no call {' '.join(prefix)} in:\n{self.describe()}")
-
-    def find(self, *prefix: str) -> dict:
-        return self.calls[self.index(*prefix)]
-
-    def has(self, *prefix: str) -> bool:
-        return any(tuple(argv[: len(prefix)]) == prefix for argv in self.argvs)
-
-    def describe(self) -> str:
-        calls = "\n".join(" ".join(argv) for argv in self.argvs)
-        return f"{calls}\n--- output ---\n{self.output}"
-
-
-def kind_smoke(project: Path, workdir: Path, stubs: Path, path=None, **env) -> Run:
+def kind_smoke(project: Path, workdir: Path, stubs: Path, path=None, **env) -> Recorded:
     """Runs the service's bin/kind-smoke from workdir (not the service's directory)."""
     log = workdir / "calls.jsonl"
     environment = {
@@ -158,7 +130,7 @@ def kind_smoke(project: Path, workdir: Path, stubs: Path, path=None, **env) -> R
     )
     environment.update(env)
     result = subprocess_run([project / "bin" / "kind-smoke"], workdir, environment)
-    return Run(result, log)
+    return Recorded(result, log)
 
 
 def subprocess_run(command, cwd, env):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from recorded import Recorded
 from template_repo import TemplateRepo
 
 from containers import HOST_CA_BUNDLE, SERVICE_BASES, environment, stand_in
@@ -248,31 +249,7 @@ def linked_service(service, tmp_path):
     return project
 
 
-class Run:
-    """One run of bin/template-update: its result and the stubs' calls, in order."""
-
-    def __init__(self, result, log: Path):
-        self.returncode = result.returncode
-        self.output = result.stdout + result.stderr
-        lines = log.read_text().splitlines() if log.exists() else []
-        self.calls = [json.loads(line) for line in lines]
-        self.argvs = [call["argv"] for call in self.calls]
-
-    def index(self, *prefix: str) -> int:
-        for position, argv in enumerate(self.argvs):
-            if tuple(argv[: len(prefix)]) == prefix:
-                return position
-        raise AssertionError(f"no call {' '.join(prefix)} in:\n{self.describe()}")
-
-    def has(self, *prefix: str) -> bool:
-        return any(tuple(argv[: len(prefix)]) == prefix for argv in self.argvs)
-
-    def describe(self) -> str:
-        calls = "\n".join(" ".join(argv) for argv in self.argvs)
-        return f"{calls}\n--- output ---\n{self.output}"
-
-
-def template_update(project: Path, stubs: Path, template="moved", **env) -> Run:
+def template_update(project: Path, stubs: Path, template="moved", **env) -> Recorded:
     log = project.parent / "calls.jsonl"
     environment = service_env(
         PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}",
@@ -290,7 +267,7 @@ def template_update(project: Path, stubs: Path, template="moved", **env) -> Run:
         timeout=60,
         check=False,
     )
-    return Run(result, log)
+    return Recorded(result, log)
 
 
 def test_up_to_date_pushes_nothing(linked_service, stubs):

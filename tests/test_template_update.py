@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from template_repo import TemplateRepo, git
 
-from harness import run, service_env
+from harness import check_steps, run, service_env
 from matrix import (
     TEMPLATE_DIR,
     context,
@@ -250,13 +250,7 @@ def after_update_steps(service: Path, suite: bool) -> None:
     """What the service's README says a team runs after `cruft update`."""
     run(["uv", "lock", "--quiet"], service)
     run(["uv", "sync", "--locked", "--quiet"], service)
-    python = service / ".venv" / "bin" / "python"
-    run([service / ".venv" / "bin" / "ruff", "check", "."], service)
-    run([service / ".venv" / "bin" / "ruff", "format", "--check", "."], service)
-    run([python, "manage.py", "check", "--fail-level", "WARNING"], service)
-    run([python, "manage.py", "makemigrations", "--check", "--dry-run"], service)
-    if suite:
-        run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], service)
+    check_steps(service, "lint", "django", *(["test"] if suite else []))
 
 
 def test_the_same_answers_render_the_same_service(template, tmp_path):

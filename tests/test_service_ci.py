@@ -123,8 +123,10 @@ def test_image_step_builds_the_image_and_its_sbom(service, tmp_path):
     base = "docker.io/library/python:3.13-slim"
     stand_in(base, SERVICE_BASES[base])
     # A local stand-in base, never pulled; PyPI through this machine's CA bundle
-    # (see containers.py).
-    options = ["--pull=never"]
+    # (see containers.py). --no-cache, as the Dockerfile says for release builds
+    # with Podman: buildah would reuse another build's LABEL step, and its revision
+    # (containers/buildah#5501).
+    options = ["--pull=never", "--no-cache"]
     if HOST_CA_BUNDLE.is_file():
         options.append(f"--volume={HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro")
     image = f"localhost/{PROJECT}:check"

@@ -5,14 +5,27 @@ graceful timeout, then cut what is left. WebSockets they close themselves with
 1012 (Uvicorn) or by dropping the connection (Granian); event streams never end
 on their own. This module lets the service go first: WebSocket clients get 1001
 (going away), event streams end with their last chunk, and readiness turns 503,
-so that clients reconnect elsewhere at once.
+so that clients reconnect elsewhere at once; the server's own handler runs once
+the WebSockets are closed.
 """
 
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable
+
+# How long the server's own SIGTERM handler waits for the service's WebSockets to
+# close with 1001: Uvicorn fails every WebSocket still open with 1012 within one tick
+# of its loop (0.1 s) once its handler has run, and a close can need a round trip
+# (the channel layer, the client's answer). Bounded, so that a client that never
+# answers cannot hold the shutdown back.
+HANDOVER_SECONDS = 2.0
 
 _stopping: asyncio.Event | None = None
+# What close_on_stop() runs; each task leaves the set when done or cancelled.
+_closing: set[asyncio.Task] = set()
+# The task that hands the signal on to the server, kept so that it is not collected.
+_handover: asyncio.Task | None = None
 
 
 def install() -> None:
@@ -23,13 +36,25 @@ def install() -> None:
     _stopping = asyncio.Event()
     server_handler = signal.getsignal(signal.SIGTERM)
 
-    def on_sigterm(signum, frame):
-        loop.call_soon_threadsafe(_stopping.set)
+    def to_server(signum, frame):
         if callable(server_handler):
             server_handler(signum, frame)
         elif server_handler == signal.SIG_DFL:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+
+    async def stop(signum, frame):
+        _stopping.set()
+        if _closing:
+            await asyncio.wait(set(_closing), timeout=HANDOVER_SECONDS)
+        to_server(signum, frame)
+
+    def begin(signum, frame):
+        global _handover
+        _handover = loop.create_task(stop(signum, frame))
+
+    def on_sigterm(signum, frame):
+        loop.call_soon_threadsafe(begin, signum, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -43,3 +68,18 @@ async def stopped() -> None:
     if _stopping is None:
         await asyncio.Future()
     await _stopping.wait()
+
+
+def close_on_stop(close: Callable[[], Awaitable]) -> asyncio.Task:
+    """Runs `close` once the server is told to stop, and holds the server's own
+    shutdown until it is done (HANDOVER_SECONDS at most). Cancel the task when the
+    connection ends first."""
+
+    async def when_stopped():
+        await stopped()
+        await close()
+
+    task = asyncio.create_task(when_stopped())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+    return task

@@ -5,7 +5,6 @@ API. A signed-in user can also send a message to one other connection, named by
 the id it was given on connecting. Messages are JSON objects with a "type".
 """
 
-import asyncio
 import json
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -24,7 +23,7 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
     groups = [EVENTS_GROUP]
 
     async def connect(self) -> None:
-        self._close_on_shutdown = asyncio.create_task(self._close_when_stopped())
+        self._close_on_shutdown = shutdown.close_on_stop(self._going_away)
         await self.accept()
         user = self.scope["user"]
         await self.send_json(
@@ -38,8 +37,7 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code) -> None:
         self._close_on_shutdown.cancel()
 
-    async def _close_when_stopped(self) -> None:
-        await shutdown.stopped()
+    async def _going_away(self) -> None:
         await self.close(code=GOING_AWAY)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:

@@ -1,6 +1,7 @@
 """On SIGTERM the service goes first: WebSockets close with 1001, event streams
 end cleanly, and readiness turns 503, before the server's own handler runs."""
 
+import asyncio
 import os
 import signal
 
@@ -22,6 +23,7 @@ async def server_handler(monkeypatch):
     calls = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
     monkeypatch.setattr(shutdown, "_stopping", None)
+    monkeypatch.setattr(shutdown, "_closing", set())
     shutdown.install()
     yield calls
     signal.signal(signal.SIGTERM, previous)
@@ -29,6 +31,14 @@ async def server_handler(monkeypatch):
 
 def sigterm():
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def eventually(condition, seconds: float = 5) -> bool:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
 
 
 async def test_readiness_turns_503_and_the_server_handler_still_runs(
@@ -39,7 +49,30 @@ async def test_readiness_turns_503_and_the_server_handler_still_runs(
     await shutdown.stopped()
     response = await async_client.get("/readyz")
     assert (response.status_code, response.json()["status"]) == (503, "stopping")
-    assert server_handler == [signal.SIGTERM]
+    assert await eventually(lambda: server_handler == [signal.SIGTERM])
+
+
+async def test_the_server_handler_waits_for_the_closes_then_runs(server_handler):
+    """Uvicorn fails open WebSockets with 1012 once its handler has run: the
+    service's closes (1001) go first."""
+    release = asyncio.Event()
+    shutdown.close_on_stop(release.wait)
+    sigterm()
+    await shutdown.stopped()
+    await asyncio.sleep(0.2)
+    assert server_handler == []
+    release.set()
+    assert await eventually(lambda: server_handler == [signal.SIGTERM])
+
+
+async def test_a_close_that_never_ends_holds_the_server_back_a_bounded_time(
+    server_handler, monkeypatch
+):
+    monkeypatch.setattr(shutdown, "HANDOVER_SECONDS", 0.3)
+    never = shutdown.close_on_stop(asyncio.Event().wait)
+    sigterm()
+    assert await eventually(lambda: server_handler == [signal.SIGTERM], seconds=2)
+    never.cancel()
 
 
 async def test_event_streams_end_with_their_last_chunk(server_handler):

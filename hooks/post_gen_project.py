@@ -34,7 +34,11 @@ FILES_OF_CHOICE = {
     ("server", ("gunicorn-uvicorn",)): ["config/gunicorn_worker_class.py"],
     ("server", ("granian",)): ["deploy/grafana/dashboards/granian.json"],
     # SQLite is one pod's file: no autoscaling example.
-    ("database", ("postgresql",)): ["deploy/helm/ci/autoscaling-values.yaml"],
+    ("database", ("postgresql",)): [
+        "deploy/grafana/dashboards/database.json",
+        "deploy/helm/ci/autoscaling-values.yaml",
+        "tests/test_postgresql.py",
+    ],
     # Any task queue: every one of them has a broker.
     ("__task_broker", ("redis", "database")): [
         "bin/worker",

@@ -349,7 +349,13 @@ def test_nginx_prometheus_and_grafana_come_from_their_components(service, render
         path.name: json.loads(path.read_text())
         for path in (deploy / "grafana" / "dashboards").glob("*.json")
     }
-    assert set(dashboards) == {"service.json", "granian.json", "fleet.json"}
+    # A Granian service on PostgreSQL: its server's and its pools' dashboards too.
+    assert set(dashboards) == {
+        "service.json",
+        "granian.json",
+        "fleet.json",
+        "database.json",
+    }
 
 
 @pytest.mark.parametrize(

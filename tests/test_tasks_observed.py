@@ -183,11 +183,15 @@ def test_the_queue_empties_and_the_worker_is_up(combination, observed):
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS)
-def test_every_tasks_dashboard_panel_returns_data(combination, observed):
+def test_every_tasks_and_database_dashboard_panel_returns_data(combination, observed):
+    # These stacks run on PostgreSQL: the database dashboard's pools are there.
     run = observed(combination)
-    path = run["project"] / "deploy" / "grafana" / "dashboards" / "tasks.json"
+    paths = [
+        run["project"] / "deploy" / "grafana" / "dashboards" / f"{name}.json"
+        for name in ("tasks", "database")
+    ]
     missing = dashboards.panels_without_data(
-        run["prometheus"], [path], service=SERVICE, rate_interval=RATE_INTERVAL
+        run["prometheus"], paths, service=SERVICE, rate_interval=RATE_INTERVAL
     )
     assert not missing, f"panels without data:\n{missing}"
 

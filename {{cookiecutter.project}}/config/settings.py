@@ -61,14 +61,21 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Django's native psycopg pool; persistent connections must stay off with it.
+    # Each worker process has two pools of these sizes: core.reads' asyncio pool
+    # for reads and Django's psycopg pool for writes and tasks; persistent
+    # connections must stay off with them. A request that finds no free
+    # connection within the pool timeout gets a 503 with Retry-After (core.api).
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {
         "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=5),
+        # The server cancels a statement after this long (a 503, as above).
+        "options": "-c statement_timeout={}".format(
+            int(env.float("DATABASE_STATEMENT_TIMEOUT", default=30.0) * 1000)
+        ),
         "pool": {
             "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
             "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
-            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
         },
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

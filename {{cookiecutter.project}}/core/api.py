@@ -8,7 +8,11 @@ from django.http import HttpRequest, JsonResponse
 from django.views import View
 from pydantic import BaseModel, ValidationError
 
+from core import database, metrics
 from core.context import REQUEST_ID
+
+# What a 503 asks clients to wait before trying again: a busy pool frees up fast.
+RETRY_AFTER_SECONDS = 1
 
 
 class ApiError(Exception):
@@ -90,6 +94,16 @@ class ApiView(View):
             return await super().dispatch(request, *args, **kwargs)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, exc.fields)
+        except Exception as exc:
+            reason = database.unavailable(exc)
+            if reason is None:
+                raise
+            metrics.DB_UNAVAILABLE.labels(reason).inc()
+            response = error_response(
+                503, "database_busy", "the database did not answer in time, retry"
+            )
+            response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
 
     def http_method_not_allowed(self, request, *args, **kwargs):
         response = error_response(

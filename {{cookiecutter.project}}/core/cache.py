@@ -1,25 +1,176 @@
-"""Django's cache backends, counting hits and misses of every get (and aget)."""
+"""Django's cache backends, counting hits and misses of every get and aget, with
+async methods that run in the event loop instead of in a thread.
+
+Django's own RedisCache runs each async method (aget, aset, ...) through
+sync_to_async on its synchronous client. RedisCache here sends them through
+redis.asyncio, with the same keys, serializer and timeouts as the synchronous
+methods, so both sides read each other's entries. Written here because no
+well-kept backend does it: django-redis has no async interface
+(jazzband/django-redis#771), Django's ticket #37156 is open, and the packages
+that do it are early single-maintainer releases. LocMemCache does no I/O, so its
+async methods simply run the synchronous ones in the loop.
+"""
+
+import asyncio
+import weakref
 
 from django.core.cache.backends import locmem, redis
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
 from core import metrics
 
 _MISSING = object()
+# One redis.asyncio client per event loop and server: Django makes a cache
+# backend object per thread and per async context, and a client's connections
+# belong to the loop that opened them.
+_CLIENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# OPTIONS of Django's client that are not connection options.
+_DJANGO_OPTIONS = {"serializer", "pool_class", "parser_class"}
+
+
+def _counted(value, default):
+    if value is _MISSING:
+        metrics.CACHE_REQUESTS.labels("miss").inc()
+        return default
+    metrics.CACHE_REQUESTS.labels("hit").inc()
+    return value
 
 
 class HitRatioMixin:
     def get(self, key, default=None, version=None):
-        value = super().get(key, _MISSING, version)
-        if value is _MISSING:
-            metrics.CACHE_REQUESTS.labels("miss").inc()
-            return default
-        metrics.CACHE_REQUESTS.labels("hit").inc()
-        return value
+        return _counted(super().get(key, _MISSING, version), default)
 
 
 class RedisCache(HitRatioMixin, redis.RedisCache):
-    pass
+    def _async_client(self):
+        import redis.asyncio  # the synchronous backend imports redis lazily too
+
+        clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+        # Writes and reads go to the first server, as Django's client writes.
+        server = self._servers[0]
+        client = clients.get(server)
+        if client is None:
+            options = {
+                k: v for k, v in self._options.items() if k not in _DJANGO_OPTIONS
+            }
+            client = clients[server] = redis.asyncio.Redis.from_url(server, **options)
+        return client
+
+    def _dumps(self, value):
+        return self._cache._serializer.dumps(value)
+
+    def _loads(self, data):
+        return self._cache._serializer.loads(data)
+
+    async def aget(self, key, default=None, version=None):
+        key = self.make_and_validate_key(key, version=version)
+        data = await self._async_client().get(key)
+        return _counted(_MISSING if data is None else self._loads(data), default)
+
+    async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self.make_and_validate_key(key, version=version)
+        timeout = self.get_backend_timeout(timeout)
+        client = self._async_client()
+        if timeout == 0:
+            await client.delete(key)
+        else:
+            await client.set(key, self._dumps(value), ex=timeout)
+
+    async def aadd(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self.make_and_validate_key(key, version=version)
+        timeout = self.get_backend_timeout(timeout)
+        client = self._async_client()
+        if timeout == 0:
+            if added := bool(await client.set(key, self._dumps(value), nx=True)):
+                await client.delete(key)
+            return added
+        return bool(await client.set(key, self._dumps(value), ex=timeout, nx=True))
+
+    async def atouch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self.make_and_validate_key(key, version=version)
+        timeout = self.get_backend_timeout(timeout)
+        client = self._async_client()
+        if timeout is None:
+            return bool(await client.persist(key))
+        return bool(await client.expire(key, timeout))
+
+    async def adelete(self, key, version=None):
+        key = self.make_and_validate_key(key, version=version)
+        return bool(await self._async_client().delete(key))
+
+    async def aget_many(self, keys, version=None):
+        names = {self.make_and_validate_key(key, version=version): key for key in keys}
+        if not names:
+            return {}
+        values = await self._async_client().mget(list(names))
+        return {
+            names[key]: self._loads(data)
+            for key, data in zip(names, values, strict=True)
+            if data is not None
+        }
+
+    async def ahas_key(self, key, version=None):
+        key = self.make_and_validate_key(key, version=version)
+        return bool(await self._async_client().exists(key))
+
+    async def aset_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+        if not data:
+            return []
+        timeout = self.get_backend_timeout(timeout)
+        values = {
+            self.make_and_validate_key(key, version=version): self._dumps(value)
+            for key, value in data.items()
+        }
+        async with self._async_client().pipeline() as pipeline:
+            pipeline.mset(values)
+            if timeout is not None:
+                for key in values:
+                    pipeline.expire(key, timeout)
+            await pipeline.execute()
+        return []
+
+    async def adelete_many(self, keys, version=None):
+        keys = [self.make_and_validate_key(key, version=version) for key in keys]
+        if keys:
+            await self._async_client().delete(*keys)
+
+    async def aclear(self):
+        return bool(await self._async_client().flushdb())
+
+
+async def close() -> None:
+    """Closes this loop's Redis clients (ASGI lifespan shutdown, end of tests)."""
+    for client in _CLIENTS.pop(asyncio.get_running_loop(), {}).values():
+        await client.aclose()
 
 
 class LocMemCache(HitRatioMixin, locmem.LocMemCache):
-    pass
+    async def aget(self, key, default=None, version=None):
+        return self.get(key, default, version)
+
+    async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        self.set(key, value, timeout, version)
+
+    async def aadd(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        return self.add(key, value, timeout, version)
+
+    async def atouch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        return self.touch(key, timeout, version)
+
+    async def adelete(self, key, version=None):
+        return self.delete(key, version)
+
+    async def aget_many(self, keys, version=None):
+        return self.get_many(keys, version)
+
+    async def ahas_key(self, key, version=None):
+        return self.has_key(key, version)
+
+    async def aset_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+        return self.set_many(data, timeout, version)
+
+    async def adelete_many(self, keys, version=None):
+        self.delete_many(keys, version)
+
+    async def aclear(self):
+        self.clear()

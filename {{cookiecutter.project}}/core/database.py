@@ -25,6 +25,35 @@ def close_databases() -> None:
             connection.close_pool()
 
 
+def unavailable(exc: BaseException) -> str | None:
+    """Why the database could not serve in time, if that is what `exc` says:
+    "pool_timeout" (no free connection within DATABASE_POOL_TIMEOUT) or
+    "statement_timeout" (the server cancelled it). Django wraps psycopg's errors,
+    so the chain of causes is searched."""
+    try:
+        from psycopg.errors import QueryCanceled
+        from psycopg_pool import PoolTimeout
+    except ImportError:  # a service generated for SQLite
+        return None
+    while exc is not None:
+        if isinstance(exc, PoolTimeout):
+            return "pool_timeout"
+        if isinstance(exc, QueryCanceled):
+            return "statement_timeout"
+        exc = exc.__cause__
+    return None
+
+
+def pool_stats() -> dict[tuple[str, str], dict]:
+    """psycopg_pool's figures of Django's open pools, by (alias, "sync")."""
+    return {
+        (connection.alias, "sync"): found.get_stats()
+        for connection in connections.all()
+        if (found := getattr(connection, "_connection_pools", {}).get(connection.alias))
+        and not found.closed
+    }
+
+
 class QueryMetrics:
     def __init__(self, alias: str):
         self.alias = alias

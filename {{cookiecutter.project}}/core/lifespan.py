@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from core import metrics, sampler, shutdown
+from core import cache, metrics, reads, sampler, shutdown
 from core.database import close_databases
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ async def _shutdown() -> None:
     layer = get_channel_layer()
     if hasattr(layer, "close_pools"):
         await layer.close_pools()
+    await reads.close()
+    await cache.close()
     await sync_to_async(close_databases)()
     metrics.worker_stopped()
     logger.info("stopped", extra={"pid": os.getpid()})

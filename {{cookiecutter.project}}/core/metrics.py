@@ -124,6 +124,39 @@ DB_ERRORS = Counter(
     "Database queries that failed, by connection alias and exception class.",
     ["alias", "type"],
 )
+# The connection pools (core.reads' asyncio pool for reads, Django's for writes
+# and tasks), sampled once a second (core.sampler), and the waits for them.
+DB_POOL_CONNECTIONS = Gauge(
+    "django_db_pool_connections",
+    "Connections of the pool, by alias, pool (async, sync) and state (busy, idle).",
+    ["alias", "pool", "state"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_MAX = Gauge(
+    "django_db_pool_max_connections",
+    "The most connections the pool opens, by alias and pool.",
+    ["alias", "pool"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_WAITING = Gauge(
+    "django_db_pool_waiting",
+    "Requests waiting for a connection of the pool, by alias and pool.",
+    ["alias", "pool"],
+    multiprocess_mode="livesum",
+)
+DB_POOL_WAIT = Histogram(
+    "django_db_pool_wait_seconds",
+    "Time a read waited for a connection of the async pool, by alias.",
+    ["alias"],
+    buckets=QUERY_BUCKETS,
+)
+DB_UNAVAILABLE = Counter(
+    "django_db_unavailable",
+    "Requests answered 503 because the database did not answer in time, by reason: "
+    "pool_timeout (no free connection within DATABASE_POOL_TIMEOUT) or "
+    "statement_timeout (DATABASE_STATEMENT_TIMEOUT).",
+    ["reason"],
+)
 CACHE_REQUESTS = Counter(
     "django_cache_requests", "Cache lookups, by result (hit or miss).", ["result"]
 )
@@ -217,6 +250,15 @@ def close_code_class(code: int) -> str:
     if 3000 <= code <= 4999:
         return "application"
     return "other"
+
+
+def observe_pool(alias: str, pool: str, stats: dict) -> None:
+    """Sets the pool gauges from psycopg_pool's get_stats()."""
+    size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+    DB_POOL_CONNECTIONS.labels(alias, pool, "idle").set(idle)
+    DB_POOL_CONNECTIONS.labels(alias, pool, "busy").set(size - idle)
+    DB_POOL_MAX.labels(alias, pool).set(stats.get("pool_max", 0))
+    DB_POOL_WAITING.labels(alias, pool).set(stats.get("requests_waiting", 0))
 
 
 def worker_started() -> None:

@@ -1,4 +1,5 @@
-"""Samples each worker's event-loop lag, CPU time and memory, once a second.
+"""Samples each worker's event-loop lag, CPU time, memory and database pools, once
+a second.
 
 The lag is how much later than asked a one-second sleep wakes up: time the loop
 spent running something else, usually blocking code in a coroutine. It runs as a
@@ -9,7 +10,7 @@ import asyncio
 import os
 import time
 
-from core import metrics
+from core import database, metrics, reads
 
 INTERVAL_SECONDS = 1.0
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -31,3 +32,10 @@ async def run() -> None:
         cpu, previous = time.process_time(), cpu
         metrics.PROCESS_CPU.inc(cpu - previous)
         metrics.PROCESS_MEMORY.set(_resident_bytes())
+        sample_pools()
+
+
+def sample_pools() -> None:
+    pools = {**reads.pool_stats(), **database.pool_stats()}
+    for (alias, pool), stats in pools.items():
+        metrics.observe_pool(alias, pool, stats)

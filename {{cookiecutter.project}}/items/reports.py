@@ -6,6 +6,7 @@ from django.http import JsonResponse
 from django.urls import path
 
 import items.urls  # noqa: F401  (registers the item_id converter of the routes below)
+from core import reads
 from core.api import ApiError, ApiView, parse_body
 from items.models import Report
 from items.schemas import CategoryName, Schema
@@ -16,16 +17,29 @@ class ReportIn(Schema):
     category: CategoryName | None = None
 
 
-def report_data(report: Report) -> dict:
+FIELDS = (
+    "id",
+    "category",
+    "status",
+    "attempts",
+    "result",
+    "error",
+    "created_at",
+    "finished_at",
+)
+
+
+def report_data(report: dict) -> dict:
+    """The JSON form of a report, from its FIELDS."""
     return {
-        "id": report.id,
-        "category": report.category or None,
-        "status": report.status,
-        "attempts": report.attempts,
-        "result": report.result,
-        "error": report.error or None,
-        "created_at": report.created_at.isoformat(),
-        "finished_at": report.finished_at and report.finished_at.isoformat(),
+        "id": report["id"],
+        "category": report["category"] or None,
+        "status": report["status"],
+        "attempts": report["attempts"],
+        "result": report["result"],
+        "error": report["error"] or None,
+        "created_at": report["created_at"].isoformat(),
+        "finished_at": report["finished_at"] and report["finished_at"].isoformat(),
     }
 
 
@@ -36,20 +50,18 @@ class ReportCollection(ApiView):
         data = parse_body(request, ReportIn)
         report = await Report.objects.acreate(category=data.category or "")
         await build_report.enqueue(report.id)
-        response = JsonResponse(report_data(report), status=202)
+        values = {field: getattr(report, field) for field in FIELDS}
+        response = JsonResponse(report_data(values), status=202)
         response["Location"] = f"/api/reports/{report.id}"
         return response
 
 
 class ReportDetail(ApiView):
     async def get(self, request, report_id: int):
-        try:
-            report = await Report.objects.aget(pk=report_id)
-        except Report.DoesNotExist:
-            raise ApiError(
-                404, "not_found", f"report {report_id} does not exist"
-            ) from None
-        return JsonResponse(report_data(report))
+        found = await reads.fetch(Report.objects.filter(pk=report_id).values(*FIELDS))
+        if not found:
+            raise ApiError(404, "not_found", f"report {report_id} does not exist")
+        return JsonResponse(report_data(found[0]))
 
 
 urlpatterns = [

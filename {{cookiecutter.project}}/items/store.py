@@ -1,13 +1,17 @@
-"""Every database operation of the items API, with the async ORM.
+"""Every database operation of the items API.
 
-Reads use select_related/prefetch_related so that the number of queries does
-not grow with the number of items. The one multi-statement write that must be
-all-or-nothing runs in a transaction in a single thread (see create_item).
-An item read by id is cached for ITEM_CACHE_SECONDS; every write of an item
-here drops its cached copy.
+Reads run on core.reads: values() querysets, on PostgreSQL over asyncio
+connections with no thread; the number of queries does not grow with the number
+of items (one for the items with their category, one for their tags).
+
+Each write runs whole in one sync_to_async call, inside one transaction: Django's
+transactions belong to a connection, and its connections to a thread, so every
+statement of it uses the same connection and an exception anywhere rolls all of
+it back. An item read by id is cached for ITEM_CACHE_SECONDS; every write of an
+item here drops its cached copy once the transaction has committed.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -15,35 +19,76 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Avg, Count, Sum
 
+from core import reads
 from items.models import Category, Item, Tag
 from items.schemas import ItemIn, ItemPatch, Restock
 
+# What an item's JSON is made of, as values() names it.
+FIELDS = (
+    "id",
+    "name",
+    "category__name",
+    "price",
+    "quantity",
+    "created_at",
+    "updated_at",
+)
+# Rows of the export fetched at a time: each batch is its own short read.
+EXPORT_BATCH = 500
 
-def item_data(item: Item) -> dict:
-    """The JSON form of an item; needs category and tags loaded."""
+
+def _items():
+    return Item.objects.values(*FIELDS)
+
+
+def _tags_of(ids: Iterable[int]):
+    return (
+        Item.tags.through.objects.filter(item_id__in=list(ids))
+        .values("item_id", "tag__name")
+        .order_by()
+    )
+
+
+def item_data(row: dict, tags: list[str]) -> dict:
+    """The JSON form of an item, from a row of _items() and its tag names."""
     return {
-        "id": item.id,
-        "name": item.name,
-        "category": item.category.name,
-        "tags": sorted(tag.name for tag in item.tags.all()),
-        "price": str(item.price),
-        "quantity": item.quantity,
-        "created_at": item.created_at.isoformat(),
-        "updated_at": item.updated_at.isoformat(),
+        "id": row["id"],
+        "name": row["name"],
+        "category": row["category__name"],
+        "tags": sorted(tags),
+        "price": str(row["price"]),
+        "quantity": row["quantity"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
     }
 
 
-def _with_relations():
-    return Item.objects.select_related("category").prefetch_related("tags")
+def _with_tags(rows: list[dict], tag_rows: list[dict]) -> list[dict]:
+    tags = {row["id"]: [] for row in rows}
+    for link in tag_rows:
+        tags[link["item_id"]].append(link["tag__name"])
+    return [item_data(row, tags[row["id"]]) for row in rows]
+
+
+async def _read(items) -> list[dict]:
+    rows = await reads.fetch(items)
+    if not rows:
+        return []
+    return _with_tags(rows, await reads.fetch(_tags_of(row["id"] for row in rows)))
+
+
+def _read_sync(items) -> list[dict]:
+    """_read, in a write's transaction: on its thread and connection."""
+    rows = list(items)
+    return _with_tags(rows, list(_tags_of(row["id"] for row in rows)))
 
 
 async def list_items(category: str | None, limit: int, offset: int) -> tuple[int, list]:
-    items = _with_relations()
+    items = _items()
     if category:
         items = items.filter(category__name=category)
-    total = await items.acount()
-    page = [item_data(item) async for item in items[offset : offset + limit]]
-    return total, page
+    total = await reads.count(items)
+    return total, await _read(items[offset : offset + limit])
 
 
 def _cache_key(item_id: int) -> str:
@@ -53,21 +98,18 @@ def _cache_key(item_id: int) -> str:
 async def get_item(item_id: int) -> dict | None:
     data = await cache.aget(_cache_key(item_id))
     if data is None:
-        try:
-            data = item_data(await _with_relations().aget(pk=item_id))
-        except Item.DoesNotExist:
+        found = await _read(_items().filter(pk=item_id))
+        if not found:
             return None
+        data = found[0]
         await cache.aset(_cache_key(item_id), data, settings.ITEM_CACHE_SECONDS)
     return data
 
 
-def _tags(names: list[str]) -> list[Tag]:
+def _tags(names: Iterable[str]) -> list[Tag]:
     return [Tag.objects.get_or_create(name=name)[0] for name in sorted(set(names))]
 
 
-# Django's transactions are per connection, and connections per thread: the whole
-# transaction runs inside one sync_to_async call, so every statement of it uses
-# the same connection. An exception anywhere rolls all of it back.
 @sync_to_async
 def create_item(data: ItemIn) -> dict:
     with transaction.atomic():
@@ -76,7 +118,7 @@ def create_item(data: ItemIn) -> dict:
             name=data.name, category=category, price=data.price, quantity=data.quantity
         )
         item.tags.set(_tags(data.tags))
-        return item_data(_with_relations().get(pk=item.pk))
+        return _read_sync(_items().filter(pk=item.pk))[0]
 
 
 async def create_category(name: str) -> Category:
@@ -85,96 +127,117 @@ async def create_category(name: str) -> Category:
 
 
 async def list_categories() -> list[dict]:
-    categories = Category.objects.annotate(item_count=Count("items")).order_by("name")
+    categories = (
+        Category.objects.annotate(item_count=Count("items"))
+        .order_by("name")
+        .values("id", "name", "item_count")
+    )
     return [
-        {"id": c.id, "name": c.name, "items": c.item_count} async for c in categories
+        {"id": c["id"], "name": c["name"], "items": c["item_count"]}
+        for c in await reads.fetch(categories)
     ]
 
 
+@sync_to_async
+def _update_item(item_id: int, patch: ItemPatch) -> dict | None:
+    with transaction.atomic():
+        # Locked until the transaction ends: concurrent updates of one item take
+        # turns, so none of them mixes its fields with another's.
+        item = Item.objects.select_for_update().filter(pk=item_id).first()
+        if item is None:
+            return None
+        fields = patch.model_dump(exclude_unset=True, exclude={"tags"})
+        for field, value in fields.items():
+            setattr(item, field, value)
+        item.save(update_fields=[*fields, "updated_at"])
+        if patch.tags is not None:
+            item.tags.set(_tags(patch.tags))
+        return _read_sync(_items().filter(pk=item_id))[0]
+
+
 async def update_item(item_id: int, patch: ItemPatch) -> dict | None:
-    try:
-        item = await _with_relations().aget(pk=item_id)
-    except Item.DoesNotExist:
-        return None
-    fields = patch.model_dump(exclude_unset=True, exclude={"tags"})
-    for field, value in fields.items():
-        setattr(item, field, value)
-    await item.asave(update_fields=[*fields, "updated_at"])
-    if patch.tags is not None:
-        tags = [
-            (await Tag.objects.aget_or_create(name=name))[0] for name in set(patch.tags)
-        ]
-        await item.tags.aset(tags)
-        item = await _with_relations().aget(pk=item_id)
-    # After the last write, so that no read in between caches a half-updated item.
+    data = await _update_item(item_id, patch)
+    # After the commit, so that no read in between caches a half-updated item.
     await cache.adelete(_cache_key(item_id))
-    return item_data(item)
+    return data
 
 
 async def delete_item(item_id: int) -> bool:
+    # One call: Django deletes the item and its tag links in one transaction.
     deleted, _ = await Item.objects.filter(pk=item_id).adelete()
     await cache.adelete(_cache_key(item_id))
     return deleted > 0
 
 
-async def bulk_create_items(new_items: list[ItemIn]) -> int:
-    """One INSERT for all items and one for all their tag links.
+@sync_to_async
+def bulk_create_items(new_items: list[ItemIn]) -> int:
+    """One INSERT for all items and one for all their tag links, all or nothing."""
+    with transaction.atomic():
+        categories = {}
+        for name in sorted({item.category for item in new_items}):
+            categories[name], _ = Category.objects.get_or_create(name=name)
+        created = Item.objects.bulk_create(
+            [
+                Item(
+                    name=item.name,
+                    category=categories[item.category],
+                    price=item.price,
+                    quantity=item.quantity,
+                )
+                for item in new_items
+            ]
+        )
+        tags = {tag.name: tag for tag in _tags(n for i in new_items for n in i.tags)}
+        Item.tags.through.objects.bulk_create(
+            Item.tags.through(item_id=item.pk, tag_id=tags[name].pk)
+            for item, data in zip(created, new_items, strict=True)
+            for name in set(data.tags)
+        )
+        return len(created)
 
-    Not one transaction: categories and tags are created idempotently first, and
-    each INSERT is atomic by itself, so a failure leaves no half-written item.
-    """
-    categories = {}
-    for name in sorted({item.category for item in new_items}):
-        categories[name], _ = await Category.objects.aget_or_create(name=name)
-    created = await Item.objects.abulk_create(
-        [
-            Item(
-                name=item.name,
-                category=categories[item.category],
-                price=item.price,
-                quantity=item.quantity,
-            )
-            for item in new_items
-        ]
-    )
-    tag_names = sorted({name for item in new_items for name in item.tags})
-    tags = {}
-    for name in tag_names:
-        tags[name], _ = await Tag.objects.aget_or_create(name=name)
-    links = [
-        Item.tags.through(item_id=item.pk, tag_id=tags[name].pk)
-        for item, data in zip(created, new_items, strict=True)
-        for name in set(data.tags)
-    ]
-    await Item.tags.through.objects.abulk_create(links)
-    return len(created)
+
+@sync_to_async
+def _restock(wanted: dict[int, int]) -> list[int]:
+    with transaction.atomic():
+        found = Item.objects.select_for_update().in_bulk(list(wanted))
+        for item_id, item in found.items():
+            item.quantity = wanted[item_id]
+        Item.objects.bulk_update(found.values(), ["quantity"])
+        return sorted(found)
 
 
 async def restock(changes: list[Restock]) -> list[int]:
-    """Sets quantities in one UPDATE; returns the ids that do not exist."""
+    """Sets quantities in one transaction; returns the ids that do not exist."""
     wanted = {change.id: change.quantity for change in changes}
-    found = await Item.objects.ain_bulk(list(wanted))
-    for item_id, item in found.items():
-        item.quantity = wanted[item_id]
-    await Item.objects.abulk_update(found.values(), ["quantity"])
-    await cache.adelete_many([_cache_key(item_id) for item_id in found])
-    return sorted(set(wanted) - set(found))
+    updated = await _restock(wanted)
+    await cache.adelete_many([_cache_key(item_id) for item_id in updated])
+    return sorted(set(wanted) - set(updated))
 
 
 async def stats() -> dict:
-    totals = await Item.objects.aaggregate(
-        items=Count("id"), units=Sum("quantity"), average_price=Avg("price")
+    totals = await reads.aggregate(
+        Item.objects.all(),
+        items=Count("id"),
+        units=Sum("quantity"),
+        average_price=Avg("price"),
     )
     average = totals["average_price"]
     return {
         "items": totals["items"],
         "units": totals["units"] or 0,
         "average_price": None if average is None else str(round(average, 2)),
-        "categories": await Category.objects.acount(),
+        "categories": await reads.count(Category.objects.all()),
     }
 
 
 async def export_items() -> AsyncIterator[dict]:
-    """Every item, streamed in chunks rather than loaded at once."""
-    async for item in _with_relations().aiterator(chunk_size=500):
-        yield item_data(item)
+    """Every item, in batches of EXPORT_BATCH by id: no connection is held while
+    the client reads, and the memory used does not grow with the table."""
+    after = 0
+    while True:
+        batch = await _read(_items().filter(pk__gt=after).order_by("pk")[:EXPORT_BATCH])
+        for item in batch:
+            yield item
+        if len(batch) < EXPORT_BATCH:
+            return
+        after = batch[-1]["id"]

@@ -5,6 +5,7 @@ from channels.layers import get_channel_layer
 
 
 def http_scope(path: str, method: str = "GET", headers=()) -> dict:
+    path, _, query = path.partition("?")
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -13,7 +14,7 @@ def http_scope(path: str, method: str = "GET", headers=()) -> dict:
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": [(b"host", b"localhost"), *headers],
         "client": ("127.0.0.1", 50000),

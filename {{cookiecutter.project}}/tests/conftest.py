@@ -1,6 +1,31 @@
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from django.core.cache import cache
+from django.db import connections
+from django.db.models import FETCH_RAISE
+
+from core import cache as cache_backends
+from core import reads
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def asyncio_clients_closed(django_db_setup):
+    """The database pools and Redis clients of the test session's event loop are
+    closed with it, before the test database is dropped; so is the connection of
+    the thread that runs writes called outside a request (a test's setup)."""
+    yield
+    await reads.close()
+    await cache_backends.close()
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture(autouse=True)
+def lazy_loads_raise(monkeypatch):
+    """Every queryset of a test raises on a lazy load of a related object (Django
+    6.1's FETCH_RAISE mode): in async code such a load would be a hidden query
+    (SynchronousOnlyOperation), and in a write's thread an extra round trip."""
+    monkeypatch.setattr("django.db.models.query.DEFAULT_FETCH_MODE", FETCH_RAISE)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,9 @@
 """The request path through core.handler: no thread and no thread hop unless the
-request runs sync code, database connections closed in the thread that opened
-them, and exceptions still logged and counted."""
+request runs sync code (a write; a read on SQLite), database reads on PostgreSQL
+and cache reads without either, database connections closed in the thread that
+opened them, and exceptions still logged and counted."""
 
+import json
 import threading
 
 import pytest
@@ -13,14 +15,16 @@ from django.db import connections
 from prometheus_client import REGISTRY
 
 from config.asgi import application
+from core import reads
 from items import store
+from items.schemas import ItemIn
 from tests.asgi import http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def get(app, path: str) -> tuple[int, bytes]:
-    communicator = ApplicationCommunicator(app, http_scope(path))
+async def get(app, path: str, method: str = "GET") -> tuple[int, bytes]:
+    communicator = ApplicationCommunicator(app, http_scope(path, method))
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(timeout=5)
     body = b""
@@ -82,7 +86,8 @@ async def test_connections_are_closed_in_the_thread_that_used_them(monkeypatch):
     monkeypatch.setattr(wrapper, "close", recording_close)
     for _ in range(2):
         closes = len(closed)
-        assert (await get(application, "/api/items"))[0] == 200
+        # A write: its one transaction runs in the request's thread.
+        assert (await get(application, "/api/items/1", "DELETE"))[0] == 404
         # CONN_MAX_AGE is 0: each request's connection is closed (or returned to
         # the pool) by request_finished, in the thread that opened it.
         assert len(closed) > closes
@@ -93,9 +98,39 @@ async def test_connections_are_closed_in_the_thread_that_used_them(monkeypatch):
 
 async def test_request_threads_are_kept_for_later_requests(thread_use):
     for _ in range(3):
-        assert (await get(application, "/api/items"))[0] == 200
+        assert (await get(application, "/api/items/1", "DELETE"))[0] == 404
     # Django's own handler starts two threads per request.
     assert thread_use["threads"] <= 1
+
+
+@pytest.mark.skipif(
+    not reads.native("default"),
+    reason="needs PostgreSQL (DATABASE_URL): on SQLite reads run in a thread",
+)
+async def test_database_reads_start_no_thread_and_make_no_hop(thread_use, item_payload):
+    created = await store.create_item(ItemIn(**item_payload))
+    thread_use.update(threads=0, hops=0)
+    for path in (
+        "/api/items",
+        "/api/items?category=tools&offset=0&limit=5",
+        f"/api/items/{created['id']}",  # from the database, then cached
+        "/api/items/stats",
+        "/api/categories",
+        "/api/items/export",
+    ):
+        status, body = await get(application, path)
+        assert status == 200, body
+    assert thread_use == {"threads": 0, "hops": 0}
+
+
+async def test_cached_reads_make_no_hop(thread_use, item_payload):
+    created = await store.create_item(ItemIn(**item_payload))
+    path = f"/api/items/{created['id']}"
+    assert (await get(application, path))[0] == 200
+    thread_use.update(threads=0, hops=0)
+    status, body = await get(application, path)
+    assert (status, json.loads(body)) == (200, created)
+    assert thread_use == {"threads": 0, "hops": 0}
 
 
 async def test_unhandled_exceptions_are_logged_and_counted(monkeypatch, caplog):

@@ -1,0 +1,169 @@
+"""Database reads without a thread: Django-built querysets run on psycopg 3's
+native asyncio connections (AsyncConnectionPool) on PostgreSQL.
+
+Django's async ORM (aget, async for, acount) runs each query through
+sync_to_async on a synchronous connection. Here Django still builds the SQL and
+converts the values (the queryset's own compiler), and only the round trip to
+the server is asyncio. Reads take values() querysets and return dicts: no model
+instance, so no lazy load can start a query behind the caller's back.
+
+On SQLite (no asyncio driver behind Django's ORM) the same calls run on Django's
+async ORM, so callers have one code path. Writes stay on Django's ORM: a write
+that needs a transaction runs whole in one sync_to_async call (items.store).
+
+Each read borrows a connection for its statement and gives it back at once,
+also when the view raises or the client goes away (psycopg then cancels the
+statement on the server). Waiting for a connection is bounded by
+DATABASE_POOL_TIMEOUT (PoolTimeout, a 503), and every statement by the server's
+statement_timeout (config/settings.py).
+
+Why not django-async-backend (6.1.5), the library that makes the whole ORM
+async: measured on the items read it costs the same CPU as this module (see the
+service README), but it replaces the database backend of the process, patches
+every model class at startup, ties a connection to the task that first used it
+(two reads under asyncio.gather raise), does not support prefetch_related or
+iterator(), and hooks async receivers to the request signals, which would put a
+thread hop back on every request (core/handler.py). The service needs native
+reads only.
+"""
+
+import asyncio
+import time
+import weakref
+
+from django.core.exceptions import EmptyResultSet
+from django.db import connections
+from django.db.models import Value
+
+from core import metrics
+
+# One pool per event loop: a worker process has one, a test session has its own.
+_POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def native(alias: str) -> bool:
+    return connections[alias].vendor == "postgresql"
+
+
+def _configure_factory(wrapper):
+    async def configure(connection) -> None:
+        # What Django's backend does to each new connection (_configure_timezone):
+        # the session's time zone is the one Django expects values in.
+        wanted = wrapper.timezone_name
+        if wanted and connection.info.parameter_status("TimeZone") != wanted:
+            await connection.execute(wrapper.ops.set_time_zone_sql(), [wanted])
+
+    return configure
+
+
+def _new_pool(alias: str):
+    # Imported here: a service generated for SQLite has no psycopg.
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+    wrapper = connections[alias]
+    # Django's own connection parameters: the same server, credentials, adapters
+    # (time zone aware loaders) and statement timeout as its synchronous pool.
+    params = wrapper.get_connection_params()
+    server_side = wrapper.settings_dict["OPTIONS"].get("server_side_binding") is True
+    params["cursor_factory"] = (
+        psycopg.AsyncCursor if server_side else psycopg.AsyncClientCursor
+    )
+    params["autocommit"] = True
+    sizes = wrapper.settings_dict["OPTIONS"].get("pool") or {}
+    return AsyncConnectionPool(
+        kwargs=params,
+        min_size=sizes.get("min_size", 2),
+        max_size=sizes.get("max_size", 10),
+        timeout=sizes.get("timeout", 10.0),
+        configure=_configure_factory(wrapper),
+        name=f"{alias}-async",
+        open=False,
+    )
+
+
+async def pool(alias: str = "default"):
+    loop = asyncio.get_running_loop()
+    pools = _POOLS.setdefault(loop, {})
+    found = pools.get(alias)
+    if found is None:
+        found = pools[alias] = _new_pool(alias)
+    if found.closed:
+        await found.open()  # safe when several requests open it at once
+    return found
+
+
+async def close() -> None:
+    """Closes this loop's pools (ASGI lifespan shutdown, the end of a test run)."""
+    for found in _POOLS.pop(asyncio.get_running_loop(), {}).values():
+        await found.close()
+
+
+def pool_stats() -> dict[tuple[str, str], dict]:
+    """psycopg_pool's figures of this process's open pools, by (alias, "async")."""
+    return {
+        (alias, "async"): found.get_stats()
+        for pools in list(_POOLS.values())
+        for alias, found in pools.items()
+        if not found.closed
+    }
+
+
+async def _execute(alias: str, sql: str, params) -> list[tuple]:
+    found = await pool(alias)
+    asked = time.perf_counter()
+    async with found.connection() as connection:
+        metrics.DB_POOL_WAIT.labels(alias).observe(time.perf_counter() - asked)
+        started = time.perf_counter()
+        try:
+            async with connection.cursor() as cursor:
+                await cursor.execute(sql, params)
+                return await cursor.fetchall()
+        except Exception as exc:
+            metrics.DB_ERRORS.labels(alias, type(exc).__name__).inc()
+            raise
+        finally:
+            metrics.DB_QUERY_DURATION.labels(
+                alias, metrics.operation_label(sql)
+            ).observe(time.perf_counter() - started)
+
+
+async def fetch(queryset) -> list[dict]:
+    """The rows of a values() queryset, as its own iteration would give them."""
+    if not native(queryset.db):
+        return [row async for row in queryset]
+    query = queryset.query
+    compiler = query.get_compiler(using=queryset.db)
+    try:
+        sql, params = compiler.as_sql()
+    except EmptyResultSet:  # e.g. filter(pk__in=[]): Django runs no query either
+        return []
+    rows = await _execute(queryset.db, sql, params)
+    names = [*query.extra_select, *query.values_select, *query.annotation_select]
+    # results_iter applies the same converters Django's iteration would.
+    return [dict(zip(names, row, strict=True)) for row in compiler.results_iter([rows])]
+
+
+async def count(queryset) -> int:
+    if not native(queryset.db):
+        return await queryset.acount()
+    inner = queryset.order_by().values("pk")
+    try:
+        sql, params = inner.query.get_compiler(using=queryset.db).as_sql()
+    except EmptyResultSet:
+        return 0
+    # The inner SQL is Django's, with its parameters still separate.
+    counting = f"SELECT COUNT(*) FROM ({sql}) AS counted"  # noqa: S608
+    rows = await _execute(queryset.db, counting, params)
+    return rows[0][0]
+
+
+async def aggregate(queryset, **expressions) -> dict:
+    """queryset.aggregate(**expressions), as one row of a values() query."""
+    if not native(queryset.db):
+        return await queryset.aaggregate(**expressions)
+    # Grouped by a constant, which Django leaves out of GROUP BY: one row over
+    # the whole queryset, the SQL aggregate() itself would run.
+    whole = queryset.order_by().annotate(_whole=Value(1)).values("_whole")
+    rows = await fetch(whole.annotate(**expressions).values(*expressions))
+    return rows[0]

@@ -1,0 +1,191 @@
+"""The asyncio read path on a real PostgreSQL (core.reads): a read gives its
+connection back whatever happens to its request, and a busy pool or a slow
+statement answers 503 with Retry-After within its bound, never hangs."""
+
+import asyncio
+import json
+import time
+from contextlib import asynccontextmanager
+
+import psycopg
+import pytest
+from asgiref.testing import ApplicationCommunicator
+from django.db import connections
+from prometheus_client import REGISTRY
+
+from config.asgi import application
+from core import reads, sampler
+from tests.asgi import http_scope
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not reads.native("default"),
+        reason="needs PostgreSQL (DATABASE_URL): on SQLite reads run in a thread",
+    ),
+]
+
+OPTIONS = connections["default"].settings_dict["OPTIONS"]
+
+
+async def request(path: str) -> tuple[int, dict, dict]:
+    communicator = ApplicationCommunicator(application, http_scope(path))
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=10)
+    body = await communicator.receive_output(timeout=10)
+    await communicator.wait(timeout=10)
+    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, json.loads(body["body"])
+
+
+def unavailable(reason: str) -> float:
+    value = REGISTRY.get_sample_value("django_db_unavailable_total", {"reason": reason})
+    return value or 0
+
+
+async def _connect() -> psycopg.AsyncConnection:
+    params = connections["default"].get_connection_params()
+    for django_only in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(django_only)
+    return await psycopg.AsyncConnection.connect(**params, autocommit=True)
+
+
+@asynccontextmanager
+async def items_locked():
+    """Another session holds an exclusive lock on the items table: every read of
+    it waits until the block ends. Yields a function that counts those reads."""
+    locker = await _connect()
+    try:
+        await locker.execute("BEGIN")
+        await locker.execute("LOCK TABLE items_item IN ACCESS EXCLUSIVE MODE")
+
+        async def waiting_reads() -> int:
+            # Statistics are a snapshot per transaction, and this one stays open.
+            await locker.execute("SELECT pg_stat_clear_snapshot()")
+            cursor = await locker.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                " AND query LIKE '%items_item%'"
+            )
+            return (await cursor.fetchone())[0]
+
+        yield waiting_reads
+    finally:
+        await locker.execute("ROLLBACK")
+        await locker.close()
+
+
+async def until(count, wanted: int, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while await count() != wanted:
+        assert time.monotonic() < deadline, f"not {wanted} after {seconds} s"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def fresh_pools():
+    """This test's pool settings take effect: the pools are made anew, and again
+    after the test with the suite's settings."""
+    await reads.close()
+    yield
+    await reads.close()
+
+
+async def test_a_client_that_leaves_mid_read_gives_the_connection_back(fresh_pools):
+    pool = await reads.pool()
+    async with items_locked() as waiting_reads:
+        communicator = ApplicationCommunicator(application, http_scope("/api/items"))
+        await communicator.send_input({"type": "http.request", "body": b""})
+        await until(waiting_reads, 1)
+        await communicator.send_input({"type": "http.disconnect"})
+        await communicator.wait(timeout=10)
+        # Still locked: only a cancel on the server can have ended the read.
+        assert await waiting_reads() == 0
+    stats = pool.get_stats()
+    assert stats["pool_available"] == stats["pool_size"]
+    assert stats.get("requests_waiting", 0) == 0
+    status, _, body = await request("/api/items")
+    assert (status, body["total"]) == (200, 0)
+
+
+async def test_a_busy_pool_answers_503_with_retry_after(fresh_pools, monkeypatch):
+    monkeypatch.setitem(
+        OPTIONS,
+        "pool",
+        {**OPTIONS["pool"], "min_size": 1, "max_size": 1, "timeout": 0.5},
+    )
+    pool = await reads.pool()
+    before = unavailable("pool_timeout")
+    async with pool.connection():  # the pool's only connection, held
+        started = time.monotonic()
+        status, headers, body = await request("/api/items")
+        waited = time.monotonic() - started
+    assert (status, body["error"], headers["retry-after"]) == (
+        503,
+        "database_busy",
+        "1",
+    )
+    # It waited for the pool's timeout, and no longer than a bounded while.
+    assert 0.5 <= waited < 10
+    assert unavailable("pool_timeout") == before + 1
+    assert (await request("/api/items"))[0] == 200
+
+
+async def test_a_slow_statement_is_cancelled_and_answers_503(fresh_pools, monkeypatch):
+    monkeypatch.setitem(OPTIONS, "options", "-c statement_timeout=200")
+    before = unavailable("statement_timeout")
+    async with items_locked() as waiting_reads:
+        status, headers, body = await request("/api/items")
+        assert await waiting_reads() == 0
+    assert (status, body["error"], headers["retry-after"]) == (
+        503,
+        "database_busy",
+        "1",
+    )
+    assert unavailable("statement_timeout") == before + 1
+
+
+async def _post_item(payload: dict):
+    body = json.dumps(payload).encode()
+    scope = http_scope("/api/items", "POST", [(b"content-type", b"application/json")])
+    communicator = ApplicationCommunicator(application, scope)
+    await communicator.send_input({"type": "http.request", "body": body})
+    start = await communicator.receive_output(timeout=10)
+    response = await communicator.receive_output(timeout=10)
+    await communicator.wait(timeout=10)
+    return start["status"], start["headers"], json.loads(response["body"])
+
+
+async def test_reads_and_writes_see_the_same_database(item_payload):
+    # The asyncio pool and Django's connections reach one database: what a write
+    # commits, the next read returns, with Django's types and time zone.
+    status, _, created = await _post_item(item_payload)
+    assert status == 201
+    status, _, read = await request(f"/api/items/{created['id']}")
+    assert (status, read) == (200, created)
+    assert read["created_at"].endswith("+00:00")
+
+
+async def test_both_pools_are_sampled_and_reads_timed(item_payload):
+    def sample(metric: str, **labels) -> float | None:
+        return REGISTRY.get_sample_value(metric, {"alias": "default", **labels})
+
+    waits = sample("django_db_pool_wait_seconds_count") or 0
+    assert (await _post_item(item_payload))[0] == 201  # Django's pool
+    assert (await request("/api/items"))[0] == 200  # the asyncio pool
+    sampler.sample_pools()
+    # Between reads every connection of the asyncio pool is back in it.
+    assert sample("django_db_pool_connections", pool="async", state="busy") == 0
+    assert sample("django_db_pool_connections", pool="async", state="idle") >= 1
+    # Django's pool may lend one to a thread that ran a test's own writes.
+    sync = [
+        sample("django_db_pool_connections", pool="sync", state=state)
+        for state in ("busy", "idle")
+    ]
+    assert sum(sync) >= 1
+    for pool in ("async", "sync"):
+        assert sample("django_db_pool_waiting", pool=pool) == 0
+        maximum = sample("django_db_pool_max_connections", pool=pool)
+        assert maximum == OPTIONS["pool"]["max_size"]
+    # The listing's three reads: count, items, tags.
+    assert sample("django_db_pool_wait_seconds_count") == waits + 3

@@ -25,9 +25,9 @@ receiver (a project's or a package's) makes the handler fall back to Django's
 behaviour for that signal, and core.checks reports it (core.W005).
 
 The handle() method follows Django 6.1's ASGIHandler.handle line for line but
-for those two places; the version is pinned in pyproject.toml, and the tests
-(tests/test_handler.py) count threads and hops so that an upgrade that changes
-the handler shows up there.
+for those two places (and its sentinel exception class, defined once here); the
+version is pinned in pyproject.toml, and the tests (tests/test_handler.py) count
+threads and hops so that an upgrade that changes the handler shows up there.
 """
 
 import asyncio
@@ -63,6 +63,11 @@ def _after_request_started(call, /, *args, **kwargs):
     reset_queries()
     close_old_connections()
     return call(*args, **kwargs)
+
+
+class RequestProcessed(Exception):
+    """Ends handle()'s task group once the response is sent. Django defines this
+    class anew inside handle() on every request; once is enough."""
 
 
 class RequestThread(ThreadPoolExecutor):
@@ -135,9 +140,6 @@ class ASGIHandler(asgi.ASGIHandler):
                 await self.send_response(error_response, send)
                 await self.close_response(error_response, thread)
                 return
-
-            class RequestProcessed(Exception):
-                pass
 
             response = None
             try:

@@ -143,6 +143,9 @@ async def test_a_slow_statement_is_cancelled_and_answers_503(fresh_pools, monkey
         "1",
     )
     assert unavailable("statement_timeout") == before + 1
+    # The view raised; its connection is back in the pool all the same.
+    stats = (await reads.pool()).get_stats()
+    assert stats["pool_available"] == stats["pool_size"]
 
 
 async def _post_item(payload: dict):

@@ -3,7 +3,14 @@
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    field_validator,
+)
 
 Name = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)
@@ -21,8 +28,36 @@ Quantity = Annotated[StrictInt, Field(ge=0, le=2_147_483_647)]
 ItemId = Annotated[StrictInt, Field(ge=1, le=2**63 - 1)]
 
 
+def _without_nul(value):
+    """PostgreSQL's text cannot hold NUL (psycopg refuses it: a 500), and no
+    client means one: every string of every request is refused with it."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if isinstance(value, list):
+        for element in value:
+            _without_nul(element)
+    return value
+
+
 class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def no_nul_characters(cls, value):
+        return _without_nul(value)
+
+
+class Patch(Schema):
+    """A partial update: a field left out stays as it is; null is refused, since
+    no field of it may be emptied (the database would refuse it: a 500)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def not_null(cls, value):
+        if value is None:
+            raise ValueError("may be left out, but not null")
+        return value
 
 
 class CategoryIn(Schema):
@@ -37,7 +72,7 @@ class ItemIn(Schema):
     tags: Annotated[list[TagName], Field(max_length=10)] = []
 
 
-class ItemPatch(Schema):
+class ItemPatch(Patch):
     name: Name | None = None
     price: Price | None = None
     quantity: Quantity | None = None

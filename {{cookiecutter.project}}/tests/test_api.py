@@ -106,6 +106,45 @@ async def test_bad_bodies_are_client_errors(
     assert response.json()["error"] == error
 
 
+@pytest.mark.parametrize("field", ["name", "price", "quantity", "tags"])
+async def test_a_null_in_a_patch_is_422_and_changes_nothing(
+    async_client, item_payload, field
+):
+    item = (
+        await async_client.post("/api/items", item_payload, content_type=JSON)
+    ).json()
+    response = await async_client.patch(
+        f"/api/items/{item['id']}", {field: None}, content_type=JSON
+    )
+    assert response.status_code == 422
+    assert [f["field"] for f in response.json()["fields"]] == [field]
+    assert (await async_client.get(f"/api/items/{item['id']}")).json() == item
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/api/items", {"name": "a\x00b", "category": "c", "price": "1"}),
+        (
+            "post",
+            "/api/items",
+            {"name": "a", "category": "c", "price": "1", "tags": ["t\x00"]},
+        ),
+        ("post", "/api/categories", {"name": "\x00"}),
+        ("get", "/api/items?category=a%00b", None),
+    ],
+)
+async def test_a_nul_character_anywhere_is_a_client_error(
+    async_client, method, path, body
+):
+    if body is None:
+        response = await async_client.get(path)
+    else:
+        response = await getattr(async_client, method)(path, body, content_type=JSON)
+    assert response.status_code in (400, 422)
+    assert "NUL" in response.content.decode()
+
+
 async def test_field_errors_name_the_field_without_echoing_input(async_client):
     body = b'{"name": "a", "category": "a", "price": "1", "quantity": "secret"}'
     response = await async_client.post("/api/items", body, content_type=JSON)

@@ -1,5 +1,7 @@
 """Helpers that talk ASGI to the application, as a server would."""
 
+import json
+
 from asgiref.testing import ApplicationCommunicator
 from channels.layers import get_channel_layer
 
@@ -20,6 +22,30 @@ def http_scope(path: str, method: str = "GET", headers=()) -> dict:
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
     }
+
+
+async def request(
+    application, method: str, path: str, body: dict | None = None
+) -> tuple[int, dict, dict]:
+    """One request through the whole ASGI application, in a request context of its
+    own (as a server makes it): the status, the headers (lowercase names) and
+    the JSON body."""
+    headers = [(b"content-type", b"application/json")] if body is not None else []
+    communicator = ApplicationCommunicator(
+        application, http_scope(path, method, headers)
+    )
+    content = b"" if body is None else json.dumps(body).encode()
+    await communicator.send_input({"type": "http.request", "body": content})
+    start = await communicator.receive_output(timeout=10)
+    response = b""
+    while True:
+        message = await communicator.receive_output(timeout=10)
+        response += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await communicator.wait(timeout=10)
+    names = {key.decode().lower(): value.decode() for key, value in start["headers"]}
+    return start["status"], names, json.loads(response) if response else {}
 
 
 async def open_stream(application, path: str) -> tuple[ApplicationCommunicator, dict]:

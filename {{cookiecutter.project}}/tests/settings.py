@@ -5,6 +5,7 @@ in-memory channel layer; set, on PostgreSQL and Redis.
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-" + "k" * 50)
 os.environ["DJANGO_DEBUG"] = "false"
@@ -19,6 +20,14 @@ os.environ["TASK_RETRY_DELAY"] = "0.1"
 {%- endif %}
 
 from config.settings import *  # noqa: F403
+from config.settings import DATABASES
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, as in production (WAL, a busy timeout), not Django's default shared
+    # in-memory database, whose table locks fail concurrent writers at once.
+    DATABASES["default"]["TEST"] = {
+        "NAME": os.path.join(tempfile.gettempdir(), f"test-{os.getpid()}.sqlite3")
+    }
 {%- if cookiecutter.websockets == "yes" %}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,15 +1,18 @@
 """The items store behind the API: constant query counts, bulk paths, reads in
 batches, and writes that are all or nothing."""
 
+import asyncio
 import json
 
 import pytest
 from prometheus_client import REGISTRY
 
+from config.asgi import application
 from core import reads
 from items import store
 from items.models import Category, Item, Tag
 from items.schemas import ItemIn, ItemPatch
+from tests.asgi import request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -163,6 +166,25 @@ async def test_failed_bulk_import_writes_no_item(monkeypatch):
         await store.bulk_create_items(new_items(3))
     assert await Item.objects.acount() == 0
     assert await Category.objects.acount() == 0
+
+
+async def test_concurrent_updates_of_one_item_never_mix(item_payload):
+    # Each request in a thread of its own, as the server runs them: the updates
+    # race for real, and each must be whole (its row lock, or SQLite's write lock).
+    item = await store.create_item(ItemIn(**item_payload))
+    path = f"/api/items/{item['id']}"
+
+    async def update(n: int):
+        return await request(
+            application, "PATCH", path, {"quantity": n, "tags": [f"t{n}", "x"]}
+        )
+
+    answers = await asyncio.gather(*(update(n) for n in range(8)))
+    assert {status for status, _, _ in answers} == {200}
+    for _, _, body in answers:
+        assert body["tags"] == sorted([f"t{body['quantity']}", "x"])
+    final = await store.get_item(item["id"])
+    assert final["tags"] == sorted([f"t{final['quantity']}", "x"])
 
 
 async def test_delete_removes_only_that_item(async_client):

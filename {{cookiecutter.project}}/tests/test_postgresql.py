@@ -3,7 +3,6 @@ connection back whatever happens to its request, and a busy pool or a slow
 statement answers 503 with Retry-After within its bound, never hangs."""
 
 import asyncio
-import json
 import time
 from contextlib import asynccontextmanager
 
@@ -15,7 +14,7 @@ from prometheus_client import REGISTRY
 
 from config.asgi import application
 from core import reads, sampler
-from tests.asgi import http_scope
+from tests.asgi import http_scope, request
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -26,16 +25,6 @@ pytestmark = [
 ]
 
 OPTIONS = connections["default"].settings_dict["OPTIONS"]
-
-
-async def request(path: str) -> tuple[int, dict, dict]:
-    communicator = ApplicationCommunicator(application, http_scope(path))
-    await communicator.send_input({"type": "http.request", "body": b""})
-    start = await communicator.receive_output(timeout=10)
-    body = await communicator.receive_output(timeout=10)
-    await communicator.wait(timeout=10)
-    headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
-    return start["status"], headers, json.loads(body["body"])
 
 
 def unavailable(reason: str) -> float:
@@ -104,7 +93,7 @@ async def test_a_client_that_leaves_mid_read_gives_the_connection_back(fresh_poo
     stats = pool.get_stats()
     assert stats["pool_available"] == stats["pool_size"]
     assert stats.get("requests_waiting", 0) == 0
-    status, _, body = await request("/api/items")
+    status, _, body = await request(application, "GET", "/api/items")
     assert (status, body["total"]) == (200, 0)
 
 
@@ -118,7 +107,7 @@ async def test_a_busy_pool_answers_503_with_retry_after(fresh_pools, monkeypatch
     before = unavailable("pool_timeout")
     async with pool.connection():  # the pool's only connection, held
         started = time.monotonic()
-        status, headers, body = await request("/api/items")
+        status, headers, body = await request(application, "GET", "/api/items")
         waited = time.monotonic() - started
     assert (status, body["error"], headers["retry-after"]) == (
         503,
@@ -128,14 +117,14 @@ async def test_a_busy_pool_answers_503_with_retry_after(fresh_pools, monkeypatch
     # It waited for the pool's timeout, and no longer than a bounded while.
     assert 0.5 <= waited < 10
     assert unavailable("pool_timeout") == before + 1
-    assert (await request("/api/items"))[0] == 200
+    assert (await request(application, "GET", "/api/items"))[0] == 200
 
 
 async def test_a_slow_statement_is_cancelled_and_answers_503(fresh_pools, monkeypatch):
     monkeypatch.setitem(OPTIONS, "options", "-c statement_timeout=200")
     before = unavailable("statement_timeout")
     async with items_locked() as waiting_reads:
-        status, headers, body = await request("/api/items")
+        status, headers, body = await request(application, "GET", "/api/items")
         assert await waiting_reads() == 0
     assert (status, body["error"], headers["retry-after"]) == (
         503,
@@ -148,23 +137,12 @@ async def test_a_slow_statement_is_cancelled_and_answers_503(fresh_pools, monkey
     assert stats["pool_available"] == stats["pool_size"]
 
 
-async def _post_item(payload: dict):
-    body = json.dumps(payload).encode()
-    scope = http_scope("/api/items", "POST", [(b"content-type", b"application/json")])
-    communicator = ApplicationCommunicator(application, scope)
-    await communicator.send_input({"type": "http.request", "body": body})
-    start = await communicator.receive_output(timeout=10)
-    response = await communicator.receive_output(timeout=10)
-    await communicator.wait(timeout=10)
-    return start["status"], start["headers"], json.loads(response["body"])
-
-
 async def test_reads_and_writes_see_the_same_database(item_payload):
     # The asyncio pool and Django's connections reach one database: what a write
     # commits, the next read returns, with Django's types and time zone.
-    status, _, created = await _post_item(item_payload)
+    status, _, created = await request(application, "POST", "/api/items", item_payload)
     assert status == 201
-    status, _, read = await request(f"/api/items/{created['id']}")
+    status, _, read = await request(application, "GET", f"/api/items/{created['id']}")
     assert (status, read) == (200, created)
     assert read["created_at"].endswith("+00:00")
 
@@ -174,8 +152,9 @@ async def test_both_pools_are_sampled_and_reads_timed(item_payload):
         return REGISTRY.get_sample_value(metric, {"alias": "default", **labels})
 
     waits = sample("django_db_pool_wait_seconds_count") or 0
-    assert (await _post_item(item_payload))[0] == 201  # Django's pool
-    assert (await request("/api/items"))[0] == 200  # the asyncio pool
+    # A write takes Django's pool, a read the asyncio pool.
+    assert (await request(application, "POST", "/api/items", item_payload))[0] == 201
+    assert (await request(application, "GET", "/api/items"))[0] == 200
     sampler.sample_pools()
     # Between reads every connection of the asyncio pool is back in it.
     assert sample("django_db_pool_connections", pool="async", state="busy") == 0

@@ -7,6 +7,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -87,30 +88,65 @@ def settle(base_url: str, seconds: float = 60) -> None:
             time.sleep(0.5)
 
 
+# wrk sends a GET of the URL unless a script says otherwise: this one sends
+# `method` with each body in turn, as JSON. Each wrk thread runs its own copy.
+BODY_SCRIPT = """local bodies = {{{bodies}}}
+local sent = 0
+wrk.headers["Content-Type"] = "application/json"
+function request()
+  sent = sent % #bodies + 1
+  return wrk.format("{method}", nil, nil, bodies[sent])
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    """`text` as a Lua long string, which takes it verbatim."""
+    assert "]==]" not in text
+    return f"[==[{text}]==]"
+
+
 def wrk(
-    base_url: str, path: str, connections: int, seconds: float, warmup: float, pids
+    base_url: str,
+    path: str,
+    connections: int,
+    seconds: float,
+    warmup: float,
+    pids,
+    method: str = "GET",
+    bodies: tuple[str, ...] = (),
 ):
-    """A warm-up run, then the measured one; CPU is counted over the measured run."""
+    """A warm-up run, then the measured one; CPU is counted over the measured run.
+    With `bodies`, each request sends the next of them (JSON) with `method`."""
     command = [require_wrk(), "--threads", "2", "--timeout", "10s", "--latency"]
+    if method != "GET" and not bodies:
+        raise ValueError(f"{method} needs bodies")
     url = base_url + path
-    if warmup:
-        subprocess.run(
-            [*command, f"-c{connections}", f"-d{warmup}s", url],
+    # The script is written for this cell and deleted with it.
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="bench-") as script:
+        if bodies:
+            lua_bodies = ", ".join(map(_lua_string, bodies))
+            script.write(BODY_SCRIPT.format(method=method, bodies=lua_bodies))
+            script.flush()
+            command += ["--script", script.name]
+        if warmup:
+            subprocess.run(
+                [*command, f"-c{connections}", f"-d{warmup}s", url],
+                check=True,
+                capture_output=True,
+                timeout=warmup + 60,
+            )
+            settle(base_url)
+        before, started = cpu_by_process(pids()), time.monotonic()
+        result = subprocess.run(
+            [*command, f"-c{connections}", f"-d{seconds}s", url],
             check=True,
             capture_output=True,
-            timeout=warmup + 60,
+            text=True,
+            timeout=seconds + 60,
         )
-        settle(base_url)
-    before, started = cpu_by_process(pids()), time.monotonic()
-    result = subprocess.run(
-        [*command, f"-c{connections}", f"-d{seconds}s", url],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    )
-    elapsed = time.monotonic() - started
-    after = cpu_by_process(pids())
+        elapsed = time.monotonic() - started
+        after = cpu_by_process(pids())
     by_process = {pid: (after[pid] - before.get(pid, 0.0)) / elapsed for pid in after}
     used = sorted(by_process.values(), reverse=True)
     return Measurement(

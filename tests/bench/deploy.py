@@ -7,14 +7,22 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+from cookiecutter.main import cookiecutter
+
 from edge import Nginx, Process, readable_tempdir, wait_for_socket, wait_until_ok
-from harness import generate_service, run, service_env
-from matrix import default_combination
+from harness import run, service_env
+from matrix import TEMPLATE_DIR, default_combination
 from services import free_port, wait_for_port
 
 OVERLAY = Path(__file__).resolve().parent / "overlay"
+# The template just before its native async data path (core.reads, redis.asyncio
+# in core.cache, one-hop transactional writes): the before-* configurations, so
+# that "no slower than the service was" is a ratio within one run.
+BEFORE_COMMIT = "2ea27e6"
 # PostgreSQL for the ORM scenario; WebSockets for the capacity scenario.
 BENCH_CHOICES = {"database": "postgresql", "websockets": "yes"}
 # config/asgi.py takes its handler and connection counter from bench_app.py.
@@ -27,9 +35,21 @@ ASGI_PATCHES = (
 STEADY = {"MAX_REQUESTS": "1000000000", "GRACEFUL_TIMEOUT": "5"}
 
 
-def generate(server: str, workdir: Path) -> Path:
+def generate(
+    server: str, workdir: Path, template: Path = TEMPLATE_DIR, name: str = ""
+) -> Path:
+    """The service for `server`, with the bench's files, in workdir/<name>; from
+    `template`, this checkout of the template unless told another one."""
     combination = {**default_combination(), **BENCH_CHOICES, "server": server}
-    project = generate_service(combination, workdir / server)
+    project = Path(
+        cookiecutter(
+            str(template),
+            no_input=True,
+            extra_context=combination,
+            output_dir=str(workdir / (name or server)),
+            default_config=True,
+        )
+    )
     run(["uv", "sync", "--locked", "--quiet"], project)
     for source in OVERLAY.glob("*.py"):
         shutil.copy(source, project / source.name)
@@ -40,6 +60,20 @@ def generate(server: str, workdir: Path) -> Path:
         text = text.replace(old, prefix + old.rsplit(" ", 1)[-1])
     asgi.write_text(text)
     return project
+
+
+@contextmanager
+def template_at(commit: str):
+    """A checkout of the template at `commit` (a detached git worktree), removed
+    afterwards."""
+    with tempfile.TemporaryDirectory(prefix="bench-template-") as tmp:
+        checkout = Path(tmp) / "template"
+        git = ["git", "-C", str(TEMPLATE_DIR)]
+        run([*git, "worktree", "add", "--detach", str(checkout), commit], TEMPLATE_DIR)
+        try:
+            yield checkout
+        finally:
+            run([*git, "worktree", "remove", "--force", str(checkout)], TEMPLATE_DIR)
 
 
 def install_gunicorn(project: Path) -> None:

@@ -1,5 +1,6 @@
-"""python -m bench [--quick] [--out DIR]: generate the services, run every scenario,
-write results.json, results.md and the plots (tests/bench.sh runs this)."""
+"""python -m bench [--quick] [--only SCENARIO,...] [--out DIR]: generate the
+services, run every scenario (or those named), write results.json, results.md and
+the plots (tests/bench.sh runs this)."""
 
 import argparse
 import json
@@ -12,10 +13,24 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.deploy import Upstream, generate, migrate_and_seed
+from bench.deploy import (
+    BEFORE_COMMIT,
+    Upstream,
+    generate,
+    migrate_and_seed,
+    template_at,
+)
 from bench.load import require_wrk
-from bench.scenarios import SERVERS, Cells, Settings, run_all
-from services import postgresql
+from bench.scenarios import (
+    BEFORE,
+    SCENARIOS,
+    SERVERS,
+    WITH_BEFORE,
+    Cells,
+    Settings,
+    run_all,
+)
+from services import postgresql, redis
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = Settings(seconds=10, warmup=2, websockets=10_000, sse_clients=100)
@@ -56,14 +71,25 @@ def machine(projects: dict) -> dict:
         "nginx": _output(["nginx", "-v"]).removeprefix("nginx version: "),
         "wrk": _output(["wrk", "--version"]).splitlines()[0],
         "postgresql": _output(["sh", "-c", "ls /usr/lib/postgresql"]),
+        "redis": _output(["redis-server", "--version"]).split(" sha=")[0],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short cells, few clients")
+    parser.add_argument(
+        "--only",
+        metavar="SCENARIO,...",
+        help=f"run only these scenarios, of: {', '.join(SCENARIOS)}",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    wanted = args.only.split(",") if args.only else list(SCENARIOS)
+    if unknown := [name for name in wanted if name not in SCENARIOS]:
+        parser.error(f"unknown scenarios: {', '.join(unknown)}")
+    # In the usual order whatever the order asked: writes come after the reads.
+    names = [name for name in SCENARIOS if name in wanted]
     require_wrk()
     settings = QUICK if args.quick else FULL
     began, load_before = time.time(), os.getloadavg()
@@ -75,11 +101,16 @@ def main() -> None:
         for directory in (workdir, logdir):
             directory.chmod(0o755)
         projects = {server: generate(server, workdir) for server in SERVERS}
+        if any(name in WITH_BEFORE for name in names):
+            # The checkout is only needed while the service is generated.
+            with template_at(BEFORE_COMMIT) as template:
+                projects[BEFORE] = generate("uvicorn", workdir, template, BEFORE)
         # Not under workdir: that one is private to root, and PostgreSQL runs as
         # the postgres user.
         with (
             tempfile.TemporaryDirectory(prefix="bench-postgres-") as pgdir,
             postgresql(Path(pgdir)) as url,
+            redis() as redis_url,
         ):
             database_url = f"{url}/postgres"
             migrate_and_seed(projects["uvicorn"], database_url)
@@ -92,13 +123,22 @@ def main() -> None:
                     "DATABASE_POOL_MAX_SIZE": "16",
                     "BENCH_UPSTREAM_PORT": str(upstream.port),
                 }
-                cells = Cells(projects, logdir, env, settings, upstream.process.pid)
-                run_all(cells)
+                cells = Cells(
+                    projects,
+                    logdir,
+                    env,
+                    settings,
+                    upstream.process.pid,
+                    f"{redis_url}/0",
+                )
+                run_all(cells, names)
             finally:
                 upstream.stop()
         run = {
             "mode": "quick" if args.quick else "full",
             "settings": settings.__dict__,
+            "scenarios": names,
+            "before_commit": BEFORE_COMMIT,
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(began)),
             "minutes": round((time.time() - began) / 60, 1),
             "load_before": load_before,

@@ -3,6 +3,7 @@ servers, warms up, measures, stops them; a cell that fails is recorded as such
 and the run goes on."""
 
 import asyncio
+import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ from bench.deploy import (
 from edge import Nginx
 
 SERVERS = ("uvicorn", "granian", "gunicorn-uvicorn")
+WSGI = ("wsgi-sync", "wsgi-gthread")
+# The service before its native data path, generated from BEFORE_COMMIT.
+BEFORE = "before-uvicorn"
 ORIGIN = "http://127.0.0.1"
 
 
@@ -35,10 +39,19 @@ class Cells:
     """Starts configurations by name and records one row per measured cell."""
 
     def __init__(
-        self, projects: dict, logdir: Path, env: dict, settings: Settings, upstream_pid
+        self,
+        projects: dict,
+        logdir: Path,
+        env: dict,
+        settings: Settings,
+        upstream_pid: int,
+        redis_url: str,
     ):
         self.projects, self.logdir, self.env = projects, logdir, env
         self.settings, self.upstream_pid = settings, upstream_pid
+        # For the scenarios that use the cache: REDIS_URL also moves the channel
+        # layer to Redis, which the SSE and WebSocket scenarios measure without.
+        self.with_redis = {"REDIS_URL": redis_url}
         self.rows: list[dict] = []
 
     def server(self, config: str, **env):
@@ -54,22 +67,39 @@ class Cells:
             env["BENCH_METRICS"] = "0"
         if kind == "stock":
             env.update(BENCH_STOCK="1", BENCH_METRICS="0")
-        name = f"{config}-{int(time.monotonic() * 1000)}"
         project = self.projects[server]
+        if kind == "before":
+            # Generated from the template before its native data path (BEFORE_COMMIT).
+            env["BENCH_BEFORE"] = "1"
+            project = self.projects[config]
+        name = f"{config}-{int(time.monotonic() * 1000)}"
         return project, asgi_server(name, project, self.logdir, env)
 
-    def http(self, scenario: str, config: str, path: str, conns: int, via: str = ""):
-        """One wrk cell: `via` is "", "nginx" (TCP to the app) or "nginx-uds". A
-        cell that fails is tried once more; the first failure stays in its row."""
-        row = self._http(scenario, config, path, conns, via)
+    def http(
+        self,
+        scenario: str,
+        config: str,
+        path: str,
+        conns: int,
+        via: str = "",
+        env: dict | None = None,
+        method: str = "GET",
+        bodies: tuple[str, ...] = (),
+    ):
+        """One wrk cell: `via` is "", "nginx" (TCP to the app) or "nginx-uds"; `env`
+        is added to the server's; with `bodies`, wrk sends them in turn with
+        `method` (load.wrk). A cell that fails is tried once more; the first
+        failure stays in its row."""
+        request = {"method": method, "bodies": bodies}
+        row = self._http(scenario, config, path, conns, via, env or {}, request)
         if "failed" in row:
             first = row["failed"]
-            row = self._http(scenario, config, path, conns, via)
+            row = self._http(scenario, config, path, conns, via, env or {}, request)
             row["first_attempt_failed"] = first
         print(f"bench: {row}", flush=True)
         self.rows.append(row)
 
-    def _http(self, scenario, config, path, conns, via) -> dict:
+    def _http(self, scenario, config, path, conns, via, env, request) -> dict:
         row = {"scenario": scenario, "config": config, "via": via or "direct"}
         started = []
         try:
@@ -82,7 +112,7 @@ class Cells:
                 def pids(front=front):
                     return process_tree(front.process.pid)
             else:
-                env = {}
+                env = dict(env)
                 if via == "nginx-uds":
                     # Under the log directory: readable by Nginx's workers.
                     env["UDS"] = str(self.logdir / f"app-{time.monotonic_ns()}.sock")
@@ -102,7 +132,9 @@ class Cells:
             s = self.settings
             base_url = f"http://127.0.0.1:{port}"
             upstream_before = cpu_seconds([self.upstream_pid]), time.monotonic()
-            measured = load.wrk(base_url, path, conns, s.seconds, s.warmup, pids)
+            measured = load.wrk(
+                base_url, path, conns, s.seconds, s.warmup, pids, **request
+            )
             if path == "/bench/upstream":
                 row["upstream_cpu_cores"] = (
                     cpu_seconds([self.upstream_pid]) - upstream_before[0]
@@ -212,10 +244,10 @@ class Cells:
         self.rows.append(row)
 
 
-def run_all(cells: Cells) -> None:
-    tiny, upstream, orm = "/healthz", "/bench/upstream", "/bench/orm"
+def tiny_json(cells: Cells) -> None:
+    tiny = "/healthz"
     cells.http("tiny-json", "nginx-alone", tiny, 64)
-    for config in ("wsgi-sync", "wsgi-gthread"):
+    for config in WSGI:
         cells.http("tiny-json", config, tiny, 64)
     for server in SERVERS:
         cells.http("tiny-json", f"stock-{server}", tiny, 64)
@@ -225,18 +257,104 @@ def run_all(cells: Cells) -> None:
     cells.http("tiny-json", "service-uvicorn", tiny, 64, via="nginx-uds")
     cells.http("tiny-json", "service-granian", tiny, 64, via="nginx")
 
-    for config in ("wsgi-sync", "wsgi-gthread", "stock-uvicorn"):
+
+def upstream_50ms(cells: Cells) -> None:
+    upstream = "/bench/upstream"
+    for config in (*WSGI, "stock-uvicorn"):
         cells.http("upstream-50ms", config, upstream, 256)
     for server in SERVERS:
         cells.http("upstream-50ms", f"service-{server}", upstream, 256)
     cells.http("upstream-50ms", "service-uvicorn", upstream, 256, via="nginx")
 
-    for config in ("wsgi-sync", "wsgi-gthread", "stock-uvicorn"):
-        cells.http("orm-read", config, orm, 64)
-    for server in SERVERS:
-        cells.http("orm-read", f"service-{server}", orm, 64)
 
+def orm_read(cells: Cells) -> None:
+    """bench_urls.orm: core.reads in the service, Django's async ORM in stock
+    Django and before-uvicorn, its sync ORM under WSGI; the same 10 rows."""
+    configs = (*WSGI, "stock-uvicorn", *(f"service-{s}" for s in SERVERS), BEFORE)
+    for config in configs:
+        cells.http("orm-read", config, "/bench/orm", 64)
+
+
+def cached_read(cells: Cells) -> None:
+    """The service's own GET /api/items/<id>, a Redis cache hit after the first
+    request (the entry lives ITEM_CACHE_SECONDS, 30 s: at most one miss a cell);
+    under WSGI bench_urls.item_sync, the same through Django's sync cache API."""
+    configs = (*WSGI, *(f"service-{s}" for s in SERVERS), BEFORE)
+    for config in configs:
+        cells.http("cached-read", config, "/api/items/1", 64, env=cells.with_redis)
+
+
+# POST /api/items: the same item each time (names need not be unique), with two
+# tags that exist after the first request.
+NEW_ITEM = json.dumps(
+    {
+        "name": "bench item",
+        "category": "bench",
+        "price": "2.50",
+        "quantity": 5,
+        "tags": ["bench-a", "bench-b"],
+    }
+)
+# POST /api/items/restock: 10 of the 100 seeded items (ids 1-100 in the new
+# database), the next 10 with each request: concurrent requests spread over 10
+# sets of rows instead of all queueing for one set's row locks (the service locks
+# them; the service before did not), so the transaction itself is measured more
+# than the wait for a lock.
+RESTOCKS = tuple(
+    json.dumps(
+        {"changes": [{"id": first + n, "quantity": first + n} for n in range(10)]}
+    )
+    for first in range(1, 101, 10)
+)
+
+
+def write(cells: Cells) -> None:
+    """The service's own POST /api/items and /api/items/restock (each write one
+    transaction in one sync_to_async call; before-uvicorn: the endpoints as they
+    were), under WSGI the same transaction bodies in bench_urls. Runs after the
+    read scenarios: it adds rows to the items table."""
+    configs = (*WSGI, "service-uvicorn", BEFORE)
+    for scenario, path, bodies in (
+        ("write-create", "/api/items", (NEW_ITEM,)),
+        ("write-restock", "/api/items/restock", RESTOCKS),
+    ):
+        for config in configs:
+            cells.http(
+                scenario,
+                config,
+                path,
+                64,
+                env=cells.with_redis,
+                method="POST",
+                bodies=bodies,
+            )
+
+
+def websockets(cells: Cells) -> None:
     for server in ("uvicorn", "granian"):
         cells.websockets(server)
+
+
+def sse(cells: Cells) -> None:
     cells.sse()
     cells.sse(via="nginx")
+
+
+# Every scenario in the order a run takes them (python -m bench --only picks some).
+SCENARIOS = {
+    "tiny-json": tiny_json,
+    "upstream-50ms": upstream_50ms,
+    "orm-read": orm_read,
+    "cached-read": cached_read,
+    "write": write,
+    "websockets": websockets,
+    "sse": sse,
+}
+# The scenarios that run before-uvicorn: the project from BEFORE_COMMIT is only
+# generated for them.
+WITH_BEFORE = ("orm-read", "cached-read", "write")
+
+
+def run_all(cells: Cells, names=tuple(SCENARIOS)) -> None:
+    for name in names:
+        SCENARIOS[name](cells)

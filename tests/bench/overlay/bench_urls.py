@@ -9,10 +9,23 @@ import time
 
 from config import urls
 from core import events
+from core.api import parse_body
+from django.conf import settings
+from django.core.cache import cache
 from django.http import JsonResponse
 from django.urls import path
+from django.views.decorators.http import require_GET, require_POST
+from items import store
 from items.models import Item
+from items.schemas import ItemIn, RestockIn
 from items.views import EVENTS_GROUP
+
+STOCK = os.environ.get("BENCH_STOCK") == "1"
+# The service as it was before its native data path (the before-* configurations,
+# BENCH_BEFORE=1) has no core.reads.
+BEFORE = os.environ.get("BENCH_BEFORE") == "1"
+if not BEFORE:
+    from core import reads
 
 UPSTREAM_HOST = "127.0.0.1"
 UPSTREAM_PORT = int(os.environ.get("BENCH_UPSTREAM_PORT", "0"))
@@ -49,20 +62,61 @@ def upstream_sync(request):
     return JsonResponse({"upstream_bytes": len(body)})
 
 
-def _item(item: Item) -> dict:
-    return {"id": item.id, "name": item.name, "category": item.category.name}
-
-
 def _first_items():
-    return Item.objects.select_related("category").order_by("id")[:10]
+    return Item.objects.values("id", "name", "category__name").order_by("id")[:10]
 
 
 async def orm(request):
-    return JsonResponse({"items": [_item(item) async for item in _first_items()]})
+    """The same rows from every configuration: the service reads them natively;
+    stock Django, and the service from before core.reads existed, through
+    Django's async ORM (a thread hop per query)."""
+    if STOCK or BEFORE:
+        rows = [row async for row in _first_items()]
+    else:
+        rows = await reads.fetch(_first_items())
+    return JsonResponse({"items": rows})
 
 
 def orm_sync(request):
-    return JsonResponse({"items": [_item(item) for item in _first_items()]})
+    return JsonResponse({"items": list(_first_items())})
+
+
+# The service's cached-read and write endpoints are its own (items.views); under
+# WSGI these views do what the service's store does, synchronously, with the
+# same cache keys and timeout and the same transaction bodies (the functions
+# that items.store runs through sync_to_async, kept by asgiref as `.func`).
+
+
+@require_GET
+def item_sync(request, item_id: int):
+    key = store._cache_key(item_id)
+    data = cache.get(key)
+    if data is None:
+        found = store._read_sync(store._items().filter(pk=item_id))
+        if not found:
+            return JsonResponse({"error": "not_found"}, status=404)
+        data = found[0]
+        cache.set(key, data, settings.ITEM_CACHE_SECONDS)
+    return JsonResponse(data)
+
+
+# A body the schema refuses raises ApiError, a 500 here: the bench sends none.
+@require_POST
+def create_sync(request):
+    item = store.create_item.func(parse_body(request, ItemIn))
+    return JsonResponse(item, status=201)
+
+
+@require_POST
+def restock_sync(request):
+    changes = parse_body(request, RestockIn).changes
+    wanted = {change.id: change.quantity for change in changes}
+    updated = store._restock.func(wanted)
+    # After the commit, as the service does: no cached copy outlives the change.
+    cache.delete_many([store._cache_key(item_id) for item_id in updated])
+    if len(updated) != len(wanted):
+        return JsonResponse({"error": "not_found"}, status=404)
+    return JsonResponse({"updated": len(changes)})
 
 
 def healthz_sync(request):
@@ -82,6 +136,9 @@ if os.environ.get("BENCH_WSGI") == "1":
         path("healthz", healthz_sync),
         path("bench/upstream", upstream_sync),
         path("bench/orm", orm_sync),
+        path("api/items", create_sync),
+        path("api/items/restock", restock_sync),
+        path("api/items/<int:item_id>", item_sync),
     ]
 else:
     urlpatterns = [

@@ -13,9 +13,11 @@ async methods simply run the synchronous ones in the loop.
 
 import asyncio
 import weakref
+from dataclasses import dataclass
 
 from django.core.cache.backends import locmem, redis
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
+from django.utils.module_loading import import_string
 
 from core import metrics
 
@@ -24,8 +26,6 @@ _MISSING = object()
 # backend object per thread and per async context, and a client's connections
 # belong to the loop that opened them.
 _CLIENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# OPTIONS of Django's client that are not connection options.
-_DJANGO_OPTIONS = {"serializer", "pool_class", "parser_class"}
 
 
 def _counted(value, default):
@@ -41,87 +41,102 @@ class HitRatioMixin:
         return _counted(super().get(key, _MISSING, version), default)
 
 
+@dataclass
+class _AsyncClient:
+    client: object  # redis.asyncio.Redis
+    serializer: object  # what Django's client would use: RedisSerializer by default
+
+
 class RedisCache(HitRatioMixin, redis.RedisCache):
-    def _async_client(self):
-        import redis.asyncio  # the synchronous backend imports redis lazily too
+    def _async(self) -> _AsyncClient:
+        """This loop's client of the server. Never Django's self._cache: Django
+        makes a cache object per request context, and each would build a
+        synchronous client (redis-py's DriverInfo reads package metadata from
+        disk, a millisecond a request)."""
+        from redis import asyncio as aioredis  # Django's backend imports redis lazily
 
         clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
         # Writes and reads go to the first server, as Django's client writes.
         server = self._servers[0]
-        client = clients.get(server)
-        if client is None:
-            options = {
-                k: v for k, v in self._options.items() if k not in _DJANGO_OPTIONS
-            }
-            client = clients[server] = redis.asyncio.Redis.from_url(server, **options)
-        return client
-
-    def _dumps(self, value):
-        return self._cache._serializer.dumps(value)
-
-    def _loads(self, data):
-        return self._cache._serializer.loads(data)
+        found = clients.get(server)
+        if found is None:
+            options = dict(self._options)
+            serializer = options.pop("serializer", None) or redis.RedisSerializer
+            if isinstance(serializer, str):
+                serializer = import_string(serializer)
+            for django_only in ("pool_class", "parser_class"):
+                options.pop(django_only, None)
+            found = clients[server] = _AsyncClient(
+                aioredis.Redis.from_url(server, **options),
+                serializer() if callable(serializer) else serializer,
+            )
+        return found
 
     async def aget(self, key, default=None, version=None):
         key = self.make_and_validate_key(key, version=version)
-        data = await self._async_client().get(key)
-        return _counted(_MISSING if data is None else self._loads(data), default)
+        server = self._async()
+        data = await server.client.get(key)
+        value = _MISSING if data is None else server.serializer.loads(data)
+        return _counted(value, default)
 
     async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self.make_and_validate_key(key, version=version)
         timeout = self.get_backend_timeout(timeout)
-        client = self._async_client()
+        server = self._async()
         if timeout == 0:
-            await client.delete(key)
+            await server.client.delete(key)
         else:
-            await client.set(key, self._dumps(value), ex=timeout)
+            await server.client.set(key, server.serializer.dumps(value), ex=timeout)
 
     async def aadd(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self.make_and_validate_key(key, version=version)
         timeout = self.get_backend_timeout(timeout)
-        client = self._async_client()
+        server = self._async()
+        data = server.serializer.dumps(value)
         if timeout == 0:
-            if added := bool(await client.set(key, self._dumps(value), nx=True)):
-                await client.delete(key)
+            if added := bool(await server.client.set(key, data, nx=True)):
+                await server.client.delete(key)
             return added
-        return bool(await client.set(key, self._dumps(value), ex=timeout, nx=True))
+        return bool(await server.client.set(key, data, ex=timeout, nx=True))
 
     async def atouch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
         key = self.make_and_validate_key(key, version=version)
         timeout = self.get_backend_timeout(timeout)
-        client = self._async_client()
+        client = self._async().client
         if timeout is None:
             return bool(await client.persist(key))
         return bool(await client.expire(key, timeout))
 
     async def adelete(self, key, version=None):
         key = self.make_and_validate_key(key, version=version)
-        return bool(await self._async_client().delete(key))
+        return bool(await self._async().client.delete(key))
 
     async def aget_many(self, keys, version=None):
         names = {self.make_and_validate_key(key, version=version): key for key in keys}
         if not names:
             return {}
-        values = await self._async_client().mget(list(names))
+        server = self._async()
+        values = await server.client.mget(list(names))
         return {
-            names[key]: self._loads(data)
+            names[key]: server.serializer.loads(data)
             for key, data in zip(names, values, strict=True)
             if data is not None
         }
 
     async def ahas_key(self, key, version=None):
         key = self.make_and_validate_key(key, version=version)
-        return bool(await self._async_client().exists(key))
+        return bool(await self._async().client.exists(key))
 
     async def aset_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
         if not data:
             return []
         timeout = self.get_backend_timeout(timeout)
+        server = self._async()
         values = {
-            self.make_and_validate_key(key, version=version): self._dumps(value)
-            for key, value in data.items()
+            self.make_and_validate_key(key, version=version): server.serializer.dumps(v)
+            for key, v in data.items()
         }
-        async with self._async_client().pipeline() as pipeline:
+        async with server.client.pipeline() as pipeline:
             pipeline.mset(values)
             if timeout is not None:
                 for key in values:
@@ -132,10 +147,10 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
     async def adelete_many(self, keys, version=None):
         keys = [self.make_and_validate_key(key, version=version) for key in keys]
         if keys:
-            await self._async_client().delete(*keys)
+            await self._async().client.delete(*keys)
 
     async def aclear(self):
-        return bool(await self._async_client().flushdb())
+        return bool(await self._async().client.flushdb())
 
 
 async def close() -> None:

@@ -155,8 +155,8 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
 
 async def close() -> None:
     """Closes this loop's Redis clients (ASGI lifespan shutdown, end of tests)."""
-    for client in _CLIENTS.pop(asyncio.get_running_loop(), {}).values():
-        await client.aclose()
+    for server in _CLIENTS.pop(asyncio.get_running_loop(), {}).values():
+        await server.client.aclose()
 
 
 class LocMemCache(HitRatioMixin, locmem.LocMemCache):

@@ -117,10 +117,11 @@ SERVICE_BASES = {"docker.io/library/python:3.13-slim": PYTHON_313}
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 # A Debian 13 VM for the Ansible tests: systemd as PID 1 (`podman run --systemd=always
-# IMAGE /sbin/init`), Python and python3-apt for Ansible's modules, iproute2 for
-# testinfra's socket checks. Everything the service needs, the playbook installs,
-# except its PostgreSQL: a team's database server, which the deploy only connects
-# to; each test host runs Debian's, on 127.0.0.1, in its stead.
+# IMAGE /sbin/init`), Python and python3-apt for Ansible's modules, sudo for its
+# become (as a fleet's hosts have it; Ansible pipelines through sudo, not su),
+# iproute2 for testinfra's socket checks. Everything the service needs, the playbook
+# installs, except its PostgreSQL: a team's database server, which the deploy only
+# connects to; each test host runs Debian's, on 127.0.0.1, in its stead.
 SYSTEMD_HOST = Recipe(
     "trixie",
     (
@@ -129,6 +130,7 @@ SYSTEMD_HOST = Recipe(
         "dbus",
         "python3",
         "python3-apt",
+        "sudo",
         "ca-certificates",
         "iproute2",
         "postgresql",

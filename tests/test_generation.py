@@ -9,7 +9,14 @@ import stat
 import pytest
 
 from harness import check_steps, generate_service, run
-from matrix import TEMPLATE_DIR, every_combination, params
+from matrix import (
+    CHOICES,
+    DEFAULT_TEXT,
+    TEMPLATE_DIR,
+    covering_combinations,
+    every_combination,
+    params,
+)
 
 # Leftover template syntax: nothing in a generated service mentions cookiecutter,
 # and its code and configuration have no Jinja blocks (Helm and Ansible templates,
@@ -17,9 +24,28 @@ from matrix import TEMPLATE_DIR, every_combination, params
 TEMPLATE_SYNTAX = re.compile(r"cookiecutter|\{%|\{\{")
 SCANNED_FOR_JINJA = {".py", ".toml", ".cfg", ".txt", ".md", ".sh", ".json", ""}
 # The steps of the service's bin/check (its CI jobs) cheap enough for every
-# combination: ruff and shellcheck, Django's checks and migrations, hadolint,
-# nginx -t and gixy, actionlint on every workflow.
-CHEAP_STEPS = ("lint", "django", "dockerfile", "nginx", "workflows")
+# combination, whose input (the code, bin/) every option shapes: ruff and
+# shellcheck, Django's checks and migrations.
+EVERY_COMBINATION_STEPS = ("lint", "django")
+# The cheap steps whose input only some options shape: the template files each step
+# checks once rendered, and those options. They run on the pairwise covering set,
+# which holds every supported pair of choices, so each rendering of these files
+# (every value of one option, every pair of values of two) is checked at least once.
+COVERED_STEPS = {
+    # hadolint
+    "dockerfile": (("{{cookiecutter.project}}/Dockerfile",), ("python_version",)),
+    # nginx -t and gixy
+    "nginx": (("nginx/*",), ()),
+    # actionlint
+    "workflows": (
+        ("{{cookiecutter.project}}/.github/workflows/*",),
+        ("database", "tasks"),
+    ),
+}
+COVERING = covering_combinations()
+# The facts of cookiecutter.json that the template renders, and the options each
+# follows from (the template's version and date are the same for every combination).
+FACTS = {"__task_broker": ("tasks",), "__template_version": (), "__template_date": ()}
 # Components land in deploy/; these of their files are copied without rendering.
 VERBATIM = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text())[
     "_copy_without_render"
@@ -58,13 +84,16 @@ def leftover_template_syntax(project):
 @pytest.mark.parametrize("combination", params(every_combination()))
 def test_generated_service_passes_static_checks(combination, generated):
     """The service's own CI steps (bin/check), run for real: those that take seconds
-    here, on every combination. The others run where the template tests already
-    test, render or build: `test` in test_suites, `helm` in test_helm, `ansible` in
-    test_ansible, `prometheus` in test_prometheus, `image` and `cruft` in
-    test_service_ci."""
+    here. `lint` and `django` on every combination; `dockerfile`, `nginx` and
+    `workflows` on the pairwise covering set's combinations, which give each of them
+    every rendering of its input (COVERED_STEPS; test_covered_steps_get_every_input
+    holds them to it). The others run where the template tests already test, render
+    or build: `test` in test_suites, `helm` in test_helm, `ansible` in test_ansible,
+    `prometheus` in test_prometheus, `image` and `cruft` in test_service_ci."""
     project = generated(combination)
     assert leftover_template_syntax(project) == []
-    check_steps(project, *CHEAP_STEPS)
+    covered = tuple(COVERED_STEPS) if combination in COVERING else ()
+    check_steps(project, *EVERY_COMBINATION_STEPS, *covered)
     assert (project / "uv.lock").is_file()
     assert (project / ".python-version").read_text().strip() == combination[
         "python_version"
@@ -72,6 +101,37 @@ def test_generated_service_passes_static_checks(combination, generated):
     python = project / ".venv" / "bin" / "python"
     version = run([python, "--version"], project).stdout
     assert version.startswith(f"Python {combination['python_version']}.")
+
+
+def options_read(template_file) -> set[str]:
+    """The choice options whose values the rendering of a template file depends on."""
+    read = set()
+    for variable in re.findall(r"cookiecutter\.(\w+)", template_file.read_text()):
+        if variable in FACTS:
+            read.update(FACTS[variable])
+        else:
+            assert variable in CHOICES or variable in DEFAULT_TEXT, (
+                f"{template_file} renders {variable}: add it to FACTS"
+            )
+            read.add(variable)
+    return read & set(CHOICES)
+
+
+def values(combinations: list[dict], options: tuple) -> set[tuple]:
+    return {tuple(c[option] for option in options) for c in combinations}
+
+
+@pytest.mark.parametrize("step", COVERED_STEPS)
+def test_covered_steps_get_every_input(step):
+    """A step that runs on the covering set only checks files that no other option
+    than its own shapes, and the covering set has every supported value of its
+    options together: it sees every rendering of its input that the matrix makes."""
+    sources, options = COVERED_STEPS[step]
+    files = [path for glob in sources for path in TEMPLATE_DIR.glob(glob)]
+    assert files, f"{step}: no template file matches {sources}"
+    for template_file in files:
+        assert options_read(template_file) <= set(options), template_file
+    assert values(COVERING, options) == values(every_combination(), options)
 
 
 def test_each_service_gets_its_own_secret_key(tmp_path):

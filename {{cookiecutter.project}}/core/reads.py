@@ -18,13 +18,13 @@ DATABASE_POOL_TIMEOUT (PoolTimeout, a 503), and every statement by the server's
 statement_timeout (config/settings.py).
 
 Why not django-async-backend (6.1.5), the library that makes the whole ORM
-async: measured on the items read it costs the same CPU as this module (see the
-service README), but it replaces the database backend of the process, patches
-every model class at startup, ties a connection to the task that first used it
-(two reads under asyncio.gather raise), does not support prefetch_related or
-iterator(), and hooks async receivers to the request signals, which would put a
-thread hop back on every request (core/handler.py). The service needs native
-reads only.
+async: measured on the items read it costs 10-15 % more CPU than this module
+(the service README has the figures), and it replaces the database backend of
+the process, patches every model class at startup, ties a connection to the
+task that first used it (two reads under asyncio.gather raise), does not support
+prefetch_related or iterator(), and hooks async receivers to the request
+signals, which would put a thread hop back on every request (core/handler.py).
+The service needs native reads only.
 """
 
 import asyncio
@@ -70,12 +70,10 @@ def _new_pool(alias: str):
         psycopg.AsyncCursor if server_side else psycopg.AsyncClientCursor
     )
     params["autocommit"] = True
-    sizes = wrapper.settings_dict["OPTIONS"].get("pool") or {}
     return AsyncConnectionPool(
         kwargs=params,
-        min_size=sizes.get("min_size", 2),
-        max_size=sizes.get("max_size", 10),
-        timeout=sizes.get("timeout", 10.0),
+        # The sizes and the wait of Django's pool (config/settings.py).
+        **wrapper.settings_dict["OPTIONS"].get("pool", {}),
         configure=_configure_factory(wrapper),
         name=f"{alias}-async",
         open=False,
@@ -166,4 +164,9 @@ async def aggregate(queryset, **expressions) -> dict:
     # the whole queryset, the SQL aggregate() itself would run.
     whole = queryset.order_by().annotate(_whole=Value(1)).values("_whole")
     rows = await fetch(whole.annotate(**expressions).values(*expressions))
+    if not rows:  # a queryset that cannot match: what aggregate() answers then
+        return {
+            name: expression.empty_result_set_value
+            for name, expression in expressions.items()
+        }
     return rows[0]

@@ -5,6 +5,7 @@ import asyncio
 import json
 
 import pytest
+from django.db.models import Count, Sum
 from prometheus_client import REGISTRY
 
 from config.asgi import application
@@ -199,4 +200,6 @@ async def test_reads_of_nothing_run_no_query():
     before = queries_made()
     assert await reads.fetch(Item.objects.filter(pk__in=[]).values("id")) == []
     assert await reads.count(Item.objects.none()) == 0
+    totals = await reads.aggregate(Item.objects.none(), n=Count("id"), s=Sum("price"))
+    assert totals == {"n": 0, "s": None}
     assert queries_made() == before

@@ -24,26 +24,34 @@ def http_scope(path: str, method: str = "GET", headers=()) -> dict:
     }
 
 
-async def request(
-    application, method: str, path: str, body: dict | None = None
-) -> tuple[int, dict, dict]:
+async def exchange(
+    application, method: str, path: str, content: bytes = b"", headers=()
+) -> tuple[dict, bytes]:
     """One request through the whole ASGI application, in a request context of its
-    own (as a server makes it): the status, the headers (lowercase names) and
-    the JSON body."""
-    headers = [(b"content-type", b"application/json")] if body is not None else []
+    own (as a server makes it): the response's start message and its whole body."""
     communicator = ApplicationCommunicator(
         application, http_scope(path, method, headers)
     )
-    content = b"" if body is None else json.dumps(body).encode()
     await communicator.send_input({"type": "http.request", "body": content})
     start = await communicator.receive_output(timeout=10)
-    response = b""
+    body = b""
     while True:
         message = await communicator.receive_output(timeout=10)
-        response += message.get("body", b"")
+        body += message.get("body", b"")
         if not message.get("more_body"):
             break
     await communicator.wait(timeout=10)
+    return start, body
+
+
+async def request(
+    application, method: str, path: str, body: dict | None = None
+) -> tuple[int, dict, dict]:
+    """exchange() with JSON: the status, the headers (lowercase names) and the
+    JSON body."""
+    headers = [(b"content-type", b"application/json")] if body is not None else []
+    content = b"" if body is None else json.dumps(body).encode()
+    start, response = await exchange(application, method, path, content, headers)
     names = {key.decode().lower(): value.decode() for key, value in start["headers"]}
     return start["status"], names, json.loads(response) if response else {}
 

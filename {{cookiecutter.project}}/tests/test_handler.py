@@ -8,7 +8,6 @@ import threading
 
 import pytest
 from asgiref import sync
-from asgiref.testing import ApplicationCommunicator
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler as StockASGIHandler
 from django.db import connections
@@ -18,22 +17,13 @@ from config.asgi import application
 from core import reads
 from items import store
 from items.schemas import ItemIn
-from tests.asgi import http_scope
+from tests.asgi import exchange
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def get(app, path: str, method: str = "GET") -> tuple[int, bytes]:
-    communicator = ApplicationCommunicator(app, http_scope(path, method))
-    await communicator.send_input({"type": "http.request", "body": b""})
-    start = await communicator.receive_output(timeout=5)
-    body = b""
-    while True:
-        message = await communicator.receive_output(timeout=5)
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    await communicator.wait(timeout=5)
+    start, body = await exchange(app, method, path)
     return start["status"], body
 
 

@@ -16,15 +16,29 @@ def get_json(app: App, method: str, path: str, body=None) -> tuple[int, dict]:
     return response.status, json.loads(content)
 
 
+def log_messages(app: App) -> list[tuple[str, str]]:
+    # Every line, the server's own included, is one JSON object.
+    lines = [json.loads(line) for line in app.output().splitlines()]
+    return [(line["logger"], line["message"]) for line in lines]
+
+
 @pytest.mark.parametrize("combination", params(each_server()))
-def test_entry_script_serves_and_stops_gracefully(combination, generated, tmp_path):
-    app = App(generated(combination), tmp_path, "server", WEB_CONCURRENCY="2")
+def test_entry_script_serves_and_stops_gracefully(
+    combination, generated, redis_database, tmp_path
+):
+    app = App(
+        generated(combination),
+        tmp_path,
+        "server",
+        WEB_CONCURRENCY="2",
+        REDIS_URL=redis_database(),
+    )
     app.migrate()
     app.start()
     try:
         assert get_json(app, "GET", "/readyz") == (
             200,
-            {"status": "ready", "checks": {"database": "ok"}},
+            {"status": "ready", "checks": {"database": "ok", "redis": "ok"}},
         )
         status, item = get_json(
             app, "POST", "/api/items", {"name": "a", "category": "b", "price": "2"}
@@ -33,10 +47,29 @@ def test_entry_script_serves_and_stops_gracefully(combination, generated, tmp_pa
         assert get_json(app, "GET", f"/api/items/{item['id']}") == (200, item)
     finally:
         code = app.stop()
-    # Every line, the server's own included, is one JSON object.
-    lines = [json.loads(line) for line in app.output().splitlines()]
-    messages = [(line["logger"], line["message"]) for line in lines]
+    messages = log_messages(app)
     # Each of the two workers went through the ASGI lifespan both ways.
     assert messages.count(("core.lifespan", "started")) == 2, app.output()
     assert messages.count(("core.lifespan", "stopped")) == 2, app.output()
+    assert code == 0, app.output()
+
+
+@pytest.mark.parametrize("combination", params(each_server()[:1]))
+def test_without_redis_one_worker_serves_and_says_why(combination, generated, tmp_path):
+    """The in-memory channel layer cannot carry an event from one worker to the
+    event streams of another: bin/serve starts one, whatever WEB_CONCURRENCY says."""
+    app = App(generated(combination), tmp_path, "server", WEB_CONCURRENCY="2")
+    app.migrate()
+    app.start()
+    try:
+        assert get_json(app, "GET", "/readyz")[0] == 200
+    finally:
+        code = app.stop()
+    messages = log_messages(app)
+    assert (
+        "bin.serve",
+        "REDIS_URL is not set: 1 worker instead of 2 (WEB_CONCURRENCY), "
+        "because events reach other workers through Redis only",
+    ) in messages, app.output()
+    assert messages.count(("core.lifespan", "started")) == 1, app.output()
     assert code == 0, app.output()

@@ -1,4 +1,4 @@
-"""Liveness and readiness endpoints for probes and load balancers."""
+"""Liveness and readiness endpoints for probes, load balancers and deploys."""
 
 import asyncio
 import logging
@@ -51,17 +51,26 @@ async def _status(name: str, check) -> str:
 
 
 async def readyz(request):
-    """Readiness: every dependency answers within READINESS_TIMEOUT, checked at once.
-    A stopping worker is not ready, so that balancers drain it."""
+    """Readiness: should this instance get traffic?
+
+    A stopping worker is not ready (503), so that balancers drain it. The shared
+    dependencies, the database and Redis, are checked at once (READINESS_TIMEOUT
+    each) and reported, but do not make the instance unready: every instance sees
+    the same outage, and taking all of them out of the Service or the upstream
+    would turn fast 503s with Retry-After (core.api) and cache misses (core.cache)
+    into refused connections for every request, those that need neither included.
+    "degraded" says that one failed; a deploy waits for "ready" (Ansible's rollout
+    does), so that a release that cannot reach them goes no further."""
     if shutdown.is_stopping():
         return JsonResponse({"status": "stopping", "checks": {}}, status=503)
     checks = {"database": _check_database}
     if settings.REDIS_URL:
         checks["redis"] = _check_redis
     statuses = await asyncio.gather(*(_status(name, c) for name, c in checks.items()))
-    results = dict(zip(checks, statuses, strict=True))
     ready = all(status == "ok" for status in statuses)
     return JsonResponse(
-        {"status": "ready" if ready else "unavailable", "checks": results},
-        status=200 if ready else 503,
+        {
+            "status": "ready" if ready else "degraded",
+            "checks": dict(zip(checks, statuses, strict=True)),
+        }
     )

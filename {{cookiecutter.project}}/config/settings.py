@@ -73,6 +73,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             int(env.float("DATABASE_STATEMENT_TIMEOUT", default=30.0) * 1000)
         ),
         "pool": {
+            # core.apps adds a check of each connection before it is lent
+            # (core.database.pool_check), so that no request gets a dead one.
             "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
             "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
             "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
@@ -91,6 +93,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Redis carries the channel layer (WebSocket and SSE fan-out across worker
 # processes) and the cache. Without it both stay inside one process.
 REDIS_URL = env.str("REDIS_URL", default="")
+CACHE_TIMEOUT = env.float("CACHE_TIMEOUT", default=0.5)
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -108,6 +111,12 @@ if REDIS_URL:
             "BACKEND": "core.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": SERVICE_NAME,
+            # A Redis that does not answer within this long is a cache miss
+            # (core.cache), not a request held up.
+            "OPTIONS": {
+                "socket_connect_timeout": CACHE_TIMEOUT,
+                "socket_timeout": CACHE_TIMEOUT,
+            },
         }
     }
 else:

@@ -11,19 +11,34 @@ from pydantic import BaseModel, ValidationError
 from core import database, metrics
 from core.context import REQUEST_ID
 
-# What a 503 asks clients to wait before trying again: a busy pool frees up fast.
+# What a 503 asks clients to wait before trying again: a busy pool frees up fast,
+# and a restarted server is back within seconds.
 RETRY_AFTER_SECONDS = 1
 
 
 class ApiError(Exception):
     """Raised by API code; ApiView turns it into the JSON error response."""
 
-    def __init__(self, status: int, code: str, message: str, fields=None):
+    def __init__(
+        self, status: int, code: str, message: str, fields=None, retry_after=None
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields
+        self.retry_after = retry_after
+
+    def response(self) -> JsonResponse:
+        response = error_response(self.status, self.code, self.message, self.fields)
+        if self.retry_after is not None:
+            response["Retry-After"] = str(self.retry_after)
+        return response
+
+
+def unavailable(code: str, message: str) -> ApiError:
+    """A 503 that asks the client to retry after RETRY_AFTER_SECONDS."""
+    return ApiError(503, code, message, retry_after=RETRY_AFTER_SECONDS)
 
 
 def error_response(status: int, code: str, message: str, fields=None) -> JsonResponse:
@@ -93,17 +108,15 @@ class ApiView(View):
         try:
             return await super().dispatch(request, *args, **kwargs)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message, exc.fields)
+            return exc.response()
         except Exception as exc:
             reason = database.unavailable(exc)
             if reason is None:
                 raise
             metrics.DB_UNAVAILABLE.labels(reason).inc()
-            response = error_response(
-                503, "database_busy", "the database did not answer in time, retry"
-            )
-            response["Retry-After"] = str(RETRY_AFTER_SECONDS)
-            return response
+            return unavailable(
+                "database_unavailable", "the database is not available, retry"
+            ).response()
 
     def http_method_not_allowed(self, request, *args, **kwargs):
         response = error_response(

@@ -11,6 +11,7 @@ class CoreConfig(AppConfig):
         from django.db.backends.signals import connection_created
 
         from core import checks  # noqa: F401  (registers the system checks)
-        from core.database import instrument
+        from core.database import check_pooled_connections, instrument
 
         connection_created.connect(instrument)
+        check_pooled_connections()

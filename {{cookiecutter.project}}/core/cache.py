@@ -9,17 +9,29 @@ well-kept backend does it: django-redis has no async interface
 (jazzband/django-redis#771), Django's ticket #37156 is open, and the packages
 that do it are early single-maintainer releases. LocMemCache does no I/O, so its
 async methods simply run the synchronous ones in the loop.
+
+The cache saves work; it must not fail a request. When Redis is down or slower
+than its socket timeouts (CACHE_TIMEOUT, config/settings.py), RedisCache's async
+methods answer as an empty cache would (a get is a miss, a delete deletes
+nothing), count the failure in django_cache_errors_total and log it. A delete
+that failed leaves an entry that expires by its own timeout (ITEM_CACHE_SECONDS
+for items): that is the bound on a stale read after a Redis outage.
 """
 
 import asyncio
+import functools
+import logging
 import weakref
 from dataclasses import dataclass
 
 from django.core.cache.backends import locmem, redis
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
 
 from core import metrics
+
+logger = logging.getLogger(__name__)
 
 _MISSING = object()
 # One redis.asyncio client per event loop and server: Django makes a cache
@@ -34,6 +46,29 @@ def _counted(value, default):
         return default
     metrics.CACHE_REQUESTS.labels("hit").inc()
     return value
+
+
+def _unavailable_means(fallback):
+    """Decorates an async method of RedisCache: if Redis fails it, the method
+    returns `fallback`, what an empty cache would answer."""
+
+    def decorate(method):
+        operation = method.__name__.removeprefix("_").removeprefix("a")
+
+        @functools.wraps(method)
+        async def degraded(self, *args, **kwargs):
+            try:
+                return await method(self, *args, **kwargs)
+            except RedisError:
+                metrics.CACHE_ERRORS.labels(operation).inc()
+                logger.warning(
+                    "cache unavailable", extra={"operation": operation}, exc_info=True
+                )
+                return fallback
+
+        return degraded
+
+    return decorate
 
 
 class HitRatioMixin:
@@ -73,12 +108,16 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
         return found
 
     async def aget(self, key, default=None, version=None):
+        return _counted(await self._aget(key, version), default)
+
+    @_unavailable_means(_MISSING)
+    async def _aget(self, key, version):
         key = self.make_and_validate_key(key, version=version)
         server = self._async()
         data = await server.client.get(key)
-        value = _MISSING if data is None else server.serializer.loads(data)
-        return _counted(value, default)
+        return _MISSING if data is None else server.serializer.loads(data)
 
+    @_unavailable_means(None)
     async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self.make_and_validate_key(key, version=version)
         timeout = self.get_backend_timeout(timeout)
@@ -88,6 +127,7 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
         else:
             await server.client.set(key, server.serializer.dumps(value), ex=timeout)
 
+    @_unavailable_means(False)
     async def aadd(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self.make_and_validate_key(key, version=version)
         timeout = self.get_backend_timeout(timeout)
@@ -99,6 +139,7 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
             return added
         return bool(await server.client.set(key, data, ex=timeout, nx=True))
 
+    @_unavailable_means(False)
     async def atouch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
         key = self.make_and_validate_key(key, version=version)
         timeout = self.get_backend_timeout(timeout)
@@ -107,10 +148,12 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
             return bool(await client.persist(key))
         return bool(await client.expire(key, timeout))
 
+    @_unavailable_means(False)
     async def adelete(self, key, version=None):
         key = self.make_and_validate_key(key, version=version)
         return bool(await self._async().client.delete(key))
 
+    @_unavailable_means({})
     async def aget_many(self, keys, version=None):
         names = {self.make_and_validate_key(key, version=version): key for key in keys}
         if not names:
@@ -123,13 +166,20 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
             if data is not None
         }
 
+    @_unavailable_means(False)
     async def ahas_key(self, key, version=None):
         key = self.make_and_validate_key(key, version=version)
         return bool(await self._async().client.exists(key))
 
     async def aset_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+        """The keys that were not set (Django's contract): all of them if Redis
+        failed, none otherwise."""
         if not data:
             return []
+        return [] if await self._aset_many(data, timeout, version) else list(data)
+
+    @_unavailable_means(False)
+    async def _aset_many(self, data, timeout, version) -> bool:
         timeout = self.get_backend_timeout(timeout)
         server = self._async()
         values = {
@@ -142,13 +192,15 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
                 for key in values:
                     pipeline.expire(key, timeout)
             await pipeline.execute()
-        return []
+        return True
 
+    @_unavailable_means(None)
     async def adelete_many(self, keys, version=None):
         keys = [self.make_and_validate_key(key, version=version) for key in keys]
         if keys:
             await self._async().client.delete(*keys)
 
+    @_unavailable_means(False)
     async def aclear(self):
         return bool(await self._async().client.flushdb())
 

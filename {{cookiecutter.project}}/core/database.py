@@ -7,6 +7,7 @@ again and again (per request, or from the pool), and connection_created fires
 each time: the wrapper is added once per connection object.
 """
 
+import sqlite3
 import time
 
 from django.db import connections
@@ -25,22 +26,70 @@ def close_databases() -> None:
             connection.close_pool()
 
 
+def check_pooled_connections() -> None:
+    """Gives each psycopg pool of Django a check of every connection before it
+    is lent (core.reads gives its own pools the same)."""
+    for alias in connections:
+        options = connections.settings[alias]["OPTIONS"]
+        if isinstance(options.get("pool"), dict):
+            options["pool"].setdefault("check", pool_check(alias))
+
+
+def pool_check(alias: str):
+    """The `check` of Django's pool for `alias`: one empty statement, so that a
+    connection the server has dropped (a restart, a failover, an idle timeout)
+    is replaced instead of failing a request. When one is dead, the others
+    idle beside it likely are too: the whole pool is checked at once. psycopg
+    alone would try them one by one, pausing 1 s, then 2 s, 4 s... before each,
+    and a request would wait seconds or time out."""
+    from psycopg_pool import ConnectionPool
+
+    def check(connection) -> None:
+        try:
+            ConnectionPool.check_connection(connection)
+        except Exception:
+            connections[alias].pool.check()
+            raise
+
+    return check
+
+
 def unavailable(exc: BaseException) -> str | None:
-    """Why the database could not serve in time, if that is what `exc` says:
-    "pool_timeout" (no free connection within DATABASE_POOL_TIMEOUT) or
-    "statement_timeout" (the server cancelled it). Django wraps psycopg's errors,
-    so the chain of causes is searched."""
+    """Why the database could not serve, if that is what `exc` says: the client
+    may retry, so the answer is a 503, never a 500. Django wraps the driver's
+    errors, so the chain of causes is searched.
+
+    - "pool_timeout": no free connection within DATABASE_POOL_TIMEOUT (also while
+      the server is down: the pool keeps trying to connect in the background);
+    - "statement_timeout": the server cancelled the statement;
+    - "connection": the server went away or refused the connection (a restart,
+      a failover, pg_terminate_backend), ran out of a resource, or aborted the
+      transaction (a deadlock, a serialization failure): rolled back whole;
+    - "locked": SQLite's write lock was not free within DATABASE_BUSY_TIMEOUT.
+    """
+    while exc is not None:
+        reason = _reason(exc)
+        if reason:
+            return reason
+        exc = exc.__cause__
+    return None
+
+
+def _reason(exc: BaseException) -> str | None:
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" if "locked" in str(exc) else None
     try:
-        from psycopg.errors import QueryCanceled
+        import psycopg
         from psycopg_pool import PoolTimeout
     except ImportError:  # a service generated for SQLite
         return None
-    while exc is not None:
-        if isinstance(exc, PoolTimeout):
-            return "pool_timeout"
-        if isinstance(exc, QueryCanceled):
-            return "statement_timeout"
-        exc = exc.__cause__
+    # PoolTimeout and QueryCanceled are OperationalErrors too: tested first.
+    if isinstance(exc, PoolTimeout):
+        return "pool_timeout"
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return "statement_timeout"
+    if isinstance(exc, psycopg.OperationalError):
+        return "connection"
     return None
 
 

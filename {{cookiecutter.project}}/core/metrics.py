@@ -152,13 +152,24 @@ DB_POOL_WAIT = Histogram(
 )
 DB_UNAVAILABLE = Counter(
     "django_db_unavailable",
-    "Requests answered 503 because the database did not answer in time, by reason: "
-    "pool_timeout (no free connection within DATABASE_POOL_TIMEOUT) or "
-    "statement_timeout (DATABASE_STATEMENT_TIMEOUT).",
+    "Requests answered 503 because the database could not serve them, by reason "
+    "(core.database.unavailable): pool_timeout, statement_timeout, connection, locked.",
     ["reason"],
 )
 CACHE_REQUESTS = Counter(
     "django_cache_requests", "Cache lookups, by result (hit or miss).", ["result"]
+)
+FOLLOWUPS_FAILED = Counter(
+    "django_followups_failed",
+    "What a committed write sets off (core.followups) that failed, by step "
+    "(publish, enqueue): the write was answered as a success all the same.",
+    ["step"],
+)
+CACHE_ERRORS = Counter(
+    "django_cache_errors",
+    "Cache operations that failed because Redis was down or too slow, by operation "
+    "(get, set, delete, ...): a failed get counts as a miss too.",
+    ["operation"],
 )
 
 {% if cookiecutter.tasks != "none" -%}

@@ -70,14 +70,26 @@ def _new_pool(alias: str):
         psycopg.AsyncCursor if server_side else psycopg.AsyncClientCursor
     )
     params["autocommit"] = True
-    return AsyncConnectionPool(
+    # The sizes and the wait of Django's pool (config/settings.py), and a check
+    # like its own (core.database.pool_check), asynchronous.
+    options = dict(wrapper.settings_dict["OPTIONS"].get("pool", {}))
+
+    async def check(connection) -> None:
+        try:
+            await AsyncConnectionPool.check_connection(connection)
+        except Exception:
+            await found.check()
+            raise
+
+    options["check"] = check
+    found = AsyncConnectionPool(
         kwargs=params,
-        # The sizes and the wait of Django's pool (config/settings.py).
-        **wrapper.settings_dict["OPTIONS"].get("pool", {}),
+        **options,
         configure=_configure_factory(wrapper),
         name=f"{alias}-async",
         open=False,
     )
+    return found
 
 
 async def pool(alias: str = "default"):

@@ -2,7 +2,7 @@
 stream and WebSocket clients (EVENTS_GROUP){% if cookiecutter.tasks != "none" %}, and the item_changed signal, whose
 receiver hands the change to the worker (items/signals.py){% endif %}."""
 
-from core import events
+from core import events, followups
 {%- if cookiecutter.tasks != "none" %}
 from items.models import Item
 from items.signals import item_changed
@@ -14,8 +14,11 @@ EVENTS_GROUP = "items"
 
 async def notify(event: str, item: dict) -> None:
     """`event` ("item.created", "item.updated", "item.deleted") for `item`, of
-    which a deleted one's is its id only."""
-    await events.publish(EVENTS_GROUP, event, item)
+    which a deleted one's is its id only. Called once the write has committed:
+    each step is a follow-up (core.followups), which cannot fail the request."""
+    await followups.run("publish", events.publish(EVENTS_GROUP, event, item))
 {%- if cookiecutter.tasks != "none" %}
-    await item_changed.asend(Item, item_id=item["id"], event=event)
+    await followups.run(
+        "enqueue", item_changed.asend(Item, item_id=item["id"], event=event)
+    )
 {%- endif %}

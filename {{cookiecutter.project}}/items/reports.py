@@ -6,8 +6,8 @@ from django.http import JsonResponse
 from django.urls import path
 
 import items.urls  # noqa: F401  (registers the item_id converter of the routes below)
-from core import reads
-from core.api import ApiError, ApiView, parse_body
+from core import followups, reads
+from core.api import ApiError, ApiView, parse_body, unavailable
 from items.models import Report
 from items.schemas import CategoryName, Schema
 from items.tasks import build_report
@@ -49,7 +49,13 @@ class ReportCollection(ApiView):
     async def post(self, request):
         data = parse_body(request, ReportIn)
         report = await Report.objects.acreate(category=data.category or "")
-        await build_report.enqueue(report.id)
+        if not await followups.run("enqueue", build_report.enqueue(report.id)):
+            # No task, no report: one left queued would never be built. A task
+            # that did reach the broker finds its report gone and does nothing.
+            await Report.objects.filter(pk=report.id).adelete()
+            raise unavailable(
+                "queue_unavailable", "the task queue is not available, retry"
+            )
         values = {field: getattr(report, field) for field in FIELDS}
         response = JsonResponse(report_data(values), status=202)
         response["Location"] = f"/api/reports/{report.id}"

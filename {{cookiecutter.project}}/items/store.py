@@ -200,18 +200,25 @@ def bulk_create_items(new_items: list[ItemIn]) -> int:
 def _restock(wanted: dict[int, int]) -> list[int]:
     with transaction.atomic():
         found = Item.objects.select_for_update().in_bulk(list(wanted))
+        missing = sorted(set(wanted) - set(found))
+        if missing:
+            # Nothing is written: an answer of 404 must not stand for a write
+            # that half happened.
+            return missing
         for item_id, item in found.items():
             item.quantity = wanted[item_id]
         Item.objects.bulk_update(found.values(), ["quantity"])
-        return sorted(found)
+        return []
 
 
 async def restock(changes: list[Restock]) -> list[int]:
-    """Sets quantities in one transaction; returns the ids that do not exist."""
+    """Sets quantities in one transaction, all or none: returns the ids that do
+    not exist, in which case nothing was written."""
     wanted = {change.id: change.quantity for change in changes}
-    updated = await _restock(wanted)
-    await cache.adelete_many([_cache_key(item_id) for item_id in updated])
-    return sorted(set(wanted) - set(updated))
+    missing = await _restock(wanted)
+    if not missing:
+        await cache.adelete_many([_cache_key(item_id) for item_id in wanted])
+    return missing
 
 
 async def stats() -> dict:

@@ -22,7 +22,10 @@ async def record_change(item_id: int, event: str) -> None:
 async def build_report(report_id: int) -> None:
     """Enqueued by POST /api/reports. A category that does not exist (yet) fails
     the attempt: it is tried again, in case the category is created meanwhile."""
-    report = await Report.objects.aget(pk=report_id)
+    report = await Report.objects.filter(pk=report_id).afirst()
+    if report is None:
+        # Withdrawn: its request could not enqueue this task in time (reports.py).
+        return
     report.attempts += 1
     items = Item.objects.all()
     if report.category:

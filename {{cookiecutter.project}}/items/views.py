@@ -3,7 +3,7 @@
 from django.db import IntegrityError
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
-from core import events
+from core import events, followups
 from core.api import ApiError, ApiView, parse_body, parse_query
 from core.sse import event_stream_response
 from items import store
@@ -58,7 +58,10 @@ class ItemDetail(ApiView):
 class BulkItems(ApiView):
     async def post(self, request):
         created = await store.bulk_create_items(parse_body(request, BulkItemsIn).items)
-        await events.publish(EVENTS_GROUP, "items.imported", {"count": created})
+        await followups.run(
+            "publish",
+            events.publish(EVENTS_GROUP, "items.imported", {"count": created}),
+        )
         return JsonResponse({"created": created}, status=201)
 
 
@@ -70,8 +73,11 @@ class RestockItems(ApiView):
             raise ApiError(
                 404, "not_found", f"items {', '.join(map(str, missing))} do not exist"
             )
-        await events.publish(
-            EVENTS_GROUP, "items.restocked", {"ids": sorted(c.id for c in changes)}
+        await followups.run(
+            "publish",
+            events.publish(
+                EVENTS_GROUP, "items.restocked", {"ids": sorted(c.id for c in changes)}
+            ),
         )
         return JsonResponse({"updated": len(changes)})
 

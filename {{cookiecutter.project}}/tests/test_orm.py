@@ -93,6 +93,8 @@ async def test_restock_of_missing_items_is_404_and_changes_nothing_else(async_cl
     )
     assert response.status_code == 404
     assert "999999" in response.json()["message"]
+    # All or nothing: the item that exists kept its quantity.
+    assert (await Item.objects.aget()).quantity == item.quantity
 
 
 async def test_stats_aggregate(async_client):

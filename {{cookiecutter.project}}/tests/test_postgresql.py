@@ -3,11 +3,13 @@ connection back whatever happens to its request, and a busy pool or a slow
 statement answers 503 with Retry-After within its bound, never hangs."""
 
 import asyncio
+import socket
 import time
 from contextlib import asynccontextmanager
 
 import psycopg
 import pytest
+from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
 from django.db import connections
 from prometheus_client import REGISTRY
@@ -111,7 +113,7 @@ async def test_a_busy_pool_answers_503_with_retry_after(fresh_pools, monkeypatch
         waited = time.monotonic() - started
     assert (status, body["error"], headers["retry-after"]) == (
         503,
-        "database_busy",
+        "database_unavailable",
         "1",
     )
     # It waited for the pool's timeout, and no longer than a bounded while.
@@ -128,7 +130,7 @@ async def test_a_slow_statement_is_cancelled_and_answers_503(fresh_pools, monkey
         assert await waiting_reads() == 0
     assert (status, body["error"], headers["retry-after"]) == (
         503,
-        "database_busy",
+        "database_unavailable",
         "1",
     )
     assert unavailable("statement_timeout") == before + 1
@@ -171,3 +173,68 @@ async def test_both_pools_are_sampled_and_reads_timed(item_payload):
         assert maximum == OPTIONS["pool"]["max_size"]
     # The listing's three reads: count, items, tags.
     assert sample("django_db_pool_wait_seconds_count") == waits + 3
+
+
+# Connections each pool holds when the server drops them: enough that trying
+# them one by one, with psycopg's growing pauses, would outlast the pool timeout.
+HELD = 5
+
+
+def _sync_pids() -> list[int]:
+    """Grows Django's pool to HELD connections; their server pids."""
+    pool = connections["default"].pool
+    held = [pool.getconn() for _ in range(HELD)]
+    try:
+        return [connection.info.backend_pid for connection in held]
+    finally:
+        for connection in held:
+            pool.putconn(connection)
+
+
+async def test_connections_killed_by_the_server_cost_no_request(
+    fresh_pools, item_payload
+):
+    pool = await reads.pool()
+    held = [await pool.getconn() for _ in range(HELD)]
+    pids = [connection.info.backend_pid for connection in held]
+    for connection in held:
+        await pool.putconn(connection)
+    pids += await sync_to_async(_sync_pids)()
+    killer = await _connect()
+    try:
+        # What a server restart or a failover does to every pooled connection.
+        cursor = await killer.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+            " FROM unnest(%s::int[]) AS pid",
+            [pids],
+        )
+        assert (await cursor.fetchone())[0] == 2 * HELD
+    finally:
+        await killer.close()
+    # Each pool checks a connection before lending it; finding a dead one, it
+    # replaces all of them at once.
+    assert (await request(application, "GET", "/api/items"))[0] == 200
+    assert (await request(application, "POST", "/api/items", item_payload))[0] == 201
+
+
+async def test_a_server_that_is_down_answers_503_within_the_pool_timeout(
+    fresh_pools, monkeypatch
+):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nothing_listens = sock.getsockname()[1]
+    settings = connections["default"].settings_dict
+    monkeypatch.setitem(settings, "HOST", "127.0.0.1")
+    monkeypatch.setitem(settings, "PORT", str(nothing_listens))
+    monkeypatch.setitem(OPTIONS, "pool", {**OPTIONS["pool"], "timeout": 0.5})
+    before = unavailable("pool_timeout")
+    started = time.monotonic()
+    status, headers, body = await request(application, "GET", "/api/items")
+    waited = time.monotonic() - started
+    assert (status, body["error"], headers["retry-after"]) == (
+        503,
+        "database_unavailable",
+        "1",
+    )
+    assert 0.5 <= waited < 5
+    assert unavailable("pool_timeout") == before + 1

@@ -1,0 +1,136 @@
+"""What a client sees when a dependency fails: the cache, the channel layer
+{%- if cookiecutter.tasks != "none" %},
+the task broker{% endif %}.
+
+A write that committed is answered as a success whatever fails after it
+(core.followups); a cache that is down is a miss (core.cache); a database that
+cannot serve answers 503 with Retry-After (core.api).
+
+The PostgreSQL faults (connections killed by the server, a server that is down)
+are in test_postgresql.py."""
+
+import socket
+import sqlite3
+
+import pytest
+from django.db import OperationalError
+from django.test import override_settings
+from prometheus_client import REGISTRY
+
+from config.asgi import application
+from core import database
+from items.models import Item{% if cookiecutter.tasks != "none" %}, Report{% endif %}
+{%- if cookiecutter.tasks != "none" %}
+from items.tasks import build_report, record_change
+{%- endif %}
+from tests.asgi import request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0
+
+
+@pytest.fixture
+def nothing_listens() -> str:
+    """A Redis URL where nothing listens: every connection is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+async def test_a_cache_that_is_down_is_a_miss_not_an_error(
+    item_payload, nothing_listens
+):
+    cache = {
+        "BACKEND": "core.cache.RedisCache",
+        "LOCATION": nothing_listens,
+        "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+    }
+    failed_gets = sample("django_cache_errors_total", operation="get")
+    failed_sets = sample("django_cache_errors_total", operation="set")
+    failed_deletes = sample("django_cache_errors_total", operation="delete")
+    misses = sample("django_cache_requests_total", result="miss")
+    with override_settings(CACHES={"default": cache}):
+        status, _, created = await request(
+            application, "POST", "/api/items", item_payload
+        )
+        assert status == 201
+        path = f"/api/items/{created['id']}"
+        for _ in range(2):
+            status, _, read = await request(application, "GET", path)
+            assert (status, read) == (200, created)
+        status, _, patched = await request(application, "PATCH", path, {"quantity": 9})
+        assert (status, patched["quantity"]) == (200, 9)
+        assert (await request(application, "GET", path))[2] == patched
+    assert sample("django_cache_errors_total", operation="get") == failed_gets + 3
+    assert sample("django_cache_errors_total", operation="set") == failed_sets + 3
+    assert sample("django_cache_errors_total", operation="delete") == failed_deletes + 1
+    assert sample("django_cache_requests_total", result="miss") == misses + 3
+
+
+async def test_events_that_cannot_be_published_do_not_fail_the_write(
+    item_payload, nothing_listens
+):
+    layer = {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [nothing_listens]},
+    }
+    failed = sample("django_followups_failed_total", step="publish")
+    with override_settings(CHANNEL_LAYERS={"default": layer}):
+        status, _, created = await request(
+            application, "POST", "/api/items", item_payload
+        )
+        assert status == 201
+        path = f"/api/items/{created['id']}"
+        assert (await request(application, "PATCH", path, {"quantity": 1}))[0] == 200
+        assert (await request(application, "DELETE", path))[0] == 204
+    assert sample("django_followups_failed_total", step="publish") == failed + 3
+    # The writes themselves happened, once each.
+    assert not await Item.objects.filter(pk=created["id"]).aexists()
+{%- if cookiecutter.tasks != "none" %}
+
+
+async def refused(*args):
+    raise ConnectionRefusedError("the broker is down")
+
+
+async def test_a_task_that_cannot_be_enqueued_does_not_fail_the_write(
+    item_payload, monkeypatch
+):
+    monkeypatch.setattr(record_change, "enqueue", refused)
+    failed = sample("django_followups_failed_total", step="enqueue")
+    status, _, created = await request(application, "POST", "/api/items", item_payload)
+    assert status == 201
+    assert await Item.objects.filter(pk=created["id"]).acount() == 1
+    assert sample("django_followups_failed_total", step="enqueue") == failed + 1
+
+
+async def test_a_report_that_cannot_be_enqueued_is_withdrawn_with_503(monkeypatch):
+    monkeypatch.setattr(build_report, "enqueue", refused)
+    status, headers, body = await request(application, "POST", "/api/reports", {})
+    assert (status, body["error"], headers["retry-after"]) == (
+        503,
+        "queue_unavailable",
+        "1",
+    )
+    # No report is left queued that no task would ever build.
+    assert not await Report.objects.aexists()
+{%- endif %}
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (sqlite3.OperationalError("database is locked"), "locked"),
+        (sqlite3.OperationalError("no such table: items_item"), None),
+        (ValueError("not the database"), None),
+    ],
+)
+def test_which_database_errors_ask_the_client_to_retry(error, reason):
+    # As Django raises them: its own OperationalError, caused by the driver's.
+    wrapped = OperationalError(str(error))
+    wrapped.__cause__ = error
+    assert database.unavailable(wrapped) == reason

@@ -4,6 +4,7 @@ The deeper edge tests (Nginx in front, slow clients, restarts) build on this.
 """
 
 import json
+import signal
 
 import pytest
 
@@ -72,4 +73,5 @@ def test_without_redis_one_worker_serves_and_says_why(combination, generated, tm
         "because events reach other workers through Redis only",
     ) in messages, app.output()
     assert messages.count(("core.lifespan", "started")) == 1, app.output()
-    assert code == 0, app.output()
+    # A single Uvicorn process re-raises SIGTERM once its graceful shutdown is done.
+    assert code in (0, -signal.SIGTERM), app.output()

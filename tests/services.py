@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -44,68 +44,107 @@ def postgres_bin() -> Path:
     return versions[-1].parent
 
 
+class PostgreSQL:
+    """A PostgreSQL server of its own in workdir, which a test may stop and start
+    again (its port stays). Durability is of no use to a server deleted after the
+    run, except where a test kills it and counts what it kept: `durable`."""
+
+    def __init__(self, workdir: Path, durable: bool = False):
+        self.bindir, self.port, self.workdir = postgres_bin(), free_port(), workdir
+        self.as_postgres = []
+        if os.geteuid() == 0:
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+            workdir.mkdir(parents=True, exist_ok=True)
+            shutil.chown(workdir, pwd.getpwnam("postgres").pw_uid)
+        self.data = workdir / "data"
+        subprocess.run(
+            [
+                *self.as_postgres,
+                *(self.bindir / "initdb", "-D", self.data),
+                *("-U", "postgres", "-A", "trust"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        self.options = f"-p {self.port} -k {workdir} -c listen_addresses=127.0.0.1"
+        if not durable:
+            self.options += (
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            )
+
+    @property
+    def url(self) -> str:
+        """The URL of its superuser, without a database."""
+        return f"postgres://postgres@127.0.0.1:{self.port}"
+
+    def _pg_ctl(self, *arguments) -> None:
+        subprocess.run(
+            [*self.as_postgres, self.bindir / "pg_ctl", "-D", self.data, *arguments],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        self._pg_ctl("-o", self.options, "-l", self.workdir / "log", "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl's shutdown modes: "fast" (a restart), "immediate" (a crash)."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+
 @contextmanager
 def postgresql(workdir: Path):
     """A PostgreSQL server; yields the URL of its superuser, without a database."""
-    bindir, port = postgres_bin(), free_port()
-    as_postgres = []
-    if os.geteuid() == 0:
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-        workdir.mkdir(parents=True, exist_ok=True)
-        shutil.chown(workdir, pwd.getpwnam("postgres").pw_uid)
-    data = workdir / "data"
-    subprocess.run(
-        [*as_postgres, bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust"],
-        check=True,
-        capture_output=True,
-    )
-    # Durability is of no use to a server that is deleted after the run.
-    options = (
-        f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off"
-    )
-    start = [bindir / "pg_ctl", "-D", data, "-o", options, "-l", workdir / "log", "-w"]
-    subprocess.run([*as_postgres, *start, "start"], check=True, capture_output=True)
+    server = PostgreSQL(workdir)
+    server.start()
     try:
-        yield f"postgres://postgres@127.0.0.1:{port}"
+        yield server.url
     finally:
-        subprocess.run(
-            [*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
-            check=False,
-            capture_output=True,
+        with suppress(subprocess.CalledProcessError):
+            server.stop("immediate")
+
+
+class Redis:
+    """A Redis server that keeps nothing on disk, with this many databases (Redis's
+    default is 16), which a test may stop and start again (its port stays)."""
+
+    def __init__(self, databases: int = 16):
+        self.executable = shutil.which("redis-server")
+        if self.executable is None:
+            raise RuntimeError("redis-server not found: apt-get install redis-server")
+        self.port, self.databases = free_port(), databases
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        """Its URL, without a database."""
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *(self.executable, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+                *("--databases", str(self.databases)),
+            ],
+            stdout=subprocess.DEVNULL,
         )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
 
 
 @contextmanager
 def redis(databases: int = 16):
-    """A Redis server that keeps nothing on disk, with this many databases (Redis's
-    default is 16); yields its URL, without a database."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        raise RuntimeError("redis-server not found: apt-get install redis-server")
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            executable,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--databases",
-            str(databases),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    """A Redis server; yields its URL, without a database."""
+    server = Redis(databases)
+    server.start()
     try:
-        wait_for_port(port)
-        yield f"redis://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
 
 
 class RedisDatabases:

@@ -44,7 +44,8 @@ async def _connect() -> psycopg.AsyncConnection:
 @asynccontextmanager
 async def items_locked():
     """Another session holds an exclusive lock on the items table: every read of
-    it waits until the block ends. Yields a function that counts those reads."""
+    it waits until the block ends. Yields a function that counts those reads, and
+    whose `pid` is the locking session's."""
     locker = await _connect()
     try:
         await locker.execute("BEGIN")
@@ -60,6 +61,7 @@ async def items_locked():
             )
             return (await cursor.fetchone())[0]
 
+        waiting_reads.pid = locker.info.backend_pid
         yield waiting_reads
     finally:
         await locker.execute("ROLLBACK")
@@ -238,3 +240,42 @@ async def test_a_server_that_is_down_answers_503_within_the_pool_timeout(
     )
     assert 0.5 <= waited < 5
     assert unavailable("pool_timeout") == before + 1
+
+
+async def _terminate_the_waiting(waiting_reads, locker_pid: int) -> None:
+    """Kills, from the server, the session that waits on the lock: what a restart
+    or pg_terminate_backend does to a statement in flight."""
+    killer = await _connect()
+    try:
+        await until(waiting_reads, 1)
+        await killer.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND pid <> %s",
+            [locker_pid],
+        )
+    finally:
+        await killer.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("GET", None), ("POST", {"name": "n", "category": "new", "price": "1"})],
+)
+async def test_a_statement_cut_off_by_the_server_answers_503_and_writes_nothing(
+    method, body
+):
+    before = unavailable("connection")
+    async with items_locked() as waiting_reads:
+        answer = asyncio.create_task(request(application, method, "/api/items", body))
+        await _terminate_the_waiting(waiting_reads, waiting_reads.pid)
+        status, headers, response = await asyncio.wait_for(answer, 10)
+    assert (status, response["error"], headers["retry-after"]) == (
+        503,
+        "database_unavailable",
+        "1",
+    )
+    assert unavailable("connection") == before + 1
+    # The write's transaction was rolled back whole: not even its new category.
+    status, _, categories = await request(application, "GET", "/api/categories")
+    assert (status, categories["categories"]) == (200, [])

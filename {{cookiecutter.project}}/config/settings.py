@@ -135,6 +135,8 @@ from config.task_queue import *  # noqa: E402, F403
 {% endif -%}
 # Seconds an item read by id stays cached; writes through the API drop it at once.
 ITEM_CACHE_SECONDS = env.int("ITEM_CACHE_SECONDS", default=30)
+# How long the answer to a create's Idempotency-Key is kept (core.idempotency).
+IDEMPOTENCY_KEY_HOURS = env.int("IDEMPOTENCY_KEY_HOURS", default=24)
 # Readiness probes give each dependency this long before reporting it down.
 READINESS_TIMEOUT = env.float("READINESS_TIMEOUT", default=2.0)
 # Seconds between SSE keep-alive comments; below proxies' idle read timeouts.

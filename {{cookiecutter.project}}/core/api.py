@@ -60,12 +60,9 @@ def _field_errors(exc: ValidationError) -> list[dict]:
     ]
 
 
-def parse_body[T: BaseModel](request: HttpRequest, schema: type[T]) -> T:
-    """The request's JSON body validated by `schema`, or an ApiError."""
-    if request.content_type != "application/json":
-        raise ApiError(
-            415, "unsupported_media_type", "send Content-Type: application/json"
-        )
+def body_of(request: HttpRequest) -> bytes:
+    """The request's body, or an ApiError (413) if it exceeds API_MAX_BODY_BYTES:
+    a larger one is not read."""
     limit = settings.API_MAX_BODY_BYTES
     too_large = ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
     declared = request.META.get("CONTENT_LENGTH") or "0"
@@ -77,6 +74,16 @@ def parse_body[T: BaseModel](request: HttpRequest, schema: type[T]) -> T:
         raise too_large from None
     if len(body) > limit:
         raise too_large
+    return body
+
+
+def parse_body[T: BaseModel](request: HttpRequest, schema: type[T]) -> T:
+    """The request's JSON body validated by `schema`, or an ApiError."""
+    if request.content_type != "application/json":
+        raise ApiError(
+            415, "unsupported_media_type", "send Content-Type: application/json"
+        )
+    body = body_of(request)
     try:
         return schema.model_validate_json(body)
     except ValidationError as exc:

@@ -19,7 +19,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Avg, Count, Sum
 
-from core import reads
+from core import idempotency, reads
 from items.models import Category, Item, Tag
 from items.schemas import ItemIn, ItemPatch, Restock
 
@@ -111,14 +111,18 @@ def _tags(names: Iterable[str]) -> list[Tag]:
 
 
 @sync_to_async
-def create_item(data: ItemIn) -> dict:
+def create_item(data: ItemIn, key: idempotency.Key | None = None) -> dict:
+    """With an Idempotency-Key, its answer commits with the item."""
     with transaction.atomic():
         category, _ = Category.objects.get_or_create(name=data.category)
         item = Item.objects.create(
             name=data.name, category=category, price=data.price, quantity=data.quantity
         )
         item.tags.set(_tags(data.tags))
-        return _read_sync(_items().filter(pk=item.pk))[0]
+        created = _read_sync(_items().filter(pk=item.pk))[0]
+        if key:
+            idempotency.remember(key, 201, created)
+        return created
 
 
 async def create_category(name: str) -> Category:
@@ -170,8 +174,11 @@ async def delete_item(item_id: int) -> bool:
 
 
 @sync_to_async
-def bulk_create_items(new_items: list[ItemIn]) -> int:
-    """One INSERT for all items and one for all their tag links, all or nothing."""
+def bulk_create_items(
+    new_items: list[ItemIn], key: idempotency.Key | None = None
+) -> int:
+    """One INSERT for all items and one for all their tag links, all or nothing;
+    with an Idempotency-Key, its answer commits with them."""
     with transaction.atomic():
         categories = {}
         for name in sorted({item.category for item in new_items}):
@@ -193,6 +200,8 @@ def bulk_create_items(new_items: list[ItemIn]) -> int:
             for item, data in zip(created, new_items, strict=True)
             for name in set(data.tags)
         )
+        if key:
+            idempotency.remember(key, 201, {"created": len(created)})
         return len(created)
 
 

@@ -3,7 +3,7 @@
 from django.db import IntegrityError
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
-from core import events, followups
+from core import events, followups, idempotency
 from core.api import ApiError, ApiView, parse_body, parse_query
 from core.sse import event_stream_response
 from items import store
@@ -29,7 +29,10 @@ class ItemCollection(ApiView):
         return JsonResponse({"total": total, "items": items})
 
     async def post(self, request):
-        item = await store.create_item(parse_body(request, ItemIn))
+        return await idempotency.answer_once(request, self.create)
+
+    async def create(self, request, key):
+        item = await store.create_item(parse_body(request, ItemIn), key)
         await notify("item.created", item)
         return JsonResponse(item, status=201)
 
@@ -57,7 +60,11 @@ class ItemDetail(ApiView):
 
 class BulkItems(ApiView):
     async def post(self, request):
-        created = await store.bulk_create_items(parse_body(request, BulkItemsIn).items)
+        return await idempotency.answer_once(request, self.create)
+
+    async def create(self, request, key):
+        items = parse_body(request, BulkItemsIn).items
+        created = await store.bulk_create_items(items, key)
         await followups.run(
             "publish",
             events.publish(EVENTS_GROUP, "items.imported", {"count": created}),

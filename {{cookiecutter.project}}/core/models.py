@@ -1,0 +1,25 @@
+"""The service's own bookkeeping tables (not the API's data)."""
+
+from django.db import models
+
+
+class IdempotentRequest(models.Model):
+    """The answer a create gave to an Idempotency-Key (core.idempotency), kept
+    so that a client's retry of it gets the same answer instead of a second
+    resource. Written in the create's own transaction: the key and what it
+    created commit together or not at all."""
+
+    route = models.CharField(max_length=64)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)  # SHA-256 of the request body
+    status = models.PositiveSmallIntegerField()
+    body = models.TextField()  # the answer's JSON, as sent: replayed byte for byte
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["route", "key"], name="one_answer_per_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.route} {self.key}"

@@ -1,0 +1,86 @@
+"""Idempotency-Key on creates (core.idempotency): a retried POST gets the first
+answer, never a second item; on SQLite and on PostgreSQL, concurrent retries too."""
+
+import asyncio
+import json
+
+import pytest
+
+from config.asgi import application
+from core.models import IdempotentRequest
+from items.models import Item
+from tests.asgi import exchange
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def post(path: str, body: dict, key: str | None = "k-1"):
+    """Status, headers (lowercase names) and JSON body of a POST with the key."""
+    headers = [(b"content-type", b"application/json")]
+    if key is not None:
+        headers.append((b"idempotency-key", key.encode()))
+    start, content = await exchange(
+        application, "POST", path, json.dumps(body).encode(), headers
+    )
+    names = {name.decode().lower(): value.decode() for name, value in start["headers"]}
+    return start["status"], names, json.loads(content)
+
+
+async def test_a_retry_gets_the_first_answer_and_creates_nothing(item_payload):
+    first = await post("/api/items", item_payload)
+    again = await post("/api/items", item_payload)
+    assert first[0] == again[0] == 201
+    assert again[2] == first[2]
+    assert again[1]["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first[1]
+    assert await Item.objects.acount() == 1
+
+
+async def test_the_same_key_with_another_body_is_refused(item_payload):
+    assert (await post("/api/items", item_payload))[0] == 201
+    status, _, body = await post("/api/items", {**item_payload, "name": "other"})
+    assert (status, body["error"]) == (422, "idempotency_key_reused")
+    assert await Item.objects.acount() == 1
+
+
+async def test_keys_are_per_key_and_per_route(item_payload):
+    assert (await post("/api/items", item_payload, "a"))[0] == 201
+    assert (await post("/api/items", item_payload, "b"))[0] == 201
+    bulk = {"items": [item_payload]}
+    status, _, body = await post("/api/items/bulk", bulk, "a")
+    assert (status, body) == (201, {"created": 1})
+    assert (await post("/api/items/bulk", bulk, "a"))[2] == {"created": 1}
+    assert await Item.objects.acount() == 3
+
+
+async def test_concurrent_retries_create_once(item_payload):
+    answers = await asyncio.gather(
+        *(post("/api/items", item_payload) for _ in range(8))
+    )
+    assert {status for status, _, _ in answers} == {201}
+    assert len({json.dumps(body) for _, _, body in answers}) == 1
+    assert await Item.objects.acount() == 1
+    assert await IdempotentRequest.objects.acount() == 1
+
+
+async def test_a_failed_create_keeps_no_answer(item_payload):
+    assert (await post("/api/items", {**item_payload, "price": "-1"}))[0] == 422
+    assert (await post("/api/items", item_payload))[0] == 201
+    assert await Item.objects.acount() == 1
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "clé", "tab\there"])
+async def test_a_malformed_key_is_400(item_payload, key):
+    status, _, body = await post("/api/items", item_payload, key)
+    assert (status, body["error"]) == (400, "invalid_idempotency_key")
+    assert not await Item.objects.aexists()
+
+
+async def test_an_expired_answer_is_forgotten(item_payload, settings):
+    assert (await post("/api/items", item_payload))[0] == 201
+    settings.IDEMPOTENCY_KEY_HOURS = 0
+    status, headers, _ = await post("/api/items", item_payload)
+    assert status == 201
+    assert "idempotent-replayed" not in headers
+    assert await Item.objects.acount() == 2
+    assert await IdempotentRequest.objects.acount() == 1

@@ -1,0 +1,166 @@
+"""The API's OpenAPI 3.1 document, served at /api/openapi.json.
+
+Built once, from what the API runs on: the URL patterns under /api (their
+converters give the path parameters), the @operation each ApiView handler declares
+(core.api) and the JSON Schema (2020-12, OpenAPI 3.1's own dialect) that pydantic
+makes of the declared models. A handler without a declaration is an error.
+"""
+
+import functools
+import re
+from http import HTTPStatus
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.http import JsonResponse
+from django.urls import URLPattern, URLResolver, get_resolver
+from pydantic import RootModel
+from pydantic.json_schema import models_json_schema
+
+from core.api import ApiView, ErrorBody, Stream, drop_null, operation
+
+PREFIX = "api/"
+COMPONENTS = "#/components/schemas/{model}"
+JSON = "application/json"
+# A route's <converter:name> or <name>, as django.urls.resolvers reads it.
+_PARAMETER = re.compile(r"<(?:[^>:]+:)?([^>]+)>")
+
+
+def api_routes() -> list[tuple[str, dict, type[ApiView]]]:
+    """(route, converters by parameter name, view class) of each URL under PREFIX."""
+    found = []
+
+    def walk(patterns, prefix: str, converters: dict):
+        for entry in patterns:
+            route = prefix + str(entry.pattern)
+            known = {**converters, **entry.pattern.converters}
+            if isinstance(entry, URLResolver):
+                walk(entry.url_patterns, route, known)
+            elif isinstance(entry, URLPattern) and route.startswith(PREFIX):
+                view = getattr(entry.callback, "view_class", None)
+                if not (isinstance(view, type) and issubclass(view, ApiView)):
+                    raise ImproperlyConfigured(f"/{route} is not an ApiView")
+                found.append((route, known, view))
+
+    walk(get_resolver().url_patterns, "", {})
+    return found
+
+
+def handlers(view: type[ApiView]) -> dict[str, Any]:
+    """The view's own handlers by method. Django answers OPTIONS (and HEAD where
+    there is a GET) for every view; the document leaves those two out."""
+    return {
+        method: getattr(view, method)
+        for method in view.http_method_names
+        if method not in ("head", "options") and hasattr(view, method)
+    }
+
+
+def _declared(view: type[ApiView], method: str, handler) -> Any:
+    declared = getattr(handler, "operation", None)
+    if declared is None:
+        raise ImproperlyConfigured(
+            f"{view.__module__}.{view.__qualname__}.{method} has no @operation"
+        )
+    return declared
+
+
+def _query_parameters(query) -> list[dict]:
+    schema = query.model_json_schema(ref_template=COMPONENTS)
+    parameters = []
+    for name, field in schema["properties"].items():
+        field.pop("title", None)
+        drop_null(field)
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": name in schema.get("required", []),
+                "schema": field,
+            }
+        )
+    return parameters
+
+
+def _content(answer, refs: dict) -> dict:
+    if isinstance(answer, Stream):
+        return {"description": answer.description, "content": {answer.media_type: {}}}
+    return {"content": {JSON: {"schema": refs[answer, "serialization"]}}}
+
+
+@functools.cache
+def document() -> dict:
+    operations = []
+    models = {(ErrorBody, "serialization")}
+    for route, converters, view in api_routes():
+        for method, handler in handlers(view).items():
+            declared = _declared(view, method, handler)
+            operations.append((route, converters, view, method, handler, declared))
+            models.update((m, "validation") for m in (declared.body,) if m)
+            models.update(
+                (answer, "serialization")
+                for answer in declared.responses.values()
+                if answer is not None and not isinstance(answer, Stream)
+            )
+    ordered = sorted(models, key=lambda entry: (entry[0].__name__, entry[1]))
+    refs, definitions = models_json_schema(ordered, ref_template=COMPONENTS)
+
+    paths: dict[str, dict] = {}
+    for route, converters, view, method, handler, declared in operations:
+        path = "/" + _PARAMETER.sub(r"{\1}", route)
+        parameters = [
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": f"^(?:{converter.regex})$"},
+            }
+            for name, converter in converters.items()
+        ]
+        if declared.query is not None:
+            parameters += _query_parameters(declared.query)
+        responses = {}
+        for status, answer in declared.responses.items():
+            responses[str(status)] = {"description": HTTPStatus(status).phrase}
+            if answer is not None:
+                responses[str(status)].update(_content(answer, refs))
+        for status in declared.error_statuses():
+            responses[str(status)] = {
+                "description": HTTPStatus(status).phrase,
+                **_content(ErrorBody, refs),
+            }
+        entry = {
+            "operationId": f"{view.__qualname__}.{method}",
+            "responses": responses,
+        }
+        summary = (handler.__doc__ or view.__doc__ or "").strip().split("\n")[0]
+        if summary:
+            entry["summary"] = summary
+        if parameters:
+            entry["parameters"] = parameters
+        if declared.body is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {JSON: {"schema": refs[declared.body, "validation"]}},
+            }
+        paths.setdefault(path, {})[method] = entry
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": settings.SERVICE_NAME, "version": settings.SERVICE_VERSION},
+        "paths": paths,
+        "components": {"schemas": definitions.get("$defs", {})},
+    }
+
+
+class Document(RootModel[dict[str, Any]]):
+    """An OpenAPI 3.1 document."""
+
+
+class OpenApiDocument(ApiView):
+    """This document."""
+
+    @operation({200: Document})
+    async def get(self, request):
+        return JsonResponse(document())

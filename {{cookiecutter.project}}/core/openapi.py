@@ -18,7 +18,15 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from pydantic import RootModel
 from pydantic.json_schema import models_json_schema
 
-from core.api import ApiView, ErrorBody, Stream, drop_null, operation
+from core.api import (
+    UNAVAILABLE,
+    ApiView,
+    ErrorBody,
+    Operation,
+    Stream,
+    drop_null,
+    operation,
+)
 
 PREFIX = "api/"
 COMPONENTS = "#/components/schemas/{model}"
@@ -57,15 +65,6 @@ def handlers(view: type[ApiView]) -> dict[str, Any]:
     }
 
 
-def _declared(view: type[ApiView], method: str, handler) -> Any:
-    declared = getattr(handler, "operation", None)
-    if declared is None:
-        raise ImproperlyConfigured(
-            f"{view.__module__}.{view.__qualname__}.{method} has no @operation"
-        )
-    return declared
-
-
 def _query_parameters(query) -> list[dict]:
     schema = query.model_json_schema(ref_template=COMPONENTS)
     parameters = []
@@ -89,6 +88,71 @@ def _content(answer, refs: dict) -> dict:
     return {"content": {JSON: {"schema": refs[answer, "serialization"]}}}
 
 
+def _responses(declared: Operation, refs: dict) -> dict:
+    responses = {}
+    for status, answer in declared.responses.items():
+        responses[str(status)] = {"description": HTTPStatus(status).phrase}
+        if answer is not None:
+            responses[str(status)].update(_content(answer, refs))
+    for status in declared.error_statuses():
+        responses[str(status)] = {
+            "description": HTTPStatus(status).phrase,
+            **_content(ErrorBody, refs),
+        }
+    responses[str(UNAVAILABLE)]["headers"] = {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again.",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    }
+    return responses
+
+
+def _operation(converters: dict, view, method: str, handler, refs: dict) -> dict:
+    declared = handler.operation
+    entry = {
+        "operationId": f"{view.__qualname__}.{method}",
+        "responses": _responses(declared, refs),
+    }
+    summary = (handler.__doc__ or view.__doc__ or "").strip().split("\n")[0]
+    if summary:
+        entry["summary"] = summary
+    parameters = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": f"^(?:{converter.regex})$"},
+        }
+        for name, converter in converters.items()
+    ]
+    if declared.query is not None:
+        parameters += _query_parameters(declared.query)
+    if parameters:
+        entry["parameters"] = parameters
+    if declared.body is not None:
+        entry["requestBody"] = {
+            "required": True,
+            "content": {JSON: {"schema": refs[declared.body, "validation"]}},
+        }
+    return entry
+
+
+def _models(operations: list[Operation]) -> list[tuple[type, str]]:
+    """Every model of the document, with the side it is for: pydantic describes
+    what a model accepts and what it answers apart."""
+    models = {(ErrorBody, "serialization")}
+    for declared in operations:
+        if declared.body is not None:
+            models.add((declared.body, "validation"))
+        models.update(
+            (answer, "serialization")
+            for answer in declared.responses.values()
+            if answer is not None and not isinstance(answer, Stream)
+        )
+    return sorted(models, key=lambda model: (model[0].__name__, model[1]))
+
+
 @functools.cache
 def document() -> dict:
     """The document, built on first use (the URL patterns do not change)."""
@@ -98,61 +162,26 @@ def document() -> dict:
 def build() -> dict:
     """Raises ImproperlyConfigured for a route or handler it cannot document (the
     system check core.E001 runs it)."""
-    operations = []
-    models = {(ErrorBody, "serialization")}
-    for route, converters, view in api_routes():
-        for method, handler in handlers(view).items():
-            declared = _declared(view, method, handler)
-            operations.append((route, converters, view, method, handler, declared))
-            models.update((m, "validation") for m in (declared.body,) if m)
-            models.update(
-                (answer, "serialization")
-                for answer in declared.responses.values()
-                if answer is not None and not isinstance(answer, Stream)
+    found = [
+        (route, converters, view, method, handler)
+        for route, converters, view in api_routes()
+        for method, handler in handlers(view).items()
+    ]
+    for _, _, view, method, handler in found:
+        if not isinstance(getattr(handler, "operation", None), Operation):
+            raise ImproperlyConfigured(
+                f"{view.__module__}.{view.__qualname__}.{method} has no @operation"
             )
-    ordered = sorted(models, key=lambda entry: (entry[0].__name__, entry[1]))
-    refs, definitions = models_json_schema(ordered, ref_template=COMPONENTS)
-
+    refs, definitions = models_json_schema(
+        _models([handler.operation for *_, handler in found]),
+        ref_template=COMPONENTS,
+    )
     paths: dict[str, dict] = {}
-    for route, converters, view, method, handler, declared in operations:
+    for route, converters, view, method, handler in found:
         path = "/" + _PARAMETER.sub(r"{\1}", route)
-        parameters = [
-            {
-                "name": name,
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string", "pattern": f"^(?:{converter.regex})$"},
-            }
-            for name, converter in converters.items()
-        ]
-        if declared.query is not None:
-            parameters += _query_parameters(declared.query)
-        responses = {}
-        for status, answer in declared.responses.items():
-            responses[str(status)] = {"description": HTTPStatus(status).phrase}
-            if answer is not None:
-                responses[str(status)].update(_content(answer, refs))
-        for status in declared.error_statuses():
-            responses[str(status)] = {
-                "description": HTTPStatus(status).phrase,
-                **_content(ErrorBody, refs),
-            }
-        entry = {
-            "operationId": f"{view.__qualname__}.{method}",
-            "responses": responses,
-        }
-        summary = (handler.__doc__ or view.__doc__ or "").strip().split("\n")[0]
-        if summary:
-            entry["summary"] = summary
-        if parameters:
-            entry["parameters"] = parameters
-        if declared.body is not None:
-            entry["requestBody"] = {
-                "required": True,
-                "content": {JSON: {"schema": refs[declared.body, "validation"]}},
-            }
-        paths.setdefault(path, {})[method] = entry
-
+        paths.setdefault(path, {})[method] = _operation(
+            converters, view, method, handler, refs
+        )
     return {
         "openapi": "3.1.0",
         "info": {"title": settings.SERVICE_NAME, "version": settings.SERVICE_VERSION},

@@ -1,12 +1,19 @@
-"""JSON in and out for API views: every client error is a 4xx with a JSON body."""
+"""JSON in and out for API views: every client error is a 4xx with a JSON body.
 
+Each handler of an ApiView declares its contract with @operation: the schemas of
+its body and query, which it is handed already validated, and of its answers.
+core.openapi builds the published document from the same declarations.
+"""
+
+import functools
+from dataclasses import dataclass
 from http import HTTPStatus
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views import View
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core import database, metrics
 from core.context import REQUEST_ID
@@ -14,6 +21,29 @@ from core.context import REQUEST_ID
 # What a 503 asks clients to wait before trying again: a busy pool frees up fast,
 # and a restarted server is back within seconds.
 RETRY_AFTER_SECONDS = 1
+
+
+class Answer(BaseModel):
+    """A response body's model, for the document: a field the API sends but its
+    model lacks fails the fuzzer's conformance check (tests/test_openapi.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldError(Answer):
+    field: str
+    message: str
+    type: str
+
+
+class ErrorBody(Answer):
+    """Every error answer of the API (error_response)."""
+
+    error: str
+    message: str
+    request_id: str
+    # Only in answers to a body or query that does not match its schema.
+    fields: list[FieldError] = []
 
 
 class ApiError(Exception):
@@ -106,6 +136,87 @@ def parse_query[T: BaseModel](request: HttpRequest, schema: type[T]) -> T:
         raise ApiError(
             400, "invalid_query", "the query string is not valid", _field_errors(exc)
         ) from None
+
+
+def drop_null(field: dict) -> None:
+    """Removes null from a field's JSON Schema, for a field that may be left out
+    but never be null (a query parameter, a Patch field)."""
+    choices = [c for c in field.pop("anyOf", []) if c.get("type") != "null"]
+    if choices:
+        field.update(choices[0] if len(choices) == 1 else {"anyOf": choices})
+    if field.get("default", "") is None:
+        del field["default"]
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A response body streamed in `media_type`, described in words: OpenAPI 3.1
+    has no schema for a sequence of records."""
+
+    media_type: str
+    description: str
+
+
+# What any request with a body can be refused for (parse_body), and any with a
+# query (parse_query). Every operation can also answer 503 (ApiView.dispatch).
+BODY_ERRORS = (400, 413, 415, 422)
+QUERY_ERRORS = (400,)
+UNAVAILABLE = 503
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One handler's contract: its success answers by status (a model, a Stream,
+    or None for no body), the models of its body and query, the other error
+    statuses it answers, and whether it takes an Idempotency-Key."""
+
+    responses: dict[int, type[BaseModel] | Stream | None]
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    idempotent: bool = False
+
+    def error_statuses(self) -> list[int]:
+        statuses = {*self.errors, UNAVAILABLE}
+        if self.body is not None:
+            statuses.update(BODY_ERRORS)
+        if self.query is not None:
+            statuses.update(QUERY_ERRORS)
+        return sorted(statuses)
+
+
+def operation(responses, *, body=None, query=None, errors=(), idempotent=False):
+    """Declares an ApiView handler's contract (Operation) and enforces its input
+    side: the handler gets `body=` and `query=` already validated by those models.
+    An `idempotent` create takes an Idempotency-Key (core.idempotency): the
+    handler gets `idempotency_key=` to store its answer with, in its transaction,
+    and a retry with the same key gets the first answer without calling it."""
+
+    def declare(handler):
+        @functools.wraps(handler)
+        async def validated(self, request, *args, **kwargs):
+            if query is not None:
+                kwargs["query"] = parse_query(request, query)
+            if body is not None:
+                kwargs["body"] = parse_body(request, body)
+            if not idempotent:
+                return await handler(self, request, *args, **kwargs)
+            # Imported here: core.idempotency builds on this module.
+            from core import idempotency
+
+            return await idempotency.answer_once(
+                request,
+                lambda key: handler(
+                    self, request, *args, idempotency_key=key, **kwargs
+                ),
+            )
+
+        validated.operation = Operation(
+            responses, body, query, tuple(errors), idempotent
+        )
+        return validated
+
+    return declare
 
 
 class ApiView(View):

@@ -1,16 +1,18 @@
-"""System checks that keep the request path async and the deploy settings safe."""
+"""System checks that keep the request path async, the API documented and the
+deploy settings safe."""
 
 import inspect
 
 from django.conf import settings
 from django.core import signals
-from django.core.checks import Tags, Warning, register
+from django.core.checks import Error, Tags, Warning, register
 from django.core.checks.security import base as security_checks
+from django.core.exceptions import ImproperlyConfigured
 from django.test.utils import override_settings
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
-from core import handler
+from core import handler, openapi
 from core.middleware import InlineHooksMixin
 
 # Hooks Django wraps in sync_to_async, on every request, when they are not coroutines.
@@ -119,6 +121,24 @@ def check_security_middleware_settings(app_configs, **kwargs):
         for check in SECURITY_SETTING_CHECKS:
             messages.extend(check(app_configs))
     return messages
+
+
+@register(Tags.urls)
+def check_api_is_documented(app_configs, **kwargs):
+    """/api/openapi.json is built from every route under /api: each must be an
+    ApiView whose handlers declare their @operation."""
+    try:
+        openapi.build()
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                f"The API's OpenAPI document cannot be built: {exc}.",
+                hint="Serve API routes with an ApiView; declare each of its "
+                "handlers with core.api.operation.",
+                id="core.E001",
+            )
+        ]
+    return []
 
 
 @register(deploy=True)

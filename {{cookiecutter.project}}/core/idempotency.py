@@ -90,14 +90,15 @@ async def earlier_answer(key: Key) -> HttpResponse | None:
 
 
 async def answer_once(request: HttpRequest, create) -> HttpResponse:
-    """The answer of `await create(request, key)`, a view's create, given once per
-    Idempotency-Key: a retry gets the first answer again. `create` passes the key
-    to remember() in its transaction; without the header the key is None."""
+    """The answer of `await create(key)`, given once per Idempotency-Key: a retry
+    gets the first answer again. `create` passes the key to remember() in its
+    transaction; without the header the key is None (core.api.operation calls
+    this for an `idempotent` handler)."""
     key = key_of(request)
     if key and (earlier := await earlier_answer(key)):
         return earlier
     try:
-        return await create(request, key)
+        return await create(key)
     except IntegrityError:
         # The same key sent twice at once: the other request made the resource.
         if key and (earlier := await earlier_answer(key)):

@@ -2,12 +2,15 @@
 the worker (items.tasks.build_report) fills the report in, GET /api/reports/<id>
 shows how far it got. config/urls.py includes the routes below."""
 
+from datetime import datetime
+from typing import Any
+
 from django.http import JsonResponse
 from django.urls import path
 
 import items.urls  # noqa: F401  (registers the item_id converter of the routes below)
 from core import followups, reads
-from core.api import ApiError, ApiView, parse_body, unavailable
+from core.api import Answer, ApiError, ApiView, operation, unavailable
 from items.models import Report
 from items.schemas import CategoryName, Schema
 from items.tasks import build_report
@@ -15,6 +18,17 @@ from items.tasks import build_report
 
 class ReportIn(Schema):
     category: CategoryName | None = None
+
+
+class ReportOut(Answer):
+    id: int
+    category: str | None
+    status: Report.Status
+    attempts: int
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
 
 
 FIELDS = (
@@ -46,9 +60,9 @@ def report_data(report: dict) -> dict:
 class ReportCollection(ApiView):
     """A stock report is built by the worker: 202 now, the result at its URL."""
 
-    async def post(self, request):
-        data = parse_body(request, ReportIn)
-        report = await Report.objects.acreate(category=data.category or "")
+    @operation({202: ReportOut}, body=ReportIn)
+    async def post(self, request, body: ReportIn):
+        report = await Report.objects.acreate(category=body.category or "")
         if not await followups.run("enqueue", build_report.enqueue(report.id)):
             # No task, no report: one left queued would never be built. A task
             # that did reach the broker finds its report gone and does nothing.
@@ -63,6 +77,7 @@ class ReportCollection(ApiView):
 
 
 class ReportDetail(ApiView):
+    @operation({200: ReportOut}, errors=[404])
     async def get(self, request, report_id: int):
         found = await reads.fetch(Report.objects.filter(pk=report_id).values(*FIELDS))
         if not found:

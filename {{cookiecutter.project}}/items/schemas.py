@@ -1,5 +1,7 @@
-"""What the items API accepts. Unknown fields and wrong types are refused."""
+"""What the items API accepts (unknown fields and wrong types are refused), and
+what it answers (the Answer models, for the OpenAPI document)."""
 
+from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -11,6 +13,8 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+
+from core.api import Answer, drop_null
 
 Name = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)
@@ -48,9 +52,17 @@ class Schema(BaseModel):
         return _without_nul(value)
 
 
+def _fields_not_null(schema: dict) -> None:
+    """Patch's JSON Schema says what not_null enforces."""
+    for field in schema["properties"].values():
+        drop_null(field)
+
+
 class Patch(Schema):
     """A partial update: a field left out stays as it is; null is refused, since
     no field of it may be emptied (the database would refuse it: a 500)."""
+
+    model_config = ConfigDict(json_schema_extra=_fields_not_null)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -96,3 +108,51 @@ class ItemQuery(Schema):
     category: CategoryName | None = None
     limit: Annotated[int, Field(ge=1, le=100)] = 20
     offset: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+
+
+# Prices are answered as strings, with their two decimal places: "12.50".
+PriceText = Annotated[str, Field(pattern=r"^[0-9]+\.[0-9]{2}$")]
+
+
+class Item(Answer):
+    id: int
+    name: str
+    category: str
+    tags: list[str]
+    price: PriceText
+    quantity: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ItemPage(Answer):
+    total: int
+    items: list[Item]
+
+
+class Created(Answer):
+    created: int
+
+
+class Updated(Answer):
+    updated: int
+
+
+class Stats(Answer):
+    items: int
+    units: int
+    average_price: PriceText | None
+    categories: int
+
+
+class Category(Answer):
+    id: int
+    name: str
+
+
+class CategoryCount(Category):
+    items: int
+
+
+class CategoryList(Answer):
+    categories: list[CategoryCount]

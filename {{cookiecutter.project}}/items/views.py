@@ -3,18 +3,25 @@
 from django.db import IntegrityError
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
-from core import events, followups, idempotency
-from core.api import ApiError, ApiView, parse_body, parse_query
+from core import events, followups
+from core.api import ApiError, ApiView, Stream, operation
 from core.sse import event_stream_response
 from items import store
 from items.changes import EVENTS_GROUP, notify
 from items.schemas import (
     BulkItemsIn,
+    Category,
     CategoryIn,
+    CategoryList,
+    Created,
+    Item,
     ItemIn,
+    ItemPage,
     ItemPatch,
     ItemQuery,
     RestockIn,
+    Stats,
+    Updated,
 )
 
 
@@ -23,34 +30,35 @@ def _missing(item_id: int) -> ApiError:
 
 
 class ItemCollection(ApiView):
-    async def get(self, request):
-        query = parse_query(request, ItemQuery)
+    @operation({200: ItemPage}, query=ItemQuery)
+    async def get(self, request, query: ItemQuery):
         total, items = await store.list_items(query.category, query.limit, query.offset)
         return JsonResponse({"total": total, "items": items})
 
-    async def post(self, request):
-        return await idempotency.answer_once(request, self.create)
-
-    async def create(self, request, key):
-        item = await store.create_item(parse_body(request, ItemIn), key)
+    @operation({201: Item}, body=ItemIn, idempotent=True)
+    async def post(self, request, body: ItemIn, idempotency_key):
+        item = await store.create_item(body, idempotency_key)
         await notify("item.created", item)
         return JsonResponse(item, status=201)
 
 
 class ItemDetail(ApiView):
+    @operation({200: Item}, errors=[404])
     async def get(self, request, item_id: int):
         item = await store.get_item(item_id)
         if item is None:
             raise _missing(item_id)
         return JsonResponse(item)
 
-    async def patch(self, request, item_id: int):
-        item = await store.update_item(item_id, parse_body(request, ItemPatch))
+    @operation({200: Item}, body=ItemPatch, errors=[404])
+    async def patch(self, request, item_id: int, body: ItemPatch):
+        item = await store.update_item(item_id, body)
         if item is None:
             raise _missing(item_id)
         await notify("item.updated", item)
         return JsonResponse(item)
 
+    @operation({204: None}, errors=[404])
     async def delete(self, request, item_id: int):
         if not await store.delete_item(item_id):
             raise _missing(item_id)
@@ -59,12 +67,9 @@ class ItemDetail(ApiView):
 
 
 class BulkItems(ApiView):
-    async def post(self, request):
-        return await idempotency.answer_once(request, self.create)
-
-    async def create(self, request, key):
-        items = parse_body(request, BulkItemsIn).items
-        created = await store.bulk_create_items(items, key)
+    @operation({201: Created}, body=BulkItemsIn, idempotent=True)
+    async def post(self, request, body: BulkItemsIn, idempotency_key):
+        created = await store.bulk_create_items(body.items, idempotency_key)
         await followups.run(
             "publish",
             events.publish(EVENTS_GROUP, "items.imported", {"count": created}),
@@ -73,8 +78,9 @@ class BulkItems(ApiView):
 
 
 class RestockItems(ApiView):
-    async def post(self, request):
-        changes = parse_body(request, RestockIn).changes
+    @operation({200: Updated}, body=RestockIn, errors=[404])
+    async def post(self, request, body: RestockIn):
+        changes = body.changes
         missing = await store.restock(changes)
         if missing:
             raise ApiError(
@@ -90,6 +96,7 @@ class RestockItems(ApiView):
 
 
 class ItemStats(ApiView):
+    @operation({200: Stats})
     async def get(self, request):
         return JsonResponse(await store.stats())
 
@@ -97,6 +104,7 @@ class ItemStats(ApiView):
 class ItemExport(ApiView):
     """Newline-delimited JSON of every item, streamed as it is read."""
 
+    @operation({200: Stream("application/x-ndjson", "One Item per line.")})
     async def get(self, request):
         async def lines():
             async for item in store.export_items():
@@ -106,20 +114,24 @@ class ItemExport(ApiView):
 
 
 class CategoryCollection(ApiView):
+    @operation({200: CategoryList})
     async def get(self, request):
         return JsonResponse({"categories": await store.list_categories()})
 
-    async def post(self, request):
-        data = parse_body(request, CategoryIn)
+    @operation({201: Category}, body=CategoryIn, errors=[409])
+    async def post(self, request, body: CategoryIn):
         try:
-            category = await store.create_category(data.name)
+            category = await store.create_category(body.name)
         except IntegrityError:
-            raise ApiError(409, "conflict", f"category {data.name!r} exists") from None
+            raise ApiError(409, "conflict", f"category {body.name!r} exists") from None
         return JsonResponse({"id": category.id, "name": category.name}, status=201)
 
 
 class ItemEvents(ApiView):
     """Server-Sent Events: every change to items, as it happens."""
 
+    @operation(
+        {200: Stream("text/event-stream", "Events until the client or server leaves.")}
+    )
     async def get(self, request):
         return event_stream_response(EVENTS_GROUP)

@@ -1,4 +1,5 @@
-"""The service's system checks: async middleware, and a clean deploy check."""
+"""The service's system checks: async middleware, a documented API, and a clean
+deploy check."""
 
 import os
 import subprocess
@@ -8,8 +9,14 @@ from pathlib import Path
 import pytest
 from django.core import signals
 from django.core.checks import run_checks
+from django.urls import path
 
-from core.checks import check_middleware_stays_async, check_request_signals_stay_async
+from core.api import ApiView
+from core.checks import (
+    check_api_is_documented,
+    check_middleware_stays_async,
+    check_request_signals_stay_async,
+)
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent
 
@@ -22,6 +29,26 @@ class SyncOnlyMiddleware:
 
     def __call__(self, request):
         return self.get_response(request)
+
+
+class Undeclared(ApiView):
+    async def get(self, request):
+        raise AssertionError("never called")
+
+
+# ROOT_URLCONF of the test below: this module.
+urlpatterns = [path("api/undeclared", Undeclared.as_view())]
+
+
+def test_the_api_is_documented():
+    assert check_api_is_documented(None) == []
+
+
+def test_an_api_handler_without_its_operation_is_an_error(settings):
+    settings.ROOT_URLCONF = __name__
+    errors = check_api_is_documented(None)
+    assert [e.id for e in errors] == ["core.E001"]
+    assert "tests.test_checks.Undeclared.get has no @operation" in errors[0].msg
 
 
 def test_default_middleware_stays_in_the_event_loop():

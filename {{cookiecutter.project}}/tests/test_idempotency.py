@@ -8,6 +8,7 @@ import pytest
 
 from config.asgi import application
 from core.models import IdempotentRequest
+from core.openapi import document
 from items.models import Item
 from tests.asgi import exchange
 
@@ -84,3 +85,13 @@ async def test_an_expired_answer_is_forgotten(item_payload, settings):
     assert "idempotent-replayed" not in headers
     assert await Item.objects.acount() == 2
     assert await IdempotentRequest.objects.acount() == 1
+
+
+def test_the_document_declares_the_key_on_the_creates_only():
+    declared = {
+        (path, method)
+        for path, operations in document()["paths"].items()
+        for method, operation in operations.items()
+        if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))
+    }
+    assert declared == {("/api/items", "post"), ("/api/items/bulk", "post")}

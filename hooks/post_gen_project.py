@@ -42,11 +42,14 @@ FILES_OF_CHOICE = {
     # Any task queue: every one of them has a broker.
     ("__task_broker", ("redis", "database")): [
         "bin/worker",
+        "core/migrations/0002_pendingtask.py",
+        "core/outbox.py",
         "core/queueing.py",
         "core/tasks.py",
         "core/task_worker.py",
         "deploy/grafana/dashboards/tasks.json",
         "items/migrations/0002_report_itemchange.py",
+        "items/migrations/0003_itemchange_change_id.py",
         "items/reports.py",
         "items/signals.py",
         "items/tasks.py",

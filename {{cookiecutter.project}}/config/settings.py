@@ -129,6 +129,9 @@ else:
 TASK_QUEUE = env.str("TASK_QUEUE", default=SERVICE_NAME)
 # Seconds before a failed task's first retry; each further retry waits twice as long.
 TASK_RETRY_DELAY = env.float("TASK_RETRY_DELAY", default=10.0)
+# Seconds between the task worker's sends of the tasks the broker did not take
+# when their write committed (core.outbox).
+OUTBOX_RELAY_SECONDS = env.float("OUTBOX_RELAY_SECONDS", default=5.0)
 # The queue library's own settings (config/task_queue.py), which read the above.
 from config.task_queue import *  # noqa: E402, F403
 

@@ -8,8 +8,8 @@ a failure is counted (django_followups_failed_total{step}) and logged with the
 request's id, and the response stays the write's.
 
 What such a failure loses: listeners miss one event (they see the change on their
-next read); a task that could not be enqueued is not retried (the service README,
-"When a dependency fails").
+next read).{% if cookiecutter.tasks != "none" %} Tasks are not sent from here: core.outbox keeps what the broker
+does not take and sends it later.{% endif %}
 """
 
 import asyncio
@@ -26,7 +26,8 @@ TIMEOUT_SECONDS = 2.0
 
 
 async def run(step: str, followup: Awaitable) -> bool:
-    """Awaits `followup` ("publish" or "enqueue"); False if it failed."""
+    """Awaits `followup` ("publish", or "enqueue" for a task whose request fails
+    without it); False if it failed."""
     try:
         async with asyncio.timeout(TIMEOUT_SECONDS):
             await followup

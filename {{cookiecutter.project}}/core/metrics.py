@@ -180,6 +180,17 @@ TASK_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 TASKS_ENQUEUED = Counter(
     "django_tasks_enqueued", "Tasks handed to the broker, by task.", ["task"]
 )
+TASKS_DEFERRED = Counter(
+    "django_tasks_deferred",
+    "Tasks the broker did not take after their write committed, kept in the "
+    "database for the task worker's relay (core.outbox), by task.",
+    ["task"],
+)
+TASKS_RELAYED = Counter(
+    "django_tasks_relayed",
+    "Kept tasks the relay has handed to the broker since (core.outbox), by task.",
+    ["task"],
+)
 TASKS_STARTED = Counter(
     "django_tasks_started", "Task attempts a worker started, by task.", ["task"]
 )

@@ -23,3 +23,24 @@ class IdempotentRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.route} {self.key}"
+{%- if cookiecutter.tasks != "none" %}
+
+
+class PendingTask(models.Model):
+    """A task that a committed write called for and the broker did not take at
+    once (core.outbox): the task worker's relay sends it until the broker does."""
+
+    task = models.CharField(max_length=100)  # its name: core.queueing.Task.name
+    args = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    # A relay that took it sends it before then; after, another relay may.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.task}{tuple(self.args)}"
+{%- endif %}

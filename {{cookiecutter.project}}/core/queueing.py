@@ -61,6 +61,22 @@ def redis_url(library: str) -> str:
     return settings.REDIS_URL
 
 
+def declared_tasks() -> dict[str, Task]:
+    """Every task the apps declare, by name: the Task objects of their `tasks`
+    modules (imported here, as the worker imports them)."""
+    from django.apps import apps
+    from django.utils.module_loading import autodiscover_modules
+
+    autodiscover_modules("tasks")
+    found = {}
+    for config in apps.get_app_configs():
+        module = sys.modules.get(f"{config.name}.tasks")
+        for value in vars(module).values() if module else ():
+            if isinstance(value, Task):
+                found[value.name] = value
+    return found
+
+
 def run_worker() -> int | None:
     import django
     from django.utils.module_loading import autodiscover_modules

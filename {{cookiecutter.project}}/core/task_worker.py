@@ -9,6 +9,8 @@ this process answers HTTP on WORKER_METRICS_HOST:WORKER_METRICS_PORT:
             retires those that died), and the queue depth, read from the broker
             at each scrape;
   /healthz  200 while the worker runs: the liveness probe.
+It also runs core.outbox's relay: the tasks the broker did not take when their
+write committed are sent again every OUTBOX_RELAY_SECONDS.
 
 Environment (defaults in brackets): WORKER_CONCURRENCY [2], WORKER_SHUTDOWN_TIMEOUT
 [60], WORKER_METRICS_HOST [127.0.0.1], WORKER_METRICS_PORT [9500], METRICS_DIR [a
@@ -117,6 +119,24 @@ def serve_http(worker: subprocess.Popen, directory: str, queue_name: str):
     return server
 
 
+def relay_pending_tasks(stopping: threading.Event) -> None:
+    """core.outbox's relay, every OUTBOX_RELAY_SECONDS until the worker stops."""
+    from django.conf import settings
+    from django.db import close_old_connections
+
+    from core import outbox
+
+    while not stopping.wait(settings.OUTBOX_RELAY_SECONDS):
+        try:
+            if sent := outbox.relay():
+                logger.info("relayed kept tasks", extra={"count": sent})
+        except Exception:
+            # The database may be down: the next round tries again.
+            logger.warning("relay failed", exc_info=True)
+        finally:
+            close_old_connections()
+
+
 def main() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ.setdefault("WORKER_CONCURRENCY", "2")
@@ -137,11 +157,16 @@ def main() -> int:
     except OSError:
         worker.kill()
         raise
+    stopping = threading.Event()
+    relay = threading.Thread(target=relay_pending_tasks, args=(stopping,))
+    relay.start()
     logger.info(
         "worker started",
         extra={"pid": worker.pid, "queue": settings.TASK_QUEUE, "metrics": directory},
     )
     status = worker.wait()
+    stopping.set()
+    relay.join()
     server.shutdown()
     # Scrapes that read the queue depth from the database opened a pool.
     close_databases()

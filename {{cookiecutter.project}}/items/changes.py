@@ -1,7 +1,9 @@
 """What a write of one item through the API sets off: its event, for the event
 stream and WebSocket clients (EVENTS_GROUP){% if cookiecutter.tasks != "none" %}, and the item_changed signal, whose
 receiver hands the change to the worker (items/signals.py){% endif %}."""
-
+{% if cookiecutter.tasks != "none" %}
+import uuid
+{% endif %}
 from core import events, followups
 {%- if cookiecutter.tasks != "none" %}
 from items.models import Item
@@ -18,7 +20,8 @@ async def notify(event: str, item: dict) -> None:
     each step is a follow-up (core.followups), which cannot fail the request."""
     await followups.run("publish", events.publish(EVENTS_GROUP, event, item))
 {%- if cookiecutter.tasks != "none" %}
-    await followups.run(
-        "enqueue", item_changed.asend(Item, item_id=item["id"], event=event)
+    # The receiver never fails the request: core.outbox keeps what it cannot send.
+    await item_changed.asend(
+        Item, item_id=item["id"], event=event, change_id=str(uuid.uuid4())
     )
 {%- endif %}

@@ -64,6 +64,9 @@ class ItemChange(models.Model):
     item_id = models.BigIntegerField(db_index=True)
     event = models.CharField(max_length=32)
     recorded_at = models.DateTimeField(auto_now_add=True)
+    # One row per change, however often its task is delivered (a worker killed
+    # mid-task, a relay that sends it again); null for changes recorded before.
+    change_id = models.UUIDField(unique=True, null=True)
 
     class Meta:
         ordering = ["id"]

@@ -13,9 +13,16 @@ from items.models import Category, Item, ItemChange, Report
 
 
 @task("items.record_change", retries=3, time_limit=30)
-async def record_change(item_id: int, event: str) -> None:
-    """Enqueued by items.signals whenever an item is created, changed or deleted."""
-    await ItemChange.objects.acreate(item_id=item_id, event=event)
+async def record_change(item_id: int, event: str, change_id: str | None = None) -> None:
+    """Enqueued by items.signals whenever an item is created, changed or deleted:
+    one row per change, however often it is delivered. A change enqueued by an
+    older release has no id."""
+    if change_id is None:
+        await ItemChange.objects.acreate(item_id=item_id, event=event)
+        return
+    await ItemChange.objects.aget_or_create(
+        change_id=change_id, defaults={"item_id": item_id, "event": event}
+    )
 
 
 @task("items.build_report", retries=2, time_limit=120)

@@ -6,12 +6,16 @@ in-memory (one process only).
 """
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from channels.layers import get_channel_layer
+from redis.exceptions import RedisError
 
 # Consumers receive a published event in their `events_broadcast` method.
 MESSAGE_TYPE = "events.broadcast"
+# What the Redis channel layer raises while Redis is down: streams and WebSockets
+# then tell their clients to reconnect (core.sse, items.consumers).
+LAYER_ERRORS = (RedisError, OSError)
 
 
 async def publish(group: str, event: str, data: dict) -> None:
@@ -29,4 +33,6 @@ async def subscription(group: str) -> AsyncIterator[Callable[[], Awaitable[dict]
     try:
         yield lambda: layer.receive(channel)
     finally:
-        await layer.group_discard(group, channel)
+        # A layer that is down cannot be told; its membership expires by itself.
+        with suppress(*LAYER_ERRORS):
+            await layer.group_discard(group, channel)

@@ -31,8 +31,10 @@ from core.models import PendingTask
 
 logger = logging.getLogger(__name__)
 
-# What the request waits for the broker before it keeps the task for the relay.
-ENQUEUE_TIMEOUT_SECONDS = 1.0
+# What the request waits for the broker before it keeps the task for the relay:
+# a refused connection fails at once; a first publish on a loaded host can take
+# over a second, and each that times out but still arrives is a second delivery.
+ENQUEUE_TIMEOUT_SECONDS = 5.0
 # Tasks a relay sends per round, and how long it holds them: another relay (one
 # runs in each task worker) takes over what a dead one held once this is past.
 BATCH = 100
@@ -106,5 +108,5 @@ def relay() -> int:
 
 
 async def _enqueue_within_timeout(task: queueing.Task, args: list) -> None:
-    async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS * 5):
+    async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
         await task.enqueue(*args)

@@ -2,12 +2,17 @@
 
 import asyncio
 import json
+import logging
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from core import metrics, shutdown
-from core.events import subscription
+from core.events import LAYER_ERRORS, subscription
+
+logger = logging.getLogger(__name__)
+# How long a client waits before it reconnects, after the stream ends.
+RETRY_MILLISECONDS = 3000
 
 
 def format_event(event: str, data: dict) -> str:
@@ -17,11 +22,11 @@ def format_event(event: str, data: dict) -> str:
 async def _stream(group: str):
     stopped = asyncio.ensure_future(shutdown.stopped())
     message = None
+    metrics.SSE_STREAMS.inc()
+    # Sent at once so that clients and proxies see the stream open.
+    yield f"retry: {RETRY_MILLISECONDS}\n\n"
     try:
         async with subscription(group) as receive:
-            # Sent at once so that clients and proxies see the stream open.
-            yield "retry: 3000\n\n"
-            metrics.SSE_STREAMS.inc()
             while True:
                 # One receive at a time, kept across keep-alives: a second one on
                 # the same channel could take the next event and drop it.
@@ -40,6 +45,11 @@ async def _stream(group: str):
                 else:
                     # A comment line: keeps idle connections open through proxies.
                     yield ": keep-alive\n\n"
+    except LAYER_ERRORS:
+        # The channel layer is down: the stream would miss events without a
+        # word. The client is told, and reconnects after `retry`.
+        logger.warning("event stream ended: the channel layer failed", exc_info=True)
+        yield format_event("unavailable", {"retry_ms": RETRY_MILLISECONDS})
     finally:
         # Also when the client left and Django cancelled the stream mid-wait.
         stopped.cancel()

@@ -6,25 +6,51 @@ the id it was given on connecting. Messages are JSON objects with a "type".
 """
 
 import json
+import logging
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from core import shutdown
+from core.events import LAYER_ERRORS
 from items.changes import EVENTS_GROUP
 
-# Close codes (RFC 6455).
+# Close codes (RFC 6455, and 1013 of the IANA registry).
 GOING_AWAY = 1001
 UNSUPPORTED_DATA = 1003
 MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
+
+logger = logging.getLogger(__name__)
 
 
 class ItemsConsumer(AsyncJsonWebsocketConsumer):
     groups = [EVENTS_GROUP]
 
+    async def __call__(self, scope, receive, send):
+        """A channel layer that fails (Redis down), on connecting or later, closes
+        the connection with 1013, Try Again Later: a client that kept it open
+        would miss events without knowing."""
+        try:
+            await super().__call__(scope, receive, send)
+        except LAYER_ERRORS:
+            logger.warning("WebSocket closed: the channel layer failed", exc_info=True)
+            if self._close_on_shutdown is not None:
+                self._close_on_shutdown.cancel()
+            if self.accepted:
+                await send({"type": "websocket.close", "code": TRY_AGAIN_LATER})
+            else:
+                # Accepted only to be closed with the code that says why.
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": TRY_AGAIN_LATER})
+
+    _close_on_shutdown = None
+    accepted = False
+
     async def connect(self) -> None:
         self._close_on_shutdown = shutdown.close_on_stop(self._going_away)
         await self.accept()
+        self.accepted = True
         user = self.scope["user"]
         await self.send_json(
             {

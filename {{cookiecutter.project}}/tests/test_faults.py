@@ -16,6 +16,9 @@ import pytest
 {%- if cookiecutter.tasks != "none" %}
 from asgiref.sync import sync_to_async
 {%- endif %}
+{%- if cookiecutter.websockets == "yes" %}
+from channels.testing import WebsocketCommunicator
+{%- endif %}
 from django.db import OperationalError
 from django.test import override_settings
 from prometheus_client import REGISTRY
@@ -29,7 +32,7 @@ from items.models import Item{% if cookiecutter.tasks != "none" %}, Report{% end
 {%- if cookiecutter.tasks != "none" %}
 from items.tasks import record_change
 {%- endif %}
-from tests.asgi import request
+from tests.asgi import next_chunk, open_stream, request
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,6 +99,41 @@ async def test_events_that_cannot_be_published_do_not_fail_the_write(
     assert sample("django_followups_failed_total", step="publish") == failed + 3
     # The writes themselves happened, once each.
     assert not await Item.objects.filter(pk=created["id"]).aexists()
+
+
+async def test_an_event_stream_whose_layer_fails_tells_the_client(nothing_listens):
+    layer = {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [nothing_listens]},
+    }
+    with override_settings(CHANNEL_LAYERS={"default": layer}):
+        communicator, start = await open_stream(application, "/api/items/events")
+        assert start["status"] == 200
+        assert await next_chunk(communicator) == b"retry: 3000\n\n"
+        told = await communicator.receive_output(timeout=5)
+        assert told["body"] == b'event: unavailable\ndata: {"retry_ms":3000}\n\n'
+        # Then the stream ends, cleanly: the client reconnects after `retry`.
+        end = await communicator.receive_output(timeout=5)
+        assert (end.get("body", b""), end.get("more_body", False)) == (b"", False)
+{%- if cookiecutter.websockets == "yes" %}
+
+
+async def test_a_websocket_whose_layer_fails_is_closed_with_1013(nothing_listens):
+    layer = {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [nothing_listens]},
+    }
+    with override_settings(CHANNEL_LAYERS={"default": layer}):
+        communicator = WebsocketCommunicator(
+            application, "/ws/items", headers=[(b"origin", b"http://localhost")]
+        )
+        connected, _ = await communicator.connect(timeout=5)
+        assert connected
+        assert await communicator.receive_output(timeout=5) == {
+            "type": "websocket.close",
+            "code": 1013,
+        }
+{%- endif %}
 {%- if cookiecutter.tasks != "none" %}
 
 

@@ -273,4 +273,18 @@ async def test_arq_jobs_are_json_in_redis():
     finally:
         await pool.delete(job_key_prefix + job.job_id, probe_queue)
     assert (stored["f"], stored["a"]) == ("items.json_probe", [7, "a"])
+
+
+def test_arq_reads_an_acl_user_and_tls_from_redis_url(settings):
+    """As redis-py reads REDIS_URL for the cache and the channel layer."""
+    settings.REDIS_URL = "rediss://svc%40team:p%3Aw%2Fd@redis.internal:6380/2"
+    redis_settings = queue._redis_settings()
+    assert (redis_settings.username, redis_settings.password) == ("svc@team", "p:w/d")
+    assert (redis_settings.host, redis_settings.port, redis_settings.database) == (
+        "redis.internal",
+        6380,
+        2,
+    )
+    assert redis_settings.ssl
+    assert redis_settings.ssl_check_hostname
 {%- endif %}

@@ -35,7 +35,16 @@ JOB_SERIALIZATION = {"job_serializer": _job_to_json, "job_deserializer": json.lo
 
 
 def _redis_settings() -> RedisSettings:
-    return RedisSettings.from_dsn(queueing.redis_url("arq"))
+    """REDIS_URL as redis-py reads it for the cache and the channel layer. arq's
+    own reading leaves an ACL user's percent-encoded name and password encoded,
+    and with rediss:// does not check the server's name against its certificate."""
+    url = queueing.redis_url("arq")
+    redis_settings = RedisSettings.from_dsn(url)
+    credentials = redis.connection.parse_url(url)
+    redis_settings.username = credentials.get("username")
+    redis_settings.password = credentials.get("password")
+    redis_settings.ssl_check_hostname = redis_settings.ssl
+    return redis_settings
 
 
 async def _pool() -> ArqRedis:

@@ -59,14 +59,21 @@ FILES_OF_CHOICE = {
 
 
 def write_local_env_file() -> None:
-    """A per-service secret key for local runs; production sets its own."""
-    env_file = SERVICE_DIR / ".env"
-    env_file.write_text(
-        "# Local development only: never deployed, never committed (.gitignore).\n"
-        f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}\n"
-        "DJANGO_DEBUG=true\n"
+    """A per-service secret key for local runs; production sets its own.
+
+    Created readable by its owner only: a chmod after writing would leave the
+    key readable by others in between."""
+    descriptor = os.open(
+        SERVICE_DIR / ".env", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
     )
-    env_file.chmod(0o600)
+    with os.fdopen(descriptor, "w") as env_file:
+        env_file.write(
+            "# Local development only: never deployed, never committed (.gitignore).\n"
+            "# Read unless DJANGO_READ_DOT_ENV=false, which bin/serve sets by default\n"
+            "# (config/settings.py): `DJANGO_READ_DOT_ENV=true bin/serve` uses it.\n"
+            f"DJANGO_SECRET_KEY={secrets.token_urlsafe(50)}\n"
+            "DJANGO_DEBUG=true\n"
+        )
 
 
 def remove_files_of_other_choices() -> None:

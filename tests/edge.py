@@ -63,7 +63,9 @@ class Process:
 class App(Process):
     """The service's web process, started by its own bin/serve, on a free port or,
     with `socket`, on a unix socket (UDS) as a VM deployment may want; on SQLite in
-    workdir unless env has a DATABASE_URL."""
+    workdir unless env has a DATABASE_URL. Its settings come from the service's
+    local .env (its secret key, DJANGO_DEBUG=true) unless env says
+    DJANGO_READ_DOT_ENV=false, bin/serve's own default."""
 
     def __init__(
         self, project: Path, workdir: Path, name: str, socket: Path | None = None, **env
@@ -78,7 +80,11 @@ class App(Process):
             HOST="127.0.0.1",
             PORT=str(self.port),
             GRANIAN_METRICS_PORT=str(self.granian_metrics_port),
-            **{"DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}", **env},
+            **{
+                "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+                "DJANGO_READ_DOT_ENV": "true",
+                **env,
+            },
         )
         super().__init__(["bin/serve"], project, env, workdir / f"{name}.log")
 

@@ -1,12 +1,14 @@
 """Every supported combination renders to a clean, consistent service."""
 
 import fnmatch
+import importlib.util
 import json
 import os
 import re
 import stat
 
 import pytest
+from cookiecutter.environment import StrictEnvironment
 
 from harness import check_steps, generate_service, run
 from matrix import (
@@ -147,6 +149,34 @@ def test_each_service_gets_its_own_secret_key(tmp_path):
     assert keys[0] != keys[1]
     assert len(keys[0].split("=", 1)[1]) >= 50
     assert stat.S_IMODE(os.stat(first).st_mode) == 0o600
+
+
+def test_the_local_env_file_is_private_from_its_creation(tmp_path, monkeypatch):
+    """The hook creates .env 0600 rather than chmod'ing it once written: in
+    between, its secret key would be readable by every local user (umask 022)."""
+    source = (TEMPLATE_DIR / "hooks" / "post_gen_project.py").read_text()
+    script = tmp_path / "post_gen_project.py"
+    script.write_text(
+        StrictEnvironment(context={"cookiecutter": {}})
+        .from_string(source)
+        .render(cookiecutter=DEFAULT_TEXT, template_dir=str(TEMPLATE_DIR))
+    )
+    spec = importlib.util.spec_from_file_location("post_gen_project", script)
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    hook.SERVICE_DIR = tmp_path
+
+    def chmod(*args, **kwargs):
+        raise AssertionError(".env was chmod'ed after its creation")
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    monkeypatch.setattr(os, "fchmod", chmod)
+    previous_umask = os.umask(0o022)
+    try:
+        hook.write_local_env_file()
+    finally:
+        os.umask(previous_umask)
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
 
 
 def test_disabled_websockets_leave_no_websocket_code(tmp_path):

@@ -75,3 +75,25 @@ def test_without_redis_one_worker_serves_and_says_why(combination, generated, tm
     assert messages.count(("core.lifespan", "started")) == 1, app.output()
     # A single Uvicorn process re-raises SIGTERM once its graceful shutdown is done.
     assert code in (0, -signal.SIGTERM), app.output()
+
+
+@pytest.mark.parametrize("combination", params(each_server()[:1]))
+def test_a_stray_env_file_does_not_configure_the_server(
+    combination, generated, tmp_path
+):
+    """bin/serve reads no .env unless told to: the local one beside it says
+    DJANGO_DEBUG=true, and a production environment does not mention DEBUG."""
+    project = generated(combination)
+    assert "DJANGO_DEBUG=true" in (project / ".env").read_text().splitlines()
+    app = App(project, tmp_path, "server", DJANGO_SECRET_KEY="a-secret-" + "x" * 50)
+    # Unset, as in every deployment's environment.
+    del app.env["DJANGO_READ_DOT_ENV"]
+    app.migrate()
+    app.start()
+    try:
+        # Not DEBUG: plain HTTP to the API is redirected to HTTPS.
+        response, _ = request(app, "GET", "/api/items")
+    finally:
+        app.stop()
+    assert response.status == 301, app.output()
+    assert response.getheader("Location").startswith("https://"), app.output()

@@ -2,7 +2,10 @@
 
 Everything that differs between environments comes from environment variables
 (12-factor); the defaults are the production ones. A local `.env` file, written
-by the template for development, fills in variables the environment lacks.
+by the template for development (it sets DJANGO_DEBUG=true), fills in variables
+the environment lacks, unless DJANGO_READ_DOT_ENV=false: bin/serve and the
+container image make that the default, so that a server never takes a stray
+`.env` beside it for its configuration.
 """
 
 import json
@@ -18,10 +21,14 @@ SERVER = "{{ cookiecutter.server }}"
 DATABASE_VENDOR = "{{ cookiecutter.database }}"
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+if env.bool("DJANGO_READ_DOT_ENV", default=True):
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY")
+# Earlier keys, still accepted for signatures (not used to sign): rotate by moving
+# the old key here and setting a new DJANGO_SECRET_KEY.
+SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list(
     "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"]
 )
@@ -111,6 +118,7 @@ if REDIS_URL:
             "BACKEND": "core.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": SERVICE_NAME,
+            # Values are stored as JSON (core.cache.JSONSerializer), never pickled.
             # A Redis that does not answer within this long is a cache miss
             # (core.cache), not a request held up.
             "OPTIONS": {

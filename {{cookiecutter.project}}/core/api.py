@@ -78,16 +78,39 @@ def error_response(status: int, code: str, message: str, fields=None) -> JsonRes
     return JsonResponse(body, status=status)
 
 
-def _field_errors(exc: ValidationError) -> list[dict]:
+# A field error names its field (pydantic's `loc`: a path of keys and indexes),
+# and the client chose those keys: a 30 KB key or thousands of unknown ones must
+# not come back whole. So each name is cut to FIELD_NAME_CHARS, its non-printable
+# characters escaped, and at most MAX_FIELD_ERRORS errors are listed.
+FIELD_NAME_CHARS = 64
+MAX_FIELD_ERRORS = 20
+
+
+def _field_name(loc: tuple) -> str:
+    name = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode()
+        for char in ".".join(str(part) for part in loc)
+    )
+    if len(name) > FIELD_NAME_CHARS:
+        return name[: FIELD_NAME_CHARS - 1] + "…"
+    return name
+
+
+def _invalid(status: int, code: str, message: str, exc: ValidationError) -> ApiError:
+    """The ApiError of input that does not match its schema, its errors listed."""
     # The rejected input is left out: it can be large or hold secrets.
-    return [
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    if len(errors) > MAX_FIELD_ERRORS:
+        message += f" ({len(errors)} errors, the first {MAX_FIELD_ERRORS} listed)"
+    fields = [
         {
-            "field": ".".join(str(part) for part in error["loc"]),
+            "field": _field_name(error["loc"]),
             "message": error["msg"],
             "type": error["type"],
         }
-        for error in exc.errors(include_url=False, include_input=False)
+        for error in errors[:MAX_FIELD_ERRORS]
     ]
+    return ApiError(status, code, message, fields)
 
 
 def body_of(request: HttpRequest) -> bytes:
@@ -121,11 +144,8 @@ def parse_body[T: BaseModel](request: HttpRequest, schema: type[T]) -> T:
             raise ApiError(
                 400, "malformed_json", "the body is not valid JSON"
             ) from None
-        raise ApiError(
-            422,
-            "validation_failed",
-            "the body does not match the schema",
-            _field_errors(exc),
+        raise _invalid(
+            422, "validation_failed", "the body does not match the schema", exc
         ) from None
 
 
@@ -133,8 +153,8 @@ def parse_query[T: BaseModel](request: HttpRequest, schema: type[T]) -> T:
     try:
         return schema.model_validate(request.GET.dict())
     except ValidationError as exc:
-        raise ApiError(
-            400, "invalid_query", "the query string is not valid", _field_errors(exc)
+        raise _invalid(
+            400, "invalid_query", "the query string is not valid", exc
         ) from None
 
 

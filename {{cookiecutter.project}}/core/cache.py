@@ -16,10 +16,15 @@ methods answer as an empty cache would (a get is a miss, a delete deletes
 nothing), count the failure in django_cache_errors_total and log it. A delete
 that failed leaves an entry that expires by its own timeout (ITEM_CACHE_SECONDS
 for items): that is the bound on a stale read after a Redis outage.
+
+RedisCache stores JSON (JSONSerializer), not the pickles of Django's default
+serializer: whoever can write to Redis must not run code in the service. Cached
+values are therefore JSON's types: a tuple comes back a list.
 """
 
 import asyncio
 import functools
+import json
 import logging
 import weakref
 from dataclasses import dataclass
@@ -71,6 +76,22 @@ def _unavailable_means(fallback):
     return decorate
 
 
+class JSONSerializer:
+    """Django's RedisSerializer with JSON in place of pickle. Integers stay plain
+    Redis integers, as Django's keeps them, so that incr and decr work on them."""
+
+    def dumps(self, value):
+        if type(value) is int:  # not bool, which JSON writes as true/false
+            return value
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def loads(self, data):
+        try:
+            return int(data)
+        except ValueError:
+            return json.loads(data)
+
+
 class HitRatioMixin:
     def get(self, key, default=None, version=None):
         return _counted(super().get(key, _MISSING, version), default)
@@ -79,10 +100,15 @@ class HitRatioMixin:
 @dataclass
 class _AsyncClient:
     client: object  # redis.asyncio.Redis
-    serializer: object  # what Django's client would use: RedisSerializer by default
+    serializer: object  # what Django's client uses: OPTIONS' serializer
 
 
 class RedisCache(HitRatioMixin, redis.RedisCache):
+    def __init__(self, server, params):
+        super().__init__(server, params)
+        # For Django's synchronous client and _async() alike.
+        self._options = {"serializer": JSONSerializer, **self._options}
+
     def _async(self) -> _AsyncClient:
         """This loop's client of the server. Never Django's self._cache: Django
         makes a cache object per request context, and each would build a
@@ -96,7 +122,7 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
         found = clients.get(server)
         if found is None:
             options = dict(self._options)
-            serializer = options.pop("serializer", None) or redis.RedisSerializer
+            serializer = options.pop("serializer")
             if isinstance(serializer, str):
                 serializer = import_string(serializer)
             for django_only in ("pool_class", "parser_class"):

@@ -169,3 +169,28 @@ def check_channel_layer_is_shared(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register(Tags.security, deploy=True)
+def check_secret_keys_are_strong(app_configs, **kwargs):
+    """Django's security.W009 and W025, as an error: a guessable key lets anyone
+    forge what the service signs. Django's own test of a key, so its thresholds."""
+    if settings.DEBUG:
+        return []
+    keys = {"DJANGO_SECRET_KEY": settings.SECRET_KEY} | {
+        f"DJANGO_SECRET_KEY_FALLBACKS[{index}]": key
+        for index, key in enumerate(settings.SECRET_KEY_FALLBACKS)
+    }
+    return [
+        Error(
+            f"{name} is too weak: it needs at least "
+            f"{security_checks.SECRET_KEY_MIN_LENGTH} characters, "
+            f"{security_checks.SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, "
+            f"and no '{security_checks.SECRET_KEY_INSECURE_PREFIX}' prefix.",
+            hint="Generate one: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(50))'",
+            id="core.E002",
+        )
+        for name, key in keys.items()
+        if not security_checks._check_secret_key(key)
+    ]

@@ -1,6 +1,10 @@
 """The items JSON API: round trips, and a 4xx with a JSON body for every bad input."""
 
+import json
+
 import pytest
+
+from core.api import FIELD_NAME_CHARS, MAX_FIELD_ERRORS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -151,6 +155,31 @@ async def test_field_errors_name_the_field_without_echoing_input(async_client):
     fields = response.json()["fields"]
     assert [field["field"] for field in fields] == ["quantity"]
     assert "secret" not in response.content.decode()
+
+
+@pytest.mark.parametrize("where", ["body", "query"])
+async def test_field_errors_cut_a_long_field_name(async_client, where):
+    key = "k" * 30_000
+    if where == "body":
+        body = json.dumps({"name": "a", "category": "a", "price": "1", key: 1})
+        response = await async_client.post("/api/items", body, content_type=JSON)
+    else:
+        response = await async_client.get(f"/api/items?{key}=1")
+    assert response.status_code == {"body": 422, "query": 400}[where]
+    assert [field["field"] for field in response.json()["fields"]] == [
+        "k" * (FIELD_NAME_CHARS - 1) + "…"
+    ]
+    assert len(response.content) < 1024
+
+
+async def test_field_errors_are_capped_and_escaped(async_client):
+    unknown = {"\u202eevil\x1b[0m": 1, **{f"k{i}": 1 for i in range(1000)}}
+    body = json.dumps({"name": "a", "category": "a", "price": "1", **unknown})
+    response = await async_client.post("/api/items", body, content_type=JSON)
+    answer = response.json()
+    assert len(answer["fields"]) == MAX_FIELD_ERRORS
+    assert answer["fields"][0]["field"] == "\\u202eevil\\x1b[0m"
+    assert "1001 errors" in answer["message"]
 
 
 async def test_oversized_body_is_413(async_client, settings):

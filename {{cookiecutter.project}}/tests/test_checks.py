@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from django.core import signals
-from django.core.checks import run_checks
+from django.core.checks import Tags, run_checks
 from django.urls import path
 
 from core.api import ApiView
@@ -16,6 +16,7 @@ from core.checks import (
     check_api_is_documented,
     check_middleware_stays_async,
     check_request_signals_stay_async,
+    check_secret_keys_are_strong,
 )
 
 SERVICE_DIR = Path(__file__).resolve().parent.parent
@@ -80,29 +81,68 @@ def test_deploy_checks_see_the_settings_of_our_security_middleware(settings):
     assert {"security.W004", "security.W008"} <= ids
 
 
-def test_deploy_check_is_clean_with_production_settings():
-    production = {
-        "PATH": os.environ["PATH"],
-        "DJANGO_DEBUG": "false",
-        "DJANGO_SECRET_KEY": "a-production-secret-" + "x" * 50,
-        "DJANGO_ALLOWED_HOSTS": "{{ cookiecutter.domain }}",
-        # Not connected to: the deploy checks only read settings.
+# A production environment; the deploy checks only read settings, so nothing
+# here is connected to.
+PRODUCTION = {
+    "PATH": os.environ["PATH"],
+    "DJANGO_DEBUG": "false",
+    "DJANGO_SECRET_KEY": "a-production-secret-" + "x" * 50,
+    "DJANGO_ALLOWED_HOSTS": "{{ cookiecutter.domain }}",
 {%- if cookiecutter.database == "postgresql" %}
-        "DATABASE_URL": "postgres://app@db.internal:5432/app",
+    "DATABASE_URL": "postgres://app@db.internal:5432/app",
 {%- else %}
-        "DATABASE_URL": "sqlite:////var/lib/{{ cookiecutter.project }}/db.sqlite3",
+    "DATABASE_URL": "sqlite:////var/lib/{{ cookiecutter.project }}/db.sqlite3",
 {%- endif %}
-        "REDIS_URL": "redis://redis.internal:6379/0",
-    }
-    result = subprocess.run(
+    "REDIS_URL": "redis://redis.internal:6379/0",
+}
+
+
+def deploy_check(**environment) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=SERVICE_DIR,
-        env=production,
+        env={**PRODUCTION, **environment},
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_deploy_check_is_clean_with_production_settings():
+    result = deploy_check()
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "fallbacks"),
+    [
+        ("x" * 49, []),
+        ("ab" * 50, []),
+        ("a-production-secret-" + "x" * 50, ["y" * 10]),
+    ],
+)
+def test_a_weak_secret_key_is_a_deploy_error(settings, key, fallbacks):
+    settings.DEBUG = False
+    settings.SECRET_KEY = key
+    settings.SECRET_KEY_FALLBACKS = fallbacks
+    messages = run_checks(include_deployment_checks=True, tags=[Tags.security])
+    assert [m.id for m in messages if m.is_serious()] == ["core.E002"]
+
+
+def test_a_weak_secret_key_is_allowed_in_debug(settings):
+    settings.DEBUG = True
+    settings.SECRET_KEY = "debug"
+    assert check_secret_keys_are_strong(None) == []
+
+
+def test_secret_key_fallbacks_come_from_the_environment():
+    """Rotation: the old keys, comma separated; each is checked like the key."""
+    strong = "an-earlier-production-secret-" + "y" * 50
+    result = deploy_check(DJANGO_SECRET_KEY_FALLBACKS=f"{strong},too-short")
+    assert result.returncode != 0
+    assert "core.E002" in result.stderr
+    assert "DJANGO_SECRET_KEY_FALLBACKS[1]" in result.stderr
+    assert "DJANGO_SECRET_KEY_FALLBACKS[0]" not in result.stderr
 
 
 def sync_receiver(sender, **kwargs):

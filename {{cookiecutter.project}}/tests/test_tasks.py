@@ -6,6 +6,9 @@ what the worker did. They need PostgreSQL (DATABASE_URL){% if cookiecutter.__tas
 """
 
 import asyncio
+{%- if cookiecutter.tasks == "arq" %}
+import json
+{%- endif %}
 import os
 import signal
 import socket
@@ -18,6 +21,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+{%- if cookiecutter.tasks == "arq" %}
+from arq.constants import job_key_prefix
+{%- endif %}
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection, connections
@@ -309,3 +315,32 @@ def test_the_worker_reports_its_queue_depth_and_health(worker):
 def test_the_queue_adapter_offers_the_contract():
     assert isinstance(queue, queueing.Adapter)
     assert isinstance(build_report, queueing.Task)
+{%- if cookiecutter.tasks == "arq" %}
+
+
+async def test_arq_jobs_are_json_in_redis():
+    """Not pickles: whoever can write to Redis must not run code in the worker.
+    The job goes to a queue of its own, which no worker reads."""
+    pool = await queue._pool()
+    probe_queue = f"{settings.TASK_QUEUE}-json-probe"
+    job = await pool.enqueue_job("items.json_probe", 7, "a", _queue_name=probe_queue)
+    try:
+        stored = json.loads(await pool.get(job_key_prefix + job.job_id))
+    finally:
+        await pool.delete(job_key_prefix + job.job_id, probe_queue)
+    assert (stored["f"], stored["a"]) == ("items.json_probe", [7, "a"])
+
+
+def test_arq_reads_an_acl_user_and_tls_from_redis_url(settings):
+    """As redis-py reads REDIS_URL for the cache and the channel layer."""
+    settings.REDIS_URL = "rediss://svc%40team:p%3Aw%2Fd@redis.internal:6380/2"
+    redis_settings = queue._redis_settings()
+    assert (redis_settings.username, redis_settings.password) == ("svc@team", "p:w/d")
+    assert (redis_settings.host, redis_settings.port, redis_settings.database) == (
+        "redis.internal",
+        6380,
+        2,
+    )
+    assert redis_settings.ssl
+    assert redis_settings.ssl_check_hostname
+{%- endif %}

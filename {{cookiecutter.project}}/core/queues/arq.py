@@ -4,9 +4,13 @@ The adapter of core.queueing's contract for arq. Jobs wait in the sorted set
 named TASK_QUEUE. A failed attempt raises arq's Retry until the task's retries
 are spent; arq's own job timeout, a few seconds after core.tasks' time limit,
 stops a job that ignores cancellation.
+
+Jobs are stored as JSON, not arq's default pickle: whoever can write to Redis
+must not run code in the worker. Task arguments are ints and strings.
 """
 
 import asyncio
+import json
 import os
 from collections.abc import Awaitable, Callable
 
@@ -23,15 +27,33 @@ _functions: list[Function] = []
 _pools: dict[asyncio.AbstractEventLoop, ArqRedis] = {}
 
 
+def _job_to_json(job: dict) -> bytes:
+    return json.dumps(job, separators=(",", ":")).encode()
+
+
+JOB_SERIALIZATION = {"job_serializer": _job_to_json, "job_deserializer": json.loads}
+
+
 def _redis_settings() -> RedisSettings:
-    return RedisSettings.from_dsn(queueing.redis_url("arq"))
+    """REDIS_URL as redis-py reads it for the cache and the channel layer. arq's
+    own reading leaves an ACL user's percent-encoded name and password encoded,
+    and with rediss:// does not check the server's name against its certificate."""
+    url = queueing.redis_url("arq")
+    redis_settings = RedisSettings.from_dsn(url)
+    credentials = redis.connection.parse_url(url)
+    redis_settings.username = credentials.get("username")
+    redis_settings.password = credentials.get("password")
+    redis_settings.ssl_check_hostname = redis_settings.ssl
+    return redis_settings
 
 
 async def _pool() -> ArqRedis:
     loop = asyncio.get_running_loop()
     if loop not in _pools:
         _pools[loop] = await create_pool(
-            _redis_settings(), default_queue_name=settings.TASK_QUEUE
+            _redis_settings(),
+            default_queue_name=settings.TASK_QUEUE,
+            **JOB_SERIALIZATION,
         )
     return _pools[loop]
 
@@ -91,6 +113,7 @@ def main() -> None:
         functions=_functions,
         queue_name=settings.TASK_QUEUE,
         redis_settings=_redis_settings(),
+        **JOB_SERIALIZATION,
         max_jobs=int(os.environ["WORKER_CONCURRENCY"]),
         job_completion_wait=int(os.environ["WORKER_SHUTDOWN_TIMEOUT"]),
         # Failures are counted and logged by core.tasks; results are not read.

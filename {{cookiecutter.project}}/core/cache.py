@@ -141,7 +141,15 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
         key = self.make_and_validate_key(key, version=version)
         server = self._async()
         data = await server.client.get(key)
-        return _MISSING if data is None else server.serializer.loads(data)
+        if data is None:
+            return _MISSING
+        try:
+            return server.serializer.loads(data)
+        except ValueError:
+            # Not what this cache writes: an entry of a release that pickled (for
+            # ITEM_CACHE_SECONDS after an update), or a stray key. A miss.
+            metrics.CACHE_ERRORS.labels("get").inc()
+            return _MISSING
 
     @_unavailable_means(None)
     async def aset(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):

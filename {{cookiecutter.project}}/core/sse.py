@@ -23,10 +23,14 @@ async def _stream(group: str):
     stopped = asyncio.ensure_future(shutdown.stopped())
     message = None
     metrics.SSE_STREAMS.inc()
-    # Sent at once so that clients and proxies see the stream open.
-    yield f"retry: {RETRY_MILLISECONDS}\n\n"
+    retry = f"retry: {RETRY_MILLISECONDS}\n\n"
+    opened = False
     try:
         async with subscription(group) as receive:
+            # Sent once subscribed, at once, so that clients and proxies see the
+            # stream open, and an event published after that reaches it.
+            yield retry
+            opened = True
             while True:
                 # One receive at a time, kept across keep-alives: a second one on
                 # the same channel could take the next event and drop it.
@@ -49,6 +53,8 @@ async def _stream(group: str):
         # The channel layer is down: the stream would miss events without a
         # word. The client is told, and reconnects after `retry`.
         logger.warning("event stream ended: the channel layer failed", exc_info=True)
+        if not opened:
+            yield retry
         yield format_event("unavailable", {"retry_ms": RETRY_MILLISECONDS})
     finally:
         # Also when the client left and Django cancelled the stream mid-wait.

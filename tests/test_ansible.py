@@ -664,9 +664,9 @@ def test_a_build_that_fails_on_one_host_switches_no_host(deployed):
     assert "No interpreter found for Python 3.99" in output, output
     assert recap(output)[failing.name][3] == 1, output
     # The other host built it, and stopped there too.
-    assert "TASK [Install the virtualenv from uv.lock]" in output
-    assert "TASK [Collect the static files]" not in output
-    assert "TASK [Check for unapplied migrations]" not in output
+    assert "TASK [service : Install the virtualenv from uv.lock]" in output
+    assert "TASK [service : Collect the static files]" not in output
+    assert "TASK [service : Check for unapplied migrations]" not in output
     assert "PLAY [Roll out one host at a time]" not in output
     assert live_releases(deployment) == live
     for host in deployment.hosts:

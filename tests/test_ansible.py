@@ -17,6 +17,7 @@ import json
 import re
 import secrets
 import shutil
+import subprocess
 import threading
 import time
 import urllib.error
@@ -101,23 +102,33 @@ class Deployment:
     database_password: str
     runs: list  # the output of every playbook run
 
-    def deploy(self) -> str:
-        result = run(
+    def playbook(self, playbook: str, *args: str) -> subprocess.CompletedProcess:
+        """Runs one of deploy/ansible/'s playbooks on the hosts, failing or not."""
+        result = subprocess.run(
             [
                 shutil.which("ansible-playbook"),
                 "-i",
                 self.inventory,
-                self.project / "deploy" / "ansible" / "site.yml",
+                self.project / "deploy" / "ansible" / playbook,
+                *args,
             ],
-            self.project,
+            cwd=self.project,
             env=service_env(
                 **environment(),
                 ANSIBLE_NOCOLOR="1",
                 ANSIBLE_LOCAL_TEMP=str(self.inventory.parent / "ansible-local"),
             ),
+            capture_output=True,
+            text=True,
             timeout=900,
+            check=False,
         )
         self.runs.append(result.stdout)
+        return result
+
+    def deploy(self, playbook: str = "site.yml") -> str:
+        result = self.playbook(playbook)
+        assert result.returncode == 0, f"{playbook}:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
 
@@ -612,6 +623,63 @@ class ClientLoop(threading.Thread):
             time.sleep(0.1)
 
 
+def live_releases(deployment: Deployment) -> dict:
+    return {
+        h.name: h.testinfra.file(f"/opt/{PROJECT}/current").linked_to
+        for h in deployment.hosts
+    }
+
+
+def invocations(host: Host) -> dict:
+    """Each instance's and the worker's systemd invocation: a restart changes it."""
+    return {
+        unit: unit_properties(host.testinfra, unit, "InvocationID")
+        for unit in (f"{PROJECT}@1.service", f"{PROJECT}@2.service", WORKER)
+    }
+
+
+def test_a_build_that_fails_on_one_host_switches_no_host(deployed):
+    """The second host cannot build a new release (uv finds no interpreter there):
+    the deploy stops on every host before the migrations and the rollout, and both
+    hosts keep serving the live release, their instances untouched."""
+    deployment, _, _ = deployed
+    failing = deployment.hosts[1]
+    live = live_releases(deployment)
+    started = {h.name: invocations(h) for h in deployment.hosts}
+    # Any change of the source is a new release, which every host builds.
+    change = deployment.project / "failed-build.txt"
+    change.write_text("a release the second host cannot build\n")
+    python = (
+        "{{ 'python3.99' if inventory_hostname == '" + failing.name + "'"
+        " else 'python' ~ service_python_version }}"
+    )
+    try:
+        result = deployment.playbook(
+            "site.yml", "--extra-vars", json.dumps({"service_python": python})
+        )
+    finally:
+        change.unlink()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "No interpreter found for Python 3.99" in output, output
+    assert recap(output)[failing.name][3] == 1, output
+    # The other host built it, and stopped there too.
+    assert "TASK [service : Install the virtualenv from uv.lock]" in output
+    assert "TASK [service : Collect the static files]" not in output
+    assert "TASK [service : Check for unapplied migrations]" not in output
+    assert "PLAY [Roll out one host at a time]" not in output
+    assert live_releases(deployment) == live
+    for host in deployment.hosts:
+        assert build_versions(host) == {"0.1.0"}
+        assert invocations(host) == started[host.name]
+        request = urllib.request.Request(
+            host.url(PUBLIC, "/api/items?limit=1"),
+            headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+
 def test_deploying_a_new_version_fails_no_request(deployed):
     deployment, _, _ = deployed
     for host in deployment.hosts:
@@ -668,6 +736,94 @@ def test_deploying_a_new_version_fails_no_request(deployed):
     for host in deployment.hosts:
         smoke(deployment, host)
         a_task_runs(host)
+
+
+def test_rolling_back_brings_the_previous_release_back_and_fails_no_request(deployed):
+    """After the deploy of 0.2.0 above: rollback.yml, under the same client loop,
+    makes 0.1.0 live again host by host, and records 0.2.0 as the previous."""
+    deployment, _, _ = deployed
+    for host in deployment.hosts:
+        assert build_versions(host) == {"0.2.0"}
+    live = live_releases(deployment)
+    previous = {
+        h.name: h.testinfra.file(f"/opt/{PROJECT}/previous").linked_to
+        for h in deployment.hosts
+    }
+    for host in deployment.hosts:
+        assert previous[host.name] not in ("", live[host.name])
+    clients = ClientLoop(deployment.hosts)
+    clients.start()
+    try:
+        output = deployment.deploy("rollback.yml")
+    finally:
+        clients.stopped.set()
+        clients.join(timeout=30)
+    assert clients.sent > 50, "the loop did not run during the rollback"
+    assert clients.failures == []
+    for name, counts in recap(output).items():
+        assert counts[2:] == (0, 0), name
+    assert live_releases(deployment) == previous
+    for host in deployment.hosts:
+        machine = host.testinfra
+        assert build_versions(host) == {"0.1.0"}
+        # A second rollback would bring 0.2.0 back.
+        assert machine.file(f"/opt/{PROJECT}/previous").linked_to == live[host.name]
+        pid = machine.check_output(f"systemctl show -p MainPID --value {WORKER}")
+        assert machine.file(f"/proc/{pid}/cwd").linked_to == previous[host.name]
+        assert worker_health(machine) == 200
+    for host in deployment.hosts:
+        a_task_runs(host)
+
+
+def test_sqlite_on_two_hosts_is_refused_before_any_host_is_reached(tmp_path):
+    """SQLite is each host's own file: an inventory of two hosts is refused by the
+    playbook's first task, on the controller, before any host is reached. The
+    hosts do not exist: with one of them the check passes and the deploy goes on
+    to reach it (and fails there)."""
+    defaults = {option: choices[0] for option, choices in CHOICES.items()}
+    project = generate_service(defaults | {"database": "sqlite"}, tmp_path)
+
+    def deploy(*hosts: str) -> subprocess.CompletedProcess:
+        inventory = tmp_path / f"inventory-{len(hosts)}.json"
+        inventory.write_text(
+            json.dumps(
+                {
+                    "service": {
+                        "hosts": {h: {"ansible_host": f"{h}.invalid"} for h in hosts},
+                        "vars": {"service_secret_key": secrets.token_urlsafe(50)},
+                    }
+                }
+            )
+        )
+        return subprocess.run(
+            [
+                shutil.which("ansible-playbook"),
+                "-i",
+                inventory,
+                project / "deploy" / "ansible" / "site.yml",
+            ],
+            cwd=project,
+            env=service_env(
+                ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=str(tmp_path / "local")
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    refused = deploy("app-1", "app-2")
+    assert refused.returncode != 0
+    assert (
+        "uses SQLite, a file on each host: the 2 hosts of the group `service` "
+        "(app-1, app-2) would each hold different data"
+    ) in refused.stdout, refused.stdout
+    assert "Gathering Facts" not in refused.stdout
+    assert "UNREACHABLE" not in refused.stdout
+    one = deploy("app-1")
+    assert "ok: [app-1]" in one.stdout, one.stdout
+    assert "TASK [Gathering Facts]" in one.stdout
+    assert "UNREACHABLE" in one.stdout
 
 
 # Each server, and the task worker's unit, ports and targets beside Granian's.

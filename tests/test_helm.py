@@ -25,6 +25,7 @@ from charts import (
     chart_dir,
     containers,
     generate_readme,
+    helm,
     pod_specs,
     template,
     template_error,
@@ -426,7 +427,7 @@ def test_migrations_run_before_the_new_version(renders):
         o["kind"]: o["metadata"]["annotations"]
         for o in objects
         if "helm.sh/hook" in o["metadata"].get("annotations", {})
-        and o["metadata"]["name"].endswith("-migrate")
+        and o["metadata"]["labels"]["app.kubernetes.io/component"] == "migrations"
     }
     assert hooks["Job"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert hooks["Secret"]["helm.sh/hook"] == "pre-install,pre-upgrade"
@@ -440,6 +441,81 @@ def test_migrations_run_before_the_new_version(renders):
     pod = next(o for o in sqlite if o["kind"] == "Deployment")["spec"]["template"]
     (prepare,) = pod["spec"]["initContainers"]
     assert "manage.py migrate --noinput" in " ".join(prepare["command"])
+
+
+def helm_default_timeout() -> int:
+    """Seconds of the --timeout that helm upgrade waits with by default, as this
+    helm states it."""
+    result = helm("upgrade", "--help", cwd=Path.cwd())
+    match = re.search(r"--timeout duration .*\(default (\d+)m(\d+)s\)", result.stdout)
+    assert match, result.stdout
+    return int(match[1]) * 60 + int(match[2])
+
+
+def migration_deadline_maximum(project: Path) -> int:
+    schema = json.loads((chart_dir(project) / "values.schema.json").read_text())
+    migrations = schema["properties"]["migrations"]["properties"]
+    return migrations["activeDeadlineSeconds"]["maximum"]
+
+
+def test_the_migration_hooks_end_before_helm_stops_waiting(service, renders):
+    """The Job's deadline, and the most the schema allows, are below Helm's default
+    --timeout: the Job has ended when Helm stops waiting. A Job per revision, so
+    that before-hook-creation never deletes one a retried upgrade finds running;
+    its migrations take the database's lock. The hook Secret with the database
+    URL goes when the hooks succeed, and when the Job fails (Helm 3.19+ and 4
+    delete the earlier hooks by their hook-succeeded policy then)."""
+    key = "gunicorn-postgresql"
+    objects = renders(key)["default-values.yaml"]
+    (job,) = (o for o in objects if o["kind"] == "Job")
+    (secret,) = (
+        o
+        for o in objects
+        if o["kind"] == "Secret"
+        and "helm.sh/hook" in o["metadata"].get("annotations", {})
+    )
+    timeout = helm_default_timeout()
+    assert job["spec"]["activeDeadlineSeconds"] < timeout
+    assert migration_deadline_maximum(service(key)) < timeout
+    # helm template renders revision 1.
+    assert job["metadata"]["name"] == f"{secret['metadata']['name']}-1"
+    policies = {
+        o["kind"]: set(
+            o["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(",")
+        )
+        for o in (job, secret)
+    }
+    assert policies == {
+        "Job": {"before-hook-creation"},
+        "Secret": {"before-hook-creation", "hook-succeeded"},
+    }
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == [
+        "python",
+        "manage.py",
+        "migrate_locked",
+        "--noinput",
+    ]
+    assert {env["valueFrom"]["secretKeyRef"]["name"] for env in container["env"]} == {
+        secret["metadata"]["name"]
+    }
+
+
+def test_the_schema_refuses_a_migration_deadline_helm_would_not_wait_for(service):
+    project = service("granian-postgresql")
+    maximum = migration_deadline_maximum(project)
+    template(
+        project,
+        default_values(project),
+        sets=[f"migrations.activeDeadlineSeconds={maximum}"],
+    )
+    message = template_error(
+        project,
+        default_values(project),
+        sets=[f"migrations.activeDeadlineSeconds={helm_default_timeout()}"],
+    )
+    assert "values don't meet the specifications of the schema" in message, message
+    assert "activeDeadlineSeconds" in message, message
 
 
 def test_autoscaling_owns_the_replica_count(renders):

@@ -132,6 +132,22 @@ class Deployment:
         return result.stdout
 
 
+def deploy_under_load(deployment, playbook: str) -> None:
+    """Runs the playbook while a client loop calls every host: no request of the
+    loop fails, and no host is unreachable or failed."""
+    clients = ClientLoop(deployment.hosts)
+    clients.start()
+    try:
+        output = deployment.deploy(playbook)
+    finally:
+        clients.stopped.set()
+        clients.join(timeout=30)
+    assert clients.sent > 50, f"the loop did not run during {playbook}"
+    assert clients.failures == []
+    for name, counts in recap(output).items():
+        assert counts[2:] == (0, 0), name
+
+
 def recap(output: str) -> dict:
     """{host: (ok, changed, unreachable, failed)} from a playbook's PLAY RECAP."""
     lines = output[output.rindex("PLAY RECAP") :].splitlines()[1:]
@@ -698,17 +714,7 @@ def test_deploying_a_new_version_fails_no_request(deployed):
     settings.write_text(
         text.replace('SERVICE_VERSION = "0.1.0"', 'SERVICE_VERSION = "0.2.0"')
     )
-    clients = ClientLoop(deployment.hosts)
-    clients.start()
-    try:
-        output = deployment.deploy()
-    finally:
-        clients.stopped.set()
-        clients.join(timeout=30)
-    assert clients.sent > 50, "the loop did not run during the deploy"
-    assert clients.failures == []
-    for name, counts in recap(output).items():
-        assert counts[2:] == (0, 0), name
+    deploy_under_load(deployment, "site.yml")
     for host in deployment.hosts:
         assert build_versions(host) == {"0.2.0"}
         release = host.testinfra.file(f"/opt/{PROJECT}/current").linked_to
@@ -751,17 +757,7 @@ def test_rolling_back_brings_the_previous_release_back_and_fails_no_request(depl
     }
     for host in deployment.hosts:
         assert previous[host.name] not in ("", live[host.name])
-    clients = ClientLoop(deployment.hosts)
-    clients.start()
-    try:
-        output = deployment.deploy("rollback.yml")
-    finally:
-        clients.stopped.set()
-        clients.join(timeout=30)
-    assert clients.sent > 50, "the loop did not run during the rollback"
-    assert clients.failures == []
-    for name, counts in recap(output).items():
-        assert counts[2:] == (0, 0), name
+    deploy_under_load(deployment, "rollback.yml")
     assert live_releases(deployment) == previous
     for host in deployment.hosts:
         machine = host.testinfra

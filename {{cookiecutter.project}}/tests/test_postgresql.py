@@ -34,6 +34,15 @@ def unavailable(reason: str) -> float:
     return value or 0
 
 
+def assert_retry_later(status: int, headers: dict, body: dict) -> None:
+    """The answer of a database that could not serve: 503, retry in a second."""
+    assert (status, body["error"], headers["retry-after"]) == (
+        503,
+        "database_unavailable",
+        "1",
+    )
+
+
 async def _connect() -> psycopg.AsyncConnection:
     params = connections["default"].get_connection_params()
     for django_only in ("cursor_factory", "context", "prepare_threshold"):
@@ -113,11 +122,7 @@ async def test_a_busy_pool_answers_503_with_retry_after(fresh_pools, monkeypatch
         started = time.monotonic()
         status, headers, body = await request(application, "GET", "/api/items")
         waited = time.monotonic() - started
-    assert (status, body["error"], headers["retry-after"]) == (
-        503,
-        "database_unavailable",
-        "1",
-    )
+    assert_retry_later(status, headers, body)
     # It waited for the pool's timeout, and no longer than a bounded while.
     assert 0.5 <= waited < 10
     assert unavailable("pool_timeout") == before + 1
@@ -130,11 +135,7 @@ async def test_a_slow_statement_is_cancelled_and_answers_503(fresh_pools, monkey
     async with items_locked() as waiting_reads:
         status, headers, body = await request(application, "GET", "/api/items")
         assert await waiting_reads() == 0
-    assert (status, body["error"], headers["retry-after"]) == (
-        503,
-        "database_unavailable",
-        "1",
-    )
+    assert_retry_later(status, headers, body)
     assert unavailable("statement_timeout") == before + 1
     # The view raised; its connection is back in the pool all the same.
     stats = (await reads.pool()).get_stats()
@@ -233,11 +234,7 @@ async def test_a_server_that_is_down_answers_503_within_the_pool_timeout(
     started = time.monotonic()
     status, headers, body = await request(application, "GET", "/api/items")
     waited = time.monotonic() - started
-    assert (status, body["error"], headers["retry-after"]) == (
-        503,
-        "database_unavailable",
-        "1",
-    )
+    assert_retry_later(status, headers, body)
     assert 0.5 <= waited < 5
     assert unavailable("pool_timeout") == before + 1
 
@@ -270,11 +267,7 @@ async def test_a_statement_cut_off_by_the_server_answers_503_and_writes_nothing(
         answer = asyncio.create_task(request(application, method, "/api/items", body))
         await _terminate_the_waiting(waiting_reads, waiting_reads.pid)
         status, headers, response = await asyncio.wait_for(answer, 10)
-    assert (status, response["error"], headers["retry-after"]) == (
-        503,
-        "database_unavailable",
-        "1",
-    )
+    assert_retry_later(status, headers, response)
     assert unavailable("connection") == before + 1
     # The write's transaction was rolled back whole: not even its new category.
     status, _, categories = await request(application, "GET", "/api/categories")

@@ -54,7 +54,7 @@ def deploy_values(workdir: Path) -> Path:
     (no Redis here, so events must stay in one process)."""
     values = {
         "image": {"repository": IMAGE, "tag": TAG},
-        "secret": {"secretKey": f"podman-deploy-{uuid.uuid4().hex}"},
+        "secret": {"secretKey": f"podman-deploy-{uuid.uuid4().hex}{uuid.uuid4().hex}"},
         "server": {"workers": 1},
     }
     path = workdir / "podman-values.yaml"

@@ -290,6 +290,8 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
         ("ingress.hots=example.com", "hots"),
         ("config.logLevel=LOUD", "logLevel"),
         ("nginx.image.tag=", "tag"),
+        # Django's own minimum (security.W009, core.E002).
+        (f"secret.secretKey={'k' * 49}", "secretKey"),
         # SQLite is one pod's file.
         ("replicaCount=2", "replicaCount"),
         ("autoscaling.enabled=true", "enabled"),
@@ -305,7 +307,8 @@ def test_the_values_schema_refuses_wrong_values(setting, error, service):
 def test_the_chart_refuses_what_the_schema_cannot_express(service):
     project = service("granian-postgresql")
     assert "secret.secretKey (DJANGO_SECRET_KEY) is required" in template_error(project)
-    assert "secret.databaseUrl" in template_error(project, sets=["secret.secretKey=x"])
+    key = f"secret.secretKey={'k' * 50}"
+    assert "secret.databaseUrl" in template_error(project, sets=[key])
     assert "terminationGracePeriodSeconds must exceed" in template_error(
         project, default_values(project), sets=["terminationGracePeriodSeconds=35"]
     )

@@ -5,6 +5,7 @@ The deeper edge tests (Nginx in front, slow clients, restarts) build on this.
 
 import json
 import signal
+import time
 
 import pytest
 
@@ -23,6 +24,17 @@ def log_messages(app: App) -> list[tuple[str, str]]:
     return [(line["logger"], line["message"]) for line in lines]
 
 
+def workers_started(app: App) -> int:
+    """Workers through their lifespan startup so far: complete lines only, the
+    server may be writing the last one."""
+    complete = app.output().rpartition("\n")[0].splitlines()
+    messages = [json.loads(line) for line in complete]
+    return sum(
+        (line["logger"], line["message"]) == ("core.lifespan", "started")
+        for line in messages
+    )
+
+
 @pytest.mark.parametrize("combination", params(each_server()))
 def test_entry_script_serves_and_stops_gracefully(
     combination, generated, redis_database, tmp_path
@@ -37,6 +49,12 @@ def test_entry_script_serves_and_stops_gracefully(
     app.migrate()
     app.start()
     try:
+        # Both workers up before the stop: one still starting when the server
+        # stops is killed, not stopped (Granian's supervisor).
+        deadline = time.monotonic() + 60
+        while workers_started(app) < 2:
+            assert time.monotonic() < deadline, app.output()
+            time.sleep(0.1)
         assert get_json(app, "GET", "/readyz") == (
             200,
             {"status": "ready", "checks": {"database": "ok", "redis": "ok"}},

@@ -111,10 +111,11 @@ def test_restarting_instances_one_after_the_other_fails_no_request(
             number = len(results)
             try:
                 if number % 2:
+                    item = {"name": f"r{number}", "category": "c", "price": "1"}
                     connection.request(
                         "POST",
                         "/api/items",
-                        json.dumps({"name": f"r{number}", "category": "c", "price": "1"}),
+                        json.dumps(item),
                         {"Content-Type": "application/json"},
                     )
                 else:

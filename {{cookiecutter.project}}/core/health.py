@@ -1,4 +1,4 @@
-"""Liveness and readiness endpoints for probes, load balancers and deploys."""
+"""Liveness and readiness endpoints for probes and load balancers."""
 
 import asyncio
 import logging

@@ -133,8 +133,8 @@ def check_api_is_documented(app_configs, **kwargs):
         return [
             Error(
                 f"The API's OpenAPI document cannot be built: {exc}.",
-                hint="Serve API routes with an ApiView; declare each of its "
-                "handlers with core.api.operation.",
+                hint="Declare each handler of an ApiView with core.api.operation "
+                "(routes another view serves are left out of the document).",
                 id="core.E001",
             )
         ]

@@ -56,7 +56,10 @@ _REPLAYED = {
 
 
 def api_routes() -> list[tuple[str, dict, type[ApiView]]]:
-    """(route, converters by parameter name, view class) of each URL under PREFIX."""
+    """(route, converters by parameter name, view class) of each ApiView under
+    PREFIX. A route under it that something else serves (a team's plain function
+    view) declares no contract: the document leaves it out rather than guess it,
+    and a service updated to this template keeps passing its checks."""
     found = []
 
     def walk(patterns, prefix: str, converters: dict):
@@ -67,9 +70,8 @@ def api_routes() -> list[tuple[str, dict, type[ApiView]]]:
                 walk(entry.url_patterns, route, known)
             elif isinstance(entry, URLPattern) and route.startswith(PREFIX):
                 view = getattr(entry.callback, "view_class", None)
-                if not (isinstance(view, type) and issubclass(view, ApiView)):
-                    raise ImproperlyConfigured(f"/{route} is not an ApiView")
-                found.append((route, known, view))
+                if isinstance(view, type) and issubclass(view, ApiView):
+                    found.append((route, known, view))
 
     walk(get_resolver().url_patterns, "", {})
     return found

@@ -50,6 +50,17 @@ def nothing_listens() -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+@pytest.fixture
+def layer_down(nothing_listens) -> dict:
+    """CHANNEL_LAYERS of a Redis channel layer whose server is down."""
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [nothing_listens]},
+        }
+    }
+
+
 async def test_a_cache_that_is_down_is_a_miss_not_an_error(
     item_payload, nothing_listens
 ):
@@ -81,14 +92,10 @@ async def test_a_cache_that_is_down_is_a_miss_not_an_error(
 
 
 async def test_events_that_cannot_be_published_do_not_fail_the_write(
-    item_payload, nothing_listens
+    item_payload, layer_down
 ):
-    layer = {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [nothing_listens]},
-    }
     failed = sample("django_followups_failed_total", step="publish")
-    with override_settings(CHANNEL_LAYERS={"default": layer}):
+    with override_settings(CHANNEL_LAYERS=layer_down):
         status, _, created = await request(
             application, "POST", "/api/items", item_payload
         )
@@ -101,12 +108,8 @@ async def test_events_that_cannot_be_published_do_not_fail_the_write(
     assert not await Item.objects.filter(pk=created["id"]).aexists()
 
 
-async def test_an_event_stream_whose_layer_fails_tells_the_client(nothing_listens):
-    layer = {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [nothing_listens]},
-    }
-    with override_settings(CHANNEL_LAYERS={"default": layer}):
+async def test_an_event_stream_whose_layer_fails_tells_the_client(layer_down):
+    with override_settings(CHANNEL_LAYERS=layer_down):
         communicator, start = await open_stream(application, "/api/items/events")
         assert start["status"] == 200
         assert await next_chunk(communicator) == b"retry: 3000\n\n"
@@ -118,12 +121,8 @@ async def test_an_event_stream_whose_layer_fails_tells_the_client(nothing_listen
 {%- if cookiecutter.websockets == "yes" %}
 
 
-async def test_a_websocket_whose_layer_fails_is_closed_with_1013(nothing_listens):
-    layer = {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [nothing_listens]},
-    }
-    with override_settings(CHANNEL_LAYERS={"default": layer}):
+async def test_a_websocket_whose_layer_fails_is_closed_with_1013(layer_down):
+    with override_settings(CHANNEL_LAYERS=layer_down):
         communicator = WebsocketCommunicator(
             application, "/ws/items", headers=[(b"origin", b"http://localhost")]
         )

@@ -47,7 +47,9 @@ class Process:
                 stderr=subprocess.STDOUT,
             )
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        if self.process is None:  # never started
+            return None
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
@@ -198,8 +200,9 @@ def serve(cleanup: ExitStack, project: Path, workdir: Path, **env) -> tuple[App,
     """A migrated app behind its Nginx, both stopped when cleanup closes."""
     app = App(project, workdir, "app", **env)
     app.migrate()
-    app.start()
+    # Before start(): a server that never answers is stopped too, not left running.
     cleanup.callback(app.stop)
+    app.start()
     nginx = Nginx.in_front(project, [app])
     nginx.start()
     cleanup.callback(nginx.stop)

@@ -46,8 +46,7 @@ async def enqueue(task: queueing.Task, *args) -> None:
     follows has committed. Lost only if the database is down too (counted in
     django_followups_failed_total{step="enqueue"} and logged)."""
     try:
-        async with asyncio.timeout(ENQUEUE_TIMEOUT_SECONDS):
-            await task.enqueue(*args)
+        await _enqueue_within_timeout(task, list(args))
         return
     except Exception as exc:
         error = exc

@@ -4,6 +4,7 @@ service's own Nginx in front, an Nginx answering by itself, the slow upstream.
 Everything listens on 127.0.0.1."""
 
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -116,6 +117,9 @@ def base_env(project: Path, logdir: Path, **extra: str) -> dict:
         PORT=str(free_port()),
         GRANIAN_METRICS_PORT=str(free_port()),
         DJANGO_SETTINGS_MODULE="bench_settings",
+        # As in production: the server reads no .env (bin/serve), so it is given
+        # its key.
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
         DJANGO_DEBUG="false",
         # Plain HTTP from the load generator; Nginx would set X-Forwarded-Proto.
         DJANGO_SECURE_SSL_REDIRECT="false",

@@ -35,7 +35,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db import connections
 from django.db.models import Value
 
-from core import metrics
+from core import database, metrics
 
 # One pool per event loop: a worker process has one, a test session has its own.
 _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -75,6 +75,8 @@ def _new_pool(alias: str):
     options = dict(wrapper.settings_dict["OPTIONS"].get("pool", {}))
 
     async def check(connection) -> None:
+        if not database.dropped(connection):
+            return
         try:
             await AsyncConnectionPool.check_connection(connection)
         except Exception:

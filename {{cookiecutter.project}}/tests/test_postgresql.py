@@ -205,9 +205,12 @@ async def test_connections_killed_by_the_server_cost_no_request(
     pids += await sync_to_async(_sync_pids)()
     killer = await _connect()
     try:
-        # What a server restart or a failover does to every pooled connection.
+        # What a server restart or a failover does to every pooled connection. The
+        # timeout waits until each backend has exited, so that the connections are
+        # dead before the requests below, as after a restart (without it, a request
+        # can race the signal and find its connection still alive).
         cursor = await killer.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))"
             " FROM unnest(%s::int[]) AS pid",
             [pids],
         )

@@ -38,6 +38,7 @@ FILES_OF_CHOICE = {
         "deploy/grafana/dashboards/database.json",
         "deploy/helm/ci/autoscaling-values.yaml",
         "tests/test_migrate_locked_postgresql.py",
+        "tests/test_migrations_postgresql.py",
         "tests/test_postgresql.py",
     ],
     # Any task queue: every one of them has a broker.

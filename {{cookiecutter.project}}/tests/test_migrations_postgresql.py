@@ -1,0 +1,79 @@
+"""Every migration keeps the release before it working.
+
+A deploy migrates first and then replaces the running code (the Helm Job, the
+Ansible play), so for a while the previous release serves on the new schema. A
+migration that drops, renames or tightens a column the previous release still
+uses breaks it during that window. django-migration-linter reads the SQL each
+migration runs on PostgreSQL and refuses those operations; the README's
+"Migrations: expand, then contract" says how to make such a change in two
+releases instead.
+
+PostgreSQL only: on SQLite, Django alters a table by rebuilding it, and the
+linter's SQLite analysis refuses every rebuild (items' 0003, which adds a
+nullable column, among them), compatible or not.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from django.apps import apps
+from django.conf import settings
+from django_migration_linter import MigrationLinter
+
+from core import reads
+
+pytestmark = pytest.mark.skipif(
+    not reads.native("default"), reason="needs PostgreSQL (DATABASE_URL)"
+)
+
+DROPPING = """
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("items", "{last}")]
+    operations = [migrations.RemoveField("item", "quantity")]
+"""
+
+
+def own_apps() -> list[str]:
+    """The service's apps: the packages at the top of its directory (the task
+    libraries' apps are not the service's to change)."""
+    return [
+        app.label
+        for app in apps.get_app_configs()
+        if Path(app.path).parent == settings.BASE_DIR
+    ]
+
+
+def lint() -> MigrationLinter:
+    linter = MigrationLinter(
+        str(settings.BASE_DIR), include_apps=own_apps(), no_cache=True
+    )
+    linter.lint_all_migrations()
+    return linter
+
+
+def test_every_migration_keeps_the_previous_release_working(db, capsys):
+    linter = lint()
+    output = capsys.readouterr().out
+    assert linter.nb_total >= 2, output
+    assert not linter.has_errors, output
+
+
+def test_a_migration_that_drops_a_column_in_one_step_is_refused(
+    db, capsys, settings, tmp_path, monkeypatch
+):
+    # What the check above says of such a migration, added after the last one.
+    package = tmp_path / "items_migrations_dropping"
+    shutil.copytree(settings.BASE_DIR / "items" / "migrations", package)
+    last = max(path.stem for path in package.glob("0*.py"))
+    (package / "9999_drop_quantity.py").write_text(DROPPING.format(last=last))
+    monkeypatch.syspath_prepend(tmp_path)
+    settings.MIGRATION_MODULES = {"items": package.name}
+    linter = lint()
+    output = capsys.readouterr().out
+    assert linter.has_errors, output
+    assert "(items, 9999_drop_quantity)... ERR" in output, output
+    assert "DROPPING columns (table: items_item, column: quantity)" in output, output

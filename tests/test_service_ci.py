@@ -111,6 +111,23 @@ def test_workflows_match_githubs_schema(service, workflow):
     run([*command, path], service)
 
 
+def test_ci_installs_the_uv_that_the_image_and_the_hosts_install(service):
+    # requirements/uv.txt pins uv, with its hashes, for the image and the hosts;
+    # the workflows' setup-uv cannot read it.
+    pinned = re.findall(
+        r"^uv==(\S+) ", (service / "requirements" / "uv.txt").read_text(), re.M
+    )
+    assert len(pinned) == 1
+    versions = []
+    for workflow in (service / ".github" / "workflows").glob("*.yml"):
+        for job in yaml.safe_load(workflow.read_text())["jobs"].values():
+            for step in job.get("steps", []):
+                if step.get("uses", "").startswith("astral-sh/setup-uv@"):
+                    versions.append((workflow.name, step["with"]["version"]))
+    assert versions
+    assert {version for _, version in versions} == set(pinned), versions
+
+
 def test_renovate_config_matches_renovates_schema(service):
     command = ["check-jsonschema", "--builtin-schema", "vendor.renovate"]
     run([*command, service / "renovate.json"], service)

@@ -16,10 +16,10 @@ slug), OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG
 and baggage), OTEL_BSP_* and OTEL_EXPORTER_OTLP_* (OTLP over HTTP, protobuf).
 
 What is traced, all with the official instrumentations:
-  - every HTTP request, and every WebSocket connection as one span from accept
-    to close (opentelemetry-instrumentation-asgi; its per-message receive/send
-    spans are left out). An event stream (SSE) is an HTTP request: one span for
-    the whole stream. The span is named by the URL pattern (`GET
+  - every HTTP request, one span each (an event stream: one span for the
+    whole stream){% if cookiecutter.websockets == "yes" %}, and every WebSocket connection, one span from
+    accept to close{% endif %}; by opentelemetry-instrumentation-asgi, without
+    its per-message receive/send spans. The span is named by the URL pattern (`GET
     api/items/<item_id:item_id>`), which core.middleware sets once Django has
     resolved it; the raw path never names a span. Probes and /metrics are not
     traced.
@@ -60,15 +60,22 @@ if ENABLED:
     from opentelemetry.trace import format_span_id, format_trace_id
 
 
+{% if cookiecutter.websockets == "yes" -%}
 def wrap(application, websocket_routes=()):
     """The ASGI application with a server span around each HTTP request and
     WebSocket connection; the application itself when tracing is off."""
+{%- else -%}
+def wrap(application):
+    """The ASGI application with a server span around each HTTP request; the
+    application itself when tracing is off."""
+{%- endif %}
     if not ENABLED:
         return application
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
     def span_details(scope) -> tuple[str, dict]:
         # The instrumentation's default names a span by its raw path.
+{%- if cookiecutter.websockets == "yes" %}
         if scope["type"] == "websocket":
             path = scope["path"].lstrip("/")
             for route in websocket_routes:
@@ -76,6 +83,7 @@ def wrap(application, websocket_routes=()):
                     template = str(route.pattern)
                     return f"WEBSOCKET {template}", {"http.route": template}
             return "WEBSOCKET", {}
+{%- endif %}
         # Renamed by core.middleware once the URL has resolved.
         return scope["method"], {}
 

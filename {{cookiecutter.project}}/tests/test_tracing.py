@@ -22,6 +22,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+{%- if cookiecutter.websockets == "yes" %}
+from websockets.sync.client import connect as websocket_connect
+{%- endif %}
 
 from items.models import Category, Item
 
@@ -136,6 +139,16 @@ def stop(server: subprocess.Popen) -> None:
     server.wait(timeout=60)
 
 
+def exporting_to(receiver: Receiver, **environment) -> dict:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
+        # Nothing is exported before shutdown: the spans the tests see arrive
+        # only because lifespan shutdown flushes them.
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+        **environment,
+    }
+
+
 def log_lines(log: Path) -> list[dict]:
     lines = log.read_text().splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
@@ -148,13 +161,7 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
     )
     log = tmp_path / "server.log"
     server, base = serve(
-        {
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
-            # Nothing is exported before shutdown: the spans below arrive only
-            # because lifespan shutdown flushes them.
-            "OTEL_BSP_SCHEDULE_DELAY": "600000",
-            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test",
-        },
+        exporting_to(receiver, OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test"),
         log,
     )
     try:
@@ -222,9 +229,48 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
     assert (missing_span.name, missing_span.parent_span_id) == (f"GET {ROUTE}", b"")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_long_lived_connection_is_one_span(receiver, tmp_path):
+    """One span from open to close, whatever was sent and received in between:
+    an event stream{% if cookiecutter.websockets == "yes" %} and a WebSocket{% endif %}."""
+    server, base = serve(
+        exporting_to(receiver, SSE_KEEPALIVE_SECONDS="0.05"), tmp_path / "server.log"
+    )
+    try:
+        with urllib.request.urlopen(f"{base}/api/items/events") as stream:  # noqa: S310
+            keepalives = 0
+            while keepalives < 3:
+                keepalives += stream.readline() == b": keep-alive\n"
+{%- if cookiecutter.websockets == "yes" %}
+        with websocket_connect(
+            base.replace("http", "ws") + "/ws/items", origin="http://127.0.0.1"
+        ) as websocket:
+            assert json.loads(websocket.recv(timeout=10))["type"] == "welcome"
+            for _ in range(3):
+                websocket.send(json.dumps({"type": "ping"}))
+                assert json.loads(websocket.recv(timeout=10)) == {"type": "pong"}
+{%- endif %}
+    finally:
+        stop(server)
+
+    servers = [s for _, s in receiver.spans if s.kind == Span.SPAN_KIND_SERVER]
+    assert sorted(s.name for s in servers) == [
+        "GET api/items/events",
+{%- if cookiecutter.websockets == "yes" %}
+        "WEBSOCKET ws/items",
+{%- endif %}
+    ]
+    # No span per message (the instrumentation's "send" and "receive" spans):
+    # only the channel layer's Redis commands, on Redis, beside the connections.
+    assert {s.kind for _, s in receiver.spans} <= {
+        Span.SPAN_KIND_SERVER,
+        Span.SPAN_KIND_CLIENT,
+    }
+
+
 OFF = """
 import asyncio, json, sys, threading
-from channels.testing import HttpCommunicator
+from asgiref.testing import ApplicationCommunicator
 from config.asgi import application
 from core import tracing
 from core.lifespan import _startup
@@ -238,10 +284,15 @@ TRACING_MODULES = (
 async def main():
     await _startup()
     trace = sys.modules.get("opentelemetry.trace")
-    communicator = HttpCommunicator(
-        application, "GET", "/api/no-such-thing", headers=[(b"host", b"localhost")]
-    )
-    response = await communicator.get_response()
+    path = "/api/no-such-thing"
+    communicator = ApplicationCommunicator(application, {
+        "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"",
+        "headers": [(b"host", b"localhost")],
+    })
+    await communicator.send_input({"type": "http.request", "body": b""})
+    response = await communicator.receive_output(timeout=10)
+    response["body"] = (await communicator.receive_output(timeout=10))["body"]
     print(json.dumps({
         "enabled": tracing.ENABLED,
         "status": response["status"],

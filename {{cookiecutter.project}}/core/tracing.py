@@ -141,7 +141,11 @@ def setup() -> None:
     resource = Resource.create({} if named else {SERVICE_NAME: settings.SERVICE_NAME})
     # The sampler comes from OTEL_TRACES_SAMPLER(_ARG), the endpoint, headers and
     # timeout from OTEL_EXPORTER_OTLP_*: the SDK reads them.
-    provider = TracerProvider(resource=resource)
+    # Flushed by lifespan shutdown only, not at exit: worker processes that
+    # multiprocessing or Gunicorn started end with os._exit, which runs no
+    # atexit hook, so lifespan shutdown is the one place that works for every
+    # server (and the one the tests check).
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _provider = provider

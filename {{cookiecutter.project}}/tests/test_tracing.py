@@ -90,8 +90,13 @@ def database_url() -> str:
     return f"postgres://{auth}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
 
 
-def get(url: str, headers=None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310
+def call(url: str, headers=None, method="GET", body=None) -> tuple[int, dict]:
+    request = urllib.request.Request(  # noqa: S310
+        url,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        data=None if body is None else json.dumps(body).encode(),
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return response.status, json.loads(response.read())
@@ -122,7 +127,7 @@ def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):  # bounded: 30 s for the server to start
         try:
-            if get(f"{base}/healthz")[0] == 200:
+            if call(f"{base}/healthz")[0] == 200:
                 return server, base
         except OSError:
             time.sleep(0.1)
@@ -165,9 +170,14 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
         log,
     )
     try:
-        status, body = get(f"{base}/api/items/{item.pk}", {"traceparent": TRACEPARENT})
+        status, body = call(f"{base}/api/items/{item.pk}", {"traceparent": TRACEPARENT})
         assert (status, body["id"]) == (200, item.pk)
-        missing_status, missing = get(f"{base}/api/items/{item.pk + 1000}")
+        missing_status, missing = call(f"{base}/api/items/{item.pk + 1000}")
+        # A write: Django's ORM in the request's thread, not core.reads.
+        patched, _ = call(
+            f"{base}/api/items/{item.pk}", method="PATCH", body={"quantity": 7}
+        )
+        assert patched == 200
     finally:
         stop(server)
 
@@ -199,11 +209,23 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
     assert systems == expected
     assert len(children) == len(spans) - 1  # every span is the request's child
 
+    # The write's statements are children of its request span too.
+    [write] = [s for _, s in receiver.spans if s.name == f"PATCH {ROUTE}"]
+    written = {
+        a.value.string_value
+        for _, s in receiver.spans
+        if s.parent_span_id == write.span_id
+        for a in s.attributes
+        if a.key in ("db.system", "db.system.name")
+    }
+    assert written == expected
+
     # The access log line of the request carries its trace and span.
     [access] = [
         line
         for line in log_lines(log)
-        if line["logger"] == "core.access" and line["path"] == f"/api/items/{item.pk}"
+        if line["logger"] == "core.access"
+        and (line["method"], line["path"]) == ("GET", f"/api/items/{item.pk}")
     ]
     assert (access["trace_id"], access["span_id"]) == (
         TRACE_ID,

@@ -23,9 +23,10 @@ What is traced, all with the official instrumentations:
     api/items/<item_id:item_id>`), which core.middleware sets once Django has
     resolved it; the raw path never names a span. Probes and /metrics are not
     traced.
-  - PostgreSQL statements (opentelemetry-instrumentation-psycopg): Django's
+  - SQL statements: on SQLite, Django's connections
+    (opentelemetry-instrumentation-sqlite3){% if cookiecutter.database == "postgresql" %}; on PostgreSQL, Django's
     synchronous connections and core.reads' asyncio pool alike, as both are
-    psycopg 3 connections.
+    psycopg 3 connections (opentelemetry-instrumentation-psycopg){% endif %}.
   - Redis commands (opentelemetry-instrumentation-redis): the cache (redis-py
     and redis.asyncio) and the channel layer (channels_redis, redis.asyncio).
 The service makes no outgoing HTTP requests, so there is nothing to instrument
@@ -150,13 +151,17 @@ def setup() -> None:
     trace.set_tracer_provider(provider)
     _provider = provider
     RedisInstrumentor().instrument()
-    if any(
-        database["ENGINE"] == "django.db.backends.postgresql"
-        for database in settings.DATABASES.values()
-    ):
+    engines = {database["ENGINE"] for database in settings.DATABASES.values()}
+    if "django.db.backends.sqlite3" in engines:
+        from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
+
+        SQLite3Instrumentor().instrument()
+{%- if cookiecutter.database == "postgresql" %}
+    if "django.db.backends.postgresql" in engines:
         from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
         PsycopgInstrumentor().instrument()
+{%- endif %}
 
 
 def shutdown() -> None:

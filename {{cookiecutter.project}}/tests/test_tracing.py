@@ -201,9 +201,7 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
         if a.key in ("db.system", "db.system.name")
     }
     # The item is read from the database (a miss) and then cached.
-    expected = set()
-    if connection.vendor == "postgresql":
-        expected.add("postgresql")
+    expected = {connection.vendor}
     if settings.REDIS_URL:
         expected.add("redis")
     assert systems == expected

@@ -162,7 +162,9 @@ def log_lines(log: Path) -> list[dict]:
 @pytest.mark.django_db(transaction=True)
 def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tmp_path):
     item = Item.objects.create(
-        name="Widget", category=Category.objects.create(name="tools"), price="1.50"
+        name="Widget-in-no-span",
+        category=Category.objects.create(name="tools"),
+        price="1.50",
     )
     log = tmp_path / "server.log"
     server, base = serve(
@@ -217,6 +219,11 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
         if a.key in ("db.system", "db.system.name")
     }
     assert written == expected
+
+    # Statements and commands are recorded with placeholders: the item's values
+    # (sent to the database, cached in Redis) reach no span.
+    values = [str(a.value) for _, s in receiver.spans for a in s.attributes]
+    assert [v for v in values if item.name in v] == []
 
     # The access log line of the request carries its trace and span.
     [access] = [

@@ -2,9 +2,11 @@
 
 Off unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is
 set (and OTEL_SDK_DISABLED is not true). Off costs nothing on the request path:
-the SDK and the instrumentations are never imported, no TracerProvider is
-installed, the ASGI application is not wrapped, and the log filter and the
-middleware test one boolean.
+no instrumentation is loaded, no TracerProvider, span processor or exporter is
+made, the ASGI application is not wrapped, and the log filter and the
+middleware test one boolean. (redis-py imports parts of the OpenTelemetry API
+and metrics SDK by itself when they are installed, for metrics of its own that
+stay off.)
 
 On, each server worker process sets up its own TracerProvider at ASGI lifespan
 startup (setup(), from core.lifespan), that is after the server has forked or
@@ -56,7 +58,7 @@ UNTRACED_PATHS = "/healthz$,/readyz$,/metrics$"
 _provider = None
 
 if ENABLED:
-    # Imported only when on: a service without an endpoint never loads the SDK.
+    # Imported only when on: a service without an endpoint does not need it.
     from opentelemetry import trace
     from opentelemetry.trace import format_span_id, format_trace_id
 

@@ -47,8 +47,8 @@ async def _shutdown() -> None:
     await sync_to_async(close_databases)()
     metrics.worker_stopped()
     logger.info("stopped", extra={"pid": os.getpid()})
-    # Last: the spans of the shutdown itself are exported too. In a thread, as
-    # the export is a blocking HTTP request.
+    # Last, once the requests still open at shutdown have ended: their spans are
+    # exported too. In a thread, as the export is a blocking HTTP request.
     await asyncio.to_thread(tracing.shutdown)
 
 

@@ -22,6 +22,7 @@ from granian.utils.proxies import wrap_asgi_with_proxy_headers
 
 from core.connections import count_connections
 from core.lifespan import lifespan
+from core.tracing import wrap as traced
 {%- if cookiecutter.websockets == "yes" %}
 from items.routing import websocket_urlpatterns
 {%- endif %}
@@ -30,12 +31,16 @@ from items.routing import websocket_urlpatterns
 application = count_connections(
     ProtocolTypeRouter(
         {
-            "http": http_application,
+            # Unwrapped when tracing is off (core.tracing).
+            "http": traced(http_application),
 {%- if cookiecutter.websockets == "yes" %}
             # Browsers send Origin; refusing foreign origins stops cross-site
             # WebSocket hijacking of a signed-in user's session.
-            "websocket": AllowedHostsOriginValidator(
-                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            "websocket": traced(
+                AllowedHostsOriginValidator(
+                    AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+                ),
+                websocket_routes=websocket_urlpatterns,
             ),
 {%- endif %}
             "lifespan": lifespan,

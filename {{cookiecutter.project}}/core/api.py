@@ -15,7 +15,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views import View
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core import database, metrics
+from core import database, metrics, tracing
 from core.context import REQUEST_ID
 
 # What a 503 asks clients to wait before trying again: a busy pool frees up fast,
@@ -42,6 +42,8 @@ class ErrorBody(Answer):
     error: str
     message: str
     request_id: str
+    # Only when tracing is on (core.tracing): the trace to look the error up by.
+    trace_id: str | None = None
     # Only in answers to a body or query that does not match its schema.
     fields: list[FieldError] = []
 
@@ -73,6 +75,8 @@ def unavailable(code: str, message: str) -> ApiError:
 
 def error_response(status: int, code: str, message: str, fields=None) -> JsonResponse:
     body = {"error": code, "message": message, "request_id": REQUEST_ID.get()}
+    if (trace_id := tracing.current_trace_id()) is not None:
+        body["trace_id"] = trace_id
     if fields:
         body["fields"] = fields
     return JsonResponse(body, status=status)

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from core import cache, metrics, reads, sampler, shutdown
+from core import cache, metrics, reads, sampler, shutdown, tracing
 from core.database import close_databases
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,9 @@ _sampling: asyncio.Task | None = None
 
 async def _startup() -> None:
     global _sampling
+    # First, so that what startup does is traced; here, in the worker process
+    # the server has forked or spawned (core.tracing).
+    tracing.setup()
     get_channel_layer()  # fails here, not on the first request, if misconfigured
     shutdown.install()
     _sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")
@@ -44,6 +47,9 @@ async def _shutdown() -> None:
     await sync_to_async(close_databases)()
     metrics.worker_stopped()
     logger.info("stopped", extra={"pid": os.getpid()})
+    # Last, once the requests still open at shutdown have ended: their spans are
+    # exported too. In a thread, as the export is a blocking HTTP request.
+    await asyncio.to_thread(tracing.shutdown)
 
 
 async def lifespan(scope, receive, send) -> None:

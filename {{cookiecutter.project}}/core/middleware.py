@@ -13,7 +13,7 @@ from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, common, security
 
-from core import metrics
+from core import metrics, tracing
 from core.context import REQUEST_ID, request_id_from
 
 access_logger = logging.getLogger("core.access")
@@ -41,6 +41,8 @@ class RequestContextMiddleware(AsyncMiddleware):
             response = await self.get_response(request)
             response["X-Request-ID"] = request_id
             match = request.resolver_match
+            if tracing.ENABLED:
+                tracing.name_request(request.method, match.route if match else None)
             # For streaming responses this is the time until the headers are sent.
             access_logger.log(
                 logging.ERROR if response.status_code >= 500 else logging.INFO,

@@ -1,0 +1,173 @@
+"""OpenTelemetry traces, configured by the standard OTEL_* variables only.
+
+Off unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is
+set (and OTEL_SDK_DISABLED is not true). Off costs nothing on the request path:
+no instrumentation is loaded, no TracerProvider, span processor or exporter is
+made, the ASGI application is not wrapped, and the log filter and the
+middleware test one boolean. (redis-py imports parts of the OpenTelemetry API
+and metrics SDK by itself when they are installed, for metrics of its own that
+stay off.)
+
+On, each server worker process sets up its own TracerProvider at ASGI lifespan
+startup (setup(), from core.lifespan), that is after the server has forked or
+spawned it: the BatchSpanProcessor's export thread is started in the process
+that ends it, and lifespan shutdown flushes it (shutdown()). The SDK reads the
+rest of the standard variables itself: OTEL_SERVICE_NAME (default: the project
+slug), OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG
+(default: parentbased_always_on), OTEL_PROPAGATORS (default: W3C tracecontext
+and baggage), OTEL_BSP_* and OTEL_EXPORTER_OTLP_* (OTLP over HTTP, protobuf).
+
+What is traced, all with the official instrumentations:
+  - every HTTP request, one span each (an event stream: one span for the
+    whole stream){% if cookiecutter.websockets == "yes" %}, and every WebSocket connection, one span from
+    accept to close{% endif %}; by opentelemetry-instrumentation-asgi, without
+    its per-message receive/send spans. The span is named by the URL pattern (`GET
+    api/items/<item_id:item_id>`), which core.middleware sets once Django has
+    resolved it; the raw path never names a span. Probes and /metrics are not
+    traced.
+  - SQL statements: on SQLite, Django's connections
+    (opentelemetry-instrumentation-sqlite3){% if cookiecutter.database == "postgresql" %}; on PostgreSQL, Django's
+    synchronous connections and core.reads' asyncio pool alike, as both are
+    psycopg 3 connections (opentelemetry-instrumentation-psycopg){% endif %}.
+  - Redis commands (opentelemetry-instrumentation-redis): the cache (redis-py
+    and redis.asyncio) and the channel layer (channels_redis, redis.asyncio).
+The service makes no outgoing HTTP requests, so there is nothing to instrument
+there.
+"""
+
+import os
+
+from django.conf import settings
+
+
+def _enabled() -> bool:
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+ENABLED = _enabled()
+
+# Requests that are not traced: the probes and Prometheus scrapes, which would
+# otherwise be most traces and tell nothing.
+UNTRACED_PATHS = "/healthz$,/readyz$,/metrics$"
+
+_provider = None
+
+if ENABLED:
+    # Imported only when on: a service without an endpoint does not need it.
+    from opentelemetry import trace
+    from opentelemetry.trace import format_span_id, format_trace_id
+
+
+{% if cookiecutter.websockets == "yes" -%}
+def wrap(application, websocket_routes=()):
+    """The ASGI application with a server span around each HTTP request and
+    WebSocket connection; the application itself when tracing is off."""
+{%- else -%}
+def wrap(application):
+    """The ASGI application with a server span around each HTTP request; the
+    application itself when tracing is off."""
+{%- endif %}
+    if not ENABLED:
+        return application
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    def span_details(scope) -> tuple[str, dict]:
+        # The instrumentation's default names a span by its raw path.
+{%- if cookiecutter.websockets == "yes" %}
+        if scope["type"] == "websocket":
+            path = scope["path"].lstrip("/")
+            for route in websocket_routes:
+                if route.pattern.match(path):
+                    template = str(route.pattern)
+                    return f"WEBSOCKET {template}", {"http.route": template}
+            return "WEBSOCKET", {}
+{%- endif %}
+        # Renamed by core.middleware once the URL has resolved.
+        return scope["method"], {}
+
+    return OpenTelemetryMiddleware(
+        application,
+        excluded_urls=UNTRACED_PATHS,
+        default_span_details=span_details,
+        # One span per request or connection, not one per ASGI message.
+        exclude_spans=["receive", "send"],
+    )
+
+
+def name_request(method: str, route: str | None) -> None:
+    """Names the current request's span by its URL pattern (core.middleware)."""
+    span = trace.get_current_span()
+    if route is not None and span.is_recording():
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The (trace_id, span_id) of the current span, in hex; None outside one."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format_trace_id(context.trace_id), format_span_id(context.span_id)
+
+
+def current_trace_id() -> str | None:
+    ids = current_ids() if ENABLED else None
+    return ids[0] if ids else None
+
+
+def setup() -> None:
+    """Installs this process's TracerProvider and instrumentations, once; does
+    nothing when tracing is off. Called at lifespan startup, in each worker."""
+    global _provider
+    if not ENABLED or _provider is not None:
+        return
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter,
+    )
+    from opentelemetry.instrumentation.redis import RedisInstrumentor
+    from opentelemetry.sdk.resources import (
+        SERVICE_NAME,
+        OTELResourceDetector,
+        Resource,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # OTEL_SERVICE_NAME or a service.name in OTEL_RESOURCE_ATTRIBUTES wins over
+    # the slug: attributes given to Resource.create would win over both.
+    named = SERVICE_NAME in OTELResourceDetector().detect().attributes
+    resource = Resource.create({} if named else {SERVICE_NAME: settings.SERVICE_NAME})
+    # The sampler comes from OTEL_TRACES_SAMPLER(_ARG), the endpoint, headers and
+    # timeout from OTEL_EXPORTER_OTLP_*: the SDK reads them.
+    # Flushed by lifespan shutdown only, not at exit: worker processes that
+    # multiprocessing or Gunicorn started end with os._exit, which runs no
+    # atexit hook, so lifespan shutdown is the one place that works for every
+    # server (and the one the tests check).
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    RedisInstrumentor().instrument()
+    engines = {database["ENGINE"] for database in settings.DATABASES.values()}
+    if "django.db.backends.sqlite3" in engines:
+        from opentelemetry.instrumentation.sqlite3 import SQLite3Instrumentor
+
+        SQLite3Instrumentor().instrument()
+{%- if cookiecutter.database == "postgresql" %}
+    if "django.db.backends.postgresql" in engines:
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+        PsycopgInstrumentor().instrument()
+{%- endif %}
+
+
+def shutdown() -> None:
+    """Exports the spans still queued and stops the export thread (lifespan
+    shutdown); blocks for at most the exporter's timeout."""
+    if _provider is not None:
+        _provider.shutdown()

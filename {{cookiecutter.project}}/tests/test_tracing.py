@@ -1,0 +1,359 @@
+"""Traces (core.tracing): the real server (bin/serve) exports them with the SDK's
+OTLP/HTTP exporter to a receiver of this test's own, which decodes them with
+opentelemetry-proto; and with no endpoint set, nothing of OpenTelemetry loads."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+{%- if cookiecutter.websockets == "yes" %}
+from websockets.sync.client import connect as websocket_connect
+{%- endif %}
+
+from items.models import Category, Item
+
+# A W3C traceparent as Nginx or a calling service would send it.
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_SPAN_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
+ROUTE = "api/items/<item_id:item_id>"
+
+
+class Receiver(ThreadingHTTPServer):
+    """An OTLP/HTTP trace receiver: what a collector's otlphttp receiver does
+    with POST /v1/traces, keeping the spans with their resource attributes."""
+
+    def __init__(self):
+        self.spans: list[tuple[dict, Span]] = []
+        self.content_types: list[str] = []
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+
+
+class ReceiverHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.content_types.append(self.headers["Content-Type"])
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            resource = {
+                a.key: a.value.string_value for a in resource_spans.resource.attributes
+            }
+            for scope_spans in resource_spans.scope_spans:
+                self.server.spans.extend((resource, s) for s in scope_spans.spans)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format, *args):  # the test's output stays clean
+        pass
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def database_url() -> str:
+    """The test database, for the server process."""
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{connection.settings_dict['NAME']}"
+    params = connection.settings_dict
+    auth = params["USER"] + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
+    return f"postgres://{auth}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
+
+
+def call(url: str, headers=None, method="GET", body=None) -> tuple[int, dict]:
+    request = urllib.request.Request(  # noqa: S310
+        url,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+        data=None if body is None else json.dumps(body).encode(),
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
+    """bin/serve with one worker; returns once it answers."""
+    port = free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    with log.open("w") as output:
+        server = subprocess.Popen(  # noqa: S603  (our own script)
+            [str(settings.BASE_DIR / "bin" / "serve")],
+            cwd=settings.BASE_DIR,
+            env={
+                **os.environ,
+                "PATH": f"{bin_dir}:{os.environ['PATH']}",
+                "PORT": str(port),
+                "WEB_CONCURRENCY": "1",
+                "DATABASE_URL": database_url(),
+                "DJANGO_SETTINGS_MODULE": "config.settings",
+                **environment,
+            },
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):  # bounded: 30 s for the server to start
+        try:
+            if call(f"{base}/healthz")[0] == 200:
+                return server, base
+        except OSError:
+            time.sleep(0.1)
+        if server.poll() is not None:
+            break
+    server.kill()
+    pytest.fail(f"bin/serve did not start:\n{log.read_text()}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    # Uvicorn raises SIGTERM again once it has shut down: the exit status says
+    # nothing here, the "stopped" log line of lifespan shutdown does.
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=60)
+
+
+def exporting_to(receiver: Receiver, **environment) -> dict:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_port}",
+        # Nothing is exported before shutdown: the spans the tests see arrive
+        # only because lifespan shutdown flushes them.
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",
+        **environment,
+    }
+
+
+def log_lines(log: Path) -> list[dict]:
+    lines = log.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tmp_path):
+    item = Item.objects.create(
+        name="Widget-in-no-span",
+        category=Category.objects.create(name="tools"),
+        price="1.50",
+    )
+    log = tmp_path / "server.log"
+    server, base = serve(
+        exporting_to(receiver, OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test"),
+        log,
+    )
+    try:
+        status, body = call(f"{base}/api/items/{item.pk}", {"traceparent": TRACEPARENT})
+        assert (status, body["id"]) == (200, item.pk)
+        missing_status, missing = call(f"{base}/api/items/{item.pk + 1000}")
+        # A write: Django's ORM in the request's thread, not core.reads.
+        patched, _ = call(
+            f"{base}/api/items/{item.pk}", method="PATCH", body={"quantity": 7}
+        )
+        assert patched == 200
+    finally:
+        stop(server)
+
+    assert [line["message"] for line in log_lines(log)].count("stopped") == 1
+    assert set(receiver.content_types) == {"application/x-protobuf"}
+    assert {
+        (r["service.name"], r["deployment.environment"]) for r, _ in receiver.spans
+    } == {(settings.SERVICE_NAME, "test")}
+    spans = [s for _, s in receiver.spans if s.trace_id.hex() == TRACE_ID]
+    requests = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
+    assert [(s.name, s.parent_span_id.hex()) for s in requests] == [
+        (f"GET {ROUTE}", PARENT_SPAN_ID)
+    ]
+    request = requests[0]
+    children = [s for s in spans if s.parent_span_id == request.span_id]
+    assert all(s.kind == Span.SPAN_KIND_CLIENT for s in children)
+    systems = {
+        a.value.string_value
+        for s in children
+        for a in s.attributes
+        if a.key in ("db.system", "db.system.name")
+    }
+    # The item is read from the database (a miss) and then cached.
+    expected = {connection.vendor}
+    if settings.REDIS_URL:
+        expected.add("redis")
+    assert systems == expected
+    assert len(children) == len(spans) - 1  # every span is the request's child
+
+    # The write's statements are children of its request span too.
+    [write] = [s for _, s in receiver.spans if s.name == f"PATCH {ROUTE}"]
+    written = {
+        a.value.string_value
+        for _, s in receiver.spans
+        if s.parent_span_id == write.span_id
+        for a in s.attributes
+        if a.key in ("db.system", "db.system.name")
+    }
+    assert written == expected
+
+    # Statements and commands are recorded with placeholders: the item's values
+    # (sent to the database, cached in Redis) reach no span.
+    values = [str(a.value) for _, s in receiver.spans for a in s.attributes]
+    assert [v for v in values if item.name in v] == []
+
+    # The access log line of the request carries its trace and span.
+    [access] = [
+        line
+        for line in log_lines(log)
+        if line["logger"] == "core.access"
+        and (line["method"], line["path"]) == ("GET", f"/api/items/{item.pk}")
+    ]
+    assert (access["trace_id"], access["span_id"]) == (
+        TRACE_ID,
+        request.span_id.hex(),
+    )
+
+    # An error answer names its trace beside the request id, as its log line does.
+    assert missing_status == 404
+    [missing_log] = [
+        line
+        for line in log_lines(log)
+        if line["logger"] == "core.access" and line["status"] == 404
+    ]
+    assert missing["trace_id"] == missing_log["trace_id"] != TRACE_ID
+    assert missing["request_id"] == missing_log["request_id"]
+    assert len(missing["trace_id"]) == 32
+    assert len(missing_log["span_id"]) == 16
+    [missing_span] = [
+        s
+        for _, s in receiver.spans
+        if s.trace_id.hex() == missing["trace_id"] and s.kind == Span.SPAN_KIND_SERVER
+    ]
+    assert (missing_span.name, missing_span.parent_span_id) == (f"GET {ROUTE}", b"")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_lived_connection_is_one_span(receiver, tmp_path):
+    """One span from open to close, whatever was sent and received in between:
+    an event stream{% if cookiecutter.websockets == "yes" %} and a WebSocket{% endif %}."""
+    server, base = serve(
+        exporting_to(receiver, SSE_KEEPALIVE_SECONDS="0.05"), tmp_path / "server.log"
+    )
+    try:
+        with urllib.request.urlopen(f"{base}/api/items/events") as stream:  # noqa: S310
+            keepalives = 0
+            while keepalives < 3:
+                keepalives += stream.readline() == b": keep-alive\n"
+{%- if cookiecutter.websockets == "yes" %}
+        with websocket_connect(
+            base.replace("http", "ws") + "/ws/items", origin="http://127.0.0.1"
+        ) as websocket:
+            assert json.loads(websocket.recv(timeout=10))["type"] == "welcome"
+            for _ in range(3):
+                websocket.send(json.dumps({"type": "ping"}))
+                assert json.loads(websocket.recv(timeout=10)) == {"type": "pong"}
+{%- endif %}
+    finally:
+        stop(server)
+
+    servers = [s for _, s in receiver.spans if s.kind == Span.SPAN_KIND_SERVER]
+    assert sorted(s.name for s in servers) == [
+        "GET api/items/events",
+{%- if cookiecutter.websockets == "yes" %}
+        "WEBSOCKET ws/items",
+{%- endif %}
+    ]
+    # No span per message (the instrumentation's "send" and "receive" spans):
+    # only the channel layer's Redis commands, on Redis, beside the connections.
+    assert {s.kind for _, s in receiver.spans} <= {
+        Span.SPAN_KIND_SERVER,
+        Span.SPAN_KIND_CLIENT,
+    }
+
+
+OFF = """
+import asyncio, json, sys, threading
+from asgiref.testing import ApplicationCommunicator
+from config.asgi import application
+from core import tracing
+from core.lifespan import _startup
+
+# redis-py imports the OpenTelemetry API and metrics SDK when they are installed
+# (its own optional metrics): what must not be there is anything of traces.
+TRACING_MODULES = (
+    "opentelemetry.instrumentation", "opentelemetry.exporter", "opentelemetry.sdk.trace"
+)
+
+async def main():
+    await _startup()
+    trace = sys.modules.get("opentelemetry.trace")
+    path = "/api/no-such-thing"
+    communicator = ApplicationCommunicator(application, {
+        "type": "http", "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"",
+        "headers": [(b"host", b"localhost")],
+    })
+    await communicator.send_input({"type": "http.request", "body": b""})
+    response = await communicator.receive_output(timeout=10)
+    response["body"] = (await communicator.receive_output(timeout=10))["body"]
+    print(json.dumps({
+        "enabled": tracing.ENABLED,
+        "status": response["status"],
+        "body": json.loads(response["body"]),
+        "loaded": sorted(m for m in sys.modules if m.startswith(TRACING_MODULES)),
+        "provider": type(trace.get_tracer_provider()).__name__ if trace else None,
+        "threads": sorted(t.name for t in threading.enumerate()),
+    }))
+
+asyncio.run(main())
+"""
+
+
+def test_without_an_endpoint_nothing_of_opentelemetry_is_loaded():
+    """Off costs nothing: no SDK TracerProvider, no span processor or its
+    thread, no exporter, no instrumentation, in a process that started up and
+    served a request."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")
+    }
+    result = subprocess.run(  # noqa: S603  (this interpreter, our own script)
+        [sys.executable, "-c", OFF],
+        cwd=settings.BASE_DIR,
+        env={**environment, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    answer = json.loads(result.stdout.splitlines()[-1])
+    assert answer["enabled"] is False
+    assert answer["status"] == 404
+    assert "trace_id" not in answer["body"]
+    assert answer["loaded"] == []
+    assert answer["provider"] in (None, "ProxyTracerProvider")
+    assert not [name for name in answer["threads"] if "Otel" in name]
+    # Nor do log lines name a trace.
+    assert "trace_id" not in result.stdout

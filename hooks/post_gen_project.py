@@ -44,6 +44,8 @@ FILES_OF_CHOICE = {
     ("__task_broker", ("redis", "database")): [
         "bin/worker",
         "core/migrations/0002_pendingtask.py",
+        "core/migrations/0003_taskdelivery.py",
+        "core/management/commands/dead_letters.py",
         "core/outbox.py",
         "core/queueing.py",
         "core/tasks.py",

@@ -12,8 +12,15 @@ WORKER_SHUTDOWN_TIMEOUT.
 Django's framework has no retries: a failed attempt enqueues the next one itself,
 as a new row that runs after core.tasks.retry_delay, carrying its attempt number.
 Neither has it a hard time limit: core.tasks' asyncio limit is the only one, so a
-body that blocks without awaiting holds its worker process until it returns. A
-row whose worker was killed mid-task stays RUNNING: it is not run again.
+body that blocks without awaiting holds its worker process until it returns.
+
+A row whose worker was killed mid-task stays RUNNING: django-tasks-db keeps no
+heartbeat and never runs it again (its db_worker only takes READY rows, and
+prune_db_task_results deletes finished ones). So the supervisor below puts back
+to READY, every REAP_SECONDS, the RUNNING rows of its queue older than their
+task's time limit and HARD_LIMIT_MARGIN: core.tasks' limit has cancelled every
+attempt by then, unless its body blocks without awaiting, and then it runs twice,
+which tasks are idempotent for.
 """
 
 import dataclasses
@@ -24,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -47,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 # DBTaskResult.queue_name is a CharField(max_length=32).
 QUEUE_NAME_MAX_LENGTH = 32
+# Seconds between two looks for the RUNNING rows of dead workers.
+REAP_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +66,7 @@ class Task(DjangoTask):
 
     task_name: str
     retries: int
+    time_limit: float
 
     @property
     def name(self) -> str:
@@ -63,7 +74,7 @@ class Task(DjangoTask):
 
     async def enqueue(self, *args) -> str:
         """Unlike Django's own enqueue, a coroutine returning the job's id."""
-        result = await self.aenqueue(*args)
+        result = await self.aenqueue(*args, job=new_job())
         tasks.enqueued(self.name, result.id)
         return result.id
 
@@ -71,12 +82,18 @@ class Task(DjangoTask):
         """Enqueues attempt `attempt + 1`, to run `delay` seconds from now."""
         run_after = timezone.now() + timedelta(seconds=delay)
         result = await self.using(run_after=run_after).aenqueue(
-            *args, attempt=attempt + 1
+            *args, attempt=attempt + 1, job=new_job()
         )
         logger.info(
             "task retry enqueued",
             extra={"task": self.name, "job_id": result.id, "attempt": attempt + 1},
         )
+
+
+def new_job() -> str:
+    """The id core.tasks counts a job's deliveries by, carried in its arguments:
+    the row's own id does not reach the task function."""
+    return uuid.uuid4().hex
 
 
 def task(name: str, *, retries: int, time_limit: float):
@@ -87,9 +104,9 @@ def task(name: str, *, retries: int, time_limit: float):
         )
 
     def declare(body: Callable[..., Awaitable]) -> Task:
-        # Keyword-only, so that it never meets the body's positional arguments.
+        # Keyword-only, so that they never meet the body's positional arguments.
         @functools.wraps(body)
-        async def run(*args, attempt: int = 1):
+        async def run(*args, attempt: int = 1, job: str | None = None):
             decision = await tasks.attempt(
                 name,
                 body,
@@ -97,6 +114,7 @@ def task(name: str, *, retries: int, time_limit: float):
                 number=attempt,
                 attempts=retries + 1,
                 time_limit=time_limit,
+                job=job,
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):
@@ -104,6 +122,8 @@ def task(name: str, *, retries: int, time_limit: float):
                     raise error
                 case tasks.GiveUp(error=error):
                     raise error
+                case tasks.DeadLettered():
+                    return None
             return decision.result
 
         declared = Task(
@@ -111,6 +131,7 @@ def task(name: str, *, retries: int, time_limit: float):
             queue_name=settings.TASK_QUEUE,
             task_name=name,
             retries=retries,
+            time_limit=time_limit,
         )
         return declared
 
@@ -129,6 +150,31 @@ def queue_depth() -> int:
     finally:
         # Each scrape comes in a thread of its own: its connection goes back now.
         connections[waiting.db].close()
+
+
+def reap_stale_rows() -> int:
+    """Puts the RUNNING rows whose worker died back to READY; returns how many."""
+    from django_tasks_db.models import DBTaskResult
+
+    now = timezone.now()
+    reaped = 0
+    try:
+        for declared in queueing.declared_tasks().values():
+            limit = declared.time_limit + queueing.HARD_LIMIT_MARGIN
+            reaped += DBTaskResult.objects.filter(
+                status=TaskResultStatus.RUNNING,
+                queue_name=settings.TASK_QUEUE,
+                task_path=declared.module_path,
+                started_at__lt=now - timedelta(seconds=limit),
+            ).update(status=TaskResultStatus.READY)
+    finally:
+        # Back to the pool: this process has nothing else to do with it.
+        connections[DBTaskResult.objects.db].close()
+    if reaped:
+        logger.warning(
+            "tasks of dead workers handed out again", extra={"count": reaped}
+        )
+    return reaped
 
 
 def db_worker_command() -> list[str]:
@@ -184,7 +230,15 @@ def supervise_db_workers() -> None:
     children = [subprocess.Popen(command) for _ in range(concurrency)]  # noqa: S603
     forwarded = 0
     stopping_since = None
+    reaped_at = 0.0
     while alive := [child for child in children if child.poll() is None]:
+        if not received and time.monotonic() - reaped_at > REAP_SECONDS:
+            reaped_at = time.monotonic()
+            try:
+                reap_stale_rows()
+            except Exception:
+                # The database may be down: the next round tries again.
+                logger.warning("could not look for dead workers' tasks", exc_info=True)
         # Every signal: db_worker stops its running task at the second one.
         for signum in received[forwarded:]:
             for child in alive:
@@ -204,5 +258,6 @@ def supervise_db_workers() -> None:
             for child in alive:
                 child.kill()
         time.sleep(0.2)
+    close_databases()
     clean = received and all(child.returncode == 0 for child in children)
     sys.exit(0 if clean else 1)

@@ -80,7 +80,9 @@ async def delivered(job: str, name: str, args: tuple) -> int:
     """Records a delivery of `job`; returns how many deliveries its attempt has
     had, this one included (1 unless earlier ones never finished)."""
     now, worker = timezone.now(), f"{socket.gethostname()}:{os.getpid()}"
-    earlier = TaskDelivery.objects.filter(job=job, dead_lettered_at=None)
+    # A dead-lettered job's row counts too: delivered again (its worker died
+    # before the library dropped it), it is dead-lettered again.
+    earlier = TaskDelivery.objects.filter(job=job)
     if await earlier.aupdate(
         deliveries=F("deliveries") + 1, started_at=now, worker=worker
     ):
@@ -105,12 +107,14 @@ async def finished(job: str) -> None:
 
 
 async def dead_letter(job: str, name: str, deliveries: int) -> DeadLettered:
-    await TaskDelivery.objects.filter(job=job).aupdate(dead_lettered_at=timezone.now())
-    metrics.TASKS_DEAD_LETTERED.labels(name).inc()
-    logger.error(
-        "task dead-lettered: its worker died at each delivery",
-        extra={"task": name, "job_id": job, "deliveries": deliveries},
-    )
+    """Keeps the job's row as its dead letter; counted and logged once."""
+    row = TaskDelivery.objects.filter(job=job, dead_lettered_at=None)
+    if await row.aupdate(dead_lettered_at=timezone.now()):
+        metrics.TASKS_DEAD_LETTERED.labels(name).inc()
+        logger.error(
+            "task dead-lettered: its worker died at each delivery",
+            extra={"task": name, "job_id": job, "deliveries": deliveries},
+        )
     return DeadLettered(deliveries)
 
 

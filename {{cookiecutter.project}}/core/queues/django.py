@@ -24,14 +24,12 @@ which tasks are idempotent for.
 """
 
 import dataclasses
-import functools
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -39,7 +37,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.tasks import Task as DjangoTask
-from django.tasks import TaskResultStatus
+from django.tasks import TaskContext, TaskResultStatus
 from django.tasks.signals import (
     log_task_finished,
     log_task_started,
@@ -74,7 +72,7 @@ class Task(DjangoTask):
 
     async def enqueue(self, *args) -> str:
         """Unlike Django's own enqueue, a coroutine returning the job's id."""
-        result = await self.aenqueue(*args, job=new_job())
+        result = await self.aenqueue(*args)
         tasks.enqueued(self.name, result.id)
         return result.id
 
@@ -82,18 +80,12 @@ class Task(DjangoTask):
         """Enqueues attempt `attempt + 1`, to run `delay` seconds from now."""
         run_after = timezone.now() + timedelta(seconds=delay)
         result = await self.using(run_after=run_after).aenqueue(
-            *args, attempt=attempt + 1, job=new_job()
+            *args, attempt=attempt + 1
         )
         logger.info(
             "task retry enqueued",
             extra={"task": self.name, "job_id": result.id, "attempt": attempt + 1},
         )
-
-
-def new_job() -> str:
-    """The id core.tasks counts a job's deliveries by, carried in its arguments:
-    the row's own id does not reach the task function."""
-    return uuid.uuid4().hex
 
 
 def task(name: str, *, retries: int, time_limit: float):
@@ -104,9 +96,10 @@ def task(name: str, *, retries: int, time_limit: float):
         )
 
     def declare(body: Callable[..., Awaitable]) -> Task:
-        # Keyword-only, so that they never meet the body's positional arguments.
-        @functools.wraps(body)
-        async def run(*args, attempt: int = 1, job: str | None = None):
+        # Keyword-only, so that it never meets the body's positional arguments.
+        # The context's result is the row: a row put back to READY runs with its
+        # id again, the job core.tasks counts deliveries by.
+        async def run(context: TaskContext, *args, attempt: int = 1):
             decision = await tasks.attempt(
                 name,
                 body,
@@ -114,7 +107,7 @@ def task(name: str, *, retries: int, time_limit: float):
                 number=attempt,
                 attempts=retries + 1,
                 time_limit=time_limit,
-                job=job,
+                job=context.task_result.id,
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):
@@ -126,12 +119,17 @@ def task(name: str, *, retries: int, time_limit: float):
                     return None
             return decision.result
 
+        # The worker finds the task by the body's path (functools.wraps would also
+        # hide `context`, which Django looks for in the signature).
+        run.__module__, run.__name__ = body.__module__, body.__name__
+        run.__qualname__ = body.__qualname__
         declared = Task(
             func=run,
             queue_name=settings.TASK_QUEUE,
             task_name=name,
             retries=retries,
             time_limit=time_limit,
+            takes_context=True,
         )
         return declared
 

@@ -85,16 +85,19 @@ class Task:
         return job_id
 
     def _push(self, args: tuple, number: int, delay: float) -> str:
-        return async_task(
+        """Enqueues attempt `number`; returns its job id: this adapter's, which
+        core.tasks counts the attempt's deliveries by and logs (django-q2's own
+        id does not reach the function it calls)."""
+        job = uuid.uuid4().hex
+        async_task(
             self.path,
             *args,
             attempt=number,
-            # The id core.tasks counts the attempt's deliveries by: django-q2's
-            # own does not reach the function it calls.
-            job=uuid.uuid4().hex,
+            job=job,
             timeout=self.hard_limit,
             broker=DeferringBroker(delay),
         )
+        return job
 
     def __call__(self, *args, attempt: int, job: str | None = None):
         """What django-q2's worker runs: attempt number `attempt` of job `job`."""

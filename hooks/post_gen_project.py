@@ -33,6 +33,8 @@ FILES_OF_CHOICE = {
     ],
     ("server", ("gunicorn-uvicorn",)): ["config/gunicorn_worker_class.py"],
     ("server", ("granian",)): ["deploy/grafana/dashboards/granian.json"],
+    # django-tasks-db's worker dies whole when one of its processes is killed.
+    ("tasks", ("django",)): ["tests/test_tasks_killed.py"],
     # SQLite is one pod's file: no autoscaling example.
     ("database", ("postgresql",)): [
         "deploy/grafana/dashboards/database.json",
@@ -45,6 +47,8 @@ FILES_OF_CHOICE = {
     ("__task_broker", ("redis", "database")): [
         "bin/worker",
         "core/migrations/0002_pendingtask.py",
+        "core/migrations/0003_taskdelivery.py",
+        "core/management/commands/dead_letters.py",
         "core/outbox.py",
         "core/queueing.py",
         "core/tasks.py",

@@ -137,6 +137,9 @@ else:
 TASK_QUEUE = env.str("TASK_QUEUE", default=SERVICE_NAME)
 # Seconds before a failed task's first retry; each further retry waits twice as long.
 TASK_RETRY_DELAY = env.float("TASK_RETRY_DELAY", default=10.0)
+# Deliveries of a task attempt whose worker died each time (killed, out of memory)
+# before the next one is dead-lettered instead of run (core.tasks).
+TASK_MAX_DELIVERIES = env.int("TASK_MAX_DELIVERIES", default=3)
 # Seconds between the task worker's sends of the tasks the broker did not take
 # when their write committed (core.outbox).
 OUTBOX_RELAY_SECONDS = env.float("OUTBOX_RELAY_SECONDS", default=5.0)

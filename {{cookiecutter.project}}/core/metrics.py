@@ -215,12 +215,20 @@ TASKS_RUNNING = Gauge(
 )
 TASK_DURATION = Histogram(
     "django_task_duration_seconds",
-    "Time a task attempt ran, by task and outcome (succeeded, retried, failed).",
+    "Time a task attempt ran, by task and outcome (succeeded, retried, failed, "
+    "dead_lettered).",
     ["task", "outcome"],
     buckets=TASK_BUCKETS,
 )
+TASKS_DEAD_LETTERED = Counter(
+    "django_tasks_dead_lettered",
+    "Tasks delivered more than TASK_MAX_DELIVERIES times without an attempt "
+    "finishing (their worker died each time), set aside instead of run, by task.",
+    ["task"],
+)
 # The queue depth is read from the broker when core.task_worker answers a scrape:
-# django_task_queue_depth, a gauge of no process.
+# django_task_queue_depth, a gauge of no process; so is the count of dead-lettered
+# tasks waiting for someone (manage.py dead_letters), django_task_dead_letters.
 
 {% endif -%}
 METHODS = frozenset(

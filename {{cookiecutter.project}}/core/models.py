@@ -43,4 +43,26 @@ class PendingTask(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task}{tuple(self.args)}"
+
+
+class TaskDelivery(models.Model):
+    """A task attempt that a worker started and has not finished (core.tasks):
+    a delivery whose worker died leaves its row, and the next delivery of the
+    same job counts one more. Past TASK_MAX_DELIVERIES the job is not run again
+    but dead-lettered: its row stays, with dead_lettered_at, until
+    `manage.py dead_letters` retries or drops it."""
+
+    job = models.CharField(max_length=64, unique=True)  # the library's job id
+    task = models.CharField(max_length=100)  # its name: core.queueing.Task.name
+    args = models.JSONField()
+    deliveries = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField()  # of the latest delivery
+    worker = models.CharField(max_length=100)  # its process: "host:pid"
+    dead_lettered_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.task}{tuple(self.args)} [{self.job}]"
 {%- endif %}

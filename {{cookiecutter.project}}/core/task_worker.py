@@ -6,8 +6,9 @@ from here, and it stops taking tasks and lets the running ones finish (within
 WORKER_SHUTDOWN_TIMEOUT) before this process exits with its status. Meanwhile
 this process answers HTTP on WORKER_METRICS_HOST:WORKER_METRICS_PORT:
   /metrics  what the worker's processes wrote to METRICS_DIR (core.exposition
-            retires those that died), and the queue depth, read from the broker
-            at each scrape;
+            retires those that died), the queue depth, read from the broker at
+            each scrape, and the dead-lettered tasks (manage.py dead_letters),
+            read from the database;
   /healthz  200 while the worker runs: the liveness probe.
 It also runs core.outbox's relay: the tasks the broker did not take when their
 write committed are sent again every OUTBOX_RELAY_SECONDS.
@@ -80,12 +81,54 @@ class QueueDepth:
         yield family
 
 
+class DeadLetters:
+    """django_task_dead_letters: the tasks dead-lettered and not yet retried or
+    dropped (core.tasks), by task, read from the database when Prometheus scrapes.
+    A gauge rather than only django_tasks_dead_lettered_total: it stays up until
+    someone deals with them, however long ago they came."""
+
+    def _family(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        return GaugeMetricFamily(
+            "django_task_dead_letters",
+            "Dead-lettered tasks waiting for manage.py dead_letters, by task.",
+            labels=["task"],
+        )
+
+    def describe(self):
+        yield self._family()
+
+    def collect(self):
+        from django.db import connection
+        from django.db.models import Count
+
+        from core import queueing
+        from core.models import TaskDelivery
+
+        dead = TaskDelivery.objects.exclude(dead_lettered_at=None)
+        try:
+            counts = dict(dead.values_list("task").annotate(Count("id")))
+        except Exception:
+            logger.warning("could not count the dead letters", exc_info=True)
+            return
+        finally:
+            # Each scrape comes in a thread of its own: its connection goes back now.
+            connection.close()
+        family = self._family()
+        # Every declared task has its sample, 0 when none is dead-lettered: the
+        # series exists before the first dead letter, for the dashboard.
+        for task in sorted(queueing.declared_tasks().keys() | counts.keys()):
+            family.add_metric([task], counts.get(task, 0))
+        yield family
+
+
 def serve_http(worker: subprocess.Popen, directory: str, queue_name: str):
     from prometheus_client import CONTENT_TYPE_LATEST
 
     from core import exposition
 
-    depth = QueueDepth(queue_name)
+    collectors = [QueueDepth(queue_name), DeadLetters()]
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -94,7 +137,7 @@ def serve_http(worker: subprocess.Popen, directory: str, queue_name: str):
                 body = b'{"status": "ok"}' if alive else b'{"status": "stopped"}'
                 self._send(200 if alive else 503, body, "application/json")
             elif self.path == "/metrics":
-                body = exposition.render(directory, [depth])
+                body = exposition.render(directory, collectors)
                 self._send(200, body, CONTENT_TYPE_LATEST)
             else:
                 self._send(404, b'{"error": "not_found"}', "application/json")

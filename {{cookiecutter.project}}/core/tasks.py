@@ -1,6 +1,7 @@
 """What every background task gets around its body, whatever the queue library:
-a time limit, one log line per attempt, the task metrics of core.metrics, and the
-decision whether a failed attempt is retried.
+a time limit, one log line per attempt, the task metrics of core.metrics, the
+decision whether a failed attempt is retried, and the bound on deliveries of an
+attempt whose worker died.
 
 The library's adapter (core.queue) calls `enqueued` once the broker holds a task,
 and wraps each attempt a worker makes in `attempt`, whose outcome says what the
@@ -11,6 +12,8 @@ bodies are coroutines, so that they use the async ORM as the views do.
 import asyncio
 import dataclasses
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
@@ -18,8 +21,11 @@ from typing import ClassVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
+from django.db.models import F
+from django.utils import timezone
 
 from core import metrics
+from core.models import TaskDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,16 @@ class GiveUp:
     outcome: ClassVar[str] = "failed"
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLettered:
+    """The job was delivered TASK_MAX_DELIVERIES times and no attempt finished:
+    it is not run again, and the library must drop it (acknowledge it, without a
+    retry). Its core.TaskDelivery row keeps it."""
+
+    deliveries: int
+    outcome: ClassVar[str] = "dead_lettered"
+
+
 def enqueued(name: str, job_id: str) -> None:
     metrics.TASKS_ENQUEUED.labels(name).inc()
     logger.info("task enqueued", extra={"task": name, "job_id": job_id})
@@ -60,6 +76,48 @@ def retry_delay(attempt: int) -> float:
     return min(settings.TASK_RETRY_DELAY * 2 ** (attempt - 1), 600.0)
 
 
+async def delivered(job: str, name: str, args: tuple) -> int:
+    """Records a delivery of `job`; returns how many deliveries its attempt has
+    had, this one included (1 unless earlier ones never finished)."""
+    now, worker = timezone.now(), f"{socket.gethostname()}:{os.getpid()}"
+    # A dead-lettered job's row counts too: delivered again (its worker died
+    # before the library dropped it), it is dead-lettered again.
+    earlier = TaskDelivery.objects.filter(job=job)
+    if await earlier.aupdate(
+        deliveries=F("deliveries") + 1, started_at=now, worker=worker
+    ):
+        return (await earlier.aget()).deliveries
+    await TaskDelivery.objects.acreate(
+        job=job, task=name, args=list(args), started_at=now, worker=worker
+    )
+    return 1
+
+
+async def finished(job: str) -> None:
+    """Drops the delivery's row: the attempt ended, whatever its outcome (one
+    cancelled by its worker stopping too: shielded from that cancellation)."""
+    try:
+        await asyncio.shield(TaskDelivery.objects.filter(job=job).adelete())
+    except Exception:
+        # The database went away: the row stays, and counts one delivery more if
+        # the job comes again. That is all it costs; the outcome stands.
+        logger.warning(
+            "task delivery not cleared", extra={"job_id": job}, exc_info=True
+        )
+
+
+async def dead_letter(job: str, name: str, deliveries: int) -> DeadLettered:
+    """Keeps the job's row as its dead letter; counted and logged once."""
+    row = TaskDelivery.objects.filter(job=job, dead_lettered_at=None)
+    if await row.aupdate(dead_lettered_at=timezone.now()):
+        metrics.TASKS_DEAD_LETTERED.labels(name).inc()
+        logger.error(
+            "task dead-lettered: its worker died at each delivery",
+            extra={"task": name, "job_id": job, "deliveries": deliveries},
+        )
+    return DeadLettered(deliveries)
+
+
 async def attempt(
     name: str,
     body: Callable[..., Awaitable],
@@ -68,15 +126,30 @@ async def attempt(
     number: int,
     attempts: int,
     time_limit: float,
-) -> Succeeded | Retry | GiveUp:
-    """Runs attempt `number` of at most `attempts`, and decides what follows it.
-    A body still running after `time_limit` seconds is cancelled, and the attempt
-    fails with TimeoutError."""
-    log = {"task": name, "attempt": number, "attempts": attempts}
+    job: str | None,
+) -> Succeeded | Retry | GiveUp | DeadLettered:
+    """Runs attempt `number` of at most `attempts` of job `job`, and decides what
+    follows it. A body still running after `time_limit` seconds is cancelled, and
+    the attempt fails with TimeoutError. A job delivered more than
+    TASK_MAX_DELIVERIES times without an attempt finishing is dead-lettered
+    instead. `job` None (a message of an older release, without an id): its
+    deliveries are not counted."""
+    log = {"task": name, "attempt": number, "attempts": attempts, "job_id": job}
     metrics.TASKS_STARTED.labels(name).inc()
     started = time.perf_counter()
-    decision: Succeeded | Retry | GiveUp | None = None
+    decision: Succeeded | Retry | GiveUp | DeadLettered | None = None
     try:
+        # In the attempt: a database that cannot record the delivery fails it,
+        # and it is retried as any failed attempt.
+        deliveries = await delivered(job, name, args) if job is not None else 1
+        if deliveries > settings.TASK_MAX_DELIVERIES:
+            decision = await dead_letter(job, name, deliveries)
+            return decision
+        if deliveries > 1:
+            logger.warning(
+                "task delivered again: an earlier delivery never finished",
+                extra={**log, "deliveries": deliveries},
+            )
         with metrics.TASKS_RUNNING.labels(name).track_inprogress():
             async with asyncio.timeout(time_limit):
                 result = await body(*args)
@@ -93,6 +166,8 @@ async def attempt(
         decision = Succeeded(result)
         metrics.TASKS_SUCCEEDED.labels(name).inc()
     finally:
+        if job is not None and not isinstance(decision, DeadLettered):
+            await finished(job)
         # As at the end of a request: the attempt's database connection goes back
         # to the pool, and one that broke is not used again.
         await sync_to_async(close_old_connections)()

@@ -6,9 +6,7 @@ what the worker did. They need PostgreSQL (DATABASE_URL){% if cookiecutter.__tas
 """
 
 import asyncio
-{%- if cookiecutter.tasks == "arq" %}
 import json
-{%- endif %}
 import os
 import signal
 import socket
@@ -17,21 +15,25 @@ import sys
 import time
 import urllib.request
 import uuid
+from io import StringIO
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
 import pytest
 {%- if cookiecutter.tasks == "arq" %}
 from arq.constants import job_key_prefix
 {%- endif %}
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.db import connection, connections
+from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from core import queue, queueing
-from core.models import PendingTask
+from core import queue, queueing, tasks
+from core.models import PendingTask, TaskDelivery
 from items.models import ItemChange
 from items.tasks import build_report, record_change
 
@@ -89,10 +91,9 @@ class Worker:
         }
 
 
-@pytest.fixture(scope="module")
-def worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    with django_db_blocker.unblock():
-        database_url = worker_database_url()
+def start_worker(database_url: str, metrics_dir: Path, **environ: str) -> Worker:
+    """bin/worker on the test database, once it answers /healthz; `environ` adds
+    to or overrides its environment."""
     {%- if cookiecutter.__task_broker == "redis" %}
     if not settings.REDIS_URL:
         pytest.fail("the task tests need Redis (REDIS_URL): it is the broker")
@@ -104,9 +105,10 @@ def worker(django_db_setup, django_db_blocker, tmp_path_factory):
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": database_url,
         "WORKER_METRICS_PORT": str(port),
-        "METRICS_DIR": str(tmp_path_factory.mktemp("worker-metrics")),
+        "METRICS_DIR": str(metrics_dir),
         "WORKER_SHUTDOWN_TIMEOUT": str(WAIT),
         "OUTBOX_RELAY_SECONDS": "0.5",
+        **environ,
     }
     process = subprocess.Popen([BASE_DIR / "bin" / "worker"], env=env)  # noqa: S603
     worker = Worker(process, port)
@@ -115,11 +117,19 @@ def worker(django_db_setup, django_db_blocker, tmp_path_factory):
         assert process.poll() is None, f"bin/worker exited with {process.returncode}"
         try:
             if worker.get("/healthz")[0] == 200:
-                break
+                return worker
         except OSError:
             pass
         assert time.monotonic() < deadline, "bin/worker never answered /healthz"
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    with django_db_blocker.unblock():
+        database_url = worker_database_url()
+    worker = start_worker(database_url, tmp_path_factory.mktemp("worker-metrics"))
+    process = worker.process
     yield worker
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=WAIT + 10) == 0
@@ -300,6 +310,177 @@ async def test_a_change_delivered_twice_is_recorded_once(worker, item_payload):
             connection.close()
 
     assert await asyncio.to_thread(rows) == 1
+
+
+def change_rows(change_id: str) -> int:
+    try:
+        return ItemChange.objects.filter(change_id=change_id).count()
+    finally:
+        connection.close()
+
+
+def delivery(job: str) -> TaskDelivery | None:
+    try:
+        return TaskDelivery.objects.filter(job=job).first()
+    finally:
+        connection.close()
+
+
+def dead_letters(worker: Worker) -> float | None:
+    """What the worker reports dead-lettered of record_change."""
+    labels = (("task", "items.record_change"),)
+    return worker.samples().get(("django_task_dead_letters", labels))
+
+
+def lock_item_changes() -> psycopg.Connection:
+    """Another session's transaction that holds the change table against writes:
+    record_change's insert waits for it, mid-task, until it ends."""
+    session = psycopg.connect(worker_database_url())
+    session.execute("LOCK TABLE items_itemchange IN EXCLUSIVE MODE")
+    return session
+
+
+async def kill_delivery(job: str, number: int) -> None:
+    """SIGKILLs the worker process that runs delivery `number` of `job`, mid-task:
+    the row is written as the delivery starts, and its insert then waits."""
+
+    async def started():
+        row = await asyncio.to_thread(delivery, job)
+        return row if row and row.deliveries == number else None
+
+    row = await eventually(started)
+    os.kill(int(row.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+
+
+async def dead_letters_command(*args) -> str:
+    output = StringIO()
+    await sync_to_async(call_command)("dead_letters", *args, stdout=output)
+    return output.getvalue()
+
+
+async def test_a_delivery_after_one_that_never_finished_runs_and_is_cleared():
+    """The row of a delivery whose worker died counts: the next runs the task, and
+    its row goes once the attempt has ended."""
+    job = f"test-{uuid.uuid4().hex}"
+    await TaskDelivery.objects.acreate(
+        job=job, task="t", args=[], started_at=timezone.now(), worker="gone:1"
+    )
+
+    async def body():
+        return (await TaskDelivery.objects.aget(job=job)).deliveries
+
+    decision = await tasks.attempt(
+        "t", body, (), number=1, attempts=1, time_limit=5, job=job
+    )
+    assert decision == tasks.Succeeded(2)
+    assert not await TaskDelivery.objects.filter(job=job).aexists()
+
+
+async def test_a_task_whose_worker_died_at_each_delivery_is_dead_lettered(
+    worker, item_payload
+):
+    """A job delivered TASK_MAX_DELIVERIES times whose worker died each time (each
+    left its row): the next delivery does not run it but dead-letters it, counted
+    and listed; retried, it runs once."""
+    change_id, job = str(uuid.uuid4()), f"test-{uuid.uuid4().hex}"
+    args = (424243, "item.updated", change_id)
+    await TaskDelivery.objects.acreate(
+        job=job,
+        task=record_change.name,
+        args=list(args),
+        deliveries=settings.TASK_MAX_DELIVERIES,
+        started_at=timezone.now(),
+        worker="gone:1",
+    )
+
+    def dead_lettered() -> float:
+        labels = {"task": record_change.name}
+        total = REGISTRY.get_sample_value("django_tasks_dead_lettered_total", labels)
+        return total or 0
+
+    before, ran = dead_lettered(), []
+
+    async def body(*args):
+        ran.append(args)
+
+    async def deliver() -> tasks.DeadLettered:
+        return await tasks.attempt(
+            record_change.name, body, args, number=1, attempts=4, time_limit=5, job=job
+        )
+
+    assert await deliver() == tasks.DeadLettered(settings.TASK_MAX_DELIVERIES + 1)
+    row = await TaskDelivery.objects.aget(job=job)
+    assert row.dead_lettered_at is not None
+    # Delivered once more (its worker died before the library dropped it): not
+    # run either, and counted once.
+    assert await deliver() == tasks.DeadLettered(settings.TASK_MAX_DELIVERIES + 2)
+    assert ran == []
+    assert dead_lettered() == before + 1
+    assert await asyncio.to_thread(dead_letters, worker) == 1
+    listed = await dead_letters_command()
+    assert f"{job}  {record_change.name}{json.dumps(list(args))}" in listed
+    assert f"deliveries={settings.TASK_MAX_DELIVERIES + 2}" in listed
+
+    with pytest.raises(CommandError, match="no dead-lettered task has the job id x"):
+        await dead_letters_command("--retry", job, "x")
+    assert "1 dead-lettered task(s) queued" in await dead_letters_command(
+        "--retry", job
+    )
+    # The worker's relay sends it; it runs as a new job.
+    await eventually(lambda: asyncio.to_thread(change_rows, change_id))
+    assert await asyncio.to_thread(change_rows, change_id) == 1
+    assert await asyncio.to_thread(delivery, job) is None
+    assert await asyncio.to_thread(dead_letters, worker) == 0
+    assert await dead_letters_command() == ""
+{%- if cookiecutter.tasks == "celery" %}
+
+
+async def test_celery_runs_a_task_whose_worker_process_was_killed_again_once(worker):
+    """One of Celery's prefork processes killed mid-task (as the OOM killer does):
+    the task goes back to the queue at once (reject_on_worker_lost) and its effect
+    is recorded once."""
+    change_id = str(uuid.uuid4())
+    lock = await asyncio.to_thread(lock_item_changes)
+    try:
+        job = await record_change.enqueue(424244, "item.updated", change_id)
+        await kill_delivery(job, 1)
+
+        async def delivered_again():
+            row = await asyncio.to_thread(delivery, job)
+            return row and row.deliveries == 2
+
+        await eventually(delivered_again)
+    finally:
+        lock.close()
+    await eventually(lambda: asyncio.to_thread(change_rows, change_id))
+    await eventually(lambda: asyncio.to_thread(lambda: delivery(job) is None))
+    assert await asyncio.to_thread(change_rows, change_id) == 1
+
+
+async def test_celery_dead_letters_a_task_that_kills_its_worker_every_time(worker):
+    change_id = str(uuid.uuid4())
+    lock = await asyncio.to_thread(lock_item_changes)
+    try:
+        job = await record_change.enqueue(424245, "item.updated", change_id)
+        for number in range(1, settings.TASK_MAX_DELIVERIES + 1):
+            await kill_delivery(job, number)
+
+        async def dead_lettered():
+            row = await asyncio.to_thread(delivery, job)
+            return row and row.dead_lettered_at
+
+        await eventually(dead_lettered)
+    finally:
+        lock.close()
+    assert await asyncio.to_thread(change_rows, change_id) == 0
+    row = await asyncio.to_thread(delivery, job)
+    assert row.deliveries == settings.TASK_MAX_DELIVERIES + 1
+    assert await asyncio.to_thread(dead_letters, worker) == 1
+    assert "1 dead-lettered task(s) dropped" in await dead_letters_command(
+        "--drop", "all"
+    )
+    assert await asyncio.to_thread(delivery, job) is None
+{%- endif %}
 
 
 def test_the_worker_reports_its_queue_depth_and_health(worker):

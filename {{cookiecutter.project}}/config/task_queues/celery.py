@@ -10,9 +10,11 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Queue, unacknowledged tasks and control channels of this service only.
     "global_keyprefix": f"{TASK_QUEUE}:",
-    # A task not acknowledged after this long is handed out again: longer than
-    # any task runs or waits for its retry (core.tasks.retry_delay: 10 minutes).
-    "visibility_timeout": 3600,
+    # A task not acknowledged after this long is handed out again: the worker
+    # sets it from its tasks' time limits (core.queue.redelivery_after). Its
+    # workers look for such tasks every this many seconds.
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
     # A publish to a broker gone silent fails instead of hanging the request.
     "socket_timeout": 10,
     "socket_connect_timeout": 5,

@@ -20,12 +20,15 @@ Q_CLUSTER = {
     "workers": WORKER_CONCURRENCY,
     # Tasks the cluster takes ahead of its workers: one each.
     "queue_limit": WORKER_CONCURRENCY,
-    # No task's hard time limit (core.queue) may exceed it.
-    "timeout": 300,
+    # No task's hard time limit (core.queue) may exceed it, and a task is not
+    # handed out again sooner than twice it (retry): the longest task's, a few
+    # seconds over (items.build_report: 120 s, + core.queueing.HARD_LIMIT_MARGIN).
+    # core.queue refuses a task whose limit exceeds it.
+    "timeout": 130,
     # An unacknowledged task is handed out again after this many seconds: one
     # whose worker died. Longer than a task can wait behind another in the
     # cluster (queue_limit) and then run.
-    "retry": 2 * 300 + 60,
+    "retry": 2 * 130 + 60,
     # Retries are core.queue's, with their own delays: the broker drops every
     # finished attempt, and never hands a failed one out again.
     "ack_failures": True,

@@ -5,6 +5,10 @@ named TASK_QUEUE. A failed attempt raises arq's Retry until the task's retries
 are spent; arq's own job timeout, a few seconds after core.tasks' time limit,
 stops a job that ignores cancellation.
 
+A job whose worker died mid-task stays in the queue, marked in progress by a key
+that expires after the longest job timeout and 10 seconds (arq's
+in_progress_timeout): then a worker runs it again, its job_try one higher.
+
 Jobs are stored as JSON, not arq's default pickle: whoever can write to Redis
 must not run code in the worker. Task arguments are ints and strings.
 """
@@ -79,19 +83,24 @@ def task(name: str, *, retries: int, time_limit: float):
                 number=ctx["job_try"],
                 attempts=retries + 1,
                 time_limit=time_limit,
+                job=ctx["job_id"],
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):
                     raise Retry(defer=delay) from error
                 case tasks.GiveUp(error=error):
                     raise error
+                case tasks.DeadLettered():
+                    return None
             return decision.result
 
         _functions.append(
             func(
                 run,
                 name=name,
-                max_tries=retries + 1,
+                # arq counts a delivery whose worker died as a try: room for
+                # core.tasks' bound on those, which dead-letters the job.
+                max_tries=retries + 1 + settings.TASK_MAX_DELIVERIES,
                 timeout=time_limit + queueing.HARD_LIMIT_MARGIN,
             )
         )

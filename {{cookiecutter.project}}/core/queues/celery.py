@@ -4,7 +4,15 @@ core.queueing's contract, for Celery. `app` is configured from the CELERY_*
 Django settings (config/task_queue.py): every key of this service in Redis starts
 with TASK_QUEUE, and tasks wait in the list named after it. A task is
 acknowledged once it has run, so that one whose worker process dies goes back to
-the queue. Celery runs functions, not coroutines: each attempt runs
+the queue.
+
+A task whose worker process dies mid-task is handed out again: by Celery at once
+when one of its prefork processes dies (reject_on_worker_lost), by kombu's Redis
+transport once its visibility timeout has passed when the whole worker died (its
+unacknowledged message is restored by any worker's sweep, every few seconds).
+That timeout follows the tasks' time limits: the longest a declared task's
+message stays unacknowledged, running or held for its retry's countdown
+(redelivery_after). Celery runs functions, not coroutines: each attempt runs
 core.tasks.attempt in an event loop of its own (async_to_sync), in one of the
 worker's prefork processes. A failed attempt is retried by Celery
 (a new message, held by the worker until it is due) until the task's retries
@@ -72,7 +80,25 @@ class Task:
         return result.id
 
 
+# Per declared task: its time limit and retries, for redelivery_after().
+_limits: list[tuple[float, int]] = []
+
+
+def redelivery_after() -> float:
+    """Seconds after which a task not acknowledged is handed out again (kombu's
+    visibility timeout): longer than any declared task's message stays
+    unacknowledged while its worker lives. That is its hard time limit, plus, for
+    a retry, the countdown the worker holds it for (core.tasks.retry_delay); a
+    shorter timeout would hand out running or waiting tasks a second time."""
+    return max(
+        time_limit + queueing.HARD_LIMIT_MARGIN + tasks.retry_delay(max(retries, 1))
+        for time_limit, retries in _limits
+    )
+
+
 def task(name: str, *, retries: int, time_limit: float):
+    _limits.append((time_limit, retries))
+
     def declare(body: Callable[..., Awaitable]) -> Task:
         @app.task(
             name=name,
@@ -88,12 +114,15 @@ def task(name: str, *, retries: int, time_limit: float):
                 number=self.request.retries + 1,
                 attempts=retries + 1,
                 time_limit=time_limit,
+                job=self.request.id,
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):
                     raise self.retry(exc=error, countdown=delay) from error
                 case tasks.GiveUp(error=error):
                     raise error
+                case tasks.DeadLettered():
+                    return None
             return decision.result
 
         return Task(name, retries, run)
@@ -114,6 +143,10 @@ def queue_depth() -> int:
 
 def main() -> int:
     _check_broker()
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "visibility_timeout": redelivery_after(),
+    }
     return app.start(
         [
             # No banner: stdout carries JSON log lines only.

@@ -12,12 +12,18 @@ WORKER_SHUTDOWN_TIMEOUT.
 Django's framework has no retries: a failed attempt enqueues the next one itself,
 as a new row that runs after core.tasks.retry_delay, carrying its attempt number.
 Neither has it a hard time limit: core.tasks' asyncio limit is the only one, so a
-body that blocks without awaiting holds its worker process until it returns. A
-row whose worker was killed mid-task stays RUNNING: it is not run again.
+body that blocks without awaiting holds its worker process until it returns.
+
+A row whose worker was killed mid-task stays RUNNING: django-tasks-db keeps no
+heartbeat and never runs it again (its db_worker only takes READY rows, and
+prune_db_task_results deletes finished ones). So the supervisor below puts back
+to READY, every REAP_SECONDS, the RUNNING rows of its queue older than their
+task's time limit and HARD_LIMIT_MARGIN: core.tasks' limit has cancelled every
+attempt by then, unless its body blocks without awaiting, and then it runs twice,
+which tasks are idempotent for.
 """
 
 import dataclasses
-import functools
 import logging
 import os
 import signal
@@ -31,7 +37,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.tasks import Task as DjangoTask
-from django.tasks import TaskResultStatus
+from django.tasks import TaskContext, TaskResultStatus
 from django.tasks.signals import (
     log_task_finished,
     log_task_started,
@@ -47,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 # DBTaskResult.queue_name is a CharField(max_length=32).
 QUEUE_NAME_MAX_LENGTH = 32
+# Seconds between two looks for the RUNNING rows of dead workers.
+REAP_SECONDS = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +64,7 @@ class Task(DjangoTask):
 
     task_name: str
     retries: int
+    time_limit: float
 
     @property
     def name(self) -> str:
@@ -88,8 +97,9 @@ def task(name: str, *, retries: int, time_limit: float):
 
     def declare(body: Callable[..., Awaitable]) -> Task:
         # Keyword-only, so that it never meets the body's positional arguments.
-        @functools.wraps(body)
-        async def run(*args, attempt: int = 1):
+        # The context's result is the row: a row put back to READY runs with its
+        # id again, the job core.tasks counts deliveries by.
+        async def run(context: TaskContext, *args, attempt: int = 1):
             decision = await tasks.attempt(
                 name,
                 body,
@@ -97,6 +107,7 @@ def task(name: str, *, retries: int, time_limit: float):
                 number=attempt,
                 attempts=retries + 1,
                 time_limit=time_limit,
+                job=context.task_result.id,
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):
@@ -104,13 +115,21 @@ def task(name: str, *, retries: int, time_limit: float):
                     raise error
                 case tasks.GiveUp(error=error):
                     raise error
+                case tasks.DeadLettered():
+                    return None
             return decision.result
 
+        # The worker finds the task by the body's path (functools.wraps would also
+        # hide `context`, which Django looks for in the signature).
+        run.__module__, run.__name__ = body.__module__, body.__name__
+        run.__qualname__ = body.__qualname__
         declared = Task(
             func=run,
             queue_name=settings.TASK_QUEUE,
             task_name=name,
             retries=retries,
+            time_limit=time_limit,
+            takes_context=True,
         )
         return declared
 
@@ -129,6 +148,31 @@ def queue_depth() -> int:
     finally:
         # Each scrape comes in a thread of its own: its connection goes back now.
         connections[waiting.db].close()
+
+
+def reap_stale_rows() -> int:
+    """Puts the RUNNING rows whose worker died back to READY; returns how many."""
+    from django_tasks_db.models import DBTaskResult
+
+    now = timezone.now()
+    reaped = 0
+    try:
+        for declared in queueing.declared_tasks().values():
+            limit = declared.time_limit + queueing.HARD_LIMIT_MARGIN
+            reaped += DBTaskResult.objects.filter(
+                status=TaskResultStatus.RUNNING,
+                queue_name=settings.TASK_QUEUE,
+                task_path=declared.module_path,
+                started_at__lt=now - timedelta(seconds=limit),
+            ).update(status=TaskResultStatus.READY)
+    finally:
+        # Back to the pool: this process has nothing else to do with it.
+        connections[DBTaskResult.objects.db].close()
+    if reaped:
+        logger.warning(
+            "tasks of dead workers handed out again", extra={"count": reaped}
+        )
+    return reaped
 
 
 def db_worker_command() -> list[str]:
@@ -184,7 +228,15 @@ def supervise_db_workers() -> None:
     children = [subprocess.Popen(command) for _ in range(concurrency)]  # noqa: S603
     forwarded = 0
     stopping_since = None
+    reaped_at = 0.0
     while alive := [child for child in children if child.poll() is None]:
+        if not received and time.monotonic() - reaped_at > REAP_SECONDS:
+            reaped_at = time.monotonic()
+            try:
+                reap_stale_rows()
+            except Exception:
+                # The database may be down: the next round tries again.
+                logger.warning("could not look for dead workers' tasks", exc_info=True)
         # Every signal: db_worker stops its running task at the second one.
         for signum in received[forwarded:]:
             for child in alive:
@@ -204,5 +256,6 @@ def supervise_db_workers() -> None:
             for child in alive:
                 child.kill()
         time.sleep(0.2)
+    close_databases()
     clean = received and all(child.returncode == 0 for child in children)
     sys.exit(0 if clean else 1)

@@ -27,6 +27,7 @@ import math
 import os
 import signal
 import threading
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -84,19 +85,25 @@ class Task:
         return job_id
 
     def _push(self, args: tuple, number: int, delay: float) -> str:
-        return async_task(
+        """Enqueues attempt `number`; returns its job id: this adapter's, which
+        core.tasks counts the attempt's deliveries by and logs (django-q2's own
+        id does not reach the function it calls)."""
+        job = uuid.uuid4().hex
+        async_task(
             self.path,
             *args,
             attempt=number,
+            job=job,
             timeout=self.hard_limit,
             broker=DeferringBroker(delay),
         )
+        return job
 
-    def __call__(self, *args, attempt: int):
-        """What django-q2's worker runs: attempt number `attempt`."""
-        return async_to_sync(self._run)(args, attempt)
+    def __call__(self, *args, attempt: int, job: str | None = None):
+        """What django-q2's worker runs: attempt number `attempt` of job `job`."""
+        return async_to_sync(self._run)(args, attempt, job)
 
-    async def _run(self, args: tuple, number: int):
+    async def _run(self, args: tuple, number: int, job: str | None):
         decision = await tasks.attempt(
             self.name,
             self.body,
@@ -104,6 +111,7 @@ class Task:
             number=number,
             attempts=self.retries + 1,
             time_limit=self.time_limit,
+            job=job,
         )
         match decision:
             case tasks.Retry(error=error, delay=delay):
@@ -111,6 +119,8 @@ class Task:
                 raise error
             case tasks.GiveUp(error=error):
                 raise error
+            case tasks.DeadLettered():
+                return None
         return decision.result
 
 

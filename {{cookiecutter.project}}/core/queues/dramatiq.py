@@ -14,6 +14,15 @@ by core.tasks.retry_delay, until the task's retries are spent; the last failure
 dead-letters the message. Dramatiq's TimeLimit, a few seconds after core.tasks'
 time limit, interrupts an attempt that ignores cancellation. Coroutines run on the
 event loop thread of dramatiq's AsyncIO middleware, one per worker process.
+
+A message whose worker died mid-task is handed out again by the RedisBroker's
+maintenance: a worker whose heartbeat is older than heartbeat_timeout is dead,
+and its unacknowledged messages go back to the queue. A worker sends its
+heartbeat with each command to Redis, which a busy worker whose prefetch is full
+sends only when a task ends: the timeout is the tasks' longest hard time limit
+(redelivery_after), or running tasks would be handed out twice. Maintenance runs
+on a random share of the commands (maintenance_chance), which is raised so that
+an idle worker runs it every few seconds.
 """
 
 import asyncio
@@ -34,6 +43,10 @@ from core.database import close_databases
 
 # The prefix of the RedisBroker's keys (its default, spelled out for queue_depth).
 NAMESPACE = "dramatiq"
+# Commands to Redis, out of dramatiq's million, that run the queue's maintenance
+# (its default: 1000). An idle worker sends a command a second: 10 % of them is
+# one maintenance every ten seconds or so, each a few cheap Redis calls.
+MAINTENANCE_CHANCE = 100_000
 
 
 class AttemptsExhausted(Exception):
@@ -70,17 +83,20 @@ class Task:
     def run(self, *args) -> None:
         """The actor, in a worker thread: runs the body on the AsyncIO middleware's
         event loop and waits for it."""
+        message = CurrentMessage.get_current_message()
         # The Retries middleware counts the failed attempts in the message.
-        number = CurrentMessage.get_current_message().options.get("retries", 0) + 1
-        match async_to_sync(self.attempt)(number, args):
+        number = message.options.get("retries", 0) + 1
+        match async_to_sync(self.attempt)(number, message.message_id, args):
             case tasks.Retry(error=error, delay=delay):
                 raise dramatiq.Retry(delay=int(delay * 1000)) from error
             case tasks.GiveUp(error=error):
                 raise AttemptsExhausted(self.name) from error
+            case tasks.DeadLettered():
+                return
 
     async def attempt(
-        self, number: int, args: tuple
-    ) -> tasks.Succeeded | tasks.Retry | tasks.GiveUp:
+        self, number: int, job: str, args: tuple
+    ) -> tasks.Succeeded | tasks.Retry | tasks.GiveUp | tasks.DeadLettered:
         return await tasks.attempt(
             self.name,
             self.body,
@@ -88,6 +104,7 @@ class Task:
             number=number,
             attempts=self.retries + 1,
             time_limit=self.time_limit,
+            job=job,
         )
 
     def send(self, *args) -> str:
@@ -106,15 +123,29 @@ _broker: RedisBroker | None = None
 _broker_lock = threading.Lock()
 
 
+def redelivery_after() -> float:
+    """Seconds without a heartbeat after which a worker is dead and its messages
+    are handed out again: the longest declared task's hard time limit, and a
+    margin for the heartbeat that follows its end."""
+    return max(
+        declared.time_limit + 2 * queueing.HARD_LIMIT_MARGIN for declared in _tasks
+    )
+
+
 def broker() -> RedisBroker:
-    """The broker, made when first needed, with the tasks declared so far: importing
-    the tasks (settings checks, migrations) needs no REDIS_URL."""
+    """The broker, made when first needed, with every app's tasks declared:
+    importing the tasks (settings checks, migrations) needs no REDIS_URL."""
     global _broker
+    if _broker is None:
+        # Outside the lock: declaring a task takes it.
+        queueing.declared_tasks()
     with _broker_lock:
         if _broker is None:
             new = RedisBroker(
                 url=queueing.redis_url("Dramatiq"),
                 namespace=NAMESPACE,
+                heartbeat_timeout=int(redelivery_after() * 1000),
+                maintenance_chance=MAINTENANCE_CHANCE,
                 # Dramatiq's Prometheus middleware is left out: core.tasks
                 # records the task metrics.
                 middleware=[

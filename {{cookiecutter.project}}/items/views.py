@@ -5,6 +5,7 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from core import events, followups
 from core.api import ApiError, ApiView, Stream, operation
+from core.pages import next_link
 from core.sse import event_stream_response
 from items import store
 from items.changes import EVENTS_GROUP, notify
@@ -13,6 +14,7 @@ from items.schemas import (
     Category,
     CategoryIn,
     CategoryList,
+    CategoryQuery,
     Created,
     Item,
     ItemIn,
@@ -32,8 +34,10 @@ def _missing(item_id: int) -> ApiError:
 class ItemCollection(ApiView):
     @operation({200: ItemPage}, query=ItemQuery)
     async def get(self, request, query: ItemQuery):
-        total, items = await store.list_items(query.category, query.limit, query.offset)
-        return JsonResponse({"total": total, "items": items})
+        total, items, cursor = await store.list_items(query)
+        return JsonResponse(
+            {"total": total, "items": items, "next": next_link(request, cursor)}
+        )
 
     @operation({201: Item}, body=ItemIn, idempotent=True)
     async def post(self, request, body: ItemIn, idempotency_key):
@@ -114,9 +118,12 @@ class ItemExport(ApiView):
 
 
 class CategoryCollection(ApiView):
-    @operation({200: CategoryList})
-    async def get(self, request):
-        return JsonResponse({"categories": await store.list_categories()})
+    @operation({200: CategoryList}, query=CategoryQuery)
+    async def get(self, request, query: CategoryQuery):
+        categories, cursor = await store.list_categories(query)
+        return JsonResponse(
+            {"categories": categories, "next": next_link(request, cursor)}
+        )
 
     @operation({201: Category}, body=CategoryIn, errors=[409])
     async def post(self, request, body: CategoryIn):

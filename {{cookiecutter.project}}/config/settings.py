@@ -152,6 +152,10 @@ IDEMPOTENCY_KEY_HOURS = env.int("IDEMPOTENCY_KEY_HOURS", default=24)
 READINESS_TIMEOUT = env.float("READINESS_TIMEOUT", default=2.0)
 # Seconds between SSE keep-alive comments; below proxies' idle read timeouts.
 SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
+# What one request of the export sends at most, in rows and in seconds; it then
+# ends with the URL that goes on from there (items.views.ItemExport).
+EXPORT_MAX_ROWS = env.int("EXPORT_MAX_ROWS", default=100_000)
+EXPORT_MAX_SECONDS = env.float("EXPORT_MAX_SECONDS", default=60.0)
 # Largest JSON body the API parses; Nginx refuses larger ones first.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES

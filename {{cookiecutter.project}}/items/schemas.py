@@ -126,6 +126,10 @@ class ItemQuery(Schema):
         return self
 
 
+class ExportQuery(Schema):
+    cursor: cursor_of(ItemId) | None = None
+
+
 class CategoryQuery(Schema):
     limit: Limit = 100
     cursor: cursor_of(CategoryName) | None = None

@@ -249,14 +249,15 @@ async def stats() -> dict:
     }
 
 
-async def export_items() -> AsyncIterator[dict]:
-    """Every item, in batches of EXPORT_BATCH by id: no connection is held while
-    the client reads, and the memory used does not grow with the table."""
-    after = 0
+async def export_items(after: int | None = None) -> AsyncIterator[dict]:
+    """Every item after the id `after`, by id, in batches of EXPORT_BATCH (keyset
+    pages, core.pages): no connection is held while the client reads, and the
+    memory used does not grow with the table."""
     while True:
-        batch = await _read(_items().filter(pk__gt=after).order_by("pk")[:EXPORT_BATCH])
+        window = pages.window(_items(), "id", EXPORT_BATCH, after)
+        batch, more = pages.page(await _read(window), "id", EXPORT_BATCH)
         for item in batch:
             yield item
-        if len(batch) < EXPORT_BATCH:
+        if more is None:
             return
         after = batch[-1]["id"]

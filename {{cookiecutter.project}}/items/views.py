@@ -1,11 +1,14 @@
 """The items JSON API and its event stream."""
 
+import time
+
+from django.conf import settings
 from django.db import IntegrityError
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from core import events, followups
 from core.api import ApiError, ApiView, Stream, operation
-from core.pages import next_link
+from core.pages import encode, next_link
 from core.sse import event_stream_response
 from items import store
 from items.changes import EVENTS_GROUP, notify
@@ -16,6 +19,7 @@ from items.schemas import (
     CategoryList,
     CategoryQuery,
     Created,
+    ExportQuery,
     Item,
     ItemIn,
     ItemPage,
@@ -105,16 +109,46 @@ class ItemStats(ApiView):
         return JsonResponse(await store.stats())
 
 
+def _line(data: dict) -> bytes:
+    return JsonResponse(data).content + b"\n"
+
+
 class ItemExport(ApiView):
     """Newline-delimited JSON of every item, streamed as it is read."""
 
-    @operation({200: Stream("application/x-ndjson", "One Item per line.")})
-    async def get(self, request):
-        async def lines():
-            async for item in store.export_items():
-                yield JsonResponse(item).content + b"\n"
+    @operation(
+        {
+            200: Stream(
+                "application/x-ndjson",
+                "One Item per line, by id. A request sends at most EXPORT_MAX_ROWS "
+                "items for at most EXPORT_MAX_SECONDS; one cut short there ends "
+                'with the line {"next": URL}: the items after it.',
+            )
+        },
+        query=ExportQuery,
+    )
+    async def get(self, request, query: ExportQuery):
+        # Bounded per request: a worker's stream, and what a client can ask of
+        # the database in one go, end; the client goes on from `next`. A client
+        # that stops reading is Nginx's send_timeout's (buffering is off).
+        deadline = time.monotonic() + settings.EXPORT_MAX_SECONDS
 
-        return StreamingHttpResponse(lines(), content_type="application/x-ndjson")
+        async def lines():
+            sent, last = 0, query.cursor
+            async for item in store.export_items(query.cursor):
+                if sent and (
+                    sent >= settings.EXPORT_MAX_ROWS or time.monotonic() >= deadline
+                ):
+                    yield _line({"next": next_link(request, encode(last))})
+                    return
+                yield _line(item)
+                sent, last = sent + 1, item["id"]
+
+        response = StreamingHttpResponse(lines(), content_type="application/x-ndjson")
+        # Nginx passes the lines on as they come instead of spooling the whole
+        # export to its temporary files.
+        response["X-Accel-Buffering"] = "no"
+        return response
 
 
 class CategoryCollection(ApiView):

@@ -83,3 +83,38 @@ async def test_disconnect_ends_the_stream_and_leaves_the_group():
     # Publishing after the client left reaches no one and raises nothing.
     await events.publish("items", "item.deleted", {"id": 1})
     await asyncio.sleep(0)
+
+
+async def test_a_full_worker_refuses_a_stream_with_503_until_one_ends(settings):
+    settings.SSE_MAX_STREAMS = 1
+    first, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 200
+    await next_chunk(first)
+
+    refused, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 503
+    headers = {name.lower(): value for name, value in start["headers"]}
+    assert headers[b"retry-after"] == b"1"
+    assert json.loads(await next_chunk(refused))["error"] == "too_many_streams"
+    await refused.wait(timeout=5)
+
+    await first.send_input({"type": "http.disconnect"})
+    await first.wait(timeout=5)
+    again, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 200
+    await again.send_input({"type": "http.disconnect"})
+    await again.wait(timeout=5)
+
+
+async def test_a_stream_ends_at_its_maximum_lifetime(settings):
+    """Past SSE_MAX_SECONDS (none here) the stream ends, and leaves the group:
+    the client reconnects after `retry`."""
+    settings.SSE_MAX_SECONDS = 0
+    communicator, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 200
+    assert await next_chunk(communicator) == b"retry: 3000\n\n"
+    last = await communicator.receive_output(timeout=5)
+    assert last["type"] == "http.response.body"
+    assert (last.get("body", b""), last.get("more_body", False)) == (b"", False)
+    await communicator.wait(timeout=5)
+    assert await group_members("items") == []

@@ -162,9 +162,7 @@ async def test_an_export_past_its_row_bound_ends_with_the_rest(
     assert names == [f"item {n}" for n in range(7)]
 
 
-async def test_an_export_past_its_time_limit_ends_with_the_rest(
-    async_client, settings
-):
+async def test_an_export_past_its_time_limit_ends_with_the_rest(async_client, settings):
     """Past EXPORT_MAX_SECONDS (none here), a request sends what it has begun,
     one item, and the URL that goes on after it."""
     settings.EXPORT_MAX_SECONDS = 0

@@ -158,6 +158,9 @@ SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
 # stops receiving events without a word.
 SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=1000)
 SSE_MAX_SECONDS = env.float("SSE_MAX_SECONDS", default=3600.0)
+# Events of each group kept for streams that reconnect with Last-Event-ID
+# (core.events): in Redis when REDIS_URL is set, in memory otherwise.
+SSE_REPLAY_EVENTS = env.int("SSE_REPLAY_EVENTS", default=1000)
 # What one request of the export sends at most, in rows and in seconds; it then
 # ends with the URL that goes on from there (items.views.ItemExport).
 EXPORT_MAX_ROWS = env.int("EXPORT_MAX_ROWS", default=100_000)

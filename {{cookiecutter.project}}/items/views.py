@@ -172,7 +172,8 @@ class ItemEvents(ApiView):
     """Server-Sent Events: every change to items, as it happens."""
 
     @operation(
-        {200: Stream("text/event-stream", "Events until the client or server leaves.")}
+        {200: Stream("text/event-stream", "Events until the client or server leaves.")},
+        errors=[400],
     )
     async def get(self, request):
-        return event_stream_response(EVENTS_GROUP)
+        return event_stream_response(request, EVENTS_GROUP)

@@ -155,12 +155,29 @@ IDEMPOTENCY_KEY_HOURS = env.int("IDEMPOTENCY_KEY_HOURS", default=24)
 READINESS_TIMEOUT = env.float("READINESS_TIMEOUT", default=2.0)
 # Seconds between SSE keep-alive comments; below proxies' idle read timeouts.
 SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
+# Event streams a worker process serves at once; more are refused with 503
+# (core.connections). Each one ends after SSE_MAX_SECONDS, and its client
+# reconnects: below channels_redis's group_expiry (24 h), after which a member
+# stops receiving events without a word.
+SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=1000)
+SSE_MAX_SECONDS = env.float("SSE_MAX_SECONDS", default=3600.0)
+# Events of each group kept for streams that reconnect with Last-Event-ID
+# (core.events): in Redis when REDIS_URL is set, in memory otherwise.
+SSE_REPLAY_EVENTS = env.int("SSE_REPLAY_EVENTS", default=1000)
+# What one request of the export sends at most, in rows and in seconds; it then
+# ends with the URL that goes on from there (items.views.ItemExport).
+EXPORT_MAX_ROWS = env.int("EXPORT_MAX_ROWS", default=100_000)
+EXPORT_MAX_SECONDS = env.float("EXPORT_MAX_SECONDS", default=60.0)
 # Largest JSON body the API parses; Nginx refuses larger ones first.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 {%- if cookiecutter.websockets == "yes" %}
 # Largest WebSocket message a consumer accepts; larger ones close with 1009.
 WEBSOCKET_MAX_MESSAGE_BYTES = env.int("WEBSOCKET_MAX_MESSAGE_BYTES", default=16 * 1024)
+# WebSockets a worker process holds at once, and how long each one lives before
+# it is closed with 4000 (reconnect): as SSE_MAX_STREAMS and SSE_MAX_SECONDS.
+WEBSOCKET_MAX_CONNECTIONS = env.int("WEBSOCKET_MAX_CONNECTIONS", default=1000)
+WEBSOCKET_MAX_SECONDS = env.float("WEBSOCKET_MAX_SECONDS", default=3600.0)
 {%- endif %}
 
 # Security: production values unless DEBUG. TLS ends at the edge proxy, which

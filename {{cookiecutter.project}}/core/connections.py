@@ -1,4 +1,5 @@
-"""Counts ASGI connections as they open and close, around the whole application.
+"""Counts ASGI connections as they open and close, around the whole application,
+and caps the long-lived ones of each worker process (Slots).
 
 HTTP exchanges are counted until their response ends, so streams are included;
 an exchange whose response is an event stream (text/event-stream) counts as "sse"
@@ -8,6 +9,8 @@ code the application closed with, else the one the client sent.
 """
 
 import time
+
+from django.conf import settings
 
 from core import metrics
 
@@ -94,3 +97,40 @@ async def _websocket(application, scope, receive, send) -> None:
             # No close frame either way: the connection was lost.
             code = 1006 if close_code is None else close_code
             metrics.WEBSOCKET_DISCONNECTS.labels(metrics.close_code_class(code)).inc()
+
+
+class Slot:
+    """One taken place of Slots; giving it back twice gives it back once."""
+
+    def __init__(self, slots: "Slots"):
+        self._slots = slots
+
+    def give_back(self) -> None:
+        if self._slots is not None:
+            self._slots.taken -= 1
+            self._slots = None
+
+
+class Slots:
+    """A worker process's cap on its long-lived connections of one kind, the
+    setting named `setting`: each holds a subscription to the channel layer, its
+    buffers and a socket until the client leaves, so a worker takes no more than
+    it can serve. A worker runs one event loop: a plain count is exact."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+        self.taken = 0
+
+    def take(self) -> Slot | None:
+        """A place, or None when the worker is full: the caller refuses the
+        connection before accepting it."""
+        if self.taken >= getattr(settings, self.setting):
+            return None
+        self.taken += 1
+        return Slot(self)
+
+
+SSE_STREAMS = Slots("SSE_MAX_STREAMS")
+{%- if cookiecutter.websockets == "yes" %}
+WEBSOCKETS = Slots("WEBSOCKET_MAX_CONNECTIONS")
+{%- endif %}

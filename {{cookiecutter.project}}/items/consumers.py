@@ -3,8 +3,15 @@
 Every connection joins the items group and receives each change broadcast by the
 API. A signed-in user can also send a message to one other connection, named by
 the id it was given on connecting. Messages are JSON objects with a "type".
+
+A worker holds at most WEBSOCKET_MAX_CONNECTIONS (core.connections): one more is
+denied before it is accepted, which servers answer with HTTP 403. (A 503 needs
+the ASGI "websocket.http.response" extension, which not every server supports.)
+Each connection is closed with 4000 after WEBSOCKET_MAX_SECONDS, before
+channels_redis's group_expiry silently drops it from the group.
 """
 
+import asyncio
 import json
 import logging
 
@@ -12,6 +19,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from core import shutdown
+from core.connections import WEBSOCKETS
 from core.events import LAYER_ERRORS
 from items.changes import EVENTS_GROUP
 
@@ -20,6 +28,9 @@ GOING_AWAY = 1001
 UNSUPPORTED_DATA = 1003
 MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
+# A private code (4000-4999): the connection reached WEBSOCKET_MAX_SECONDS, and
+# the client reconnects at once.
+LIFETIME_REACHED = 4000
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +54,26 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
                 # Accepted only to be closed with the code that says why.
                 await send({"type": "websocket.accept"})
                 await send({"type": "websocket.close", "code": TRY_AGAIN_LATER})
+        finally:
+            if self._slot is not None:
+                self._slot.give_back()
+            if self._lifetime is not None:
+                self._lifetime.cancel()
 
     _close_on_shutdown = None
+    _slot = None
+    _lifetime = None
     accepted = False
 
     async def connect(self) -> None:
+        self._slot = WEBSOCKETS.take()
+        if self._slot is None:
+            await self.close()  # before accept: the handshake is denied
+            return
         self._close_on_shutdown = shutdown.close_on_stop(self._going_away)
         await self.accept()
         self.accepted = True
+        self._lifetime = asyncio.create_task(self._expire())
         user = self.scope["user"]
         await self.send_json(
             {
@@ -61,10 +84,15 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
         )
 
     async def disconnect(self, code) -> None:
-        self._close_on_shutdown.cancel()
+        if self._close_on_shutdown is not None:
+            self._close_on_shutdown.cancel()
 
     async def _going_away(self) -> None:
         await self.close(code=GOING_AWAY)
+
+    async def _expire(self) -> None:
+        await asyncio.sleep(settings.WEBSOCKET_MAX_SECONDS)
+        await self.close(code=LIFETIME_REACHED)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         if text_data is None:

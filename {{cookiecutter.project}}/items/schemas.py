@@ -12,9 +12,11 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 
 from core.api import Answer, drop_null
+from core.pages import cursor_of
 
 Name = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)
@@ -104,10 +106,33 @@ class RestockIn(Schema):
     changes: Annotated[list[Restock], Field(min_length=1, max_length=100)]
 
 
+# The deepest offset a listing takes: an OFFSET reads and drops every row before
+# it, so deeper pages are read with the cursor (`next`) instead, whose cost does
+# not grow with depth (core.pages). Elasticsearch's max_result_window is the same.
+MAX_OFFSET = 10_000
+Limit = Annotated[int, Field(ge=1, le=100)]
+
+
 class ItemQuery(Schema):
     category: CategoryName | None = None
-    limit: Annotated[int, Field(ge=1, le=100)] = 20
-    offset: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    limit: Limit = 20
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0
+    cursor: cursor_of(ItemId) | None = None
+
+    @model_validator(mode="after")
+    def offset_or_cursor(self):
+        if self.offset and self.cursor is not None:
+            raise ValueError("send offset or cursor, not both: a cursor is a position")
+        return self
+
+
+class ExportQuery(Schema):
+    cursor: cursor_of(ItemId) | None = None
+
+
+class CategoryQuery(Schema):
+    limit: Limit = 100
+    cursor: cursor_of(CategoryName) | None = None
 
 
 # Prices are answered as strings, with their two decimal places: "12.50".
@@ -126,8 +151,12 @@ class Item(Answer):
 
 
 class ItemPage(Answer):
-    total: int
+    # Counted on offset pages only: a walk by cursor pays for one count, on its
+    # first page, rather than one per page.
+    total: int | None
     items: list[Item]
+    # The URL of the next page (a cursor), null on the last one.
+    next: str | None
 
 
 class Created(Answer):
@@ -156,3 +185,4 @@ class CategoryCount(Category):
 
 class CategoryList(Answer):
     categories: list[CategoryCount]
+    next: str | None

@@ -19,9 +19,9 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Avg, Count, Sum
 
-from core import idempotency, reads
+from core import idempotency, pages, reads
 from items.models import Category, Item, Tag
-from items.schemas import ItemIn, ItemPatch, Restock
+from items.schemas import CategoryQuery, ItemIn, ItemPatch, ItemQuery, Restock
 
 # What an item's JSON is made of, as values() names it.
 FIELDS = (
@@ -83,12 +83,15 @@ def _read_sync(items) -> list[dict]:
     return _with_tags(rows, list(_tags_of(row["id"] for row in rows)))
 
 
-async def list_items(category: str | None, limit: int, offset: int) -> tuple[int, list]:
+async def list_items(query: ItemQuery) -> tuple[int | None, list[dict], str | None]:
+    """A page of items by id, its total (offset pages only: after a cursor it is
+    None) and the cursor of the next page (core.pages)."""
     items = _items()
-    if category:
-        items = items.filter(category__name=category)
-    total = await reads.count(items)
-    return total, await _read(items[offset : offset + limit])
+    if query.category:
+        items = items.filter(category__name=query.category)
+    total = None if query.cursor is not None else await reads.count(items)
+    window = pages.window(items, "id", query.limit, query.cursor, query.offset)
+    return total, *pages.page(await _read(window), "id", query.limit)
 
 
 def _cache_key(item_id: int) -> str:
@@ -130,16 +133,16 @@ async def create_category(name: str) -> Category:
     return await Category.objects.acreate(name=name)
 
 
-async def list_categories() -> list[dict]:
-    categories = (
-        Category.objects.annotate(item_count=Count("items"))
-        .order_by("name")
-        .values("id", "name", "item_count")
+async def list_categories(query: CategoryQuery) -> tuple[list[dict], str | None]:
+    """A page of categories by name, and the cursor of the next (core.pages)."""
+    categories = Category.objects.annotate(item_count=Count("items")).values(
+        "id", "name", "item_count"
     )
+    window = pages.window(categories, "name", query.limit, query.cursor)
+    rows, cursor = pages.page(await reads.fetch(window), "name", query.limit)
     return [
-        {"id": c["id"], "name": c["name"], "items": c["item_count"]}
-        for c in await reads.fetch(categories)
-    ]
+        {"id": c["id"], "name": c["name"], "items": c["item_count"]} for c in rows
+    ], cursor
 
 
 @sync_to_async
@@ -246,14 +249,15 @@ async def stats() -> dict:
     }
 
 
-async def export_items() -> AsyncIterator[dict]:
-    """Every item, in batches of EXPORT_BATCH by id: no connection is held while
-    the client reads, and the memory used does not grow with the table."""
-    after = 0
+async def export_items(after: int | None = None) -> AsyncIterator[dict]:
+    """Every item after the id `after`, by id, in batches of EXPORT_BATCH (keyset
+    pages, core.pages): no connection is held while the client reads, and the
+    memory used does not grow with the table."""
     while True:
-        batch = await _read(_items().filter(pk__gt=after).order_by("pk")[:EXPORT_BATCH])
+        window = pages.window(_items(), "id", EXPORT_BATCH, after)
+        batch, more = pages.page(await _read(window), "id", EXPORT_BATCH)
         for item in batch:
             yield item
-        if len(batch) < EXPORT_BATCH:
+        if more is None:
             return
         after = batch[-1]["id"]

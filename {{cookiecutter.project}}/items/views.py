@@ -1,10 +1,14 @@
 """The items JSON API and its event stream."""
 
+import time
+
+from django.conf import settings
 from django.db import IntegrityError
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from core import events, followups
 from core.api import ApiError, ApiView, Stream, operation
+from core.pages import encode, next_link
 from core.sse import event_stream_response
 from items import store
 from items.changes import EVENTS_GROUP, notify
@@ -13,7 +17,9 @@ from items.schemas import (
     Category,
     CategoryIn,
     CategoryList,
+    CategoryQuery,
     Created,
+    ExportQuery,
     Item,
     ItemIn,
     ItemPage,
@@ -32,8 +38,10 @@ def _missing(item_id: int) -> ApiError:
 class ItemCollection(ApiView):
     @operation({200: ItemPage}, query=ItemQuery)
     async def get(self, request, query: ItemQuery):
-        total, items = await store.list_items(query.category, query.limit, query.offset)
-        return JsonResponse({"total": total, "items": items})
+        total, items, cursor = await store.list_items(query)
+        return JsonResponse(
+            {"total": total, "items": items, "next": next_link(request, cursor)}
+        )
 
     @operation({201: Item}, body=ItemIn, idempotent=True)
     async def post(self, request, body: ItemIn, idempotency_key):
@@ -101,22 +109,55 @@ class ItemStats(ApiView):
         return JsonResponse(await store.stats())
 
 
+def _line(data: dict) -> bytes:
+    return JsonResponse(data).content + b"\n"
+
+
 class ItemExport(ApiView):
     """Newline-delimited JSON of every item, streamed as it is read."""
 
-    @operation({200: Stream("application/x-ndjson", "One Item per line.")})
-    async def get(self, request):
-        async def lines():
-            async for item in store.export_items():
-                yield JsonResponse(item).content + b"\n"
+    @operation(
+        {
+            200: Stream(
+                "application/x-ndjson",
+                "One Item per line, by id. A request sends at most EXPORT_MAX_ROWS "
+                "items for at most EXPORT_MAX_SECONDS; one cut short there ends "
+                'with the line {"next": URL}: the items after it.',
+            )
+        },
+        query=ExportQuery,
+    )
+    async def get(self, request, query: ExportQuery):
+        # Bounded per request: a worker's stream, and what a client can ask of
+        # the database in one go, end; the client goes on from `next`. A client
+        # that stops reading is Nginx's send_timeout's (buffering is off).
+        deadline = time.monotonic() + settings.EXPORT_MAX_SECONDS
 
-        return StreamingHttpResponse(lines(), content_type="application/x-ndjson")
+        async def lines():
+            sent, last = 0, query.cursor
+            async for item in store.export_items(query.cursor):
+                if sent and (
+                    sent >= settings.EXPORT_MAX_ROWS or time.monotonic() >= deadline
+                ):
+                    yield _line({"next": next_link(request, encode(last))})
+                    return
+                yield _line(item)
+                sent, last = sent + 1, item["id"]
+
+        response = StreamingHttpResponse(lines(), content_type="application/x-ndjson")
+        # Nginx passes the lines on as they come instead of spooling the whole
+        # export to its temporary files.
+        response["X-Accel-Buffering"] = "no"
+        return response
 
 
 class CategoryCollection(ApiView):
-    @operation({200: CategoryList})
-    async def get(self, request):
-        return JsonResponse({"categories": await store.list_categories()})
+    @operation({200: CategoryList}, query=CategoryQuery)
+    async def get(self, request, query: CategoryQuery):
+        categories, cursor = await store.list_categories(query)
+        return JsonResponse(
+            {"categories": categories, "next": next_link(request, cursor)}
+        )
 
     @operation({201: Category}, body=CategoryIn, errors=[409])
     async def post(self, request, body: CategoryIn):
@@ -131,7 +172,8 @@ class ItemEvents(ApiView):
     """Server-Sent Events: every change to items, as it happens."""
 
     @operation(
-        {200: Stream("text/event-stream", "Events until the client or server leaves.")}
+        {200: Stream("text/event-stream", "Events until the client or server leaves.")},
+        errors=[400],
     )
     async def get(self, request):
-        return event_stream_response(EVENTS_GROUP)
+        return event_stream_response(request, EVENTS_GROUP)

@@ -56,9 +56,13 @@ async def request(
     return start["status"], names, json.loads(response) if response else {}
 
 
-async def open_stream(application, path: str) -> tuple[ApplicationCommunicator, dict]:
+async def open_stream(
+    application, path: str, headers=()
+) -> tuple[ApplicationCommunicator, dict]:
     """Sends a GET and returns once the response headers have arrived."""
-    communicator = ApplicationCommunicator(application, http_scope(path))
+    communicator = ApplicationCommunicator(
+        application, http_scope(path, "GET", headers)
+    )
     await communicator.send_input(
         {"type": "http.request", "body": b"", "more_body": False}
     )

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
+from core import pages
 from core.api import FIELD_NAME_CHARS, MAX_FIELD_ERRORS
+from items.schemas import MAX_OFFSET
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,6 +52,100 @@ async def test_list_filters_and_pages(async_client, item_payload):
     body = (await async_client.get("/api/items?category=tools&limit=2&offset=1")).json()
     assert body["total"] == 3
     assert [item["name"] for item in body["items"]] == ["tool 1", "tool 2"]
+
+
+async def test_a_walk_by_cursor_reads_each_item_once_with_one_count(
+    async_client, item_payload
+):
+    """The first page is counted; the pages after it follow `next` (a keyset
+    cursor, which keeps the filter and limit), are not counted, and a row deleted
+    or created meanwhile neither repeats an item nor skips one."""
+    made = [
+        await create(async_client, {**item_payload, "name": f"t{n}"}) for n in range(5)
+    ]
+    await create(async_client, {**item_payload, "name": "apple", "category": "food"})
+
+    body = (await async_client.get("/api/items?category=tools&limit=2")).json()
+    assert body["total"] == 5
+    seen = [item["name"] for item in body["items"]]
+    await async_client.delete(f"/api/items/{made[0]['id']}")
+    await create(async_client, {**item_payload, "name": "t5"})
+    for _ in range(2):  # 6 items, 2 a page: a cursor that moves on ends here
+        assert "category=tools" in body["next"]
+        assert "limit=2" in body["next"]
+        body = (await async_client.get(body["next"])).json()
+        assert body["total"] is None
+        seen += [item["name"] for item in body["items"]]
+    assert body["next"] is None
+    assert seen == ["t0", "t1", "t2", "t3", "t4", "t5"]
+
+
+async def test_an_offset_page_gives_the_cursor_past_it(async_client, item_payload):
+    for n in range(4):
+        await create(async_client, {**item_payload, "name": f"t{n}"})
+    body = (await async_client.get("/api/items?limit=2&offset=1")).json()
+    assert "offset" not in body["next"]
+    after = (await async_client.get(body["next"])).json()
+    assert [item["name"] for item in after["items"]] == ["t3"]
+    assert after["next"] is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"offset={MAX_OFFSET + 1}",
+        "offset=1000000",
+    ],
+)
+async def test_an_offset_past_the_bound_is_400_naming_it(async_client, query):
+    response = await async_client.get(f"/api/items?{query}")
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["error"] == "invalid_query"
+    assert [f["field"] for f in answer["fields"]] == ["offset"]
+    assert str(MAX_OFFSET) in answer["fields"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/api/items?offset=2&cursor={pages.encode(1)}",
+        "/api/items?cursor=not%20a%20cursor",
+        "/api/items?cursor=!!",
+        f"/api/items?cursor={pages.encode('tools')}",
+        f"/api/items?cursor={pages.encode(2**63)}",
+        f"/api/items?cursor={pages.encode('1')}",
+        f"/api/items?cursor={'A' * (pages.MAX_CURSOR_CHARS + 1)}",
+        f"/api/categories?cursor={pages.encode(1)}",
+        f"/api/categories?cursor={pages.encode('a' + chr(0))}",
+        "/api/categories?cursor=e30",  # {}
+        "/api/categories?limit=101",
+    ],
+)
+async def test_a_bad_cursor_or_page_is_400(async_client, path):
+    response = await async_client.get(path)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] == "invalid_query"
+
+
+async def test_categories_are_paged_by_name(async_client):
+    names = [f"c{n:02}" for n in range(7)]
+    for name in reversed(names):
+        response = await async_client.post(
+            "/api/categories", {"name": name}, content_type=JSON
+        )
+        assert response.status_code == 201
+    body = (await async_client.get("/api/categories?limit=3")).json()
+    seen = [category["name"] for category in body["categories"]]
+    for _ in range(2):  # 7 categories, 3 a page
+        body = (await async_client.get(body["next"])).json()
+        assert len(body["categories"]) <= 3
+        seen += [category["name"] for category in body["categories"]]
+    assert body["next"] is None
+    assert seen == names
+    everything = (await async_client.get("/api/categories")).json()
+    assert len(everything["categories"]) == 7
+    assert everything["next"] is None
 
 
 async def test_categories_conflict_is_409(async_client):

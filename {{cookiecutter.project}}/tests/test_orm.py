@@ -134,6 +134,51 @@ async def test_export_streams_every_item_as_ndjson(async_client, monkeypatch):
     ]
 
 
+async def export_lines(client, path: str) -> list[dict]:
+    response = await client.get(path)
+    assert response.status_code == 200
+    assert response["X-Accel-Buffering"] == "no"
+    content = b"".join([chunk async for chunk in response.streaming_content])
+    return [json.loads(line) for line in content.splitlines()]
+
+
+async def test_an_export_past_its_row_bound_ends_with_the_rest(
+    async_client, monkeypatch, settings
+):
+    """Each request sends EXPORT_MAX_ROWS items, then the URL of the rest;
+    following it reads each item once."""
+    monkeypatch.setattr(store, "EXPORT_BATCH", 2)
+    settings.EXPORT_MAX_ROWS = 3
+    await store.bulk_create_items(new_items(7))
+    path, requests, names = "/api/items/export", 0, []
+    while path and requests < 3:
+        lines = await export_lines(async_client, path)
+        requests += 1
+        path = lines[-1].get("next")
+        names += [line["name"] for line in lines if "next" not in line]
+        assert len(lines) <= 4
+    assert path is None
+    assert requests == 3
+    assert names == [f"item {n}" for n in range(7)]
+
+
+async def test_an_export_past_its_time_limit_ends_with_the_rest(async_client, settings):
+    """Past EXPORT_MAX_SECONDS (none here), a request sends what it has begun,
+    one item, and the URL that goes on after it."""
+    settings.EXPORT_MAX_SECONDS = 0
+    await store.bulk_create_items(new_items(2))
+    first, rest = await export_lines(async_client, "/api/items/export")
+    assert first["name"] == "item 0"
+    second = await export_lines(async_client, rest["next"])
+    assert [line["name"] for line in second] == ["item 1"]
+
+
+async def test_an_export_with_a_bad_cursor_is_400(async_client):
+    response = await async_client.get("/api/items/export?cursor=e30")
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_query"
+
+
 async def test_failed_create_rolls_back_the_whole_transaction(monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")

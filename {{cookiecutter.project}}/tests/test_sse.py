@@ -8,17 +8,20 @@ import pytest
 
 from config.asgi import application
 from core import events
+from core.events import EVENT_ID
 from tests.asgi import group_members, next_chunk, open_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def next_event(communicator) -> dict:
+async def next_event(communicator, with_id: bool = False) -> dict:
     async with asyncio.timeout(5):
         while (chunk := await next_chunk(communicator)).startswith(b":"):
             continue  # keep-alive comments
-    event, data = chunk.decode().strip().split("\n")
-    return {"event": event.removeprefix("event: "), "data": json.loads(data[6:])}
+    event_id, event, data = chunk.decode().strip().split("\n")
+    assert EVENT_ID.fullmatch(event_id.removeprefix("id: "))
+    found = {"event": event.removeprefix("event: "), "data": json.loads(data[6:])}
+    return {**found, "id": event_id[4:]} if with_id else found
 
 
 async def test_item_changes_stream_as_events(async_client, item_payload):
@@ -83,3 +86,88 @@ async def test_disconnect_ends_the_stream_and_leaves_the_group():
     # Publishing after the client left reaches no one and raises nothing.
     await events.publish("items", "item.deleted", {"id": 1})
     await asyncio.sleep(0)
+
+
+async def test_a_full_worker_refuses_a_stream_with_503_until_one_ends(settings):
+    settings.SSE_MAX_STREAMS = 1
+    first, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 200
+    await next_chunk(first)
+
+    refused, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 503
+    headers = {name.lower(): value for name, value in start["headers"]}
+    assert headers[b"retry-after"] == b"1"
+    assert json.loads(await next_chunk(refused))["error"] == "too_many_streams"
+    await refused.wait(timeout=5)
+
+    await first.send_input({"type": "http.disconnect"})
+    await first.wait(timeout=5)
+    again, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 200
+    await again.send_input({"type": "http.disconnect"})
+    await again.wait(timeout=5)
+
+
+async def test_a_stream_ends_at_its_maximum_lifetime(settings):
+    """Past SSE_MAX_SECONDS (none here) the stream ends, and leaves the group:
+    the client reconnects after `retry`."""
+    settings.SSE_MAX_SECONDS = 0
+    communicator, start = await open_stream(application, "/api/items/events")
+    assert start["status"] == 200
+    assert await next_chunk(communicator) == b"retry: 3000\n\n"
+    last = await communicator.receive_output(timeout=5)
+    assert last["type"] == "http.response.body"
+    assert (last.get("body", b""), last.get("more_body", False)) == (b"", False)
+    await communicator.wait(timeout=5)
+    assert await group_members("items") == []
+
+
+async def test_a_stream_that_reconnects_with_last_event_id_misses_nothing():
+    """Events carry ids; a client that comes back with the last one it read gets
+    the events published while it was away, once each, then live ones."""
+    communicator, _ = await open_stream(application, "/api/items/events")
+    await next_chunk(communicator)
+    await events.publish("items", "item.deleted", {"id": 1})
+    first = await next_event(communicator, with_id=True)
+    await communicator.send_input({"type": "http.disconnect"})
+    await communicator.wait(timeout=5)
+
+    await events.publish("items", "item.deleted", {"id": 2})
+    await events.publish("items", "item.deleted", {"id": 3})
+    again, start = await open_stream(
+        application,
+        "/api/items/events",
+        headers=[(b"last-event-id", first["id"].encode())],
+    )
+    assert start["status"] == 200
+    assert await next_chunk(again) == b"retry: 3000\n\n"
+    missed = [await next_event(again, with_id=True) for _ in range(2)]
+    assert [event["data"]["id"] for event in missed] == [2, 3]
+    assert first["id"] not in {event["id"] for event in missed}
+    await events.publish("items", "item.deleted", {"id": 4})
+    assert (await next_event(again))["data"] == {"id": 4}
+    await again.send_input({"type": "http.disconnect"})
+    await again.wait(timeout=5)
+
+
+async def test_replay_keeps_the_last_sse_replay_events(settings):
+    settings.SSE_REPLAY_EVENTS = 2
+    await events.publish("items", "item.deleted", {"id": 1})
+    oldest = (await events.replay("items", "0-0"))[0]["id"]
+    for item_id in (2, 3, 4):
+        await events.publish("items", "item.deleted", {"id": item_id})
+    kept = await events.replay("items", oldest)
+    assert [event["data"]["id"] for event in kept] == [3, 4]
+
+
+@pytest.mark.parametrize("header", [b"x", b"1-2-3", b"9" * 30 + b"-0"])
+async def test_a_last_event_id_not_of_this_api_is_400(header):
+    communicator, start = await open_stream(
+        application, "/api/items/events", headers=[(b"last-event-id", header)]
+    )
+    assert start["status"] == 400
+    assert (
+        json.loads(await next_chunk(communicator))["error"] == "invalid_last_event_id"
+    )
+    await communicator.wait(timeout=5)

@@ -198,3 +198,25 @@ async def test_connections_messages_and_close_codes_are_counted(settings):
         sample("django_websocket_disconnects_total", code_class="too_big")
         == too_big + 1
     )
+
+
+async def test_a_full_worker_denies_the_handshake_until_one_leaves(settings):
+    settings.WEBSOCKET_MAX_CONNECTIONS = 1
+    first, _ = await connect()
+    refused = WebsocketCommunicator(application, "/ws/items", headers=[ORIGIN])
+    connected, _ = await refused.connect(timeout=5)
+    assert not connected
+    await first.disconnect()
+
+    again, _ = await connect()
+    await again.disconnect()
+
+
+async def test_a_connection_is_closed_at_its_maximum_lifetime(settings):
+    """Past WEBSOCKET_MAX_SECONDS (none here) the server closes with 4000: the
+    client reconnects at once."""
+    settings.WEBSOCKET_MAX_SECONDS = 0
+    communicator, _ = await connect()
+    closed = await communicator.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4000}
+    await communicator.disconnect()

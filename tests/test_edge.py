@@ -41,6 +41,9 @@ def stacks(generated, redis_database, tmp_path_factory):
                     WEB_CONCURRENCY="2",
                     REDIS_URL=redis_database(),
                     WEBSOCKET_PING_INTERVAL=PING_INTERVAL,
+                    # Strict-Transport-Security only on requests the app takes
+                    # for https (request.is_secure()): what the trust tests see.
+                    DJANGO_SECURE_HSTS_SECONDS="60",
                 )
             return running[key]
 
@@ -137,6 +140,45 @@ def test_the_app_sees_the_real_client_address(combination, stacks):
     )
     (line,) = [line for line in app_log_lines(app) if line.get("request_id") == given]
     assert line["client"] == "203.0.113.9"
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_forwarded_headers_count_only_from_trusted_proxies(combination, stacks):
+    """A client that reaches Nginx directly, not through a proxy of its
+    trusted-proxies.conf, cannot make the app take its request for https, nor
+    choose the address that Nginx's per-client limits and logs use."""
+    app, trusting = stacks(combination)
+    with ExitStack() as cleanup:
+        # Trusts ::1 only: the list is not empty, yet 127.0.0.1 is not in it.
+        untrusting = Nginx.in_front(app.cwd, [app], trusted_proxies=("::1",))
+        cleanup.callback(untrusting.stop)
+        untrusting.start()
+        for nginx, trusted in ((trusting, True), (untrusting, False)):
+            given = f"spoof-{uuid.uuid4()}"
+            response, content = request(
+                nginx,
+                "GET",
+                "/api/items?limit=1",
+                headers={
+                    "X-Request-ID": given,
+                    "X-Forwarded-Proto": "https",
+                    "X-Forwarded-For": "203.0.113.9",
+                },
+            )
+            assert response.status == 200, content
+            secure = "Strict-Transport-Security" in response.headers
+            assert secure is trusted, response.headers
+            client = "203.0.113.9" if trusted else "127.0.0.1"
+            (logged,) = [
+                line for line in app_log_lines(app) if line.get("request_id") == given
+            ]
+            assert logged["client"] == client
+            (access,) = [
+                json.loads(line)
+                for line in nginx.output().splitlines()
+                if given in line
+            ]
+            assert access["client"] == client
 
 
 @pytest.mark.parametrize("combination", SERVERS)

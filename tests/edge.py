@@ -153,8 +153,14 @@ class Nginx(Process):
         )
 
     @classmethod
-    def in_front(cls, project: Path, upstreams: list[App]) -> "Nginx":
-        """The service's deploy/nginx/ in front of these app servers."""
+    def in_front(
+        cls,
+        project: Path,
+        upstreams: list[App],
+        trusted_proxies: tuple[str, ...] = ("127.0.0.1",),
+    ) -> "Nginx":
+        """The service's deploy/nginx/ in front of these app servers. By default
+        the test's own address (127.0.0.1) stands for a trusted load balancer."""
         port, status_port = free_port(), free_port()
         prefix = readable_tempdir("edge-nginx-")
         conf = prefix / "conf"
@@ -175,9 +181,11 @@ class Nginx(Process):
             )
         )
         (prefix / STATIC_ROOT / "static").mkdir(parents=True)
+        (conf / "trusted-proxies.conf").write_text(
+            trusted_proxies_conf(trusted_proxies)
+        )
         (conf / "deployment.conf").write_text(
             f'map "" $static_root {{ default {prefix / STATIC_ROOT}; }}\n'
-            "set_real_ip_from 127.0.0.1;\nreal_ip_header X-Forwarded-For;\n"
         )
         return cls(prefix, port, status_port)
 
@@ -194,6 +202,18 @@ class Nginx(Process):
         code = super().stop(sig, timeout)
         shutil.rmtree(self.cwd)
         return code
+
+
+def trusted_proxies_conf(addresses: tuple[str, ...]) -> str:
+    """trusted-proxies.conf of deploy/nginx/ for these addresses, as the chart and
+    the Ansible role write it."""
+    return (
+        "geo $realip_remote_addr $from_trusted_proxy {\n    default 0;\n"
+        + "".join(f"    {address} 1;\n" for address in addresses)
+        + "}\n"
+        + "".join(f"set_real_ip_from {address};\n" for address in addresses)
+        + "real_ip_header X-Forwarded-For;\nreal_ip_recursive on;\n"
+    )
 
 
 def serve(cleanup: ExitStack, project: Path, workdir: Path, **env) -> tuple[App, Nginx]:

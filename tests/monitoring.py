@@ -268,9 +268,12 @@ def scraped(
         project,
         workdir,
         METRICS_DIR=str(metrics_dir),
-        # Production settings; plain HTTP because no TLS proxy is in front.
+        # Production settings; plain HTTP because no TLS proxy is in front. Its
+        # clients, WebSockets' pages included, are on 127.0.0.1.
         DJANGO_DEBUG="false",
         DJANGO_SECURE_SSL_REDIRECT="false",
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        DJANGO_WEBSOCKET_ALLOWED_ORIGINS="127.0.0.1",
         **env,
     )
     targets = {"app": [f"127.0.0.1:{app.port}"]}

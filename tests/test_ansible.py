@@ -278,6 +278,9 @@ def deployment(tmp_path_factory):
                                 "service_secret_key": secret_key,
                                 "redis_local_enabled": True,
                                 "service_database_shared": False,
+                                # The test machine stands for the load balancer:
+                                # what reaches a host's published port is it.
+                                "edge_trusted_proxies": ["0.0.0.0/0", "::/0"],
                             },
                         },
                         "prometheus": {"hosts": {hosts[0].name: None}},

@@ -3,9 +3,12 @@
 import http.client
 import json
 import socket
+import threading
 import time
 import uuid
 from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 from websockets.sync.client import connect
@@ -13,6 +16,8 @@ from websockets.sync.client import connect
 from edge import ORIGIN, App, Nginx, request, serve
 from matrix import each_server, params
 
+# Larger than what Nginx's memory buffers and the sockets' buffers hold together.
+LARGE_RESPONSE = 32 * 1024 * 1024
 # Shorter than Nginx's default proxy_read_timeout (60 s) so that the idle test
 # shows the pings, not luck, keep a WebSocket open.
 PING_INTERVAL = "5"
@@ -41,6 +46,9 @@ def stacks(generated, redis_database, tmp_path_factory):
                     WEB_CONCURRENCY="2",
                     REDIS_URL=redis_database(),
                     WEBSOCKET_PING_INTERVAL=PING_INTERVAL,
+                    # Strict-Transport-Security only on requests the app takes
+                    # for https (request.is_secure()): what the trust tests see.
+                    DJANGO_SECURE_HSTS_SECONDS="60",
                 )
             return running[key]
 
@@ -140,6 +148,45 @@ def test_the_app_sees_the_real_client_address(combination, stacks):
 
 
 @pytest.mark.parametrize("combination", SERVERS)
+def test_forwarded_headers_count_only_from_trusted_proxies(combination, stacks):
+    """A client that reaches Nginx directly, not through a proxy of its
+    trusted-proxies.conf, cannot make the app take its request for https, nor
+    choose the address that Nginx's per-client limits and logs use."""
+    app, trusting = stacks(combination)
+    with ExitStack() as cleanup:
+        # Trusts ::1 only: the list is not empty, yet 127.0.0.1 is not in it.
+        untrusting = Nginx.in_front(app.cwd, [app], trusted_proxies=("::1",))
+        cleanup.callback(untrusting.stop)
+        untrusting.start()
+        for nginx, trusted in ((trusting, True), (untrusting, False)):
+            given = f"spoof-{uuid.uuid4()}"
+            response, content = request(
+                nginx,
+                "GET",
+                "/api/items?limit=1",
+                headers={
+                    "X-Request-ID": given,
+                    "X-Forwarded-Proto": "https",
+                    "X-Forwarded-For": "203.0.113.9",
+                },
+            )
+            assert response.status == 200, content
+            secure = "Strict-Transport-Security" in response.headers
+            assert secure is trusted, response.headers
+            client = "203.0.113.9" if trusted else "127.0.0.1"
+            (logged,) = [
+                line for line in app_log_lines(app) if line.get("request_id") == given
+            ]
+            assert logged["client"] == client
+            (access,) = [
+                json.loads(line)
+                for line in nginx.output().splitlines()
+                if given in line
+            ]
+            assert access["client"] == client
+
+
+@pytest.mark.parametrize("combination", SERVERS)
 @pytest.mark.parametrize("path", ["/metrics", "/admin/", "/internal/x"])
 def test_internal_paths_are_not_public(combination, stacks, path):
     _, nginx = stacks(combination)
@@ -220,3 +267,49 @@ def test_slow_clients_do_not_stop_the_app_from_answering(combination, stacks):
     finally:
         for sock in slow:
             sock.close()
+
+
+class LargeResponses(BaseHTTPRequestHandler):
+    """An upstream of the test's own: every answer is LARGE_RESPONSE bytes, and
+    the server's `written` is set once one has been written whole."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(LARGE_RESPONSE))
+        self.end_headers()
+        chunk = b"x" * 65536
+        for _ in range(LARGE_RESPONSE // len(chunk)):
+            self.wfile.write(chunk)
+        self.server.written.set()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("combination", params(each_server()[:1]))
+def test_a_slow_reader_does_not_fill_nginxs_temporary_files(combination, stacks):
+    """Nginx keeps no temporary files of responses (the pod's /tmp is small): a
+    client that does not read holds the upstream, and Nginx logs no response
+    "buffered to a temporary file"."""
+    app, _ = stacks(combination)
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), LargeResponses)
+    upstream.written = threading.Event()
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{upstream.server_address[1]}"
+    with ExitStack() as cleanup:
+        cleanup.callback(upstream.shutdown)
+        nginx = Nginx.in_front(app.cwd, [SimpleNamespace(upstream=address)])
+        cleanup.callback(nginx.stop)
+        nginx.start()
+        connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=30)
+        cleanup.callback(connection.close)
+        connection.request("GET", "/large")
+        # Not read until the upstream has written all, or long enough for Nginx
+        # to have buffered the rest to a file if it would.
+        upstream.written.wait(timeout=5)
+        response = connection.getresponse()
+        assert (response.status, len(response.read())) == (200, LARGE_RESPONSE)
+        assert "buffered to a temporary file" not in nginx.output()

@@ -12,6 +12,7 @@ import difflib
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -71,6 +72,8 @@ PROBES = {
     # No readiness: nothing routes requests to a worker.
     "worker": {"startupProbe", "livenessProbe"},
 }
+# The Nginx file that the chart writes from nginx.trustedProxies.
+TRUSTED_PROXIES = "trusted-proxies.conf"
 # Every container of ours gets a writable /tmp on a read-only root.
 TMP = "/tmp"  # noqa: S108 (a path inside the pod)
 
@@ -290,6 +293,7 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
         ("ingress.hots=example.com", "hots"),
         ("config.logLevel=LOUD", "logLevel"),
         ("nginx.image.tag=", "tag"),
+        ("nginx.trustedProxies={example.com}", "trustedProxies"),
         # Django's own minimum (security.W009, core.E002).
         (f"secret.secretKey={'k' * 49}", "secretKey"),
         # SQLite is one pod's file.
@@ -334,7 +338,8 @@ def test_nginx_prometheus_and_grafana_come_from_their_components(service, render
 
     nginx = next(c for c in by_kind["ConfigMap"] if c["metadata"]["name"].endswith(
         "-nginx"))  # fmt: skip
-    assert nginx["data"] == {
+    # And trusted-proxies.conf, which each deployment writes (test_nginx_trusts...).
+    assert {k: v for k, v in nginx["data"].items() if k != TRUSTED_PROXIES} == {
         path.name: path.read_text() for path in (deploy / "nginx").glob("*.conf")
     }
     rules = [
@@ -360,6 +365,97 @@ def test_nginx_prometheus_and_grafana_come_from_their_components(service, render
         "fleet.json",
         "database.json",
     }
+
+
+def nginx_sidecar(objects: list[dict]) -> tuple[dict, dict]:
+    """(the Nginx container of the web's pods, its ConfigMap's files)."""
+    config = next(
+        o
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-nginx")
+    )
+    (container,) = [
+        c
+        for name, spec in pod_specs(objects)
+        if name.startswith("Deployment/")
+        for c in spec["containers"]
+        if c["name"] == "nginx"
+    ]
+    return container, config["data"]
+
+
+def nginx_test(files: dict[str, str], command: list[str], workdir: Path) -> str:
+    """`nginx -T` of the sidecar's files as its command runs them (its -g
+    included), with Debian's Nginx: the configuration it would load."""
+    assert shutil.which("nginx"), "nginx is missing: run the tests with tests/run.sh"
+    for name, text in files.items():
+        (workdir / name).write_text(text)
+    directives = command[command.index("-g") + 1]
+    main = workdir / "nginx.conf"
+    result = subprocess.run(
+        [
+            "nginx",
+            "-T",
+            "-q",
+            "-e",
+            "stderr",
+            "-p",
+            workdir,
+            "-c",
+            main,
+            "-g",
+            directives,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_nginx_trusts_only_the_configured_proxies(service, renders, tmp_path):
+    """By default Nginx believes no X-Forwarded-* header: the chart cannot know
+    the ingress's addresses, and every private range would let any pod choose its
+    client address and scheme. nginx.trustedProxies names them; an Ingress or an
+    HTTPRoute without them is refused (its clients would all be redirected to
+    https and share one address's limits)."""
+    key = "granian-postgresql"
+    rendered = renders(key)
+    container, files = nginx_sidecar(rendered["default-values.yaml"])
+    loaded = nginx_test(files, container["command"], tmp_path)
+    assert "set_real_ip_from" not in loaded
+    assert re.search(r"\$from_trusted_proxy \{\s*default 0;\s*\}", loaded), loaded
+    container, files = nginx_sidecar(rendered["ingress-values.yaml"])
+    (tmp_path / "ingress").mkdir()
+    loaded = nginx_test(files, container["command"], tmp_path / "ingress")
+    assert "set_real_ip_from 10.244.0.0/16;" in loaded
+    assert "10.244.0.0/16 1;" in loaded
+    project = service(key)
+    untrusting = tmp_path / "untrusting-values.yaml"
+    untrusting.write_text(yaml.safe_dump({"nginx": {"trustedProxies": []}}))
+    for example in ("ingress-values.yaml", "gateway-values.yaml"):
+        values = chart_dir(project) / "ci" / example
+        message = template_error(project, values, untrusting)
+        assert "nginx.trustedProxies is required with ingress.enabled" in message
+
+
+@pytest.mark.parametrize(
+    ("cpu", "workers"), [("250m", 1), ("1", 1), ("1500m", 2), ("4", 4), (3, 3)]
+)
+def test_nginx_runs_a_worker_per_cpu_of_its_limit(service, tmp_path, cpu, workers):
+    """Not `worker_processes auto`, which counts the node's CPUs: a 64-core node
+    would give a 500m sidecar 64 workers."""
+    project = service("uvicorn-sqlite")
+    values = tmp_path / "cpu-values.yaml"
+    values.write_text(
+        yaml.safe_dump({"nginx": {"resources": {"limits": {"cpu": cpu}}}})
+    )
+    container, files = nginx_sidecar(template(project, default_values(project), values))
+    assert f"worker_processes {workers};" in container["command"][-1]
+    # The command's count is the only one: nginx.conf sets none of its own.
+    loaded = nginx_test(files, container["command"], tmp_path)
+    assert not re.search(r"^\s*worker_processes\s", loaded, re.MULTILINE)
 
 
 @pytest.mark.parametrize(

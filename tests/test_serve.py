@@ -103,7 +103,14 @@ def test_a_stray_env_file_does_not_configure_the_server(
     DJANGO_DEBUG=true, and a production environment does not mention DEBUG."""
     project = generated(combination)
     assert "DJANGO_DEBUG=true" in (project / ".env").read_text().splitlines()
-    app = App(project, tmp_path, "server", DJANGO_SECRET_KEY="a-secret-" + "x" * 50)
+    # A production environment names its hosts: without DEBUG there is no default.
+    app = App(
+        project,
+        tmp_path,
+        "server",
+        DJANGO_SECRET_KEY="a-secret-" + "x" * 50,
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+    )
     # Unset, as in every deployment's environment.
     del app.env["DJANGO_READ_DOT_ENV"]
     app.migrate()

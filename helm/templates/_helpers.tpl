@@ -176,6 +176,14 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") $ | sha25
 {{- end }}
 {{- end }}
 
+{{/* Nginx's worker processes: one per CPU of its container's limit, rounded up
+(500m: 1, 1500m: 2). Not "auto", which counts the node's CPUs. */}}
+{{- define "service.nginx.workerProcesses" -}}
+{{- $cpu := toString .Values.nginx.resources.limits.cpu }}
+{{- $millicores := ternary (trimSuffix "m" $cpu | float64) (mulf ($cpu | float64) 1000) (hasSuffix "m" $cpu) }}
+{{- max 1 (divf $millicores 1000 | ceil | int) }}
+{{- end }}
+
 {{/* What the chart refuses, with the reason. */}}
 {{- define "service.validate" -}}
 {{- if and (not .Values.secret.existingSecret) (not .Values.secret.secretKey) }}
@@ -186,6 +194,9 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") $ | sha25
 {{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add .Values.preStopSleepSeconds .Values.server.gracefulTimeout) }}
 {{- fail "terminationGracePeriodSeconds must exceed preStopSleepSeconds + server.gracefulTimeout, or the kubelet kills requests still draining" }}
+{{- end }}
+{{- if and (or .Values.ingress.enabled .Values.httpRoute.enabled) (not .Values.nginx.trustedProxies) }}
+{{- fail "nginx.trustedProxies is required with ingress.enabled or httpRoute.enabled: the addresses of the ingress controller's (gateway's) pods, whose X-Forwarded-Proto and X-Forwarded-For Nginx may believe" }}
 {{- end }}
 {{- if include "service.worker" . }}
 {{- if and (include "service.redisBroker" .) (not .Values.secret.existingSecret) (not .Values.secret.redisUrl) }}

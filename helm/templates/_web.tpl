@@ -83,8 +83,14 @@ containers:
     image: {{ include "service.imageRef" (dict "image" .Values.nginx.image) }}
     imagePullPolicy: {{ .Values.nginx.image.pullPolicy }}
     # The service's configuration, as a whole directory (its includes are
-    # relative to it), not the image's entrypoint, which edits /etc/nginx.
-    command: ["nginx", "-c", "/etc/nginx/service/nginx.conf", "-g", "daemon off;"]
+    # relative to it), not the image's entrypoint, which edits /etc/nginx; as
+    # many worker processes as its CPU limit allows.
+    command:
+      - nginx
+      - -c
+      - /etc/nginx/service/nginx.conf
+      - -g
+      - "daemon off; worker_processes {{ include "service.nginx.workerProcesses" . }};"
     ports:
       - name: http
         containerPort: 8080

@@ -130,6 +130,9 @@ def base_env(project: Path, logdir: Path, **extra: str) -> dict:
         DJANGO_DEBUG="false",
         # Plain HTTP from the load generator; Nginx would set X-Forwarded-Proto.
         DJANGO_SECURE_SSL_REDIRECT="false",
+        # The load generator, WebSockets' pages included, is on 127.0.0.1.
+        DJANGO_ALLOWED_HOSTS="127.0.0.1",
+        DJANGO_WEBSOCKET_ALLOWED_ORIGINS="127.0.0.1",
         METRICS_DIR=str(logdir / f"metrics-{free_port()}"),
         **STEADY,
         **extra,

@@ -12,7 +12,8 @@ http_application = get_asgi_application()
 {% if cookiecutter.websockets == "yes" -%}
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
-from channels.security.websocket import AllowedHostsOriginValidator
+from channels.security.websocket import OriginValidator
+from django.conf import settings
 {%- else -%}
 from channels.routing import ProtocolTypeRouter
 {%- endif %}
@@ -37,8 +38,9 @@ application = count_connections(
             # Browsers send Origin; refusing foreign origins stops cross-site
             # WebSocket hijacking of a signed-in user's session.
             "websocket": traced(
-                AllowedHostsOriginValidator(
-                    AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+                OriginValidator(
+                    AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+                    settings.WEBSOCKET_ALLOWED_ORIGINS,
                 ),
                 websocket_routes=websocket_urlpatterns,
             ),

@@ -29,9 +29,11 @@ SECRET_KEY = env.str("DJANGO_SECRET_KEY")
 # Earlier keys, still accepted for signatures (not used to sign): rotate by moving
 # the old key here and setting a new DJANGO_SECRET_KEY.
 SECRET_KEY_FALLBACKS = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
-ALLOWED_HOSTS = env.list(
-    "DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"]
-)
+# The local names are allowed hosts by default only with DEBUG. A deployment
+# that lists them (the chart and the Ansible role do: probes and Nginx's metrics
+# listener send Host: localhost) still gets no WebSocket from a page they serve.
+LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=LOCAL_HOSTS if DEBUG else [])
 
 INSTALLED_APPS = [
 {%- if cookiecutter.websockets == "yes" %}
@@ -178,6 +180,13 @@ WEBSOCKET_MAX_MESSAGE_BYTES = env.int("WEBSOCKET_MAX_MESSAGE_BYTES", default=16 
 # it is closed with 4000 (reconnect): as SSE_MAX_STREAMS and SSE_MAX_SECONDS.
 WEBSOCKET_MAX_CONNECTIONS = env.int("WEBSOCKET_MAX_CONNECTIONS", default=1000)
 WEBSOCKET_MAX_SECONDS = env.float("WEBSOCKET_MAX_SECONDS", default=3600.0)
+# The pages a WebSocket may be opened from (Origin; host patterns as in
+# ALLOWED_HOSTS, config/asgi.py): the allowed hosts, without the local names
+# unless DEBUG. A page on a client's own localhost is not this service's.
+WEBSOCKET_ALLOWED_ORIGINS = env.list(
+    "DJANGO_WEBSOCKET_ALLOWED_ORIGINS",
+    default=[host for host in ALLOWED_HOSTS if DEBUG or host not in LOCAL_HOSTS],
+)
 {%- endif %}
 
 # Security: production values unless DEBUG. TLS ends at the edge proxy, which
@@ -207,7 +216,7 @@ SILENCED_SYSTEM_CHECKS = [
     "security.W001",
     "security.W002",
     # No HTTP endpoint authenticates with cookies, so there is nothing to forge;
-    # WebSocket connections are checked against ALLOWED_HOSTS by origin instead.
+    # WebSocket connections are checked by origin instead (WEBSOCKET_ALLOWED_ORIGINS).
     "security.W003",
 ]
 

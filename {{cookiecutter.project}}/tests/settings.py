@@ -10,6 +10,9 @@ import tempfile
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-" + "k" * 50)
 os.environ["DJANGO_DEBUG"] = "false"
 os.environ["DJANGO_SECURE_SSL_REDIRECT"] = "false"
+# As the chart and the Ansible role set them: the public name, and localhost for
+# probes (the tests' requests send it too).
+os.environ["DJANGO_ALLOWED_HOSTS"] = "{{ cookiecutter.domain }},localhost"
 os.environ["SSE_KEEPALIVE_SECONDS"] = "0.2"
 os.environ["READINESS_TIMEOUT"] = "1"
 {%- if cookiecutter.tasks != "none" %}

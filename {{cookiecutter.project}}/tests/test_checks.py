@@ -1,6 +1,7 @@
 """The service's system checks: async middleware, a documented API, and a clean
 deploy check."""
 
+import json
 import os
 import subprocess
 import sys
@@ -114,6 +115,38 @@ def deploy_check(**environment) -> subprocess.CompletedProcess:
         text=True,
         check=False,
     )
+
+
+def settings_in(environment: dict, *names: str) -> dict:
+    """{name: value} of settings as a new process computes them from environment."""
+    code = (
+        "import json, sys; from config import settings; "
+        "print(json.dumps({name: getattr(settings, name) for name in sys.argv[1:]}))"
+    )
+    result = subprocess.run(  # noqa: S603  (this interpreter, our own code)
+        [sys.executable, "-c", code, *names],
+        cwd=SERVICE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize(
+    ("debug", "hosts"),
+    [("false", []), ("true", ["localhost", "127.0.0.1", "[::1]"])],
+    ids=["production", "debug"],
+)
+def test_local_names_are_allowed_hosts_by_default_only_with_debug(debug, hosts):
+    environment = {
+        **{k: v for k, v in PRODUCTION.items() if k != "DJANGO_ALLOWED_HOSTS"},
+        "DJANGO_DEBUG": debug,
+        "DJANGO_READ_DOT_ENV": "false",
+    }
+    assert settings_in(environment, "ALLOWED_HOSTS") == {"ALLOWED_HOSTS": hosts}
 
 
 def test_deploy_check_is_clean_with_production_settings():

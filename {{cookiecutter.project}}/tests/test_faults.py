@@ -124,7 +124,9 @@ async def test_an_event_stream_whose_layer_fails_tells_the_client(layer_down):
 async def test_a_websocket_whose_layer_fails_is_closed_with_1013(layer_down):
     with override_settings(CHANNEL_LAYERS=layer_down):
         communicator = WebsocketCommunicator(
-            application, "/ws/items", headers=[(b"origin", b"http://localhost")]
+            application,
+            "/ws/items",
+            headers=[(b"origin", b"https://{{ cookiecutter.domain }}")],
         )
         connected, _ = await communicator.connect(timeout=5)
         assert connected

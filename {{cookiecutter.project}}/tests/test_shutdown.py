@@ -87,7 +87,9 @@ async def test_event_streams_end_with_their_last_chunk(server_handler):
 
 async def test_websockets_close_with_going_away(server_handler):
     communicator = WebsocketCommunicator(
-        application, "/ws/items", headers=[(b"origin", b"http://localhost")]
+        application,
+        "/ws/items",
+        headers=[(b"origin", b"https://{{ cookiecutter.domain }}")],
     )
     assert (await communicator.connect(timeout=5))[0]
     await communicator.receive_json_from(timeout=5)

@@ -14,7 +14,7 @@ from config.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-ORIGIN = (b"origin", b"http://localhost")
+ORIGIN = (b"origin", b"https://{{ cookiecutter.domain }}")
 
 
 async def connect(headers=(ORIGIN,)) -> tuple[WebsocketCommunicator, dict]:
@@ -41,6 +41,21 @@ async def signed_in(username: str) -> tuple[WebsocketCommunicator, dict]:
 async def test_foreign_origin_is_refused():
     communicator = WebsocketCommunicator(
         application, "/ws/items", headers=[(b"origin", b"https://evil.example")]
+    )
+    connected, _ = await communicator.connect(timeout=5)
+    assert not connected
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://localhost", "http://localhost:8000", "http://127.0.0.1"]
+)
+async def test_a_page_on_the_clients_localhost_is_refused(origin, settings):
+    """Although localhost is an allowed host in production (probes send it), a
+    page served on a client's own machine is not this service's."""
+    assert "localhost" in settings.ALLOWED_HOSTS
+    assert not settings.DEBUG
+    communicator = WebsocketCommunicator(
+        application, "/ws/items", headers=[(b"origin", origin.encode())]
     )
     connected, _ = await communicator.connect(timeout=5)
     assert not connected

@@ -119,6 +119,12 @@ def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
                 "WEB_CONCURRENCY": "1",
                 "DATABASE_URL": database_url(),
                 "DJANGO_SETTINGS_MODULE": "config.settings",
+                # Production settings: the test's requests name 127.0.0.1, which
+                # only DEBUG allows by default.
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+{%- if cookiecutter.websockets == "yes" %}
+                "DJANGO_WEBSOCKET_ALLOWED_ORIGINS": "127.0.0.1",
+{%- endif %}
                 **environment,
             },
             stdout=output,

@@ -123,6 +123,11 @@ def healthz_sync(request):
     return JsonResponse({"status": "ok"})
 
 
+async def tiny(request):
+    """The tiny JSON of /healthz on a path that is traced (probes are not)."""
+    return JsonResponse({"status": "ok"})
+
+
 async def publish(request):
     """Publishes `count` events to the items group, each stamped with its time."""
     count = int(request.GET.get("count", "1"))
@@ -145,6 +150,7 @@ else:
         path("bench/upstream", upstream),
         path("bench/orm", orm),
         path("bench/publish", publish),
+        path("bench/tiny", tiny),
     ]
 urlpatterns += urls.urlpatterns
 handler400 = urls.handler400

@@ -168,9 +168,10 @@ def test_invalid_json_gets_the_apps_400(combination, stacks):
 def test_request_ids_reach_the_app_log(combination, stacks):
     app, nginx = stacks(combination)
     given = f"edge-{uuid.uuid4()}"
-    response, _ = request(nginx, "GET", "/healthz", headers={"X-Request-ID": given})
+    page = "/api/items?limit=1"
+    response, _ = request(nginx, "GET", page, headers={"X-Request-ID": given})
     assert response.headers["X-Request-ID"] == given
-    response, _ = request(nginx, "GET", "/healthz")
+    response, _ = request(nginx, "GET", page)
     generated_id = response.headers["X-Request-ID"]
     assert len(generated_id) == 32
     logged = {line.get("request_id") for line in app_log_lines(app)}
@@ -186,7 +187,7 @@ def test_the_app_sees_the_real_client_address(combination, stacks):
     request(
         nginx,
         "GET",
-        "/healthz",
+        "/api/items?limit=1",
         headers={"X-Request-ID": given, "X-Forwarded-For": "203.0.113.9"},
     )
     (line,) = [line for line in app_log_lines(app) if line.get("request_id") == given]
@@ -293,7 +294,9 @@ def nginx_access_lines(nginx: Nginx, request_id: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("combination", SERVERS)
-@pytest.mark.parametrize("path", ["/metrics", "/admin/", "/internal/x"])
+@pytest.mark.parametrize(
+    "path", ["/metrics", "/healthz", "/readyz", "/admin/", "/internal/x"]
+)
 def test_internal_paths_are_not_public(combination, stacks, path):
     _, nginx = stacks(combination)
     response, content = request(nginx, "GET", path)
@@ -302,11 +305,18 @@ def test_internal_paths_are_not_public(combination, stacks, path):
 
 
 @pytest.mark.parametrize("combination", SERVERS)
-def test_stub_status_only_on_the_internal_listener(combination, stacks):
+def test_status_and_probes_only_on_the_internal_listener(combination, stacks):
+    """The status listener (127.0.0.1) serves the exporter's stub_status and the
+    app's probes through Nginx, which the host's own checks use."""
     _, nginx = stacks(combination)
     connection = http.client.HTTPConnection("127.0.0.1", nginx.status_port, timeout=10)
     connection.request("GET", "/stub_status")
     assert b"Active connections" in connection.getresponse().read()
+    for path, status in (("/healthz", "ok"), ("/readyz", "ready")):
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 200, path
+        assert json.loads(response.read())["status"] == status
     response, _ = request(nginx, "GET", "/stub_status")
     assert response.status == 404
 

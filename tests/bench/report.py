@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 HTTP_SCENARIOS = {
-    "tiny-json": "Tiny JSON (GET /healthz), 64 connections",
+    "tiny-json": "Tiny JSON (GET /bench/tiny: what /healthz answers), 64 connections",
     "upstream-50ms": "A view awaiting a local HTTP upstream that answers after 50 ms, "
     "256 connections",
     "orm-read": "An ORM read of 10 rows with a join, PostgreSQL, 64 connections",

@@ -259,7 +259,7 @@ class Cells:
 
 
 def tiny_json(cells: Cells) -> None:
-    tiny = "/healthz"
+    tiny = load.TINY
     cells.http("tiny-json", "nginx-alone", tiny, 64)
     for config in WSGI:
         cells.http("tiny-json", config, tiny, 64)
@@ -352,12 +352,11 @@ def tracing(cells: Cells) -> None:
     """The cost of traces on the tiny JSON: the service with tracing off, and
     with one request in ten and every request sampled, its spans exported to a
     collector's stand-in (bench.upstream answering at once, on the same cores:
-    its CPU is in the row). /bench/tiny answers what /healthz does; probes are
-    never traced."""
+    its CPU is in the row)."""
     collector = Upstream(0.0, cells.logdir)
     collector.start()
     try:
-        tiny = "/bench/tiny"
+        tiny = load.TINY
         cells.http("tracing", "service-uvicorn", tiny, 64, label="tracing-off")
         for name, ratio in TRACE_SAMPLES.items():
             env = {

@@ -124,7 +124,8 @@ def healthz_sync(request):
 
 
 async def tiny(request):
-    """The tiny JSON of /healthz on a path that is traced (probes are not)."""
+    """What /healthz answers, on a path that Nginx serves publicly and tracing
+    traces (neither does either for the probes)."""
     return JsonResponse({"status": "ok"})
 
 
@@ -139,6 +140,7 @@ async def publish(request):
 if os.environ.get("BENCH_WSGI") == "1":
     urlpatterns = [
         path("healthz", healthz_sync),
+        path("bench/tiny", healthz_sync),
         path("bench/upstream", upstream_sync),
         path("bench/orm", orm_sync),
         path("api/items", create_sync),

@@ -23,6 +23,7 @@ the app container, as the kubelet would (Nginx never serves them publicly).
 """
 
 import base64
+import copy
 import json
 import urllib.request
 import uuid
@@ -75,7 +76,8 @@ def as_played(objects: list[dict], ports: dict[str, int]) -> tuple[list, list]:
         elif obj["kind"] in PLAYED_KINDS:
             played.append(obj)
         elif obj["kind"] == "Deployment":
-            template_ = obj["spec"]["template"]
+            # A copy: the rendered objects stay as the chart rendered them.
+            template_ = copy.deepcopy(obj["spec"]["template"])
             for container in template_["spec"]["containers"]:
                 container["ports"] = [
                     {**port, "hostIP": "127.0.0.1", "hostPort": ports[port["name"]]}

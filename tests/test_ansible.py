@@ -1063,6 +1063,18 @@ def test_a_sqlite_hosts_database_is_backed_up_by_a_sandboxed_timer(role_files):
     )
 
 
+def test_each_unit_gets_the_whole_sandbox_line_by_line(role_files):
+    """The shared sandbox (hardening.conf.j2) ends each unit's sandbox lines
+    without being joined to the line after it: systemd would ignore both."""
+    units = role_files({}) | role_files({}, {"database": "sqlite"})
+    for name in ("instance.service", "worker.service", "backup.service"):
+        lines = units[name].splitlines()
+        assert "NoNewPrivileges=yes" in lines, name
+        assert "UMask=0027" in lines, name
+    for name in ("instance.service", "worker.service"):
+        assert "LimitNOFILE=65536" in units[name].splitlines(), name
+
+
 # Each server, and the task worker's unit, ports and targets beside Granian's.
 RENDERINGS = [
     *each_server(),

@@ -853,24 +853,34 @@ def role_files(tmp_path_factory):
     """Renders the service role's environment file and units on the controller
     alone, as a deploy would for the host `app-1.internal` (the role's defaults and
     fixed variables, the playbook's group_vars, the given variables on top),
-    after the role's tracing check: no host, a few seconds a run. Returns
-    {file name: text}, or the failed run."""
+    after the role's tracing check: no host, a few seconds a run. The service is
+    generated with OPTIONS, or the options given. Returns {file name: text}, or
+    the failed run."""
     workdir = tmp_path_factory.mktemp("role-files")
-    project = generate_service(
-        {option: choices[0] for option, choices in CHOICES.items()} | OPTIONS, workdir
-    )
-    ansible = project / "deploy" / "ansible"
-    role = ansible / "roles" / "service"
+    projects = {}
     runs = iter(range(100))
 
-    def render(variables: dict) -> dict[str, str] | subprocess.CompletedProcess:
+    def render(
+        variables: dict, options: dict = OPTIONS
+    ) -> dict[str, str] | subprocess.CompletedProcess:
+        key = json.dumps(options, sort_keys=True)
+        if key not in projects:
+            projects[key] = generate_service(
+                {option: choices[0] for option, choices in CHOICES.items()} | options,
+                workdir / f"service-{len(projects)}",
+            )
+        project = projects[key]
+        ansible = project / "deploy" / "ansible"
+        role = ansible / "roles" / "service"
         out = workdir / f"run-{next(runs)}"
         out.mkdir()
-        templates = {
-            "env": "env.j2",
-            "instance.service": "service@.service.j2",
-            "worker.service": "worker.service.j2",
-        }
+        # The units the role installs for such a service.
+        templates = {"env": "env.j2", "instance.service": "service@.service.j2"}
+        if options.get("tasks", "none") != "none":
+            templates["worker.service"] = "worker.service.j2"
+        if options.get("database") == "sqlite":
+            templates["backup.service"] = "backup.service.j2"
+            templates["backup.timer"] = "backup.timer.j2"
         playbook = [
             {
                 "hosts": "service",
@@ -1015,6 +1025,54 @@ def test_the_role_refuses_bad_tracing_variables(variables, role_files):
     assert "service_otel_sampler_ratio a number from 0 to 1" in result.stdout, (
         result.stdout
     )
+
+
+def test_a_sqlite_hosts_database_is_backed_up_by_a_sandboxed_timer(role_files):
+    """The timer starts manage.py backup_database at service_backup_on_calendar,
+    keeping service_backup_keep backups, as the service user with the instances'
+    environment and sandbox, allowed to write its backups' directory too."""
+    sqlite = {"database": "sqlite"}
+    files = role_files({}, sqlite)
+    assert "OnCalendar=hourly\n" in files["backup.timer"]
+    assert "Persistent=true\n" in files["backup.timer"]
+    assert "WantedBy=timers.target\n" in files["backup.timer"]
+    unit = files["backup.service"]
+    for line in (
+        "Type=oneshot",
+        f"User={PROJECT}",
+        f"EnvironmentFile=/etc/{PROJECT}/env",
+        f"WorkingDirectory=/opt/{PROJECT}/current",
+        f"ExecStart=/opt/{PROJECT}/current/.venv/bin/python manage.py "
+        f"backup_database /var/backups/{PROJECT} --keep 7",
+        f"ReadWritePaths=/var/lib/{PROJECT}",
+        f"ReadWritePaths=/var/backups/{PROJECT}",
+    ):
+        assert f"\n{line}\n" in unit, line
+    # The instances' sandbox, all of it (hardening.conf.j2).
+    instance = files["instance.service"]
+    sandbox = instance[instance.index("NoNewPrivileges=") : instance.index("UMask=")]
+    assert sandbox in unit
+
+    files = role_files(
+        {"service_backup_on_calendar": "*-*-* 02:30:00", "service_backup_keep": 14},
+        sqlite,
+    )
+    assert "OnCalendar=*-*-* 02:30:00\n" in files["backup.timer"]
+    assert f"backup_database /var/backups/{PROJECT} --keep 14\n" in (
+        files["backup.service"]
+    )
+
+
+def test_each_unit_gets_the_whole_sandbox_line_by_line(role_files):
+    """The shared sandbox (hardening.conf.j2) ends each unit's sandbox lines
+    without being joined to the line after it: systemd would ignore both."""
+    units = role_files({}) | role_files({}, {"database": "sqlite"})
+    for name in ("instance.service", "worker.service", "backup.service"):
+        lines = units[name].splitlines()
+        assert "NoNewPrivileges=yes" in lines, name
+        assert "UMask=0027" in lines, name
+    for name in ("instance.service", "worker.service"):
+        assert "LimitNOFILE=65536" in units[name].splitlines(), name
 
 
 # Each server, and the task worker's unit, ports and targets beside Granian's.

@@ -71,6 +71,9 @@ PROBES = {
     "nginx-exporter": {"livenessProbe"},
     # No readiness: nothing routes requests to a worker.
     "worker": {"startupProbe", "livenessProbe"},
+    # None: it serves nothing, and logs each failed backup and tries again at the
+    # next interval, which a restart would not do better.
+    "backup": set(),
 }
 # The Nginx file that the chart writes from nginx.trustedProxies.
 TRUSTED_PROXIES = "trusted-proxies.conf"
@@ -304,6 +307,10 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
         ("tracing.resourceAttributes.team=a\\,b", "resourceAttributes"),
         # A collector's token is a secret: never a plain value.
         ("tracing.headers=authorization=Bearer t", "headers"),
+        ("backup.intervalSeconds=30", "intervalSeconds"),
+        ("backup.intervalSeconds=hourly", "intervalSeconds"),
+        ("backup.keep=0", "keep"),
+        ("backup.schedule=@hourly", "schedule"),
     ],
 )
 def test_the_values_schema_refuses_wrong_values(setting, error, service):
@@ -1081,3 +1088,52 @@ def test_a_sampler_without_ratio_gets_no_ratio(service):
     assert app["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_always_on"
     assert "OTEL_TRACES_SAMPLER_ARG" not in app
     assert "OTEL_EXPORTER_OTLP_HEADERS" not in app
+
+
+def backup_sidecar(objects: list[dict]) -> dict | None:
+    """The web pod's backup container, if it has one."""
+    pod = web_objects(objects)["Deployment"]["spec"]["template"]["spec"]
+    return next((c for c in pod["containers"] if c["name"] == "backup"), None)
+
+
+def test_the_sqlite_database_is_backed_up_by_a_sidecar_of_its_pod(service, renders):
+    """manage.py backup_database --every, from the app's image, settings and Secret,
+    on the app's own volume (a ReadWriteOnce claim: no other pod could mount it);
+    its interval and the backups kept from the values; off when disabled."""
+    project = service("uvicorn-sqlite")
+    objects = renders("uvicorn-sqlite")["default-values.yaml"]
+    pod = web_objects(objects)["Deployment"]["spec"]["template"]["spec"]
+    app = next(c for c in pod["containers"] if c["name"] == "app")
+    backup = backup_sidecar(objects)
+    assert backup["command"] == [
+        "python", "manage.py", "backup_database", "/data/backups",
+        "--keep", "7", "--every", "3600",
+    ]  # fmt: skip
+    for same in ("image", "envFrom", "securityContext"):
+        assert backup[same] == app[same], same
+    mounts = {m["mountPath"]: m["name"] for m in backup["volumeMounts"]}
+    assert mounts == {"/tmp": "tmp", "/data": "data"}  # noqa: S108 (in the pod)
+    (data,) = (v for v in pod["volumes"] if v["name"] == "data")
+    assert data["persistentVolumeClaim"]["claimName"] == f"{RELEASE}-my-service"
+
+    objects = template(
+        project,
+        default_values(project),
+        sets=["backup.intervalSeconds=600", "backup.keep=3"],
+    )
+    assert backup_sidecar(objects)["command"][-4:] == ["--keep", "3", "--every", "600"]
+    objects = template(project, default_values(project), sets=["backup.enabled=false"])
+    assert backup_sidecar(objects) is None
+
+
+@pytest.mark.parametrize("key", [k for k in SERVICES if "postgresql" in k])
+def test_a_postgresql_service_has_no_backup_sidecar(key, service, renders):
+    """pg_dump, or the provider's snapshots, back up PostgreSQL: the chart has no
+    backup values to set."""
+    for values, objects in renders(key).items():
+        assert backup_sidecar(objects) is None, values
+    project = service(key)
+    assert "backup:" not in (chart_dir(project) / "values.yaml").read_text()
+    message = template_error(project, default_values(project),
+                             sets=["backup.enabled=true"])  # fmt: skip
+    assert "backup" in message, message

@@ -1,6 +1,6 @@
 {{/* What only the web's pods have. The app (bin/serve on 8000, reached only by
-Nginx), its Nginx sidecar (public 8080, metrics 9100, stub_status 127.0.0.1:8081)
-and the Nginx exporter (9113). */}}
+Nginx), its Nginx sidecar (public 8080, metrics 9100, stub_status 127.0.0.1:8081),
+the Nginx exporter (9113) and, with SQLite, the database's backups. */}}
 {{- define "service.web.containers" -}}
 {{- $sqlite := eq (include "service.database" .) "sqlite" }}
 {{- $granian := eq (include "service.server" .) "granian" }}
@@ -126,6 +126,37 @@ containers:
       - name: nginx-config
         mountPath: /etc/nginx/service
         readOnly: true
+  {{- if $sqlite }}
+  {{- if .Values.backup.enabled }}
+  # Online backups of the database (manage.py backup_database): one at the pod's
+  # start, then one every intervalSeconds, into the database's own volume (only
+  # this pod can mount its ReadWriteOnce claim, so no CronJob could). SIGTERM ends
+  # its wait at once. Each backup, or its failure, is a JSON log line.
+  - name: backup
+    image: {{ include "service.image" . }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    command:
+      - python
+      - manage.py
+      - backup_database
+      - /data/backups
+      - --keep
+      - {{ .Values.backup.keep | quote }}
+      - --every
+      - {{ .Values.backup.intervalSeconds | quote }}
+    envFrom:
+      {{- include "service.envFrom" . | nindent 6 }}
+    securityContext:
+      {{- include "service.containerSecurityContext" 10001 | nindent 6 }}
+    resources:
+      {{- toYaml .Values.backup.resources | nindent 6 }}
+    volumeMounts:
+      - name: tmp
+        mountPath: /tmp
+      - name: data
+        mountPath: /data
+  {{- end }}
+  {{- end }}
   {{- if .Values.exporter.enabled }}
   - name: nginx-exporter
     image: {{ include "service.imageRef" (dict "image" .Values.exporter.image) }}

@@ -57,12 +57,15 @@ def changes(**lookup) -> list[ItemChange]:
 
 def traced_worker(receiver: Receiver, tmp_path):
     """bin/worker exporting to `receiver`, its resource marked as the worker's,
-    its output in tmp_path / "worker.log"."""
+    its output in tmp_path / "worker.log". One task at a time: the process that
+    runs the test's task is the one there is, and it has started once the task
+    has run."""
     with (tmp_path / "worker.log").open("w") as output:
         return start_worker(
             worker_database_url(),
             tmp_path / "worker-metrics",
             output,
+            WORKER_CONCURRENCY="1",
             **exporting_to(receiver, OTEL_RESOURCE_ATTRIBUTES="test.process=worker"),
         )
 

@@ -39,6 +39,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
+from django.dispatch import receiver
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
@@ -153,7 +154,7 @@ def queue_depth() -> int:
         connections[alias].close()
 
 
-@post_spawn.connect
+@receiver(post_spawn)
 def trace_worker_process(**kwargs) -> None:
     """In each of django-q2's worker processes as it starts (post_spawn)."""
     tracing.setup(tasks_only=True)

@@ -46,8 +46,9 @@ polling of its broker (a Redis command or SQL statement every second or so) is
 not recorded.
 {%- endif %}
 """
-
+{% if cookiecutter.tasks != "none" %}
 import contextlib
+{%- endif %}
 import os
 
 from django.conf import settings

@@ -1,6 +1,6 @@
-"""An OTLP/HTTP trace receiver for the tests that check what the real processes
-export (tests/test_tracing.py{% if cookiecutter.tasks != "none" %}, tests/test_tasks_tracing.py{% endif %}): the `receiver`
-fixture of conftest.py."""
+"""An OTLP/HTTP trace receiver, the `receiver` fixture of conftest.py: for the
+tests that check what the real processes export ({% if cookiecutter.tasks != "none" %}tests/test_tracing.py and
+tests/test_tasks_tracing.py{% else %}tests/test_tracing.py{% endif %})."""
 
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 

@@ -38,6 +38,9 @@ from tests.test_tracing import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TASK_SPAN = "task items.record_change"
+# The trace of a request whose task fails at every attempt.
+FAILING_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+FAILING_TRACEPARENT = f"00-{FAILING_TRACE_ID}-b7ad6b7169203331-01"
 
 
 def changes(**lookup) -> list[ItemChange]:
@@ -52,6 +55,17 @@ def changes(**lookup) -> list[ItemChange]:
         if found:
             return found
         assert time.monotonic() < deadline, f"no ItemChange {lookup} after {WAIT} s"
+        time.sleep(0.2)
+
+
+def finished(base: str, report_id: int) -> dict:
+    deadline = time.monotonic() + WAIT
+    while True:
+        status, report = call(f"{base}/api/reports/{report_id}")
+        assert status == 200, report
+        if report["status"] == "failed":
+            return report
+        assert time.monotonic() < deadline, report
         time.sleep(0.2)
 
 
@@ -80,15 +94,21 @@ def attributes(span: Span) -> dict:
 
 
 def the_task_span(receiver: Receiver, trace_id: str) -> Span:
-    """The one span of record_change's attempt in trace `trace_id`, exported by
-    the worker; and the worker exported nothing outside a task's trace (no span
-    of its library polling the broker)."""
+    """The one span of record_change's attempt in trace `trace_id`."""
+    [task] = task_spans(receiver, trace_id)
+    assert task.name == TASK_SPAN
+    return task
+
+
+def task_spans(receiver: Receiver, trace_id: str) -> list[Span]:
+    """The spans of the attempts in trace `trace_id`, by attempt; and the worker
+    exported nothing outside a task's trace (no span of its library polling the
+    broker)."""
     worker = [s for r, s in receiver.spans if r.get("test.process") == "worker"]
     tasks = [s for s in worker if s.kind == Span.SPAN_KIND_CONSUMER]
     assert {s.trace_id for s in worker} == {s.trace_id for s in tasks}
-    [task] = [s for s in tasks if s.trace_id.hex() == trace_id]
-    assert task.name == TASK_SPAN
-    return task
+    traced = [s for s in tasks if s.trace_id.hex() == trace_id]
+    return sorted(traced, key=lambda s: attributes(s)["task.attempt"])
 
 
 def assert_queries_are_the_tasks(receiver: Receiver, task: Span) -> None:
@@ -119,6 +139,15 @@ def test_a_task_continues_the_trace_of_the_request_that_enqueued_it(receiver, tm
             )
             assert status == 201, item
             changes(item_id=item["id"], event="item.created")
+            # A report of a category that does not exist: every attempt fails.
+            status, report = call(
+                f"{base}/api/reports",
+                {"traceparent": FAILING_TRACEPARENT},
+                method="POST",
+                body={"category": "nowhere"},
+            )
+            assert status == 202, report
+            finished(base, report["id"])
         finally:
             stop(server)
     finally:
@@ -152,6 +181,33 @@ def test_a_task_continues_the_trace_of_the_request_that_enqueued_it(receiver, tm
         TRACE_ID,
         task.span_id.hex(),
     )
+
+    # Each attempt of a task that is retried continues the request's trace, and
+    # a failed one records its error.
+    [reports] = [
+        s
+        for _, s in receiver.spans
+        if s.trace_id.hex() == FAILING_TRACE_ID and s.kind == Span.SPAN_KIND_SERVER
+    ]
+    attempts = task_spans(receiver, FAILING_TRACE_ID)
+    assert [
+        (s.name, s.parent_span_id, attributes(s)["task.outcome"]) for s in attempts
+    ] == [
+        ("task items.build_report", reports.span_id, "retried"),
+        ("task items.build_report", reports.span_id, "retried"),
+        ("task items.build_report", reports.span_id, "failed"),
+    ]
+    for attempt in attempts:
+        assert attempt.status.code == attempt.status.STATUS_CODE_ERROR
+        [error] = [e for e in attempt.events if e.name == "exception"]
+        assert {
+            a.key: a.value.string_value
+            for a in error.attributes
+            if a.key in ("exception.type", "exception.message")
+        } == {
+            "exception.type": "LookupError",
+            "exception.message": "category 'nowhere' does not exist",
+        }
 
 
 # A web process whose broker refuses the task within a request's span: the

@@ -80,15 +80,6 @@ def covering_combinations() -> list[dict]:
     return rows
 
 
-def suite_combinations() -> list[dict]:
-    """Where generated services run their own suites on real servers: every
-    combination without tasks, and with each tasks choice the covering set's rows
-    (each queue with every choice of every other option)."""
-    return [c for c in every_combination() if c["tasks"] == "none"] + [
-        c for c in covering_combinations() if c["tasks"] != "none"
-    ]
-
-
 def default_combination() -> dict:
     """Every option at its first choice: what `cookiecutter --no-input` makes."""
     return {option: choices[0] for option, choices in CHOICES.items()}

@@ -11,6 +11,9 @@ The service has background tasks (arq, on each host's local Redis), so it uses
 PostgreSQL: each host's own, from the image, standing in for a team's database
 server (the playbook only connects to one). Each host's database is its own, so
 the deploy migrates each (service_database_shared: false).
+
+The role's tracing variables are checked without hosts: its environment file and
+units rendered by ansible-playbook on the controller alone.
 """
 
 import json
@@ -843,6 +846,175 @@ def test_sqlite_on_two_hosts_is_refused_before_any_host_is_reached(tmp_path):
     assert "ok: [app-1]" in one.stdout, one.stdout
     assert "TASK [Gathering Facts]" in one.stdout
     assert "UNREACHABLE" in one.stdout
+
+
+@pytest.fixture(scope="module")
+def role_files(tmp_path_factory):
+    """Renders the service role's environment file and units on the controller
+    alone, as a deploy would for the host `app-1.internal` (the role's defaults and
+    fixed variables, the playbook's group_vars, the given variables on top),
+    after the role's tracing check: no host, a few seconds a run. Returns
+    {file name: text}, or the failed run."""
+    workdir = tmp_path_factory.mktemp("role-files")
+    project = generate_service(
+        {option: choices[0] for option, choices in CHOICES.items()} | OPTIONS, workdir
+    )
+    ansible = project / "deploy" / "ansible"
+    role = ansible / "roles" / "service"
+    runs = iter(range(100))
+
+    def render(variables: dict) -> dict[str, str] | subprocess.CompletedProcess:
+        out = workdir / f"run-{next(runs)}"
+        out.mkdir()
+        templates = {
+            "env": "env.j2",
+            "instance.service": "service@.service.j2",
+            "worker.service": "worker.service.j2",
+        }
+        playbook = [
+            {
+                "hosts": "service",
+                "gather_facts": False,
+                "vars_files": [
+                    str(ansible / "group_vars" / "all" / "service.yml"),
+                    str(ansible / "group_vars" / "all" / "layout.yml"),
+                    str(role / "defaults" / "main.yml"),
+                    str(role / "vars" / "main.yml"),
+                ],
+                "tasks": [
+                    {
+                        "ansible.builtin.import_tasks": str(
+                            role / "tasks" / "tracing.yml"
+                        )
+                    },
+                    *(
+                        {
+                            "ansible.builtin.template": {
+                                "src": str(role / "templates" / source),
+                                "dest": str(out / name),
+                                "mode": "0600",
+                            }
+                        }
+                        for name, source in templates.items()
+                    ),
+                ],
+            }
+        ]
+        (out / "play.yml").write_text(json.dumps(playbook))
+        inventory = {
+            "service": {
+                "hosts": {
+                    "app-1.internal": {
+                        "ansible_connection": "local",
+                        "ansible_python_interpreter": shutil.which("python"),
+                    }
+                }
+            }
+        }
+        (out / "inventory.json").write_text(json.dumps(inventory))
+        (out / "vars.json").write_text(
+            json.dumps({"service_secret_key": "k" * 50} | variables)
+        )
+        result = subprocess.run(
+            [
+                shutil.which("ansible-playbook"),
+                "-i",
+                out / "inventory.json",
+                "-e",
+                f"@{out / 'vars.json'}",
+                out / "play.yml",
+            ],
+            cwd=project,
+            env=service_env(ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=str(out / "tmp")),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            return result
+        return {name: (out / name).read_text() for name in templates}
+
+    return render
+
+
+def env_file(text: str) -> dict[str, str]:
+    """The variables of an environment file as the role writes it (JSON values)."""
+    return {
+        name: json.loads(value)
+        for name, value in (
+            line.split("=", 1)
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        )
+    }
+
+
+def test_traces_are_off_unless_an_endpoint_is_set(role_files):
+    files = role_files({})
+    assert not [name for name in env_file(files["env"]) if name.startswith("OTEL_")]
+    # The instances and the task worker all read that one file.
+    for unit in ("instance.service", "worker.service"):
+        assert f"EnvironmentFile=/etc/{PROJECT}/env\n" in files[unit], unit
+
+
+def test_traces_go_to_the_collector_from_the_instances_and_the_worker(role_files):
+    """The standard OTEL_* variables in the environment file both read, named as
+    the metrics' `service` label; the token as it came (from the Vault)."""
+    files = role_files(
+        {
+            "service_otel_endpoint": "http://otel-collector.internal:4318",
+            "service_otel_sampler_ratio": 0.25,
+            "service_otel_headers": "authorization=Bearer t0ken",
+            "service_otel_resource_attributes": {
+                "deployment.environment": "production"
+            },
+        }
+    )
+    otel = {
+        name: value
+        for name, value in env_file(files["env"]).items()
+        if name.startswith("OTEL_")
+    }
+    assert otel == {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.internal:4318",
+        "OTEL_SERVICE_NAME": PROJECT,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer t0ken",
+        "OTEL_RESOURCE_ATTRIBUTES": (
+            "host.name=app-1.internal,deployment.environment=production"
+        ),
+    }
+    files = role_files(
+        {
+            "service_otel_endpoint": "http://otel-collector.internal:4318",
+            "service_otel_sampler": "parentbased_always_on",
+        }
+    )
+    variables = env_file(files["env"])
+    assert variables["OTEL_TRACES_SAMPLER"] == "parentbased_always_on"
+    assert "OTEL_TRACES_SAMPLER_ARG" not in variables
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in variables
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"service_otel_sampler_ratio": 1.5},
+        {"service_otel_sampler": "sometimes"},
+        {"service_otel_endpoint": "otel-collector:4318"},
+        {"service_otel_resource_attributes": {"team": "a,b"}},
+    ],
+    ids=lambda v: next(iter(v)),
+)
+def test_the_role_refuses_bad_tracing_variables(variables, role_files):
+    result = role_files({"service_otel_endpoint": "http://otel:4318"} | variables)
+    assert isinstance(result, subprocess.CompletedProcess), variables
+    assert "TASK [Check the tracing variables]" in result.stdout, result.stdout
+    assert "service_otel_sampler_ratio a number from 0 to 1" in result.stdout, (
+        result.stdout
+    )
 
 
 # Each server, and the task worker's unit, ports and targets beside Granian's.

@@ -130,9 +130,11 @@ def deployment(generated, tmp_path_factory):
     pod = deployment["metadata"]["name"]
     try:
         podman("kube", "play", str(manifest), timeout=300)
-        readyz = f"http://127.0.0.1:{ports['http']}/readyz"
+        # Through Nginx, which never serves the probes publicly: the API answers
+        # once the app and its database do.
+        api = f"http://127.0.0.1:{ports['http']}/api/items?limit=1"
         headers = {"Host": HOST, "X-Forwarded-Proto": "https"}
-        wait_until_ok(urllib.request.Request(readyz, headers=headers), seconds=90)
+        wait_until_ok(urllib.request.Request(api, headers=headers), seconds=90)
         yield project, ports, pod, objects
     finally:
         logs = podman("pod", "logs", pod, check=False).stdout

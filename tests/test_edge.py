@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import secrets
 import socket
 import threading
 import time
@@ -26,11 +27,48 @@ PING_INTERVAL = "5"
 SERVERS = params(each_server())
 
 
+class Collector(ThreadingHTTPServer):
+    """Stands for an OpenTelemetry collector: keeps the bodies of the OTLP/HTTP
+    exports it is sent (protobuf, in which a trace id is its 16 raw bytes)."""
+
+    def __init__(self):
+        self.exports: list[bytes] = []
+        super().__init__(("127.0.0.1", 0), CollectorHandler)
+
+    def received(self, trace_id: str) -> bool:
+        """Whether a span of this trace has arrived, waited for 10 s at most."""
+        for _ in range(100):
+            if any(bytes.fromhex(trace_id) in body for body in list(self.exports)):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+class CollectorHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.server.exports.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def collector():
+    server = Collector()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
 # Module scope: a stack stops once its tests have run, instead of serving and
 # scraping until the session ends (eleven at once slowed the whole suite).
 @pytest.fixture(scope="module")
-def stacks(generated, redis_database, tmp_path_factory):
-    """One running app (two workers) behind one Nginx per combination."""
+def stacks(generated, redis_database, tmp_path_factory, collector):
+    """One running app (two workers) behind one Nginx per combination, sending
+    its traces to a collector, as a production deployment does."""
     running = {}
     with ExitStack() as cleanup:
 
@@ -49,6 +87,8 @@ def stacks(generated, redis_database, tmp_path_factory):
                     # Strict-Transport-Security only on requests the app takes
                     # for https (request.is_secure()): what the trust tests see.
                     DJANGO_SECURE_HSTS_SECONDS="60",
+                    OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_port}",
+                    OTEL_BSP_SCHEDULE_DELAY="100",
                 )
             return running[key]
 
@@ -128,9 +168,10 @@ def test_invalid_json_gets_the_apps_400(combination, stacks):
 def test_request_ids_reach_the_app_log(combination, stacks):
     app, nginx = stacks(combination)
     given = f"edge-{uuid.uuid4()}"
-    response, _ = request(nginx, "GET", "/healthz", headers={"X-Request-ID": given})
+    page = "/api/items?limit=1"
+    response, _ = request(nginx, "GET", page, headers={"X-Request-ID": given})
     assert response.headers["X-Request-ID"] == given
-    response, _ = request(nginx, "GET", "/healthz")
+    response, _ = request(nginx, "GET", page)
     generated_id = response.headers["X-Request-ID"]
     assert len(generated_id) == 32
     logged = {line.get("request_id") for line in app_log_lines(app)}
@@ -146,7 +187,7 @@ def test_the_app_sees_the_real_client_address(combination, stacks):
     request(
         nginx,
         "GET",
-        "/healthz",
+        "/api/items?limit=1",
         headers={"X-Request-ID": given, "X-Forwarded-For": "203.0.113.9"},
     )
     (line,) = [line for line in app_log_lines(app) if line.get("request_id") == given]
@@ -188,6 +229,54 @@ def test_forwarded_headers_count_only_from_trusted_proxies(combination, stacks):
             assert access["client"] == client
 
 
+@pytest.mark.parametrize("combination", SERVERS)
+def test_nginx_logs_the_trace_of_each_request(combination, stacks, collector):
+    """Nginx's access line of a request names its trace: the one the app
+    continued from the caller's traceparent, or started itself, and the one Nginx
+    passes through when it answers alone. The app's log lines of the request
+    carry the same id, and its spans reach the collector."""
+    app, nginx = stacks(combination)
+    caller_trace = secrets.token_hex(16)
+    traceparent = f"00-{caller_trace}-{secrets.token_hex(8)}-01"
+    continued, started, refused = (f"trace-{uuid.uuid4()}" for _ in range(3))
+    response, _ = request(
+        nginx,
+        "GET",
+        "/api/items?limit=1",
+        headers={"X-Request-ID": continued, "traceparent": traceparent},
+    )
+    assert response.status == 200
+    assert response.headers["traceresponse"].split("-")[1] == caller_trace
+    response, _ = request(
+        nginx, "GET", "/api/items?limit=1", headers={"X-Request-ID": started}
+    )
+    assert response.status == 200
+    app_trace = response.headers["traceresponse"].split("-")[1]
+    assert app_trace not in (caller_trace, "0" * 32)
+    response, _ = request(
+        nginx,
+        "POST",
+        "/api/items",
+        b"x" * 70_000,
+        headers={"X-Request-ID": refused, "traceparent": traceparent},
+    )
+    assert response.status == 413
+    for request_id, trace_id in (
+        (continued, caller_trace),
+        (started, app_trace),
+        (refused, caller_trace),
+    ):
+        (access,) = nginx_access_lines(nginx, request_id)
+        assert access["trace_id"] == trace_id, access
+    for request_id, trace_id in ((continued, caller_trace), (started, app_trace)):
+        lines = [
+            line for line in app_log_lines(app) if line.get("request_id") == request_id
+        ]
+        assert lines
+        assert {line.get("trace_id") for line in lines} == {trace_id}
+        assert collector.received(trace_id), trace_id
+
+
 def nginx_access_lines(nginx: Nginx, request_id: str) -> list[dict]:
     """Nginx's access-log lines of a request. Nginx writes the line after the
     response has gone out, so a client may read the response first: waited for,
@@ -205,7 +294,9 @@ def nginx_access_lines(nginx: Nginx, request_id: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("combination", SERVERS)
-@pytest.mark.parametrize("path", ["/metrics", "/admin/", "/internal/x"])
+@pytest.mark.parametrize(
+    "path", ["/metrics", "/healthz", "/readyz", "/admin/", "/internal/x"]
+)
 def test_internal_paths_are_not_public(combination, stacks, path):
     _, nginx = stacks(combination)
     response, content = request(nginx, "GET", path)
@@ -214,11 +305,18 @@ def test_internal_paths_are_not_public(combination, stacks, path):
 
 
 @pytest.mark.parametrize("combination", SERVERS)
-def test_stub_status_only_on_the_internal_listener(combination, stacks):
+def test_status_and_probes_only_on_the_internal_listener(combination, stacks):
+    """The status listener (127.0.0.1) serves the exporter's stub_status and the
+    app's probes through Nginx, which the host's own checks use."""
     _, nginx = stacks(combination)
     connection = http.client.HTTPConnection("127.0.0.1", nginx.status_port, timeout=10)
     connection.request("GET", "/stub_status")
     assert b"Active connections" in connection.getresponse().read()
+    for path, status in (("/healthz", "ok"), ("/readyz", "ready")):
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 200, path
+        assert json.loads(response.read())["status"] == status
     response, _ = request(nginx, "GET", "/stub_status")
     assert response.status == 404
 

@@ -4,8 +4,10 @@ rules, and test_observability.py running every panel's query against a real
 Prometheus, are what check the dashboards.
 """
 
+import json
 import re
 import subprocess
+import urllib.parse
 
 import pytest
 import yaml
@@ -30,6 +32,16 @@ APP_METRIC = re.compile(r"(django|granian)_\w+")
 METRIC = re.compile(r"(\w+:)?(django|nginx|granian)_[\w:]+")
 # The first choice of each option: what a service gets by default.
 DEFAULT_CHOICES = {option: choices[0] for option, choices in CHOICES.items()}
+# The traces a panel's link opens in Explore, over the panel's time range, of the
+# chosen Tempo data source (TraceQL): the service's request spans, named by the
+# `service` label of the metrics (Helm and Ansible give OTEL_SERVICE_NAME that
+# name), those at least as slow as the clicked value from a latency panel, the
+# failed ones from an error panel; by route where the panel shows routes.
+TEMPO = {"type": "tempo", "uid": "${tempo}"}
+REQUEST_SPANS = {'resource.service.name="${service}"', "kind=server"}
+SLOW = "duration>=${__value.raw}s"
+FAILED = "status=error"
+ROUTE = 'span.http.route="${__field.labels.route}"'
 # Metrics of core/metrics.py that no panel shows, each with the reason.
 UNCHARTED: dict[str, str] = {}
 
@@ -427,3 +439,79 @@ def test_example_datasource_is_a_prometheus_with_a_fixed_uid():
     [datasource] = provisioning["datasources"]
     assert datasource["type"] == "prometheus"
     assert datasource["uid"]
+
+
+def explore_links(panel: dict) -> list[dict]:
+    """The Explore pane each of a panel's links opens (Grafana's schemaVersion 1
+    URL: the panes as JSON in one query parameter)."""
+    panes = []
+    for link in panel["fieldConfig"]["defaults"].get("links", []):
+        url = urllib.parse.urlsplit(link["url"])
+        if url.path != "/explore":
+            continue
+        query = urllib.parse.parse_qs(url.query)
+        assert query["schemaVersion"] == ["1"], link["url"]
+        (pane,) = json.loads(query["panes"][0]).values()
+        panes.append(pane)
+    return panes
+
+
+def shows(panel: dict) -> tuple[bool, bool, bool]:
+    """Whether a panel shows request latency, request errors, and by route."""
+    latency = errors = by_route = False
+    for target in panel["targets"]:
+        selectors, _ = parse(target["expr"])
+        for selector in selectors:
+            metric = selector["metric"]
+            latency |= metric == "django_http_request_duration_seconds_bucket"
+            errors |= metric == "django_http_exceptions_total" or (
+                metric == "django_http_requests_total"
+                and ("status", "=~", "5..") in selector["matchers"]
+            )
+        by_route |= bool(re.search(r"\bby \([^)]*\broute\b", target["expr"]))
+    return latency, errors, by_route
+
+
+@pytest.mark.parametrize(
+    "dashboard_file",
+    SERVICE_DASHBOARD_FILES,
+    ids=[path.name for path in SERVICE_DASHBOARD_FILES],
+)
+def test_latency_and_error_panels_open_their_traces(dashboard_file, dashboard):
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for panel in dashboards.panels(dashboard):
+        where = f"{dashboard_file.name}: {panel['title']}"
+        latency, errors, by_route = shows(panel)
+        panes = explore_links(panel)
+        if not (latency or errors):
+            assert panes == [], where
+            continue
+        # A data source variable, as for Prometheus: each Grafana names its own.
+        assert variables["tempo"] == {
+            "name": "tempo",
+            "label": "Traces",
+            "type": "datasource",
+            "query": "tempo",
+        }, dashboard_file.name
+        (pane,) = panes
+        assert pane["datasource"] == TEMPO["uid"], where
+        assert pane["range"] == {"from": "${__from}", "to": "${__to}"}, where
+        (query,) = pane["queries"]
+        assert query["datasource"] == TEMPO, where
+        assert query["queryType"] == "traceql", where
+        traceql = query["query"]
+        assert traceql[0] + traceql[-1] == "{}", where
+        conditions = set(traceql[1:-1].split(" && "))
+        expected = REQUEST_SPANS | {SLOW if latency else FAILED}
+        assert conditions == expected | ({ROUTE} if by_route else set()), where
+
+
+def test_the_service_dashboard_opens_the_traces_of_slow_and_failed_requests():
+    """The rule above holds for more than no panel at all."""
+    panels = dashboards.panels(
+        dashboards.load(GRAFANA_DIR / "dashboards" / "service.json")
+    )
+    linked = [shows(panel) for panel in panels if explore_links(panel)]
+    assert sum(latency for latency, _, _ in linked) >= 3
+    assert sum(errors for _, errors, _ in linked) >= 3
+    assert any(by_route for _, _, by_route in linked)

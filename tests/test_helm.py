@@ -299,6 +299,11 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
         # SQLite is one pod's file.
         ("replicaCount=2", "replicaCount"),
         ("autoscaling.enabled=true", "enabled"),
+        ("tracing.sampler=sometimes", "sampler"),
+        ("tracing.endpoint=otel-collector:4318", "endpoint"),
+        ("tracing.resourceAttributes.team=a\\,b", "resourceAttributes"),
+        # A collector's token is a secret: never a plain value.
+        ("tracing.headers=authorization=Bearer t", "headers"),
     ],
 )
 def test_the_values_schema_refuses_wrong_values(setting, error, service):
@@ -892,3 +897,187 @@ def test_a_service_without_tasks_has_no_worker(service, renders):
     message = template_error(project, default_values(project),
                              sets=["worker.concurrency=2"])  # fmt: skip
     assert "worker" in message, message
+
+
+OTEL = re.compile(r"OTEL_|K8S_")
+
+
+def container_env(objects: list[dict]) -> dict[str, dict[str, dict]]:
+    """{container name: {variable: its env entry}} of the Deployments' containers."""
+    return {
+        container["name"]: {env["name"]: env for env in container.get("env", [])}
+        for name, spec in pod_specs(objects)
+        if name.startswith("Deployment/")
+        for container in spec["containers"]
+    }
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_no_traces_unless_an_endpoint_is_set(key, renders):
+    """Off by default: no OTEL_ variable reaches a pod (the service then loads none
+    of OpenTelemetry), and no egress opens for a collector."""
+    for values, objects in renders(key).items():
+        if values == "gateway-values.yaml":
+            continue
+        for container, env in container_env(objects).items():
+            assert not [n for n in env if OTEL.match(n)], f"{values} {container}"
+        for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+            ports = [
+                port["port"]
+                for rule in policy["spec"]["egress"]
+                for port in rule.get("ports", [])
+            ]
+            assert 4318 not in ports, values
+
+
+@pytest.mark.parametrize("key", ["granian-postgresql", *TASK_SERVICES])
+def test_traces_go_to_the_collector_from_the_app_and_the_worker(key, service, renders):
+    """ci/gateway-values.yaml sends traces: the app's and the worker's containers
+    get the standard variables, named as their metrics are, with the pod's
+    Kubernetes names; the collector's token from its own Secret; egress to the
+    collector's port only, from both."""
+    project = service(key)
+    objects = renders(key)["gateway-values.yaml"]
+    env = container_env(objects)
+    tracing = {"app"} | ({"worker"} if key in TASK_SERVICES else set())
+    assert {c for c, variables in env.items() if "OTEL_SERVICE_NAME" in variables} == (
+        tracing
+    )
+    (label,) = {
+        relabel["replacement"]
+        for monitor in renders(key)["monitoring-values.yaml"]
+        if monitor["kind"] == "ServiceMonitor"
+        for endpoint in monitor["spec"]["endpoints"]
+        for relabel in endpoint["relabelings"]
+        if relabel["targetLabel"] == "service"
+    }
+    deployments = {
+        c["name"]: o["metadata"]["name"]
+        for o in objects
+        if o["kind"] == "Deployment"
+        for c in o["spec"]["template"]["spec"]["containers"]
+    }
+    for container in tracing:
+        variables = env[container]
+        values = {n: v["value"] for n, v in variables.items() if "value" in v}
+        assert values["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+            "http://otel-collector.observability:4318"
+        )
+        assert values["OTEL_SERVICE_NAME"] == label == project.name
+        assert values["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert values["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+        assert variables["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"] == {
+            "secretKeyRef": {
+                "name": "otel-collector-token",
+                "key": "OTEL_EXPORTER_OTLP_HEADERS",
+            }
+        }
+        attributes = dict(
+            pair.split("=", 1) for pair in values["OTEL_RESOURCE_ATTRIBUTES"].split(",")
+        )
+        assert attributes == {
+            "k8s.namespace.name": "$(K8S_NAMESPACE_NAME)",
+            "k8s.pod.name": "$(K8S_POD_NAME)",
+            "k8s.node.name": "$(K8S_NODE_NAME)",
+            "k8s.deployment.name": deployments[container],
+            "k8s.container.name": container,
+            "deployment.environment": "production",
+        }
+        # Kubernetes expands $(VAR) only of the variables defined before it.
+        names = list(variables)
+        for variable, field in (
+            ("K8S_NAMESPACE_NAME", "metadata.namespace"),
+            ("K8S_POD_NAME", "metadata.name"),
+            ("K8S_NODE_NAME", "spec.nodeName"),
+        ):
+            assert variables[variable]["valueFrom"] == {
+                "fieldRef": {"fieldPath": field}
+            }
+            assert names.index(variable) < names.index("OTEL_RESOURCE_ATTRIBUTES")
+    collector = {
+        "ports": [{"port": 4318, "protocol": "TCP"}],
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "observability"}
+                }
+            }
+        ],
+    }
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert len(policies) == len(tracing)
+    for policy in policies:
+        assert collector in policy["spec"]["egress"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "port"),
+    [
+        (["tracing.endpoint=https://otlp.example.com"], 443),
+        (["tracing.endpoint=http://otel-collector"], 80),
+        (["tracing.endpoint=https://otlp.example.com:4443/otlp"], 4443),
+    ],
+)
+def test_the_collectors_port_comes_from_the_endpoint(sets, port, service):
+    project = service("uvicorn-sqlite")
+    gateway = chart_dir(project) / "ci" / "gateway-values.yaml"
+    (policy,) = (
+        o for o in template(project, gateway, sets=sets) if o["kind"] == "NetworkPolicy"
+    )
+    rules = [r for r in policy["spec"]["egress"] if "to" in r]
+    assert rules == [
+        {
+            "ports": [{"port": port, "protocol": "TCP"}],
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "observability"}
+                    }
+                }
+            ],
+        }
+    ]
+    # All egress allowed: nothing to add.
+    (policy,) = (
+        o
+        for o in template(project, default_values(project), sets=sets)
+        if o["kind"] == "NetworkPolicy"
+    )
+    assert policy["spec"]["egress"] == [{}]
+
+
+@pytest.mark.parametrize("ratio", [1.5, -0.1, "0.5"])
+def test_the_values_schema_refuses_a_sampler_ratio_outside_0_to_1(
+    ratio, service, tmp_path
+):
+    """A number from 0 to 1 (from a values file or --set-json: --set makes 0.5 a
+    string)."""
+    project = service("uvicorn-sqlite")
+    values = tmp_path / "ratio-values.yaml"
+    values.write_text(yaml.safe_dump({"tracing": {"samplerRatio": ratio}}))
+    message = template_error(project, default_values(project), values)
+    assert "values don't meet the specifications of the schema" in message, message
+    assert "samplerRatio" in message, message
+    values.write_text(
+        yaml.safe_dump(
+            {"tracing": {"endpoint": "http://otel-collector:4318", "samplerRatio": 0.5}}
+        )
+    )
+    app = container_env(template(project, default_values(project), values))["app"]
+    assert app["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.5"
+
+
+def test_a_sampler_without_ratio_gets_no_ratio(service):
+    project = service("uvicorn-sqlite")
+    objects = template(
+        project,
+        default_values(project),
+        sets=[
+            "tracing.endpoint=http://otel-collector:4318",
+            "tracing.sampler=parentbased_always_on",
+        ],
+    )
+    app = container_env(objects)["app"]
+    assert app["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_always_on"
+    assert "OTEL_TRACES_SAMPLER_ARG" not in app
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in app

@@ -277,7 +277,11 @@ def test_a_passing_run_goes_through_every_step_in_order(
         "--nginx-metrics", f"http://127.0.0.1:{NGINX_METRICS_PORT}/metrics",
     ]  # fmt: skip
     # The wait asked the forwarded port as bin/smoke does: the production Host, https.
-    assert ("/healthz", DEFAULT_TEXT["domain"], "https") in http_server.requests
+    assert (
+        "/api/items?limit=1",
+        DEFAULT_TEXT["domain"],
+        "https",
+    ) in http_server.requests
     assert not running(forward["pid"]), "the port-forward outlived the script"
 
     # Secrets go to helm (and PostgreSQL's through standard input): never printed,

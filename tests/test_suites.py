@@ -1,9 +1,11 @@
 """Each generated service's own test suite, on real servers and on embedded defaults.
 
-The suite combinations (matrix.suite_combinations) run against a real PostgreSQL
-(if they chose it) and Redis, task queues against their real broker and worker;
-the covering set's services without tasks also run on SQLite and the in-memory
-channel layer (a task worker needs a database server).
+The pairwise covering set (matrix.covering_combinations: every choice of each
+option meets every choice of every other) runs against a real PostgreSQL (if it
+chose it) and Redis, task queues against their real broker and worker; its
+services without tasks also run on SQLite and the in-memory channel layer (a
+task worker needs a database server). Every combination gets the cheap checks
+(test_generation.py).
 """
 
 import re
@@ -11,7 +13,7 @@ import re
 import pytest
 
 from harness import check_steps, service_env
-from matrix import covering_combinations, name, params, suite_combinations
+from matrix import covering_combinations, name, params
 
 
 def run_suite(project, env):
@@ -19,7 +21,7 @@ def run_suite(project, env):
     return check_steps(project, "test", env=env).stdout
 
 
-@pytest.mark.parametrize("combination", params(suite_combinations()))
+@pytest.mark.parametrize("combination", params(covering_combinations()))
 def test_suite_passes_on_real_servers(
     combination, generated, postgres_url, redis_database
 ):

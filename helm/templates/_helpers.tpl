@@ -160,6 +160,53 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") $ | sha25
     name: {{ include "service.secretName" . }}
 {{- end }}
 
+{{/* The OpenTelemetry variables of a container that sends traces, when
+tracing.endpoint is set, else nothing: (dict "context" . "component" "web"
+"container" "app"). OTEL_SERVICE_NAME is the `service` label the ServiceMonitors
+give the metrics, so that a dashboard's service finds its traces. The pod's names
+come from the downward API; Kubernetes expands $(VAR) of the variables above it. */}}
+{{- define "service.tracing.env" -}}
+{{- $ := .context }}
+{{- $tracing := $.Values.tracing }}
+{{- if $tracing.endpoint }}
+{{- $attributes := list
+  "k8s.namespace.name=$(K8S_NAMESPACE_NAME)"
+  "k8s.pod.name=$(K8S_POD_NAME)"
+  "k8s.node.name=$(K8S_NODE_NAME)"
+  (printf "k8s.deployment.name=%s" (include "service.componentFullname" .))
+  (printf "k8s.container.name=%s" .container) }}
+{{- range $name, $value := $tracing.resourceAttributes }}
+{{- $attributes = append $attributes (printf "%s=%s" $name $value) }}
+{{- end }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $tracing.endpoint | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $.Chart.Name | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $tracing.sampler | quote }}
+{{- if hasSuffix "traceidratio" $tracing.sampler }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $tracing.samplerRatio | toString | quote }}
+{{- end }}
+{{- with $tracing.headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $tracing.headersSecret.key }}}
+{{- end }}
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.namespace}
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+- name: K8S_NODE_NAME
+  valueFrom:
+    fieldRef: {fieldPath: spec.nodeName}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The egress rules of the service's pods (web and worker). */}}
 {{- define "service.egress" -}}
 {{- if .Values.networkPolicy.allowAllEgress -}}
@@ -170,6 +217,18 @@ checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") $ | sha25
       protocol: UDP
     - port: 53
       protocol: TCP
+{{- with .Values.tracing.endpoint }}
+{{- $url := urlParse . }}
+{{- $port := regexFind ":[0-9]+$" $url.host | trimPrefix ":" | default (ternary "443" "80" (eq $url.scheme "https")) }}
+# The OpenTelemetry collector.
+- ports:
+    - port: {{ int $port }}
+      protocol: TCP
+  {{- with $.Values.tracing.egressTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
 {{- with .Values.networkPolicy.extraEgress }}
 {{ toYaml . }}
 {{- end }}

@@ -38,6 +38,10 @@ containers:
     imagePullPolicy: {{ .Values.image.pullPolicy }}
     envFrom:
       {{- include "service.envFrom" . | nindent 6 }}
+    {{- with include "service.tracing.env" (dict "context" . "component" "web" "container" "app") }}
+    env:
+      {{- . | nindent 6 }}
+    {{- end }}
     ports:
       - name: app
         containerPort: 8000

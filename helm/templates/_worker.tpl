@@ -24,6 +24,9 @@ containers:
       # On the pod's emptyDir: the root filesystem is read-only.
       - name: METRICS_DIR
         value: /tmp/metrics
+      {{- with include "service.tracing.env" (dict "context" . "component" "worker" "container" "worker") }}
+      {{- . | nindent 6 }}
+      {{- end }}
     ports:
       - name: metrics
         containerPort: 9500

@@ -74,13 +74,17 @@ def parse_wrk(output: str) -> dict:
     }
 
 
+# The tiny JSON (bench_urls.tiny): what /healthz answers, on a path Nginx serves.
+TINY = "/bench/tiny"
+
+
 def settle(base_url: str, seconds: float = 60) -> None:
     """Until the server answers a fresh request: a server that queues connections
     (Gunicorn's sync workers) first serves those the warm-up left behind."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with urllib.request.urlopen(f"{base_url}/healthz", timeout=seconds):
+            with urllib.request.urlopen(f"{base_url}{TINY}", timeout=seconds):
                 return
         except OSError:
             if time.monotonic() > deadline:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bench import load
 from bench.deploy import (
+    Upstream,
     asgi_server,
     cpu_seconds,
     nginx_alone,
@@ -85,21 +86,28 @@ class Cells:
         env: dict | None = None,
         method: str = "GET",
         bodies: tuple[str, ...] = (),
+        label: str = "",
+        beside: Upstream | None = None,
     ):
         """One wrk cell: `via` is "", "nginx" (TCP to the app) or "nginx-uds"; `env`
         is added to the server's; with `bodies`, wrk sends them in turn with
-        `method` (load.wrk). A cell that fails is tried once more; the first
-        failure stays in its row."""
+        `method` (load.wrk). `label` names the row instead of `config` (cells of
+        one configuration with different `env`); the CPU of `beside`, a process
+        the app sends to, is in the row. A cell that fails is tried once more;
+        the first failure stays in its row."""
         request = {"method": method, "bodies": bodies}
-        row = self._http(scenario, config, path, conns, via, env or {}, request)
+        args = (scenario, config, path, conns, via, env or {}, request, beside)
+        row = self._http(*args)
         if "failed" in row:
             first = row["failed"]
-            row = self._http(scenario, config, path, conns, via, env or {}, request)
+            row = self._http(*args)
             row["first_attempt_failed"] = first
+        if label:
+            row["config"] = label
         print(f"bench: {row}", flush=True)
         self.rows.append(row)
 
-    def _http(self, scenario, config, path, conns, via, env, request) -> dict:
+    def _http(self, scenario, config, path, conns, via, env, request, beside) -> dict:
         row = {"scenario": scenario, "config": config, "via": via or "direct"}
         started = []
         try:
@@ -132,13 +140,19 @@ class Cells:
             s = self.settings
             base_url = f"http://127.0.0.1:{port}"
             upstream_before = cpu_seconds([self.upstream_pid]), time.monotonic()
+            beside_before = cpu_seconds([beside.process.pid]) if beside else 0.0
             measured = load.wrk(
                 base_url, path, conns, s.seconds, s.warmup, pids, **request
             )
+            elapsed = time.monotonic() - upstream_before[1]
             if path == "/bench/upstream":
                 row["upstream_cpu_cores"] = (
                     cpu_seconds([self.upstream_pid]) - upstream_before[0]
-                ) / (time.monotonic() - upstream_before[1])
+                ) / elapsed
+            if beside:
+                row["beside_cpu_cores"] = (
+                    cpu_seconds([beside.process.pid]) - beside_before
+                ) / elapsed
             if via:
                 row["nginx_cpu_cores"] = sum(
                     cores
@@ -245,7 +259,7 @@ class Cells:
 
 
 def tiny_json(cells: Cells) -> None:
-    tiny = "/healthz"
+    tiny = load.TINY
     cells.http("tiny-json", "nginx-alone", tiny, 64)
     for config in WSGI:
         cells.http("tiny-json", config, tiny, 64)
@@ -330,6 +344,39 @@ def write(cells: Cells) -> None:
             )
 
 
+# The sampling ratios the tracing scenario compares with tracing off.
+TRACE_SAMPLES = {"10%": "0.1", "100%": "1.0"}
+
+
+def tracing(cells: Cells) -> None:
+    """The cost of traces on the tiny JSON: the service with tracing off, and
+    with one request in ten and every request sampled, its spans exported to a
+    collector's stand-in (bench.upstream answering at once, on the same cores:
+    its CPU is in the row)."""
+    collector = Upstream(0.0, cells.logdir)
+    collector.start()
+    try:
+        tiny = load.TINY
+        cells.http("tracing", "service-uvicorn", tiny, 64, label="tracing-off")
+        for name, ratio in TRACE_SAMPLES.items():
+            env = {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": ratio,
+            }
+            cells.http(
+                "tracing",
+                "service-uvicorn",
+                tiny,
+                64,
+                env=env,
+                label=f"tracing-{name}",
+                beside=collector,
+            )
+    finally:
+        collector.stop()
+
+
 def websockets(cells: Cells) -> None:
     for server in ("uvicorn", "granian"):
         cells.websockets(server)
@@ -349,6 +396,7 @@ SCENARIOS = {
     "write": write,
     "websockets": websockets,
     "sse": sse,
+    "tracing": tracing,
 }
 # The scenarios that run before-uvicorn: the project from BEFORE_COMMIT is only
 # generated for them.

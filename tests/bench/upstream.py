@@ -1,9 +1,12 @@
-"""A slow local HTTP upstream: answers every request after a fixed delay.
+"""A slow local HTTP upstream: answers every request after a fixed delay. With
+no delay, it stands for an OpenTelemetry collector too: it reads what it is
+sent (an OTLP export's body) and answers 200.
 
 Run as `python -m bench.upstream PORT DELAY_SECONDS`; it listens on 127.0.0.1 only.
 """
 
 import asyncio
+import re
 import sys
 
 BODY = b'{"upstream": "ok"}'
@@ -16,7 +19,10 @@ RESPONSE = (
 async def serve(port: int, delay: float) -> None:
     async def answer(reader, writer):
         try:
-            await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            if length:
+                await reader.readexactly(int(length.group(1)))
             await asyncio.sleep(delay)
             writer.write(RESPONSE)
             await writer.drain()

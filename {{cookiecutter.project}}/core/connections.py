@@ -117,20 +117,23 @@ class Slots:
     buffers and a socket until the client leaves, so a worker takes no more than
     it can serve. A worker runs one event loop: a plain count is exact."""
 
-    def __init__(self, setting: str):
+    def __init__(self, kind: str, setting: str):
         self.setting = setting
         self.taken = 0
+        # Made now, so that the count is exported (0) before the first refusal.
+        self.refused = metrics.CONNECTIONS_REFUSED.labels(kind)
 
     def take(self) -> Slot | None:
-        """A place, or None when the worker is full: the caller refuses the
-        connection before accepting it."""
+        """A place, or None when the worker is full (counted): the caller refuses
+        the connection before accepting it."""
         if self.taken >= getattr(settings, self.setting):
+            self.refused.inc()
             return None
         self.taken += 1
         return Slot(self)
 
 
-SSE_STREAMS = Slots("SSE_MAX_STREAMS")
+SSE_STREAMS = Slots("sse", "SSE_MAX_STREAMS")
 {%- if cookiecutter.websockets == "yes" %}
-WEBSOCKETS = Slots("WEBSOCKET_MAX_CONNECTIONS")
+WEBSOCKETS = Slots("websocket", "WEBSOCKET_MAX_CONNECTIONS")
 {%- endif %}

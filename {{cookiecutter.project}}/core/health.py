@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import weakref
 
 import redis.asyncio as redis
 from asgiref.sync import sync_to_async
@@ -29,14 +30,30 @@ async def _check_database() -> None:
     await sync_to_async(_ping_database)()
 
 
-async def _check_redis() -> None:
+# One client per event loop (a client's connections belong to the loop that
+# opened them) and URL: a probe every few seconds, in each pod, pings on the
+# connection the last one used instead of opening and closing one each time.
+_CLIENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _redis() -> redis.Redis:
     timeout = settings.READINESS_TIMEOUT
-    client = redis.Redis.from_url(
-        settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout
-    )
-    try:
-        await client.ping()
-    finally:
+    clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+    key = (settings.REDIS_URL, timeout)
+    if key not in clients:
+        clients[key] = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout
+        )
+    return clients[key]
+
+
+async def _check_redis() -> None:
+    await _redis().ping()
+
+
+async def close() -> None:
+    """Closes this loop's readiness clients (ASGI lifespan shutdown, end of tests)."""
+    for client in _CLIENTS.pop(asyncio.get_running_loop(), {}).values():
         await client.aclose()
 
 

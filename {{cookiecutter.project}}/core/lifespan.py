@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from core import cache, metrics, reads, sampler, shutdown, tracing
+from core import cache, health, metrics, reads, sampler, shutdown, tracing
 from core.database import close_databases
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ async def _shutdown() -> None:
         await layer.close_pools()
     await reads.close()
     await cache.close()
+    await health.close()
     await sync_to_async(close_databases)()
     metrics.worker_stopped()
     logger.info("stopped", extra={"pid": os.getpid()})

@@ -95,6 +95,12 @@ CONNECTION_DURATION = Histogram(
     ["type"],
     buckets=CONNECTION_BUCKETS,
 )
+CONNECTIONS_REFUSED = Counter(
+    "django_connections_refused",
+    "Long-lived connections a worker refused because it held its maximum of their "
+    "type (SSE_MAX_STREAMS, WEBSOCKET_MAX_CONNECTIONS): sse, websocket.",
+    ["type"],
+)
 WEBSOCKET_CONNECTS = Counter(
     "django_websocket_connects", "WebSocket connections accepted."
 )

@@ -24,7 +24,8 @@ What is traced, all with the official instrumentations:
     its per-message receive/send spans. The span is named by the URL pattern (`GET
     api/items/<item_id:item_id>`), which core.middleware sets once Django has
     resolved it; the raw path never names a span. Probes and /metrics are not
-    traced.
+    traced. Each response carries its trace in a W3C `traceresponse` header,
+    which Nginx logs (deploy/nginx/nginx.conf).
   - SQL statements: on SQLite, Django's connections
     (opentelemetry-instrumentation-sqlite3){% if cookiecutter.database == "postgresql" %}; on PostgreSQL, Django's
     synchronous connections and core.reads' asyncio pool alike, as both are
@@ -162,6 +163,10 @@ def setup() -> None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
         OTLPSpanExporter,
     )
+    from opentelemetry.instrumentation.propagators import (
+        TraceResponsePropagator,
+        set_global_response_propagator,
+    )
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.sdk.resources import (
         SERVICE_NAME,
@@ -190,6 +195,9 @@ def setup() -> None:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _provider = provider
+    # Each response names its trace in a W3C traceresponse header (a trace this
+    # worker started too): Nginx logs it beside its own request id.
+    set_global_response_propagator(TraceResponsePropagator())
     RedisInstrumentor().instrument()
     engines = {database["ENGINE"] for database in settings.DATABASES.values()}
     if "django.db.backends.sqlite3" in engines:

@@ -8,7 +8,7 @@ from django.db import connections
 from django.db.models import FETCH_RAISE
 
 from core import cache as cache_backends
-from core import reads
+from core import health, reads
 from tests.otlp import Receiver
 
 
@@ -20,6 +20,7 @@ async def asyncio_clients_closed(django_db_setup):
     yield
     await reads.close()
     await cache_backends.close()
+    await health.close()
     await sync_to_async(connections.close_all)()
 
 

@@ -4,6 +4,8 @@ reports it without taking the instance out of traffic for a shared outage."""
 import asyncio
 
 import pytest
+import redis
+from django.conf import settings
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,3 +55,18 @@ async def test_a_hanging_dependency_is_reported_after_the_timeout(
     assert response.status_code == 200
     assert response.json()["status"] == "degraded"
     assert response.json()["checks"]["redis"] == "unavailable"
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis (REDIS_URL)")
+async def test_readiness_pings_redis_on_the_connection_it_already_has(async_client):
+    """Probes come every few seconds from each pod: each must not cost Redis a
+    new connection (accepted, authenticated, closed)."""
+    server = redis.Redis.from_url(settings.REDIS_URL)
+    await async_client.get("/readyz")  # the first may open it
+    before = server.info("stats")["total_connections_received"]
+    for _ in range(5):
+        response = await async_client.get("/readyz")
+        assert response.json()["checks"]["redis"] == "ok"
+    after = server.info("stats")["total_connections_received"]
+    server.close()
+    assert after == before

@@ -5,6 +5,7 @@ import asyncio
 import json
 
 import pytest
+from prometheus_client import REGISTRY
 
 from config.asgi import application
 from core import events
@@ -88,8 +89,15 @@ async def test_disconnect_ends_the_stream_and_leaves_the_group():
     await asyncio.sleep(0)
 
 
+def refused_streams() -> float:
+    return REGISTRY.get_sample_value(
+        "django_connections_refused_total", {"type": "sse"}
+    )
+
+
 async def test_a_full_worker_refuses_a_stream_with_503_until_one_ends(settings):
     settings.SSE_MAX_STREAMS = 1
+    refused_before = refused_streams()
     first, start = await open_stream(application, "/api/items/events")
     assert start["status"] == 200
     await next_chunk(first)
@@ -100,6 +108,7 @@ async def test_a_full_worker_refuses_a_stream_with_503_until_one_ends(settings):
     assert headers[b"retry-after"] == b"1"
     assert json.loads(await next_chunk(refused))["error"] == "too_many_streams"
     await refused.wait(timeout=5)
+    assert refused_streams() == refused_before + 1
 
     await first.send_input({"type": "http.disconnect"})
     await first.wait(timeout=5)

@@ -217,10 +217,16 @@ async def test_connections_messages_and_close_codes_are_counted(settings):
 
 async def test_a_full_worker_denies_the_handshake_until_one_leaves(settings):
     settings.WEBSOCKET_MAX_CONNECTIONS = 1
+    kind = {"type": "websocket"}
+    refused_before = REGISTRY.get_sample_value("django_connections_refused_total", kind)
     first, _ = await connect()
     refused = WebsocketCommunicator(application, "/ws/items", headers=[ORIGIN])
     connected, _ = await refused.connect(timeout=5)
     assert not connected
+    assert (
+        REGISTRY.get_sample_value("django_connections_refused_total", kind)
+        == refused_before + 1
+    )
     await first.disconnect()
 
     again, _ = await connect()

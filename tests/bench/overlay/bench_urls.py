@@ -123,6 +123,12 @@ def healthz_sync(request):
     return JsonResponse({"status": "ok"})
 
 
+async def tiny(request):
+    """What /healthz answers, on a path that Nginx serves publicly and tracing
+    traces (neither does either for the probes)."""
+    return JsonResponse({"status": "ok"})
+
+
 async def publish(request):
     """Publishes `count` events to the items group, each stamped with its time."""
     count = int(request.GET.get("count", "1"))
@@ -134,6 +140,7 @@ async def publish(request):
 if os.environ.get("BENCH_WSGI") == "1":
     urlpatterns = [
         path("healthz", healthz_sync),
+        path("bench/tiny", healthz_sync),
         path("bench/upstream", upstream_sync),
         path("bench/orm", orm_sync),
         path("api/items", create_sync),
@@ -145,6 +152,7 @@ else:
         path("bench/upstream", upstream),
         path("bench/orm", orm),
         path("bench/publish", publish),
+        path("bench/tiny", tiny),
     ]
 urlpatterns += urls.urlpatterns
 handler400 = urls.handler400

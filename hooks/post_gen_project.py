@@ -32,6 +32,7 @@ FILES_OF_CHOICE = {
         "tests/test_websocket.py",
     ],
     ("server", ("gunicorn-uvicorn",)): ["config/gunicorn_worker_class.py"],
+    ("server", ("uvicorn", "gunicorn-uvicorn")): ["config/uvicorn_http.py"],
     ("server", ("granian",)): ["deploy/grafana/dashboards/granian.json"],
     # django-tasks-db's worker dies whole when one of its processes is killed.
     ("tasks", ("django",)): ["tests/test_tasks_killed.py"],

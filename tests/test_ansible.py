@@ -584,7 +584,7 @@ def test_smoke_through_each_hosts_nginx(deployed):
     for host in deployment.hosts:
         output = smoke(deployment, host)
         checks = (
-            "health",
+            "metrics and probes are not public",
             "API round trip",
             "background task",
             "SSE event",

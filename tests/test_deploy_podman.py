@@ -18,10 +18,12 @@ play` the test changes only what podman cannot take, each for a stated reason:
 - Secrets are created with `podman secret create` in the JSON form that podman's
   environment lookup reads: a Secret played from YAML cannot be read back by
   podman 4.3 (containers/podman#16269).
-Probes are not run by podman without systemd; bin/smoke checks health instead.
+Probes are not run by podman without systemd: the test asks them from inside
+the app container, as the kubelet would (Nginx never serves them publicly).
 """
 
 import base64
+import copy
 import json
 import urllib.request
 import uuid
@@ -74,7 +76,8 @@ def as_played(objects: list[dict], ports: dict[str, int]) -> tuple[list, list]:
         elif obj["kind"] in PLAYED_KINDS:
             played.append(obj)
         elif obj["kind"] == "Deployment":
-            template_ = obj["spec"]["template"]
+            # A copy: the rendered objects stay as the chart rendered them.
+            template_ = copy.deepcopy(obj["spec"]["template"])
             for container in template_["spec"]["containers"]:
                 container["ports"] = [
                     {**port, "hostIP": "127.0.0.1", "hostPort": ports[port["name"]]}
@@ -190,6 +193,34 @@ def test_every_container_runs_locked_down(deployment):
     assert problems == []
     touched = podman("exec", f"{pod}-app", "touch", "/app/written", check=False)
     assert touched.returncode != 0, "the app could write its own code"
+
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+# What a probe's answer says when the instance is fit for it.
+PROBE_STATUS = {"/healthz": "ok", "/readyz": "ready"}
+
+
+def test_the_probes_answer_as_the_kubelet_asks_them(deployment):
+    """Each probe of the app container, as rendered (path, port, Host header),
+    asked inside the pod's network: what the kubelet would get."""
+    _, _, pod, objects = deployment
+    deployed = next(o for o in objects if o["kind"] == "Deployment")
+    containers = deployed["spec"]["template"]["spec"]["containers"]
+    app = next(c for c in containers if c["name"] == "app")
+    ports = {port["name"]: port["containerPort"] for port in app["ports"]}
+    probes = [app[kind]["httpGet"] for kind in PROBES]
+    assert {probe["path"] for probe in probes} == set(PROBE_STATUS)
+    for probe in probes:
+        headers = {h["name"]: h["value"] for h in probe.get("httpHeaders", [])}
+        url = f"http://127.0.0.1:{ports[probe['port']]}{probe['path']}"
+        ask = (
+            "import json, urllib.request; "
+            f"r = urllib.request.urlopen(urllib.request.Request({url!r}, "
+            f"headers={headers!r}), timeout=10); "
+            "print(r.status, json.load(r)['status'])"
+        )
+        answer = podman("exec", f"{pod}-app", "python", "-c", ask).stdout.split()
+        assert answer == ["200", PROBE_STATUS[probe["path"]]], (probe, answer)
 
 
 def test_the_app_itself_is_not_published(deployment):

@@ -146,6 +146,94 @@ def test_malformed_requests_get_400_from_nginx(combination, stacks, bad):
     assert len(requests_seen(app)) == before
 
 
+# Sent straight to the app's port, as a pod's neighbours can: requests that the
+# server's HTTP parser refuses (Uvicorn's httptools all four, Granian's hyper the
+# last two) and that Nginx would have answered itself.
+STRAIGHT_TO_THE_APP = {
+    "unknown-method": b"FOO /api/items HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "utf8-query": b"GET /api/items?q=\xc3\xa9 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "request-line": b"GARBAGE\r\n\r\n",
+    "header": b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n",
+}
+
+
+def raw_response(app: App, data: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        sock.sendall(data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response, response.read()
+
+
+def log_end(app: App) -> int:
+    """Where the app's next complete log line will start."""
+    return app.output().rfind("\n") + 1
+
+
+def log_lines_since(app: App, start: int) -> list[dict]:
+    """The complete lines the app has logged since start, each one JSON object."""
+    return [
+        json.loads(line)
+        for line in app.output()[start:].splitlines(True)
+        if line.endswith("\n")
+    ]
+
+
+@pytest.mark.parametrize(
+    "combination",
+    params([c for c in each_server() if c["server"] != "granian"]),
+)
+@pytest.mark.parametrize(
+    "bad", STRAIGHT_TO_THE_APP.values(), ids=STRAIGHT_TO_THE_APP.keys()
+)
+def test_uvicorn_answers_what_it_cannot_parse_in_json(combination, stacks, bad):
+    """Uvicorn's own 400 is the service's JSON error (config/uvicorn_http.py), and
+    its warning a JSON line of the app's log, under Gunicorn too."""
+    app, _ = stacks(combination)
+    start = log_end(app)
+    response, content = raw_response(app, bad)
+    assert response.status == 400
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["Connection"] == "close"
+    assert json.loads(content) == {
+        "error": "bad_request",
+        "message": "invalid HTTP request",
+    }
+    # Uvicorn logs its warning before it answers; every line since is JSON.
+    lines = log_lines_since(app, start)
+    assert {"logger": "uvicorn.error", "message": "Invalid HTTP request received."} in [
+        {"logger": line["logger"], "message": line["message"]} for line in lines
+    ]
+
+
+@pytest.mark.parametrize(
+    "combination",
+    params([c for c in each_server() if c["server"] == "granian"]),
+)
+def test_granian_answers_what_it_cannot_parse_with_an_empty_400(combination, stacks):
+    """Granian's HTTP parser (hyper) answers a malformed request line or header
+    itself with an empty 400, which no setting changes (the service's README),
+    and logs nothing of it; an unknown method and raw UTF-8 in the query reach
+    the app, whose errors are JSON."""
+    app, _ = stacks(combination)
+    start = log_end(app)
+    for name in ("request-line", "header"):
+        response, content = raw_response(app, STRAIGHT_TO_THE_APP[name])
+        assert (response.status, content) == (400, b""), name
+        assert sorted(response.headers) == ["connection", "content-length", "date"]
+        assert response.headers["Connection"] == "close"
+    for name, status, error in (
+        ("unknown-method", 405, "method_not_allowed"),
+        ("utf8-query", 400, "invalid_query"),
+    ):
+        response, content = raw_response(app, STRAIGHT_TO_THE_APP[name])
+        assert response.status == status, name
+        assert json.loads(content)["error"] == error
+    # Every line since is JSON: the app's access lines of the last two, and
+    # whatever Granian may have written of the first two.
+    assert all("logger" in line for line in log_lines_since(app, start))
+
+
 @pytest.mark.parametrize("combination", SERVERS)
 def test_oversized_body_gets_413_from_nginx(combination, stacks):
     app, nginx = stacks(combination)

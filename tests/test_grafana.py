@@ -111,6 +111,12 @@ each_dashboard = pytest.mark.parametrize(
 each_fleet_dashboard = pytest.mark.parametrize(
     "dashboard_file", FLEET_DASHBOARD_FILES, ids=[p.name for p in FLEET_DASHBOARD_FILES]
 )
+# The dashboards of one service (not the fleet's).
+each_service_dashboard = pytest.mark.parametrize(
+    "dashboard_file",
+    SERVICE_DASHBOARD_FILES,
+    ids=[path.name for path in SERVICE_DASHBOARD_FILES],
+)
 
 
 @pytest.fixture
@@ -174,11 +180,7 @@ def test_datasource_variable_chooses_a_prometheus(dashboard_file, dashboard):
     assert variables["datasource"]["query"] == "prometheus", dashboard_file.name
 
 
-@pytest.mark.parametrize(
-    "dashboard_file",
-    SERVICE_DASHBOARD_FILES,
-    ids=[path.name for path in SERVICE_DASHBOARD_FILES],
-)
+@each_service_dashboard
 def test_service_and_instance_variables_come_from_one_metric(dashboard_file, dashboard):
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     service, instance = variables["service"], variables["instance"]
@@ -472,11 +474,7 @@ def shows(panel: dict) -> tuple[bool, bool, bool]:
     return latency, errors, by_route
 
 
-@pytest.mark.parametrize(
-    "dashboard_file",
-    SERVICE_DASHBOARD_FILES,
-    ids=[path.name for path in SERVICE_DASHBOARD_FILES],
-)
+@each_service_dashboard
 def test_latency_and_error_panels_open_their_traces(dashboard_file, dashboard):
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     for panel in dashboards.panels(dashboard):

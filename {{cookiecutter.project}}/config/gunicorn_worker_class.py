@@ -3,18 +3,22 @@ UvicornWorker with this service's Uvicorn settings.
 
 Gunicorn hands Uvicorn the bind, keep-alive, backlog, worker recycling and
 trusted proxies from its own flags (bin/serve); the settings below have no
-Gunicorn flag, and uvicorn-worker applies CONFIG_KWARGS last.
+Gunicorn flag, and uvicorn-worker applies CONFIG_KWARGS last. The HTTP protocol
+is httptools' with a JSON 400 for requests it cannot parse (config/uvicorn_http.py).
 """
 
+import logging
 import os
 
 from uvicorn_worker import UvicornWorker
+
+from config.uvicorn_http import ServiceHttpToolsProtocol
 
 
 class ServiceUvicornWorker(UvicornWorker):
     CONFIG_KWARGS = {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": ServiceHttpToolsProtocol,
         "lifespan": "on",
         "server_header": False,
         "timeout_graceful_shutdown": int(os.environ.get("GRACEFUL_TIMEOUT", "30")),
@@ -27,3 +31,14 @@ class ServiceUvicornWorker(UvicornWorker):
         "ws": "none",
 {%- endif %}
     }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # UvicornWorker gives Uvicorn's logger the handlers of gunicorn.error and
+        # stops it propagating. config/logging.json leaves gunicorn.error none (it
+        # propagates to the root's JSON handler), so Uvicorn's warnings would go
+        # to Python's last-resort handler: plain text on stderr. They propagate
+        # to the root's JSON handler instead, as Gunicorn's own do.
+        uvicorn_error = logging.getLogger("uvicorn.error")
+        uvicorn_error.handlers = []
+        uvicorn_error.propagate = True

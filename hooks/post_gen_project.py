@@ -49,6 +49,7 @@ FILES_OF_CHOICE = {
         "bin/worker",
         "core/migrations/0002_pendingtask.py",
         "core/migrations/0003_taskdelivery.py",
+        "core/migrations/0004_pendingtask_trace.py",
         "core/management/commands/dead_letters.py",
         "core/outbox.py",
         "core/queueing.py",
@@ -61,6 +62,7 @@ FILES_OF_CHOICE = {
         "items/signals.py",
         "items/tasks.py",
         "tests/test_tasks.py",
+        "tests/test_tasks_tracing.py",
     ],
 }
 

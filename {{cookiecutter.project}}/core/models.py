@@ -37,6 +37,9 @@ class PendingTask(models.Model):
     last_error = models.TextField(blank=True)
     # A relay that took it sends it before then; after, another relay may.
     claimed_until = models.DateTimeField(null=True, blank=True)
+    # The W3C trace context of the request that kept it (core.tracing), which the
+    # relay sends it within; null when tracing is off.
+    trace = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

@@ -15,6 +15,12 @@ Duplicates: an enqueue that timed out may still have reached the broker, and the
 relay then sends it once more. Tasks are idempotent for that, as they must be
 anyway (a worker killed mid-task gets its task again): items.tasks.record_change
 records one row per change id.
+
+Traces (core.tracing): a kept task keeps the trace context of the request that
+kept it (PendingTask.trace), and the relay sends it within that context, so that
+the task continues the request's trace however late it runs. A library's own
+publish-side instrumentation could not do that: the relay publishes outside any
+request.
 """
 
 import asyncio
@@ -26,7 +32,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from core import metrics, queueing
+from core import metrics, queueing, tracing
 from core.models import PendingTask
 
 logger = logging.getLogger(__name__)
@@ -52,7 +58,10 @@ async def enqueue(task: queueing.Task, *args) -> None:
         error = exc
     try:
         await PendingTask.objects.acreate(
-            task=task.name, args=list(args), last_error=repr(error)[:1000]
+            task=task.name,
+            args=list(args),
+            last_error=repr(error)[:1000],
+            trace=tracing.carrier(),
         )
     except Exception:
         metrics.FOLLOWUPS_FAILED.labels("enqueue").inc()
@@ -89,7 +98,8 @@ def relay() -> int:
         try:
             if task is None:
                 raise LookupError(f"no task is declared as {row.task!r}")
-            async_to_sync(_enqueue_within_timeout)(task, row.args)
+            with tracing.continued(row.trace):
+                async_to_sync(_enqueue_within_timeout)(task, row.args)
         except Exception as exc:
             PendingTask.objects.filter(pk=row.pk).update(
                 attempts=row.attempts + 1,

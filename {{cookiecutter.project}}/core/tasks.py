@@ -7,6 +7,19 @@ The library's adapter (core.queue) calls `enqueued` once the broker holds a task
 and wraps each attempt a worker makes in `attempt`, whose outcome says what the
 queue does next: the adapter only translates it into its library's terms. Task
 bodies are coroutines, so that they use the async ORM as the views do.
+
+Traces (core.tracing) cross into the worker here too, the same way for every
+library: the adapter adds `trace_kwargs()` to the task's keyword arguments as it
+enqueues it, and hands the `trace` it receives back to `attempt`, whose span
+continues the enqueuing request's trace. A keyword argument, because it is what
+all five libraries carry as they are: arq and Django's framework have no
+message headers, and django-q2 passes none to its function. A message without
+it (tracing off, or sent by an older release) runs as before, in a trace of its
+own. Celery's instrumentation (opentelemetry-instrumentation-celery), the one
+well-kept instrumentation of the five, is not used: the other four need this
+carrier anyway, core.outbox needs it in its rows (the relay publishes a kept
+task later, outside the request), and both together would give a Celery task
+two spans, with the attempt's outcome in one only.
 """
 
 import asyncio
@@ -24,7 +37,7 @@ from django.db import close_old_connections
 from django.db.models import F
 from django.utils import timezone
 
-from core import metrics
+from core import metrics, tracing
 from core.models import TaskDelivery
 
 logger = logging.getLogger(__name__)
@@ -63,6 +76,14 @@ class DeadLettered:
 
     deliveries: int
     outcome: ClassVar[str] = "dead_lettered"
+
+
+def trace_kwargs() -> dict:
+    """What a task's message carries beside its arguments: `trace`, the W3C
+    headers of the span it is enqueued in; nothing when tracing is off or no span
+    is current (core.outbox's relay sends a kept task within its request's)."""
+    headers = tracing.carrier()
+    return {"trace": headers} if headers else {}
 
 
 def enqueued(name: str, job_id: str) -> None:
@@ -127,13 +148,54 @@ async def attempt(
     attempts: int,
     time_limit: float,
     job: str | None,
+    trace: dict[str, str] | None = None,
 ) -> Succeeded | Retry | GiveUp | DeadLettered:
     """Runs attempt `number` of at most `attempts` of job `job`, and decides what
     follows it. A body still running after `time_limit` seconds is cancelled, and
     the attempt fails with TimeoutError. A job delivered more than
     TASK_MAX_DELIVERIES times without an attempt finishing is dead-lettered
     instead. `job` None (a message of an older release, without an id): its
-    deliveries are not counted."""
+    deliveries are not counted. When tracing is on, the attempt, its queries and
+    its log lines are in a span whose parent is the context `trace` (the message's
+    `trace_kwargs()`)."""
+    attributes = {
+        "messaging.operation.type": "process",
+        "messaging.destination.name": settings.TASK_QUEUE,
+        "task.name": name,
+        "task.attempt": number,
+        "task.attempts": attempts,
+    }
+    if job is not None:
+        attributes["messaging.message.id"] = job
+    with tracing.task_span(name, trace, attributes) as span:
+        decision = None
+        try:
+            decision = await _attempt(
+                name,
+                body,
+                args,
+                number=number,
+                attempts=attempts,
+                time_limit=time_limit,
+                job=job,
+            )
+        finally:
+            # None: the attempt was cancelled (its worker stopping), a failure.
+            outcome = decision.outcome if decision else "failed"
+            tracing.task_ended(span, outcome, getattr(decision, "error", None))
+        return decision
+
+
+async def _attempt(
+    name: str,
+    body: Callable[..., Awaitable],
+    args: tuple,
+    *,
+    number: int,
+    attempts: int,
+    time_limit: float,
+    job: str | None,
+) -> Succeeded | Retry | GiveUp | DeadLettered:
     log = {"task": name, "attempt": number, "attempts": attempts, "job_id": job}
     metrics.TASKS_STARTED.labels(name).inc()
     started = time.perf_counter()

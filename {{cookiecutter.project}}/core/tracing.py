@@ -35,8 +35,22 @@ What is traced:
       and redis.asyncio) and the channel layer (channels_redis, redis.asyncio).
 The service makes no outgoing HTTP requests, so there is nothing to instrument
 there.
-"""
+{%- if cookiecutter.tasks != "none" %}
 
+Background tasks continue the trace of the request that enqueued them. The
+message carries the enqueuing context as W3C headers (carrier(), added by
+core.tasks), a task kept by core.outbox carries them in its row, and the worker
+runs each attempt in a CONSUMER span `task <name>` whose parent is the span that
+was current at the enqueue (task_span(), from core.tasks.attempt). The worker's
+processes set up their own TracerProvider (setup(tasks_only=True), from
+core.queue), in which only a task's span starts a trace: the library's own
+polling of its broker (a Redis command or SQL statement every second or so) is
+not recorded.
+{%- endif %}
+"""
+{% if cookiecutter.tasks != "none" %}
+import contextlib
+{%- endif %}
 import os
 
 from django.conf import settings
@@ -61,8 +75,7 @@ _provider = None
 
 if ENABLED:
     # Imported only when on: a service without an endpoint does not need it.
-    from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
+    from opentelemetry import context, propagate, trace
     from opentelemetry.trace import (
         SpanKind,
         Status,
@@ -146,7 +159,7 @@ class Traced:
         span = self.tracer.start_span(
             name, context=propagate.extract(carrier), kind=SpanKind.SERVER
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
+        token = context.attach(trace.set_span_in_context(span))
         recording = span.is_recording()
         try:
             if recording:
@@ -178,7 +191,7 @@ class Traced:
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             raise
         finally:
-            otel_context.detach(token)
+            context.detach(token)
             span.end()
 
 
@@ -218,9 +231,17 @@ def current_trace_id() -> str | None:
     return ids[0] if ids else None
 
 
+{% if cookiecutter.tasks != "none" -%}
+def setup(*, tasks_only: bool = False) -> None:
+    """Installs this process's TracerProvider and instrumentations, once; does
+    nothing when tracing is off. Called at lifespan startup, in each worker, and
+    with `tasks_only` in each process of the task worker that runs tasks: there
+    only a task's span (task_span()) starts a trace."""
+{%- else -%}
 def setup() -> None:
     """Installs this process's TracerProvider and instrumentations, once; does
     nothing when tracing is off. Called at lifespan startup, in each worker."""
+{%- endif %}
     global _provider
     if not ENABLED or _provider is not None:
         return
@@ -247,6 +268,11 @@ def setup() -> None:
     # atexit hook, so lifespan shutdown is the one place that works for every
     # server (and the one the tests check).
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+{%- if cookiecutter.tasks != "none" %}
+    if tasks_only:
+        # Before any tracer is made: each takes the provider's sampler then.
+        provider.sampler = _within_tasks(provider.sampler)
+{%- endif %}
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _provider = provider
@@ -269,3 +295,90 @@ def shutdown() -> None:
     shutdown); blocks for at most the exporter's timeout."""
     if _provider is not None:
         _provider.shutdown()
+{%- if cookiecutter.tasks != "none" %}
+
+
+def _within_tasks(configured):
+    """The task worker's sampler: a span outside every task's span is dropped, the
+    others are sampled by the `configured` one (OTEL_TRACES_SAMPLER). A task's
+    span is the one CONSUMER span there is; anything else without a parent is
+    the queue library at work between tasks."""
+    from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+
+    class WithinTasks(Sampler):
+        def should_sample(
+            self,
+            parent_context,
+            trace_id,
+            name,
+            kind=None,
+            attributes=None,
+            links=None,
+            trace_state=None,
+        ):
+            parent = trace.get_current_span(parent_context).get_span_context()
+            if not parent.is_valid and kind != SpanKind.CONSUMER:
+                return SamplingResult(Decision.DROP)
+            return configured.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+
+        def get_description(self) -> str:
+            return f"WithinTasks({configured.get_description()})"
+
+    return WithinTasks()
+
+
+def carrier() -> dict[str, str] | None:
+    """The current context as W3C headers (traceparent, and tracestate and baggage
+    when there are), for a task's message; None when tracing is off or no span is
+    current, and then the message carries nothing of traces."""
+    if not ENABLED:
+        return None
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers or None
+
+
+@contextlib.contextmanager
+def continued(headers: dict[str, str] | None):
+    """Within the context that `headers` (carrier()) carry: core.outbox's relay,
+    outside any request, sends a kept task in the context of the request that
+    kept it, and the task continues that request's trace."""
+    if not ENABLED or not headers:
+        yield
+        return
+    token = context.attach(propagate.extract(headers))
+    try:
+        yield
+    finally:
+        context.detach(token)
+
+
+@contextlib.contextmanager
+def task_span(name: str, headers: dict[str, str] | None, attributes: dict):
+    """The span of a task's attempt, current within: a CONSUMER span whose parent
+    is the span the task was enqueued in (`headers`, from its message), a trace of
+    its own without them. Yields None when tracing is off."""
+    if not ENABLED:
+        yield None
+        return
+    # Only the message's context: nothing the worker's own context may hold.
+    parent = propagate.extract(headers or {}, context=context.Context())
+    tracer = trace.get_tracer(__name__)
+    with tracer.start_as_current_span(
+        f"task {name}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    ) as span:
+        yield span
+
+
+def task_ended(span, outcome: str, error: BaseException | None) -> None:
+    """Records how the attempt of task_span() `span` ended: its outcome, and the
+    error it failed with."""
+    if span is None:
+        return
+    span.set_attribute("task.outcome", outcome)
+    if error is not None:
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+{%- endif %}

@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
@@ -7,6 +9,7 @@ from django.db.models import FETCH_RAISE
 
 from core import cache as cache_backends
 from core import health, reads
+from tests.otlp import Receiver
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,6 +51,18 @@ def item_payload():
         "quantity": 3,
         "tags": ["blue", "small"],
     }
+
+
+@pytest.fixture
+def receiver():
+    """An OTLP/HTTP trace receiver on 127.0.0.1 (tests.otlp), for the processes a
+    test starts."""
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 def pytest_report_header(config):

@@ -91,9 +91,11 @@ class Worker:
         }
 
 
-def start_worker(database_url: str, metrics_dir: Path, **environ: str) -> Worker:
+def start_worker(
+    database_url: str, metrics_dir: Path, output=None, **environ: str
+) -> Worker:
     """bin/worker on the test database, once it answers /healthz; `environ` adds
-    to or overrides its environment."""
+    to or overrides its environment, `output` (a file) takes what it writes."""
     {%- if cookiecutter.__task_broker == "redis" %}
     if not settings.REDIS_URL:
         pytest.fail("the task tests need Redis (REDIS_URL): it is the broker")
@@ -110,7 +112,12 @@ def start_worker(database_url: str, metrics_dir: Path, **environ: str) -> Worker
         "OUTBOX_RELAY_SECONDS": "0.5",
         **environ,
     }
-    process = subprocess.Popen([BASE_DIR / "bin" / "worker"], env=env)  # noqa: S603
+    process = subprocess.Popen(  # noqa: S603
+        [BASE_DIR / "bin" / "worker"],
+        env=env,
+        stdout=output,
+        stderr=None if output is None else subprocess.STDOUT,
+    )
     worker = Worker(process, port)
     deadline = time.monotonic() + WAIT
     while True:

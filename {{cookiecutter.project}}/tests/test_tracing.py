@@ -1,6 +1,7 @@
 """Traces (core.tracing): the real server (bin/serve) exports them with the SDK's
-OTLP/HTTP exporter to a receiver of this test's own, which decodes them with
-opentelemetry-proto; and with no endpoint set, nothing of OpenTelemetry loads."""
+OTLP/HTTP exporter to a receiver of the tests' own (tests.otlp), which decodes
+them with opentelemetry-proto; and with no endpoint set, nothing of
+OpenTelemetry loads."""
 
 import json
 import os
@@ -8,71 +9,27 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import connection
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-)
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 {%- if cookiecutter.websockets == "yes" %}
 from websockets.sync.client import connect as websocket_connect
 {%- endif %}
 
 from items.models import Category, Item
+from tests.otlp import Receiver
 
 # A W3C traceparent as Nginx or a calling service would send it.
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
 ROUTE = "api/items/<item_id:item_id>"
-
-
-class Receiver(ThreadingHTTPServer):
-    """An OTLP/HTTP trace receiver: what a collector's otlphttp receiver does
-    with POST /v1/traces, keeping the spans with their resource attributes."""
-
-    def __init__(self):
-        self.spans: list[tuple[dict, Span]] = []
-        self.content_types: list[str] = []
-        super().__init__(("127.0.0.1", 0), ReceiverHandler)
-
-
-class ReceiverHandler(BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.content_types.append(self.headers["Content-Type"])
-        request = ExportTraceServiceRequest.FromString(body)
-        for resource_spans in request.resource_spans:
-            resource = {
-                a.key: a.value.string_value for a in resource_spans.resource.attributes
-            }
-            for scope_spans in resource_spans.scope_spans:
-                self.server.spans.extend((resource, s) for s in scope_spans.spans)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format, *args):  # the test's output stays clean
-        pass
-
-
-@pytest.fixture
-def receiver():
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 def free_port() -> int:
@@ -307,6 +264,9 @@ from asgiref.testing import ApplicationCommunicator
 from config.asgi import application
 from core import tracing
 from core.lifespan import _startup
+{%- if cookiecutter.tasks != "none" %}
+from core import tasks
+{%- endif %}
 
 # redis-py imports the OpenTelemetry API and metrics SDK when they are installed
 # (its own optional metrics): what must not be there is anything of traces.
@@ -326,6 +286,17 @@ async def main():
     await communicator.send_input({"type": "http.request", "body": b""})
     response = await communicator.receive_output(timeout=10)
     response["body"] = (await communicator.receive_output(timeout=10))["body"]
+{%- if cookiecutter.tasks != "none" %}
+    # A task's message and attempt, as a request enqueues it and a worker runs it.
+    message = tasks.trace_kwargs()
+
+    async def body():
+        return "done"
+
+    ran = await tasks.attempt(
+        "t", body, (), number=1, attempts=1, time_limit=5, job=None, trace=None
+    )
+{%- endif %}
     print(json.dumps({
         "enabled": tracing.ENABLED,
         "status": response["status"],
@@ -333,6 +304,9 @@ async def main():
         "loaded": sorted(m for m in sys.modules if m.startswith(TRACING_MODULES)),
         "provider": type(trace.get_tracer_provider()).__name__ if trace else None,
         "threads": sorted(t.name for t in threading.enumerate()),
+{%- if cookiecutter.tasks != "none" %}
+        "task": {"message": message, "result": ran.result},
+{%- endif %}
     }))
 
 asyncio.run(main())
@@ -342,7 +316,8 @@ asyncio.run(main())
 def test_without_an_endpoint_nothing_of_opentelemetry_is_loaded():
     """Off costs nothing: no SDK TracerProvider, no span processor or its
     thread, no exporter, no instrumentation, in a process that started up and
-    served a request."""
+    served a request{% if cookiecutter.tasks != "none" %}, enqueued a task (its message carries nothing
+    of traces) and ran one{% endif %}."""
     environment = {
         k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_OTLP")
     }
@@ -361,5 +336,8 @@ def test_without_an_endpoint_nothing_of_opentelemetry_is_loaded():
     assert answer["loaded"] == []
     assert answer["provider"] in (None, "ProxyTracerProvider")
     assert not [name for name in answer["threads"] if "Otel" in name]
+{%- if cookiecutter.tasks != "none" %}
+    assert answer["task"] == {"message": {}, "result": "done"}
+{%- endif %}
     # Nor do log lines name a trace.
     assert "trace_id" not in result.stdout

@@ -11,6 +11,9 @@ in_progress_timeout): then a worker runs it again, its job_try one higher.
 
 Jobs are stored as JSON, not arq's default pickle: whoever can write to Redis
 must not run code in the worker. Task arguments are ints and strings.
+
+Traces (core.tracing) are set up in the worker's one process before it starts,
+and flushed once it has stopped.
 """
 
 import asyncio
@@ -24,7 +27,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Function, Worker, func
 from django.conf import settings
 
-from core import queueing, tasks
+from core import queueing, tasks, tracing
 
 _functions: list[Function] = []
 # One connection pool per event loop: a pool cannot be shared between loops.
@@ -68,14 +71,17 @@ class Task:
         self.retries = retries
 
     async def enqueue(self, *args) -> str:
-        job = await (await _pool()).enqueue_job(self.name, *args)
+        job = await (await _pool()).enqueue_job(
+            self.name, *args, **tasks.trace_kwargs()
+        )
         tasks.enqueued(self.name, job.job_id)
         return job.job_id
 
 
 def task(name: str, *, retries: int, time_limit: float):
     def declare(body: Callable[..., Awaitable]) -> Task:
-        async def run(ctx: dict, *args):
+        async def run(ctx: dict, *args, trace=None):
+            # A retry runs the same job again: `trace` too.
             decision = await tasks.attempt(
                 name,
                 body,
@@ -84,6 +90,7 @@ def task(name: str, *, retries: int, time_limit: float):
                 attempts=retries + 1,
                 time_limit=time_limit,
                 job=ctx["job_id"],
+                trace=trace,
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):
@@ -118,6 +125,7 @@ def queue_depth() -> int:
 
 
 def main() -> None:
+    tracing.setup(tasks_only=True)
     Worker(
         functions=_functions,
         queue_name=settings.TASK_QUEUE,
@@ -129,3 +137,4 @@ def main() -> None:
         keep_result=0,
         log_results=False,
     ).run()
+    tracing.shutdown()

@@ -19,6 +19,9 @@ worker's prefork processes. A failed attempt is retried by Celery
 are spent; Celery's hard time limit, a few seconds after core.tasks' own, kills
 a process whose task ignores cancellation.
 
+Traces (core.tracing) are set up in each prefork process as it starts, and
+flushed as it exits: the processes that run tasks.
+
 SIGTERM starts Celery's warm shutdown: no new tasks, the running ones finish.
 Celery puts no limit on it; after WORKER_SHUTDOWN_TIMEOUT seconds the worker
 signals itself SIGQUIT, Celery's cold shutdown, which stops the tasks still
@@ -36,7 +39,7 @@ from asgiref.sync import async_to_sync
 from celery import Celery, signals
 from django.conf import settings
 
-from core import queueing, tasks
+from core import queueing, tasks, tracing
 
 app = Celery(settings.SERVICE_NAME)
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -46,6 +49,17 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 def keep_django_logging(**kwargs) -> None:
     """Django's LOGGING already set up the worker's logging: JSON lines on stdout.
     With a receiver for this signal, Celery configures no logging of its own."""
+
+
+@signals.worker_process_init.connect
+def trace_worker_process(**kwargs) -> None:
+    tracing.setup(tasks_only=True)
+
+
+@signals.worker_process_shutdown.connect
+def flush_worker_process_traces(**kwargs) -> None:
+    # Sent in the prefork process just before it exits (with os._exit).
+    tracing.shutdown()
 
 
 @signals.worker_shutting_down.connect
@@ -75,7 +89,9 @@ class Task:
     async def enqueue(self, *args) -> str:
         _check_broker()
         # Publishing is blocking I/O: not in the event loop.
-        result = await asyncio.to_thread(self._message.apply_async, args)
+        result = await asyncio.to_thread(
+            self._message.apply_async, args, tasks.trace_kwargs()
+        )
         tasks.enqueued(self.name, result.id)
         return result.id
 
@@ -106,7 +122,8 @@ def task(name: str, *, retries: int, time_limit: float):
             max_retries=retries,
             time_limit=time_limit + queueing.HARD_LIMIT_MARGIN,
         )
-        def run(self, *args):
+        def run(self, *args, trace=None):
+            # A retry is sent with the same arguments: `trace` too.
             decision = async_to_sync(tasks.attempt)(
                 name,
                 body,
@@ -115,6 +132,7 @@ def task(name: str, *, retries: int, time_limit: float):
                 attempts=retries + 1,
                 time_limit=time_limit,
                 job=self.request.id,
+                trace=trace,
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):

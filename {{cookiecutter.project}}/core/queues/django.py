@@ -21,6 +21,9 @@ to READY, every REAP_SECONDS, the RUNNING rows of its queue older than their
 task's time limit and HARD_LIMIT_MARGIN: core.tasks' limit has cancelled every
 attempt by then, unless its body blocks without awaiting, and then it runs twice,
 which tasks are idempotent for.
+
+Traces (core.tracing) are set up in each db_worker process, which runs tasks,
+and flushed as it ends; not in the supervisor.
 """
 
 import dataclasses
@@ -46,7 +49,7 @@ from django.tasks.signals import (
 )
 from django.utils import timezone
 
-from core import queueing, tasks
+from core import queueing, tasks, tracing
 from core.database import close_databases
 
 logger = logging.getLogger(__name__)
@@ -72,15 +75,18 @@ class Task(DjangoTask):
 
     async def enqueue(self, *args) -> str:
         """Unlike Django's own enqueue, a coroutine returning the job's id."""
-        result = await self.aenqueue(*args)
+        result = await self.aenqueue(*args, **tasks.trace_kwargs())
         tasks.enqueued(self.name, result.id)
         return result.id
 
-    async def retry(self, args: tuple, attempt: int, delay: float) -> None:
-        """Enqueues attempt `attempt + 1`, to run `delay` seconds from now."""
+    async def retry(
+        self, args: tuple, attempt: int, delay: float, trace: dict | None
+    ) -> None:
+        """Enqueues attempt `attempt + 1`, to run `delay` seconds from now, in the
+        trace of the first (`trace`)."""
         run_after = timezone.now() + timedelta(seconds=delay)
         result = await self.using(run_after=run_after).aenqueue(
-            *args, attempt=attempt + 1
+            *args, attempt=attempt + 1, **({"trace": trace} if trace else {})
         )
         logger.info(
             "task retry enqueued",
@@ -99,7 +105,7 @@ def task(name: str, *, retries: int, time_limit: float):
         # Keyword-only, so that it never meets the body's positional arguments.
         # The context's result is the row: a row put back to READY runs with its
         # id again, the job core.tasks counts deliveries by.
-        async def run(context: TaskContext, *args, attempt: int = 1):
+        async def run(context: TaskContext, *args, attempt: int = 1, trace=None):
             decision = await tasks.attempt(
                 name,
                 body,
@@ -108,10 +114,11 @@ def task(name: str, *, retries: int, time_limit: float):
                 attempts=retries + 1,
                 time_limit=time_limit,
                 job=context.task_result.id,
+                trace=trace,
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):
-                    await declared.retry(args, attempt, delay)
+                    await declared.retry(args, attempt, delay, trace)
                     raise error
                 case tasks.GiveUp(error=error):
                     raise error
@@ -198,10 +205,12 @@ def run_db_worker(argv: list[str]) -> None:
     # attempt that will be retried as an error.
     task_started.disconnect(log_task_started)
     task_finished.disconnect(log_task_finished)
+    tracing.setup(tasks_only=True)
     try:
         DbWorker().run_from_argv(argv)
     finally:
         close_databases()
+        tracing.shutdown()
 
 
 def main() -> None:

@@ -20,10 +20,14 @@ is not retried.
 The worker is django-q2's cluster (what `manage.py qcluster` runs): a sentinel
 process forking WORKER_CONCURRENCY workers, a pusher that takes rows from the
 broker and a monitor that acknowledges them. They log through Django's LOGGING,
-which they inherit.
+which they inherit. Traces (core.tracing) are set up in each worker process as
+it starts (django-q2's post_spawn) and flushed as it exits (multiprocessing's
+exit finalizers: the process ends with os._exit, which runs no atexit hook);
+the other processes run no task and are not traced.
 """
 
 import math
+import multiprocessing.util
 import os
 import signal
 import threading
@@ -35,12 +39,14 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
+from django.dispatch import receiver
 from django.utils import timezone
 from django_q.brokers.orm import ORM
 from django_q.models import OrmQ
+from django_q.signals import post_spawn
 from django_q.tasks import async_task
 
-from core import queueing, tasks
+from core import queueing, tasks, tracing
 from core.database import close_databases
 
 
@@ -80,30 +86,33 @@ class Task:
 
     async def enqueue(self, *args) -> str:
         # async_task inserts a row: in a thread, as the async ORM does.
-        job_id = await sync_to_async(self._push)(args, 1, 0.0)
+        traced = tasks.trace_kwargs()
+        job_id = await sync_to_async(self._push)(args, 1, 0.0, traced)
         tasks.enqueued(self.name, job_id)
         return job_id
 
-    def _push(self, args: tuple, number: int, delay: float) -> str:
-        """Enqueues attempt `number`; returns its job id: this adapter's, which
-        core.tasks counts the attempt's deliveries by and logs (django-q2's own
-        id does not reach the function it calls)."""
+    def _push(self, args: tuple, number: int, delay: float, traced: dict) -> str:
+        """Enqueues attempt `number`, with `traced` (core.tasks.trace_kwargs());
+        returns its job id: this adapter's, which core.tasks counts the attempt's
+        deliveries by and logs (django-q2's own id does not reach the function it
+        calls)."""
         job = uuid.uuid4().hex
         async_task(
             self.path,
             *args,
             attempt=number,
             job=job,
+            **traced,
             timeout=self.hard_limit,
             broker=DeferringBroker(delay),
         )
         return job
 
-    def __call__(self, *args, attempt: int, job: str | None = None):
+    def __call__(self, *args, attempt: int, job: str | None = None, trace=None):
         """What django-q2's worker runs: attempt number `attempt` of job `job`."""
-        return async_to_sync(self._run)(args, attempt, job)
+        return async_to_sync(self._run)(args, attempt, job, trace)
 
-    async def _run(self, args: tuple, number: int, job: str | None):
+    async def _run(self, args: tuple, number: int, job: str | None, trace):
         decision = await tasks.attempt(
             self.name,
             self.body,
@@ -112,10 +121,13 @@ class Task:
             attempts=self.retries + 1,
             time_limit=self.time_limit,
             job=job,
+            trace=trace,
         )
         match decision:
             case tasks.Retry(error=error, delay=delay):
-                await sync_to_async(self._push)(args, number + 1, delay)
+                # The next attempt continues the same trace.
+                retried = {"trace": trace} if trace else {}
+                await sync_to_async(self._push)(args, number + 1, delay, retried)
                 raise error
             case tasks.GiveUp(error=error):
                 raise error
@@ -140,6 +152,14 @@ def queue_depth() -> int:
     finally:
         # Each scrape comes in a thread of its own, which would keep a connection.
         connections[alias].close()
+
+
+@receiver(post_spawn)
+def trace_worker_process(**kwargs) -> None:
+    """In each of django-q2's worker processes as it starts (post_spawn)."""
+    tracing.setup(tasks_only=True)
+    # Run as the process exits, once its last task has ended.
+    multiprocessing.util.Finalize(None, tracing.shutdown, exitpriority=0)
 
 
 def main() -> None:

@@ -23,6 +23,9 @@ sends only when a task ends: the timeout is the tasks' longest hard time limit
 (redelivery_after), or running tasks would be handed out twice. Maintenance runs
 on a random share of the commands (maintenance_chance), which is raised so that
 an idle worker runs it every few seconds.
+
+Traces (core.tracing) are set up in the worker's one process before it starts,
+and flushed once it has stopped.
 """
 
 import asyncio
@@ -38,7 +41,7 @@ from dramatiq.asyncio import async_to_sync
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, Retries, TimeLimit
 
-from core import queueing, tasks
+from core import queueing, tasks, tracing
 from core.database import close_databases
 
 # The prefix of the RedisBroker's keys (its default, spelled out for queue_depth).
@@ -80,13 +83,13 @@ class Task:
             throws=(AttemptsExhausted,),
         )
 
-    def run(self, *args) -> None:
+    def run(self, *args, trace=None) -> None:
         """The actor, in a worker thread: runs the body on the AsyncIO middleware's
-        event loop and waits for it."""
+        event loop and waits for it. A retry is the same message: `trace` too."""
         message = CurrentMessage.get_current_message()
         # The Retries middleware counts the failed attempts in the message.
         number = message.options.get("retries", 0) + 1
-        match async_to_sync(self.attempt)(number, message.message_id, args):
+        match async_to_sync(self.attempt)(number, message.message_id, args, trace):
             case tasks.Retry(error=error, delay=delay):
                 raise dramatiq.Retry(delay=int(delay * 1000)) from error
             case tasks.GiveUp(error=error):
@@ -95,7 +98,7 @@ class Task:
                 return
 
     async def attempt(
-        self, number: int, job: str, args: tuple
+        self, number: int, job: str, args: tuple, trace: dict | None
     ) -> tasks.Succeeded | tasks.Retry | tasks.GiveUp | tasks.DeadLettered:
         return await tasks.attempt(
             self.name,
@@ -105,15 +108,16 @@ class Task:
             attempts=self.retries + 1,
             time_limit=self.time_limit,
             job=job,
+            trace=trace,
         )
 
-    def send(self, *args) -> str:
+    def send(self, *args, **kwargs) -> str:
         broker()  # declares the actor
-        return self.actor.send(*args).message_id
+        return self.actor.send(*args, **kwargs).message_id
 
     async def enqueue(self, *args) -> str:
         # Sending is blocking Redis I/O: off the event loop.
-        job_id = await asyncio.to_thread(self.send, *args)
+        job_id = await asyncio.to_thread(self.send, *args, **tasks.trace_kwargs())
         tasks.enqueued(self.name, job_id)
         return job_id
 
@@ -188,6 +192,7 @@ def queue_depth() -> int:
 
 
 def main() -> None:
+    tracing.setup(tasks_only=True)
     # A stop asked for while the worker boots is honoured once it has started.
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -206,3 +211,4 @@ def main() -> None:
     worker.stop(timeout=int(os.environ["WORKER_SHUTDOWN_TIMEOUT"]) * 1000)
     queue_broker.close()
     close_databases()
+    tracing.shutdown()

@@ -44,6 +44,13 @@ FILES_OF_CHOICE = {
         "tests/test_migrations_postgresql.py",
         "tests/test_postgresql.py",
     ],
+    # SQLite is a file of the service's own: it backs it up (PostgreSQL: pg_dump).
+    ("database", ("sqlite",)): [
+        "core/backups.py",
+        "core/management/commands/backup_database.py",
+        "core/management/commands/restore_database.py",
+        "tests/test_backups.py",
+    ],
     # Any task queue: every one of them has a broker.
     ("__task_broker", ("redis", "database")): [
         "bin/worker",

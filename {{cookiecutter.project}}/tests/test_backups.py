@@ -6,8 +6,8 @@ the live database untouched.
 
 The databases are files of each test's own, in WAL mode as the service runs
 them; the commands run as the sidecar and the timer run them, in a process of
-their own. The one test that needs the suite's database skips on PostgreSQL,
-and the PostgreSQL refusal runs only there.
+their own. A service that chose PostgreSQL has none of this (pg_dump is the
+tool there).
 """
 
 import os
@@ -28,7 +28,6 @@ from django.db import connections
 from core.backups import BackupError, backup, backups, restore
 from tests.test_migrate_locked import until
 
-SQLITE = connections["default"].vendor == "sqlite"
 NOW = datetime(2026, 12, 3, 7, 0, tzinfo=UTC)
 
 
@@ -284,7 +283,6 @@ def test_every_backs_up_until_sigterm_ends_its_wait(tmp_path):
 
 
 @pytest.mark.django_db
-@pytest.mark.skipif(not SQLITE, reason="the suite's database is PostgreSQL")
 def test_the_command_copies_the_services_own_database(tmp_path):
     call_command("backup_database", tmp_path, keep=1)
     (copy,) = tmp_path.iterdir()
@@ -294,8 +292,9 @@ def test_the_command_copies_the_services_own_database(tmp_path):
     assert applied[0] > 0
 
 
-@pytest.mark.skipif(SQLITE, reason="needs PostgreSQL (DATABASE_URL)")
-def test_on_postgresql_the_commands_refuse_and_name_pg_dump(tmp_path):
+def test_another_database_is_refused_and_pg_dump_named(tmp_path, monkeypatch):
+    """DATABASE_URL may point elsewhere than the SQLite file this service chose."""
+    monkeypatch.setattr(connections["default"], "vendor", "postgresql")
     for command, argument in (("backup_database", tmp_path), ("restore_database", "x")):
         with pytest.raises(CommandError, match="not SQLite: back it up with pg_dump"):
             call_command(command, argument)

@@ -50,8 +50,10 @@ class Cells:
     ):
         self.projects, self.logdir, self.env = projects, logdir, env
         self.settings, self.upstream_pid = settings, upstream_pid
-        # For the scenarios that use the cache: REDIS_URL also moves the channel
-        # layer to Redis, which the SSE and WebSocket scenarios measure without.
+        # Every HTTP cell runs as production does, with Redis: without it the
+        # service's bin/serve starts one worker (events would not reach the
+        # other), the WSGI baselines two. The SSE and WebSocket scenarios measure
+        # one worker on the in-memory channel layer, without it.
         self.with_redis = {"REDIS_URL": redis_url}
         self.rows: list[dict] = []
 
@@ -90,13 +92,14 @@ class Cells:
         beside: Upstream | None = None,
     ):
         """One wrk cell: `via` is "", "nginx" (TCP to the app) or "nginx-uds"; `env`
-        is added to the server's; with `bodies`, wrk sends them in turn with
-        `method` (load.wrk). `label` names the row instead of `config` (cells of
-        one configuration with different `env`); the CPU of `beside`, a process
-        the app sends to, is in the row. A cell that fails is tried once more;
-        the first failure stays in its row."""
+        is added to the server's (REDIS_URL, as in every cell); with `bodies`,
+        wrk sends them in turn with `method` (load.wrk). `label` names the row
+        instead of `config` (cells of one configuration with different `env`);
+        the CPU of `beside`, a process the app sends to, is in the row. A cell
+        that fails is tried once more; the first failure stays in its row."""
         request = {"method": method, "bodies": bodies}
-        args = (scenario, config, path, conns, via, env or {}, request, beside)
+        env = {**self.with_redis, **(env or {})}
+        args = (scenario, config, path, conns, via, env, request, beside)
         row = self._http(*args)
         if "failed" in row:
             first = row["failed"]
@@ -295,7 +298,7 @@ def cached_read(cells: Cells) -> None:
     under WSGI bench_urls.item_sync, the same through Django's sync cache API."""
     configs = (*WSGI, *(f"service-{s}" for s in SERVERS), BEFORE)
     for config in configs:
-        cells.http("cached-read", config, "/api/items/1", 64, env=cells.with_redis)
+        cells.http("cached-read", config, "/api/items/1", 64)
 
 
 # POST /api/items: the same item each time (names need not be unique), with two
@@ -338,7 +341,6 @@ def write(cells: Cells) -> None:
                 config,
                 path,
                 64,
-                env=cells.with_redis,
                 method="POST",
                 bodies=bodies,
             )

@@ -42,12 +42,13 @@ def sample(name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def nothing_listens() -> str:
-    """A Redis URL where nothing listens: every connection is refused."""
+def nothing_listens():
+    """A Redis URL where nothing listens: every connection is refused. The port
+    stays bound, never listening, for the whole test: released, another process
+    of a parallel run could take it (and then the "down" server answers)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
 
 
 @pytest.fixture

@@ -1058,8 +1058,9 @@ def test_a_sqlite_hosts_database_is_backed_up_by_a_sandboxed_timer(role_files):
         sqlite,
     )
     assert "OnCalendar=*-*-* 02:30:00\n" in files["backup.timer"]
-    assert f"backup_database /var/backups/{PROJECT} --keep 14\n" in (
-        files["backup.service"]
+    assert (
+        f"backup_database /var/backups/{PROJECT} --keep 14\n"
+        in (files["backup.service"])
     )
 
 

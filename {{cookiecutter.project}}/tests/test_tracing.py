@@ -227,7 +227,7 @@ def test_a_long_lived_connection_is_one_span(receiver, tmp_path):
         exporting_to(receiver, SSE_KEEPALIVE_SECONDS="0.05"), tmp_path / "server.log"
     )
     try:
-        with urllib.request.urlopen(f"{base}/api/items/events") as stream:  # noqa: S310
+        with urllib.request.urlopen(f"{base}/api/items/events", timeout=10) as stream:  # noqa: S310
             keepalives = 0
             while keepalives < 3:
                 keepalives += stream.readline() == b": keep-alive\n"

@@ -80,6 +80,33 @@ def covering_combinations() -> list[dict]:
     return rows
 
 
+# The one option a service's own test suite does not depend on: the suite meets the
+# server only in the tests that start bin/serve, which run with whichever it has.
+# The edge, image and deploy tests run each server behind Nginx.
+SUITE_IGNORES = "server"
+
+
+def suite_combinations() -> list[dict]:
+    """The rows of the covering set whose own suites run: every supported pair of
+    the options the suite depends on, and each server at least once. Greedy: the
+    row that covers most of what is left, until nothing is."""
+    keys = [key for key in CHOICES if key != SUITE_IGNORES]
+
+    def wanted(combination: dict) -> set:
+        return _pairs({key: combination[key] for key in keys}) | {
+            (SUITE_IGNORES, combination[SUITE_IGNORES])
+        }
+
+    rows = covering_combinations()
+    left = set().union(*map(wanted, every_combination()))
+    chosen = []
+    while left:
+        row = max(rows, key=lambda row: len(wanted(row) & left))
+        chosen.append(row)
+        left -= wanted(row)
+    return chosen
+
+
 def default_combination() -> dict:
     """Every option at its first choice: what `cookiecutter --no-input` makes."""
     return {option: choices[0] for option, choices in CHOICES.items()}

@@ -2,7 +2,13 @@
 
 import itertools
 
-from matrix import CHOICES, covering_combinations, every_combination
+from matrix import (
+    CHOICES,
+    SUITE_IGNORES,
+    covering_combinations,
+    every_combination,
+    suite_combinations,
+)
 
 
 def test_every_choice_of_every_option_is_in_the_matrix():
@@ -27,3 +33,19 @@ def test_covering_set_contains_every_supported_pair():
 
 def test_covering_set_is_smaller_than_the_matrix():
     assert len(covering_combinations()) < len(every_combination())
+
+
+def test_suite_set_covers_every_pair_but_the_servers_and_each_server():
+    def pairs(combinations: list[dict]) -> set:
+        keys = [key for key in CHOICES if key != SUITE_IGNORES]
+        return {
+            frozenset([(a, c[a]), (b, c[b])])
+            for c in combinations
+            for a, b in itertools.combinations(keys, 2)
+        }
+
+    suites = suite_combinations()
+    assert all(c in covering_combinations() for c in suites)
+    assert pairs(suites) == pairs(every_combination())
+    assert {c[SUITE_IGNORES] for c in suites} == set(CHOICES[SUITE_IGNORES])
+    assert len(suites) < len(covering_combinations())

@@ -1,11 +1,11 @@
 """Each generated service's own test suite, on real servers and on embedded defaults.
 
-The pairwise covering set (matrix.covering_combinations: every choice of each
-option meets every choice of every other) runs against a real PostgreSQL (if it
-chose it) and Redis, task queues against their real broker and worker; its
-services without tasks also run on SQLite and the in-memory channel layer (a
-task worker needs a database server). Every combination gets the cheap checks
-(test_generation.py).
+matrix.suite_combinations (the rows of the pairwise covering set in which every
+choice of each option but the server meets every choice of every other, and each
+server is) runs against a real PostgreSQL (if it chose it) and Redis, task queues
+against their real broker and worker; its services without tasks also run on
+SQLite and the in-memory channel layer (a task worker needs a database server).
+Every row of the covering set gets the cheap checks (test_generation.py).
 """
 
 import re
@@ -13,7 +13,7 @@ import re
 import pytest
 
 from harness import check_steps, service_env
-from matrix import covering_combinations, name, params
+from matrix import name, params, suite_combinations
 
 
 def run_suite(project, env):
@@ -21,7 +21,7 @@ def run_suite(project, env):
     return check_steps(project, "test", env=env).stdout
 
 
-@pytest.mark.parametrize("combination", params(covering_combinations()))
+@pytest.mark.parametrize("combination", params(suite_combinations()))
 def test_suite_passes_on_real_servers(
     combination, generated, postgres_url, redis_database
 ):
@@ -44,7 +44,7 @@ def test_suite_passes_on_real_servers(
 
 @pytest.mark.parametrize(
     "combination",
-    params([c for c in covering_combinations() if c["tasks"] == "none"]),
+    params([c for c in suite_combinations() if c["tasks"] == "none"]),
 )
 def test_suite_passes_on_embedded_defaults(combination, generated):
     output = run_suite(generated(combination), service_env())

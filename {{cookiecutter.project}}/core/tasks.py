@@ -158,6 +158,60 @@ async def attempt(
     deliveries are not counted. When tracing is on, the attempt, its queries and
     its log lines are in a span whose parent is the context `trace` (the message's
     `trace_kwargs()`)."""
+    log = {"task": name, "attempt": number, "attempts": attempts, "job_id": job}
+    metrics.TASKS_STARTED.labels(name).inc()
+    started = time.perf_counter()
+    decision: Succeeded | Retry | GiveUp | DeadLettered | None = None
+    attributes = span_attributes(name, number, attempts, job)
+    with tracing.task_span(name, trace, attributes) as span:
+        try:
+            # In the attempt: a database that cannot record the delivery fails
+            # it, and it is retried as any failed attempt.
+            deliveries = await delivered(job, name, args) if job is not None else 1
+            if deliveries > settings.TASK_MAX_DELIVERIES:
+                decision = await dead_letter(job, name, deliveries)
+                return decision
+            if deliveries > 1:
+                logger.warning(
+                    "task delivered again: an earlier delivery never finished",
+                    extra={**log, "deliveries": deliveries},
+                )
+            with metrics.TASKS_RUNNING.labels(name).track_inprogress():
+                async with asyncio.timeout(time_limit):
+                    result = await body(*args)
+        except Exception as error:
+            if number < attempts:
+                decision = Retry(error, retry_delay(number))
+                metrics.TASKS_RETRIED.labels(name).inc()
+                logger.warning(
+                    "task attempt failed, will retry", extra=log, exc_info=True
+                )
+            else:
+                decision = GiveUp(error)
+                metrics.TASKS_FAILED.labels(name, type(error).__name__).inc()
+                logger.error("task failed", extra=log, exc_info=True)
+        else:
+            decision = Succeeded(result)
+            metrics.TASKS_SUCCEEDED.labels(name).inc()
+        finally:
+            if job is not None and not isinstance(decision, DeadLettered):
+                await finished(job)
+            # As at the end of a request: the attempt's database connection goes
+            # back to the pool, and one that broke is not used again.
+            await sync_to_async(close_old_connections)()
+            duration = time.perf_counter() - started
+            # None: the attempt itself was cancelled (its worker stopping), a
+            # failure.
+            outcome = decision.outcome if decision else "failed"
+            metrics.TASK_DURATION.labels(name, outcome).observe(duration)
+            if outcome == "succeeded":
+                logger.info("task succeeded", extra={**log, "duration": duration})
+            tracing.task_ended(span, outcome, getattr(decision, "error", None))
+    return decision
+
+
+def span_attributes(name: str, number: int, attempts: int, job: str | None) -> dict:
+    """The attempt's span attributes (OpenTelemetry's messaging conventions)."""
     attributes = {
         "messaging.operation.type": "process",
         "messaging.destination.name": settings.TASK_QUEUE,
@@ -167,76 +221,4 @@ async def attempt(
     }
     if job is not None:
         attributes["messaging.message.id"] = job
-    with tracing.task_span(name, trace, attributes) as span:
-        decision = None
-        try:
-            decision = await _attempt(
-                name,
-                body,
-                args,
-                number=number,
-                attempts=attempts,
-                time_limit=time_limit,
-                job=job,
-            )
-        finally:
-            # None: the attempt was cancelled (its worker stopping), a failure.
-            outcome = decision.outcome if decision else "failed"
-            tracing.task_ended(span, outcome, getattr(decision, "error", None))
-        return decision
-
-
-async def _attempt(
-    name: str,
-    body: Callable[..., Awaitable],
-    args: tuple,
-    *,
-    number: int,
-    attempts: int,
-    time_limit: float,
-    job: str | None,
-) -> Succeeded | Retry | GiveUp | DeadLettered:
-    log = {"task": name, "attempt": number, "attempts": attempts, "job_id": job}
-    metrics.TASKS_STARTED.labels(name).inc()
-    started = time.perf_counter()
-    decision: Succeeded | Retry | GiveUp | DeadLettered | None = None
-    try:
-        # In the attempt: a database that cannot record the delivery fails it,
-        # and it is retried as any failed attempt.
-        deliveries = await delivered(job, name, args) if job is not None else 1
-        if deliveries > settings.TASK_MAX_DELIVERIES:
-            decision = await dead_letter(job, name, deliveries)
-            return decision
-        if deliveries > 1:
-            logger.warning(
-                "task delivered again: an earlier delivery never finished",
-                extra={**log, "deliveries": deliveries},
-            )
-        with metrics.TASKS_RUNNING.labels(name).track_inprogress():
-            async with asyncio.timeout(time_limit):
-                result = await body(*args)
-    except Exception as error:
-        if number < attempts:
-            decision = Retry(error, retry_delay(number))
-            metrics.TASKS_RETRIED.labels(name).inc()
-            logger.warning("task attempt failed, will retry", extra=log, exc_info=True)
-        else:
-            decision = GiveUp(error)
-            metrics.TASKS_FAILED.labels(name, type(error).__name__).inc()
-            logger.error("task failed", extra=log, exc_info=True)
-    else:
-        decision = Succeeded(result)
-        metrics.TASKS_SUCCEEDED.labels(name).inc()
-    finally:
-        if job is not None and not isinstance(decision, DeadLettered):
-            await finished(job)
-        # As at the end of a request: the attempt's database connection goes back
-        # to the pool, and one that broke is not used again.
-        await sync_to_async(close_old_connections)()
-        duration = time.perf_counter() - started
-        # None: the attempt itself was cancelled (its worker stopping), a failure.
-        outcome = decision.outcome if decision else "failed"
-        metrics.TASK_DURATION.labels(name, outcome).observe(duration)
-        if outcome == "succeeded":
-            logger.info("task succeeded", extra={**log, "duration": duration})
-    return decision
+    return attributes

@@ -120,15 +120,36 @@ def start_worker(
     )
     worker = Worker(process, port)
     deadline = time.monotonic() + WAIT
-    while True:
-        assert process.poll() is None, f"bin/worker exited with {process.returncode}"
-        try:
-            if worker.get("/healthz")[0] == 200:
-                return worker
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "bin/worker never answered /healthz"
-        time.sleep(0.1)
+    try:
+        while True:
+            assert process.poll() is None, (
+                f"bin/worker exited with {process.returncode}"
+            )
+            try:
+                if worker.get("/healthz")[0] == 200:
+                    return worker
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "bin/worker never answered /healthz"
+            time.sleep(0.1)
+    except BaseException:
+        # Also when the test's timeout interrupts the wait: no worker outlives it.
+        process.kill()
+        process.wait()
+        raise
+
+
+def stop_worker(worker: Worker) -> None:
+    """SIGTERM, as systemd and the kubelet stop it: it exits 0 within its
+    shutdown timeout, or is killed and fails the test."""
+    worker.process.send_signal(signal.SIGTERM)
+    try:
+        status = worker.process.wait(timeout=WAIT + 10)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait()
+        raise
+    assert status == 0
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +157,8 @@ def worker(django_db_setup, django_db_blocker, tmp_path_factory):
     with django_db_blocker.unblock():
         database_url = worker_database_url()
     worker = start_worker(database_url, tmp_path_factory.mktemp("worker-metrics"))
-    process = worker.process
     yield worker
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=WAIT + 10) == 0
+    stop_worker(worker)
     # The test database is dropped next, and not while a session is open on it:
     # the async ORM calls of the tests held theirs in asgiref's sync thread.
     with django_db_blocker.unblock():

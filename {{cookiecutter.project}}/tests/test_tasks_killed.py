@@ -8,7 +8,6 @@ limit and HARD_LIMIT_MARGIN have passed: about 35 s.
 """
 
 import asyncio
-import signal
 import uuid
 
 import pytest
@@ -27,6 +26,7 @@ from tests.test_tasks import (
     kill_delivery,
     lock_item_changes,
     start_worker,
+    stop_worker,
     worker_database_url,
 )
 
@@ -54,8 +54,7 @@ def worker_environment(django_db_blocker, tmp_path):
     yield start
     for worker in workers:
         if worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGTERM)
-            assert worker.process.wait(timeout=WAIT + 10) == 0
+            stop_worker(worker)
     with django_db_blocker.unblock():
         asyncio.run(sync_to_async(connections.close_all)())
         for alias in connections:

@@ -9,7 +9,6 @@ seen here arrived because its processes flushed them as they stopped.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from core.models import PendingTask
 from items.models import ItemChange
 from tests.otlp import Receiver
-from tests.test_tasks import WAIT, start_worker, worker_database_url
+from tests.test_tasks import WAIT, start_worker, stop_worker, worker_database_url
 from tests.test_tracing import (
     PARENT_SPAN_ID,
     TRACE_ID,
@@ -82,11 +81,6 @@ def traced_worker(receiver: Receiver, tmp_path):
             WORKER_CONCURRENCY="1",
             **exporting_to(receiver, OTEL_RESOURCE_ATTRIBUTES="test.process=worker"),
         )
-
-
-def stop_worker(worker) -> None:
-    worker.process.send_signal(signal.SIGTERM)
-    assert worker.process.wait(timeout=WAIT + 10) == 0
 
 
 def attributes(span: Span) -> dict:

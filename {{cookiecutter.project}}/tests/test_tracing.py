@@ -88,23 +88,33 @@ def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
-    for _ in range(300):  # bounded: 30 s for the server to start
-        try:
-            if call(f"{base}/healthz")[0] == 200:
-                return server, base
-        except OSError:
-            time.sleep(0.1)
-        if server.poll() is not None:
-            break
-    server.kill()
-    pytest.fail(f"bin/serve did not start:\n{log.read_text()}")
+    try:
+        for _ in range(300):  # bounded: 30 s for the server to start
+            try:
+                if call(f"{base}/healthz")[0] == 200:
+                    return server, base
+            except OSError:
+                time.sleep(0.1)
+            if server.poll() is not None:
+                break
+        pytest.fail(f"bin/serve did not start:\n{log.read_text()}")
+    except BaseException:
+        # Also when the test's timeout interrupts the wait: no server outlives it.
+        server.kill()
+        server.wait()
+        raise
 
 
 def stop(server: subprocess.Popen) -> None:
     # Uvicorn raises SIGTERM again once it has shut down: the exit status says
     # nothing here, the "stopped" log line of lifespan shutdown does.
     server.send_signal(signal.SIGTERM)
-    server.wait(timeout=60)
+    try:
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        raise
 
 
 def exporting_to(receiver: Receiver, **environment) -> dict:

@@ -170,6 +170,12 @@ SSE_REPLAY_EVENTS = env.int("SSE_REPLAY_EVENTS", default=1000)
 # ends with the URL that goes on from there (items.views.ItemExport).
 EXPORT_MAX_ROWS = env.int("EXPORT_MAX_ROWS", default=100_000)
 EXPORT_MAX_SECONDS = env.float("EXPORT_MAX_SECONDS", default=60.0)
+# Threads a worker process runs requests' sync code in (the ORM's writes,
+# sync_to_async), one request's at a time each (core.handler); more requests wait
+# for one. Above the database pool (DATABASE_POOL_MAX_SIZE on PostgreSQL), so that
+# sync code that queries nothing is not held up behind requests that wait for a
+# connection.
+REQUEST_THREADS = env.int("REQUEST_THREADS", default=32)
 # Largest JSON body the API parses; Nginx refuses larger ones first.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES

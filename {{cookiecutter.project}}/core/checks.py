@@ -194,3 +194,27 @@ def check_secret_keys_are_strong(app_configs, **kwargs):
         for name, key in keys.items()
         if not security_checks._check_secret_key(key)
     ]
+
+
+# Per-process caps that a value below 1 would turn into a worker that never
+# serves: every request with sync code, every stream, every WebSocket would wait
+# or be refused.
+CAPS = (
+    "REQUEST_THREADS",
+    "SSE_MAX_STREAMS",
+{%- if cookiecutter.websockets == "yes" %}
+    "WEBSOCKET_MAX_CONNECTIONS",
+{%- endif %}
+)
+
+
+@register()
+def check_caps_are_positive(app_configs, **kwargs):
+    return [
+        Error(
+            f"{name} is {getattr(settings, name)}: it must be at least 1.",
+            id="core.E003",
+        )
+        for name in CAPS
+        if getattr(settings, name) < 1
+    ]

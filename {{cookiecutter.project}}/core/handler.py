@@ -18,9 +18,11 @@ The synchronous receivers Django itself connects there are these:
 
 So each request still gets a thread of its own for its sync code, but one lent
 from a pool of kept threads, and only once sync code first runs (the async ORM,
-sync_to_async); request_started's receivers run there just before, and the
-response is closed there only if the request used it; otherwise in the loop,
-where request_finished finds no connection to close. Any other synchronous
+sync_to_async); request_started's receivers run there just before. A process
+starts at most REQUEST_THREADS of them: beyond, a request's sync code waits for
+one that another request gives back. The response is closed in the request's
+thread only if the request used it; otherwise in the loop, where
+request_finished finds no connection to close. Any other synchronous
 receiver (a project's or a package's) makes the handler fall back to Django's
 behaviour for that signal, and core.checks reports it (core.W005).
 
@@ -31,12 +33,14 @@ threads and hops so that an upgrade that changes the handler shows up there.
 """
 
 import asyncio
-import functools
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import closing
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.cache import close_caches
 from django.core.exceptions import RequestAborted
@@ -44,6 +48,8 @@ from django.core.handlers import asgi
 from django.core.handlers.base import reset_urlconf
 from django.db import close_old_connections, reset_queries
 from django.urls import set_script_prefix
+
+from core import metrics
 
 # Django's own receivers that act on the request's thread (see above).
 STARTED_IN_REQUEST_THREAD = frozenset({close_old_connections, reset_queries})
@@ -56,13 +62,12 @@ def receivers(signal, sender) -> tuple[list, list]:
     return signal._live_receivers(sender)
 
 
-def _after_request_started(call, /, *args, **kwargs):
+def _request_started_in_thread() -> None:
     # What request_started's receivers would have done in this thread before the
     # request's first query: connections an earlier request left open
     # (CONN_MAX_AGE > 0) are checked, or closed when too old or broken.
     reset_queries()
     close_old_connections()
-    return call(*args, **kwargs)
 
 
 class RequestProcessed(Exception):
@@ -70,48 +75,107 @@ class RequestProcessed(Exception):
     class anew inside handle() on every request; once is enough."""
 
 
-class RequestThread(ThreadPoolExecutor):
-    """The thread of one request's sync code at a time, started when a request
-    first uses it and kept for later ones, as a threaded WSGI server keeps its
-    threads."""
+class Worker(ThreadPoolExecutor):
+    """One kept thread: it runs the sync code of one request at a time."""
 
     def __init__(self):
         super().__init__(max_workers=1, thread_name_prefix="request")
-        self.used = False  # by the request it is lent to
-        self.served = False  # by any request
+        self.served = False  # by an earlier request
 
-    def submit(self, fn, /, *args, **kwargs):
-        if not self.used:
-            self.used = True
-            if self.served:
-                fn = functools.partial(_after_request_started, fn)
-            self.served = True
-        return super().submit(fn, *args, **kwargs)
+
+class RequestThread(Executor):
+    """One request's thread: the executor of its ThreadSensitiveContext. It takes
+    a Worker when the request first runs sync code; when the process already has
+    its most, that code waits (in the loop, holding nothing) for a Worker another
+    request gives back."""
+
+    def __init__(self, threads: "RequestThreads"):
+        self.threads = threads
+        self.worker: Worker | None = None
+        self.waiting: list[tuple[Future, Callable, tuple, dict]] = []
+
+    @property
+    def used(self) -> bool:
+        return self.worker is not None
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        if self.worker is None and not self.threads.take(self):
+            future = Future()
+            self.waiting.append((future, fn, args, kwargs))
+            return future
+        return self.worker.submit(fn, *args, **kwargs)
+
+    def start(self, worker: Worker) -> None:
+        """Runs the request's sync code on `worker`, from its first call on."""
+        self.worker = worker
+        if worker.served:
+            worker.submit(_request_started_in_thread)
+        worker.served = True
+        for future, fn, args, kwargs in self.waiting:
+            # False: cancelled while it waited (the request was).
+            if future.set_running_or_notify_cancel():
+                _copy_outcome(worker.submit(fn, *args, **kwargs), future)
+        self.waiting = []
+
+
+def _copy_outcome(source: Future, target: Future) -> None:
+    def copy(done: Future) -> None:
+        if done.exception() is not None:
+            target.set_exception(done.exception())
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
 
 
 class RequestThreads:
-    """Lends each request a thread of its own; keeps up to `keep` for later."""
+    """Lends each request a thread of its own, at most `limit` at once in the
+    process (REQUEST_THREADS), as a threaded WSGI server bounds its threads: a
+    flood of requests that run sync code queues instead of starting a thread
+    each. Threads are kept for later requests. All of it runs in the event loop,
+    so plain lists and counts are exact."""
 
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.idle: list[RequestThread] = []
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.started = 0
+        self.idle: list[Worker] = []
+        self.queue: deque[RequestThread] = deque()
+        self.waits = metrics.REQUEST_THREAD_WAITS
 
     def lend(self) -> RequestThread:
-        thread = self.idle.pop() if self.idle else RequestThread()
-        thread.used = False
-        return thread
+        return RequestThread(self)
+
+    def take(self, thread: RequestThread) -> bool:
+        """Starts `thread` on a Worker if one is free or may be started; else
+        queues it and returns False."""
+        if self.idle:
+            thread.start(self.idle.pop())
+        elif self.started < self.limit:
+            self.started += 1
+            thread.start(Worker())
+        else:
+            self.queue.append(thread)
+            self.waits.inc()
+            return False
+        return True
 
     def give_back(self, thread: RequestThread) -> None:
-        if len(self.idle) < self.keep:
-            self.idle.append(thread)
+        if thread.worker is None:
+            # A request that ended while it waited (cancelled): nothing to give.
+            if thread in self.queue:
+                self.queue.remove(thread)
+            return
+        worker, thread.worker = thread.worker, None
+        if self.queue:
+            self.queue.popleft().start(worker)
         else:
-            # Not joined: nothing waits for it, and joining would block the loop.
-            thread.shutdown(wait=False)
+            self.idle.append(worker)
 
 
 class ASGIHandler(asgi.ASGIHandler):
-    # Threads kept beyond this many requests running sync code at once end.
-    threads = RequestThreads(keep=64)
+    def __init__(self):
+        super().__init__()
+        self.threads = RequestThreads(limit=settings.REQUEST_THREADS)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

@@ -101,6 +101,11 @@ CONNECTIONS_REFUSED = Counter(
     "type (SSE_MAX_STREAMS, WEBSOCKET_MAX_CONNECTIONS): sse, websocket.",
     ["type"],
 )
+REQUEST_THREAD_WAITS = Counter(
+    "django_request_thread_waits",
+    "Requests whose sync code waited for a request thread: the worker had started "
+    "its most (REQUEST_THREADS), all busy (core.handler).",
+)
 WEBSOCKET_CONNECTS = Counter(
     "django_websocket_connects", "WebSocket connections accepted."
 )

@@ -14,7 +14,9 @@ from django.urls import path
 
 from core.api import ApiView
 from core.checks import (
+    CAPS,
     check_api_is_documented,
+    check_caps_are_positive,
     check_middleware_stays_async,
     check_request_signals_stay_async,
     check_secret_keys_are_strong,
@@ -174,6 +176,15 @@ def test_a_weak_secret_key_is_allowed_in_debug(settings):
     settings.DEBUG = True
     settings.SECRET_KEY = "debug"
     assert check_secret_keys_are_strong(None) == []
+
+
+@pytest.mark.parametrize("name", CAPS)
+def test_a_cap_below_one_is_an_error(settings, name):
+    assert check_caps_are_positive(None) == []
+    setattr(settings, name, 0)
+    [error] = check_caps_are_positive(None)
+    assert error.id == "core.E003"
+    assert error.msg == f"{name} is 0: it must be at least 1."
 
 
 def test_secret_key_fallbacks_come_from_the_environment():

@@ -3,11 +3,13 @@ request runs sync code (a write; a read on SQLite), database reads on PostgreSQL
 and cache reads without either, database connections closed in the thread that
 opened them, and exceptions still logged and counted."""
 
+import asyncio
 import json
 import threading
 
 import pytest
 from asgiref import sync
+from asgiref.sync import sync_to_async
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler as StockASGIHandler
 from django.db import connections
@@ -15,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from config.asgi import application
 from core import reads
+from core.handler import ASGIHandler, RequestThreads
 from items import store
 from items.schemas import ItemIn
 from tests.asgi import exchange
@@ -91,6 +94,48 @@ async def test_request_threads_are_kept_for_later_requests(thread_use):
         assert (await get(application, "/api/items/1", "DELETE"))[0] == 404
     # Django's own handler starts two threads per request.
     assert thread_use["threads"] <= 1
+
+
+async def test_a_process_runs_sync_code_in_at_most_request_threads(monkeypatch):
+    """Five requests whose sync code blocks, on a handler of two threads: two run,
+    three wait (counted) without a thread of their own, and each gets one that
+    an earlier request gives back."""
+    handler = ASGIHandler()
+    handler.threads = RequestThreads(limit=2)
+    lock, release = threading.Lock(), threading.Event()
+    running, used = set(), set()
+
+    def blocking():
+        with lock:
+            running.add(threading.get_ident())
+            used.add(threading.get_ident())
+        release.wait(10)
+        with lock:
+            running.discard(threading.get_ident())
+
+    original = store.stats
+
+    async def stats():
+        await sync_to_async(blocking)()
+        return await original()
+
+    monkeypatch.setattr(store, "stats", stats)
+
+    def waits() -> float:
+        return REGISTRY.get_sample_value("django_request_thread_waits_total") or 0
+
+    before = waits()
+    requests = [asyncio.create_task(get(handler, "/api/items/stats")) for _ in range(5)]
+    for _ in range(500):  # bounded: 5 s for all five to start or queue
+        if len(running) == 2 and waits() == before + 3:
+            break
+        await asyncio.sleep(0.01)
+    assert (len(running), waits() - before) == (2, 3)
+    assert len(handler.threads.queue) == 3
+    release.set()
+    assert [status for status, _ in await asyncio.gather(*requests)] == [200] * 5
+    assert len(used) == handler.threads.started == 2
+    assert len(handler.threads.idle) == 2
 
 
 @pytest.mark.skipif(

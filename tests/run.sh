@@ -5,4 +5,7 @@ set -euo pipefail
 # shellcheck source=tests/bootstrap.sh
 source "$(dirname "$0")/bootstrap.sh"
 cd "$ROOT"
-exec pytest -n "${TEST_WORKERS:-2}" "$@"
+# Three workers on CI's two cores: a good part of the suite waits rather than
+# computes (Ansible's podman execs, image builds, the WebSocket idle test, servers
+# starting), and a third worker fills those waits.
+exec pytest -n "${TEST_WORKERS:-3}" "$@"

@@ -103,9 +103,17 @@ async def test_a_client_that_leaves_mid_read_gives_the_connection_back(fresh_poo
         await communicator.wait(timeout=10)
         # Still locked: only a cancel on the server can have ended the read.
         assert await waiting_reads() == 0
-    stats = pool.get_stats()
-    assert stats["pool_available"] == stats["pool_size"]
-    assert stats.get("requests_waiting", 0) == 0
+
+    async def lent() -> int:
+        stats = pool.get_stats()
+        return stats["pool_size"] - stats["pool_available"]
+
+    # The pool's size counts a connection its own background task may still be
+    # opening or checking when the request has ended: a run of the template's
+    # suite once saw 2 of 3 available right after the cancel. So: every one is
+    # back within the bound, or the read kept one and the test fails.
+    await until(lent, 0)
+    assert pool.get_stats().get("requests_waiting", 0) == 0
     status, _, body = await request(application, "GET", "/api/items")
     assert (status, body["total"]) == (200, 0)
 

@@ -99,7 +99,9 @@ class RequestThread(Executor):
         return self.worker is not None
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        if self.worker is None and not self.threads.take(self):
+        # Already queued (a second sync call of the same request, gathered with
+        # the first): it waits for the same Worker.
+        if self.worker is None and (self.waiting or not self.threads.take(self)):
             future = Future()
             self.waiting.append((future, fn, args, kwargs))
             return future
@@ -119,6 +121,8 @@ class RequestThread(Executor):
 
 
 def _copy_outcome(source: Future, target: Future) -> None:
+    # concurrent.futures has no public way to chain two futures (asyncio's
+    # _chain_future is private), and this is all that is needed of one.
     def copy(done: Future) -> None:
         if done.exception() is not None:
             target.set_exception(done.exception())
@@ -140,7 +144,6 @@ class RequestThreads:
         self.started = 0
         self.idle: list[Worker] = []
         self.queue: deque[RequestThread] = deque()
-        self.waits = metrics.REQUEST_THREAD_WAITS
 
     def lend(self) -> RequestThread:
         return RequestThread(self)
@@ -155,7 +158,7 @@ class RequestThreads:
             thread.start(Worker())
         else:
             self.queue.append(thread)
-            self.waits.inc()
+            metrics.REQUEST_THREAD_WAITS.inc()
             return False
         return True
 

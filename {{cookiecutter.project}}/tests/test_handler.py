@@ -138,6 +138,25 @@ async def test_a_process_runs_sync_code_in_at_most_request_threads(monkeypatch):
     assert len(handler.threads.idle) == 2
 
 
+def test_a_waiting_request_queues_once_for_all_its_sync_calls():
+    """Two sync calls of one request made while it waits (gathered): one place in
+    the queue, one wait counted, and both run on the thread it then gets."""
+    threads = RequestThreads(limit=1)
+    first, second = threads.lend(), threads.lend()
+    assert first.submit(threading.get_ident).result(timeout=5)
+
+    def waits() -> float:
+        return REGISTRY.get_sample_value("django_request_thread_waits_total") or 0
+
+    before = waits()
+    calls = [second.submit(threading.get_ident) for _ in range(2)]
+    assert (list(threads.queue), waits() - before) == ([second], 1)
+    threads.give_back(first)
+    assert len({call.result(timeout=5) for call in calls}) == 1
+    threads.give_back(second)
+    assert (threads.started, len(threads.idle), list(threads.queue)) == (1, 1, [])
+
+
 @pytest.mark.skipif(
     not reads.native("default"),
     reason="needs PostgreSQL (DATABASE_URL): on SQLite reads run in a thread",

@@ -36,6 +36,7 @@ from core import queue, queueing, tasks
 from core.models import PendingTask, TaskDelivery
 from items.models import ItemChange
 from items.tasks import build_report, record_change
+from tests.processes import killed_on_failure, terminate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -117,10 +118,11 @@ def start_worker(
         env=env,
         stdout=output,
         stderr=None if output is None else subprocess.STDOUT,
+        start_new_session=True,  # tests.processes
     )
     worker = Worker(process, port)
     deadline = time.monotonic() + WAIT
-    try:
+    with killed_on_failure(process):
         while True:
             assert process.poll() is None, (
                 f"bin/worker exited with {process.returncode}"
@@ -132,24 +134,12 @@ def start_worker(
                 pass
             assert time.monotonic() < deadline, "bin/worker never answered /healthz"
             time.sleep(0.1)
-    except BaseException:
-        # Also when the test's timeout interrupts the wait: no worker outlives it.
-        process.kill()
-        process.wait()
-        raise
 
 
 def stop_worker(worker: Worker) -> None:
-    """SIGTERM, as systemd and the kubelet stop it: it exits 0 within its
-    shutdown timeout, or is killed and fails the test."""
-    worker.process.send_signal(signal.SIGTERM)
-    try:
-        status = worker.process.wait(timeout=WAIT + 10)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
-        raise
-    assert status == 0
+    """Stopped as systemd and the kubelet stop it, it exits 0 within its
+    shutdown timeout."""
+    assert terminate(worker.process, timeout=WAIT + 10) == 0
 
 
 @pytest.fixture(scope="module")

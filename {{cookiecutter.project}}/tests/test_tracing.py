@@ -5,7 +5,6 @@ OpenTelemetry loads."""
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from websockets.sync.client import connect as websocket_connect
 
 from items.models import Category, Item
 from tests.otlp import Receiver
+from tests.processes import killed_on_failure, terminate
 
 # A W3C traceparent as Nginx or a calling service would send it.
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -86,9 +86,10 @@ def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
             },
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # tests.processes
         )
     base = f"http://127.0.0.1:{port}"
-    try:
+    with killed_on_failure(server):
         for _ in range(300):  # bounded: 30 s for the server to start
             try:
                 if call(f"{base}/healthz")[0] == 200:
@@ -98,23 +99,12 @@ def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
             if server.poll() is not None:
                 break
         pytest.fail(f"bin/serve did not start:\n{log.read_text()}")
-    except BaseException:
-        # Also when the test's timeout interrupts the wait: no server outlives it.
-        server.kill()
-        server.wait()
-        raise
 
 
 def stop(server: subprocess.Popen) -> None:
     # Uvicorn raises SIGTERM again once it has shut down: the exit status says
     # nothing here, the "stopped" log line of lifespan shutdown does.
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-        raise
+    terminate(server, timeout=60)
 
 
 def exporting_to(receiver: Receiver, **environment) -> dict:

@@ -56,6 +56,7 @@ MIDDLEWARE = [
     "core.middleware.SecurityMiddleware",
     "core.middleware.XFrameOptionsMiddleware",
     "core.middleware.CommonMiddleware",
+    "core.middleware.CsrfViewMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -176,6 +177,33 @@ EXPORT_MAX_SECONDS = env.float("EXPORT_MAX_SECONDS", default=60.0)
 # sync code that queries nothing is not held up behind requests that wait for a
 # connection.
 REQUEST_THREADS = env.int("REQUEST_THREADS", default=32)
+# Who may call the API (core.auth): a bearer token, a service API key
+# (`manage.py issue_api_key`) or an OIDC access token, is required for every
+# write, for the export, and for reads too with API_AUTH_READS.
+API_AUTH_READS = env.bool("API_AUTH_READS", default=False)
+# OIDC access tokens are accepted when OIDC_ISSUER is set: JWTs that this issuer
+# signed with a key of its JWKS (OIDC_JWKS_URL, or the jwks_uri of the issuer's
+# discovery document) in one of OIDC_ALGORITHMS, for OIDC_AUDIENCE, unexpired.
+OIDC_ISSUER = env.str("OIDC_ISSUER", default="")
+OIDC_AUDIENCE = env.str("OIDC_AUDIENCE", default="")
+OIDC_JWKS_URL = env.str("OIDC_JWKS_URL", default="")
+OIDC_ALGORITHMS = env.list("OIDC_ALGORITHMS", default=["RS256"])
+# Clock skew allowed on exp and nbf.
+OIDC_LEEWAY_SECONDS = env.int("OIDC_LEEWAY_SECONDS", default=30)
+# A token signed by a key id the cached JWKS lacks fetches it again, at most
+# this often: a flood of made-up key ids cannot make the service flood the issuer.
+OIDC_JWKS_REFETCH_SECONDS = env.float("OIDC_JWKS_REFETCH_SECONDS", default=30.0)
+# The JWKS is fetched again after this long in any case (the issuer rotated keys).
+OIDC_JWKS_MAX_AGE_SECONDS = env.float("OIDC_JWKS_MAX_AGE_SECONDS", default=3600.0)
+# Largest JWKS document read; a bigger one is the issuer's fault, not a key set.
+OIDC_JWKS_MAX_BYTES = 1024 * 1024
+# Answers to the issuer's discovery and JWKS requests wait at most this long.
+OIDC_TIMEOUT_SECONDS = env.float("OIDC_TIMEOUT_SECONDS", default=5.0)
+{%- if cookiecutter.websockets == "yes" %}
+# A WebSocket opened with an API key checks every this often that the key is
+# still valid, and is closed with 4401 once it is not.
+WEBSOCKET_TOKEN_CHECK_SECONDS = env.float("WEBSOCKET_TOKEN_CHECK_SECONDS", default=60.0)
+{%- endif %}
 # Largest JSON body the API parses; Nginx refuses larger ones first.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
@@ -221,10 +249,10 @@ SILENCED_SYSTEM_CHECKS = [
     # classes, and core.checks runs the same deploy checks against the subclasses.
     "security.W001",
     "security.W002",
-    # No HTTP endpoint authenticates with cookies, so there is nothing to forge;
-    # WebSocket connections are checked by origin instead (WEBSOCKET_ALLOWED_ORIGINS).
     "security.W003",
 ]
+# A refused CSRF check answers JSON, as every other error (core.api).
+CSRF_FAILURE_VIEW = "core.api.csrf_failure"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

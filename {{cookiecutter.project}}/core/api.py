@@ -13,9 +13,10 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.views import View
+from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core import database, metrics, tracing
+from core import auth, database, metrics, tracing
 from core.context import REQUEST_ID
 
 # What a 503 asks clients to wait before trying again: a busy pool frees up fast,
@@ -182,10 +183,14 @@ class Stream:
 
 
 # What any request with a body can be refused for (parse_body), and any with a
-# query (parse_query). Every operation can also answer 503 (ApiView.dispatch).
+# query (parse_query). Every operation can also answer 401 (a token that is not
+# valid, or none where one is needed) and 503 (ApiView.dispatch).
 BODY_ERRORS = (400, 413, 415, 422)
 QUERY_ERRORS = (400,)
+UNAUTHORIZED = 401
 UNAVAILABLE = 503
+# Methods that change nothing: the only ones without a token, unless API_AUTH_READS.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,7 @@ class Operation:
     idempotent: bool = False
 
     def error_statuses(self) -> list[int]:
-        statuses = {*self.errors, UNAVAILABLE}
+        statuses = {*self.errors, UNAUTHORIZED, UNAVAILABLE}
         if self.body is not None:
             statuses.update(BODY_ERRORS)
         if self.query is not None:
@@ -244,11 +249,39 @@ def operation(responses, *, body=None, query=None, errors=(), idempotent=False):
 
 
 class ApiView(View):
-    """Async class-based view whose errors, 405 included, are JSON."""
+    """Async class-based view whose errors, 405 included, are JSON, and whose
+    callers show a bearer token (core.auth) to write, and to read where
+    needs_token() says so. The caller is request.principal (None without a token)."""
+
+    # Reads of this view need a token even when API_AUTH_READS is off.
+    reads_need_token = False
+
+    @classmethod
+    def as_view(cls, **initkwargs):
+        # Only a bearer token authenticates, never a cookie: nothing a browser
+        # sends on its own counts, so there is no request to forge (as DRF's APIView).
+        return csrf_exempt(super().as_view(**initkwargs))
+
+    @classmethod
+    def needs_token(cls, method: str) -> bool:
+        return (
+            method not in SAFE_METHODS
+            or cls.reads_need_token
+            or settings.API_AUTH_READS
+        )
 
     async def dispatch(self, request, *args, **kwargs):
         try:
+            # A method the view does not answer is a 405 for anyone.
+            if hasattr(self, request.method.lower()):
+                await self._authenticate(request)
             return await super().dispatch(request, *args, **kwargs)
+        except auth.Unauthorized as exc:
+            response = error_response(UNAUTHORIZED, "unauthorized", str(exc))
+            response["WWW-Authenticate"] = exc.challenge()
+            return response
+        except auth.IssuerUnavailable as exc:
+            return unavailable("issuer_unavailable", str(exc)).response()
         except ApiError as exc:
             return exc.response()
         except Exception as exc:
@@ -259,6 +292,13 @@ class ApiView(View):
             return unavailable(
                 "database_unavailable", "the database is not available, retry"
             ).response()
+
+    async def _authenticate(self, request) -> None:
+        request.principal = await auth.authenticate(
+            request.headers.get("Authorization")
+        )
+        if request.principal is None and self.needs_token(request.method):
+            raise auth.Unauthorized("this needs a bearer token", token_sent=False)
 
     def http_method_not_allowed(self, request, *args, **kwargs):
         response = error_response(
@@ -286,3 +326,8 @@ bad_request = _handler(HTTPStatus.BAD_REQUEST)
 permission_denied = _handler(HTTPStatus.FORBIDDEN)
 not_found = _handler(HTTPStatus.NOT_FOUND)
 server_error = _handler(HTTPStatus.INTERNAL_SERVER_ERROR)
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: a cookie-authenticated write without its CSRF token."""
+    return error_response(403, "csrf_failed", f"CSRF verification failed: {reason}")

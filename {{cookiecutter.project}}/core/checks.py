@@ -2,27 +2,30 @@
 deploy settings safe."""
 
 import inspect
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core import signals
 from django.core.checks import Error, Tags, Warning, register
 from django.core.checks.security import base as security_checks
+from django.core.checks.security import csrf as csrf_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test.utils import override_settings
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
-from core import handler, openapi
+from core import auth, handler, openapi
 from core.middleware import InlineHooksMixin
 
 # Hooks Django wraps in sync_to_async, on every request, when they are not coroutines.
 PER_REQUEST_HOOKS = ("process_view", "process_template_response")
 
 # Django's deploy checks that are skipped unless these dotted paths are in
-# MIDDLEWARE (security.W001/W002 are silenced in settings for that reason).
+# MIDDLEWARE (security.W001/W002/W003 are silenced in settings for that reason).
 STOCK_SECURITY_MIDDLEWARE = (
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
 )
 SECURITY_SETTING_CHECKS = (
     security_checks.check_sts,
@@ -33,6 +36,7 @@ SECURITY_SETTING_CHECKS = (
     security_checks.check_xframe_deny,
     security_checks.check_referrer_policy,
     security_checks.check_cross_origin_opener_policy,
+    csrf_checks.check_csrf_cookie_secure,
 )
 
 
@@ -217,4 +221,36 @@ def check_caps_are_positive(app_configs, **kwargs):
         )
         for name in CAPS
         if getattr(settings, name) < 1
+    ]
+
+
+@register(Tags.security)
+def check_oidc_settings(app_configs, **kwargs):
+    """What core.auth needs to trust an access token: an audience (a token for
+    another service must not open this one), algorithms whose keys are public,
+    and keys fetched over TLS (plain HTTP only from this machine, as in tests)."""
+    if not settings.OIDC_ISSUER:
+        return []
+    problems = []
+    if not settings.OIDC_AUDIENCE:
+        problems.append("OIDC_AUDIENCE is not set")
+    if not settings.OIDC_ALGORITHMS:
+        problems.append("OIDC_ALGORITHMS is empty")
+    weak = set(settings.OIDC_ALGORITHMS) - auth.ASYMMETRIC_ALGORITHMS
+    if weak:
+        problems.append(
+            f"OIDC_ALGORITHMS has {sorted(weak)}: only "
+            f"{sorted(auth.ASYMMETRIC_ALGORITHMS)} are accepted"
+        )
+    for name in ("OIDC_ISSUER", "OIDC_JWKS_URL"):
+        url = urlsplit(getattr(settings, name))
+        if url.scheme == "https" or (
+            url.scheme == "http" and url.hostname in ("127.0.0.1", "::1", "localhost")
+        ):
+            continue
+        if name == "OIDC_ISSUER" or url.scheme:
+            problems.append(f"{name} is not an https:// URL")
+    return [
+        Error(f"{problem}.", hint="See core.auth.", id="core.E004")
+        for problem in problems
     ]

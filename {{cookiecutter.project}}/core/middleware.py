@@ -11,7 +11,7 @@ import time
 
 from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
-from django.middleware import clickjacking, common, security
+from django.middleware import clickjacking, common, csrf, security
 
 from core import metrics, tracing
 from core.context import REQUEST_ID, request_id_from
@@ -117,3 +117,13 @@ class XFrameOptionsMiddleware(InlineHooksMixin, clickjacking.XFrameOptionsMiddle
 
 class CommonMiddleware(InlineHooksMixin, common.CommonMiddleware):
     pass
+
+
+class CsrfViewMiddleware(InlineHooksMixin, csrf.CsrfViewMiddleware):
+    """Django's CSRF protection, for any view that a cookie authenticates (a
+    session login a team adds). The API's views are exempt: only a bearer token
+    authenticates them (core.api.ApiView)."""
+
+    async def process_view(self, request, callback, callback_args, callback_kwargs):
+        # Reads the request's cookie and headers only (CSRF_USE_SESSIONS is off).
+        return super().process_view(request, callback, callback_args, callback_kwargs)

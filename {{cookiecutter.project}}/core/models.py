@@ -23,6 +23,23 @@ class IdempotentRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.route} {self.key}"
+
+
+class ApiKey(models.Model):
+    """A service's API key (core.auth): only its prefix, which finds the row, and
+    the SHA-256 of its secret are kept. The secret is 32 random bytes, so a plain
+    hash is as strong as a slow one would be. Issued and revoked with
+    `manage.py issue_api_key` and `manage.py revoke_api_key`."""
+
+    name = models.CharField(max_length=100, db_index=True)  # who holds it
+    prefix = models.CharField(max_length=16, unique=True)
+    digest = models.CharField(max_length=64)  # SHA-256 of the secret, hex
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"
 {%- if cookiecutter.tasks != "none" %}
 
 

@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from core import idempotency
 from core.api import (
+    UNAUTHORIZED,
     UNAVAILABLE,
     ApiView,
     ErrorBody,
@@ -32,6 +33,7 @@ from core.api import (
 PREFIX = "api/"
 COMPONENTS = "#/components/schemas/{model}"
 JSON = "application/json"
+BEARER = "bearer"
 # A route's <converter:name> or <name>, as django.urls.resolvers reads it.
 _PARAMETER = re.compile(r"<(?:[^>:]+:)?([^>]+)>")
 # What an `idempotent` operation takes and answers (core.idempotency).
@@ -121,6 +123,12 @@ def _responses(declared: Operation, refs: dict) -> dict:
             "description": HTTPStatus(status).phrase,
             **_content(ErrorBody, refs),
         }
+    responses[str(UNAUTHORIZED)]["headers"] = {
+        "WWW-Authenticate": {
+            "description": "Bearer, and why the token sent is not valid (RFC 6750).",
+            "schema": {"type": "string"},
+        }
+    }
     responses[str(UNAVAILABLE)]["headers"] = {
         "Retry-After": {
             "description": "Seconds to wait before trying again.",
@@ -136,6 +144,10 @@ def _operation(converters: dict, view, method: str, handler, refs: dict) -> dict
         "operationId": f"{view.__qualname__}.{method}",
         "responses": _responses(declared, refs),
     }
+    # A token is optional where it is not needed: one that is sent must be valid.
+    entry["security"] = (
+        [{BEARER: []}] if view.needs_token(method.upper()) else [{}, {BEARER: []}]
+    )
     summary = (handler.__doc__ or view.__doc__ or "").strip().split("\n")[0]
     if summary:
         entry["summary"] = summary
@@ -212,7 +224,17 @@ def build() -> dict:
         "openapi": "3.1.0",
         "info": {"title": settings.SERVICE_NAME, "version": settings.SERVICE_VERSION},
         "paths": paths,
-        "components": {"schemas": definitions.get("$defs", {})},
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {
+                BEARER: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A service API key (manage.py issue_api_key) "
+                    "or, where OIDC_ISSUER is set, the issuer's access token.",
+                }
+            },
+        },
     }
 
 

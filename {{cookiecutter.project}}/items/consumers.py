@@ -1,8 +1,16 @@
 """WebSocket: live item changes for every client, direct messages between users.
 
 Every connection joins the items group and receives each change broadcast by the
-API. A signed-in user can also send a message to one other connection, named by
-the id it was given on connecting. Messages are JSON objects with a "type".
+API. A caller with a bearer token (or a signed-in user) can also send a message
+to one other connection, named by the id it was given on connecting. Messages
+are JSON objects with a "type".
+
+The token (core.auth) comes in `Authorization: Bearer <token>`, or, from a
+browser, which cannot set that header, as the subprotocols `bearer, <token>`
+(the server then selects "bearer"). A token that is not valid closes the
+connection with 4401, and so does none when API_AUTH_READS is set. An API key
+revoked later closes it within WEBSOCKET_TOKEN_CHECK_SECONDS, and a token
+that expires closes it when it expires.
 
 A worker holds at most WEBSOCKET_MAX_CONNECTIONS (core.connections): one more is
 denied before it is accepted, which servers answer with HTTP 403. (A 503 needs
@@ -14,11 +22,12 @@ channels_redis's group_expiry silently drops it from the group.
 import asyncio
 import json
 import logging
+import time
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from core import shutdown
+from core import auth, shutdown
 from core.connections import WEBSOCKETS
 from core.events import LAYER_ERRORS
 from items.changes import EVENTS_GROUP
@@ -28,9 +37,11 @@ GOING_AWAY = 1001
 UNSUPPORTED_DATA = 1003
 MESSAGE_TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013
-# A private code (4000-4999): the connection reached WEBSOCKET_MAX_SECONDS, and
-# the client reconnects at once.
+# Private codes (4000-4999). The connection reached WEBSOCKET_MAX_SECONDS, and
+# the client reconnects at once:
 LIFETIME_REACHED = 4000
+# Its token is not valid, or no longer (HTTP's 401): reconnect with a new one.
+TOKEN_NOT_VALID = 4401
 
 logger = logging.getLogger(__name__)
 
@@ -57,31 +68,77 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
         finally:
             if self._slot is not None:
                 self._slot.give_back()
-            if self._lifetime is not None:
-                self._lifetime.cancel()
+            for task in (self._lifetime, self._token_watch):
+                if task is not None:
+                    task.cancel()
 
     _close_on_shutdown = None
     _slot = None
     _lifetime = None
+    _token_watch = None
     accepted = False
+    principal = None
 
     async def connect(self) -> None:
+        authorization, subprotocol = auth.websocket_authorization(self.scope)
+        try:
+            self.principal = await auth.authenticate(authorization)
+        except auth.Unauthorized:
+            await self._refuse(TOKEN_NOT_VALID, subprotocol)
+            return
+        except auth.IssuerUnavailable:
+            await self._refuse(TRY_AGAIN_LATER, subprotocol)
+            return
+        if (
+            self.principal is None
+            and settings.API_AUTH_READS
+            and not self.scope["user"].is_authenticated
+        ):
+            await self._refuse(TOKEN_NOT_VALID, subprotocol)
+            return
         self._slot = WEBSOCKETS.take()
         if self._slot is None:
             await self.close()  # before accept: the handshake is denied
             return
         self._close_on_shutdown = shutdown.close_on_stop(self._going_away)
-        await self.accept()
+        await self.accept(subprotocol)
         self.accepted = True
         self._lifetime = asyncio.create_task(self._expire())
-        user = self.scope["user"]
+        if self.principal is not None:
+            self._token_watch = asyncio.create_task(self._watch_token())
         await self.send_json(
-            {
-                "type": "welcome",
-                "connection": self.channel_name,
-                "user": user.get_username() if user.is_authenticated else None,
-            }
+            {"type": "welcome", "connection": self.channel_name, "user": self._who()}
         )
+
+    def _who(self) -> str | None:
+        """The token's subject, or the signed-in user's name."""
+        if self.principal is not None:
+            return self.principal.subject
+        user = self.scope["user"]
+        return user.get_username() if user.is_authenticated else None
+
+    async def _refuse(self, code: int, subprotocol: str | None) -> None:
+        # Accepted only to be closed with the code that says why (a denied
+        # handshake is a bare 403 to the client).
+        await self.accept(subprotocol)
+        await self.close(code=code)
+
+    async def _watch_token(self) -> None:
+        while True:
+            wait = settings.WEBSOCKET_TOKEN_CHECK_SECONDS
+            if self.principal.expires_at is not None:
+                wait = min(wait, max(0.0, self.principal.expires_at - time.time()))
+            await asyncio.sleep(wait)
+            try:
+                valid = await auth.still_valid(self.principal)
+            except Exception:
+                # The database is down for a moment: the connection keeps its
+                # token until the next check can tell.
+                logger.warning("WebSocket token not checked again", exc_info=True)
+                continue
+            if not valid:
+                await self.close(code=TOKEN_NOT_VALID)
+                return
 
     async def disconnect(self, code) -> None:
         if self._close_on_shutdown is not None:
@@ -121,9 +178,11 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
             await self._error("unknown_type", "type must be 'ping' or 'direct'")
 
     async def _direct(self, to, text) -> None:
-        user = self.scope["user"]
-        if not user.is_authenticated:
-            await self._error("unauthenticated", "sign in to send direct messages")
+        sender = self._who()
+        if sender is None:
+            await self._error(
+                "unauthenticated", "connect with a token to send direct messages"
+            )
             return
         if not isinstance(text, str) or not isinstance(to, str):
             await self._error("invalid_message", "'to' and 'text' must be strings")
@@ -141,7 +200,7 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
             {
                 "type": "direct.message",
                 "from": self.channel_name,
-                "user": user.get_username(),
+                "user": sender,
                 "text": text,
             },
         )

@@ -116,6 +116,9 @@ def _line(data: dict) -> bytes:
 class ItemExport(ApiView):
     """Newline-delimited JSON of every item, streamed as it is read."""
 
+    # The whole table, page after page: only for callers the service knows.
+    reads_need_token = True
+
     @operation(
         {
             200: Stream(

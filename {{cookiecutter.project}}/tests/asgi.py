@@ -5,9 +5,16 @@ import json
 from asgiref.testing import ApplicationCommunicator
 from channels.layers import get_channel_layer
 
+from tests import tokens
 
-def http_scope(path: str, method: str = "GET", headers=()) -> dict:
+
+def http_scope(
+    path: str, method: str = "GET", headers=(), token: str | None = tokens.TOKEN
+) -> dict:
+    """A request's scope, with `Authorization: Bearer token` unless token is None."""
     path, _, query = path.partition("?")
+    if token is not None:
+        headers = [(b"authorization", f"Bearer {token}".encode()), *headers]
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -25,12 +32,17 @@ def http_scope(path: str, method: str = "GET", headers=()) -> dict:
 
 
 async def exchange(
-    application, method: str, path: str, content: bytes = b"", headers=()
+    application,
+    method: str,
+    path: str,
+    content: bytes = b"",
+    headers=(),
+    token: str | None = tokens.TOKEN,
 ) -> tuple[dict, bytes]:
     """One request through the whole ASGI application, in a request context of its
     own (as a server makes it): the response's start message and its whole body."""
     communicator = ApplicationCommunicator(
-        application, http_scope(path, method, headers)
+        application, http_scope(path, method, headers, token)
     )
     await communicator.send_input({"type": "http.request", "body": content})
     start = await communicator.receive_output(timeout=10)
@@ -45,13 +57,17 @@ async def exchange(
 
 
 async def request(
-    application, method: str, path: str, body: dict | None = None
+    application,
+    method: str,
+    path: str,
+    body: dict | None = None,
+    token: str | None = tokens.TOKEN,
 ) -> tuple[int, dict, dict]:
     """exchange() with JSON: the status, the headers (lowercase names) and the
     JSON body."""
     headers = [(b"content-type", b"application/json")] if body is not None else []
     content = b"" if body is None else json.dumps(body).encode()
-    start, response = await exchange(application, method, path, content, headers)
+    start, response = await exchange(application, method, path, content, headers, token)
     names = {key.decode().lower(): value.decode() for key, value in start["headers"]}
     return start["status"], names, json.loads(response) if response else {}
 

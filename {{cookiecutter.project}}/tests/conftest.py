@@ -9,6 +9,7 @@ from django.db.models import FETCH_RAISE
 
 from core import cache as cache_backends
 from core import health, reads
+from tests import tokens
 from tests.otlp import Receiver
 
 
@@ -40,6 +41,20 @@ async def fresh_channel_layer_and_cache():
         await layer.flush()
     channel_layers.backends.clear()
     await cache.aclear()
+
+
+@pytest.fixture(autouse=True)
+def api_key_of_the_tests(request):
+    """The API key of tests.tokens, in the database of each test that has one."""
+    if request.node.get_closest_marker("django_db") is not None:
+        request.getfixturevalue("db")  # the marker's kind of database access
+        tokens.create()
+
+
+@pytest.fixture
+def async_client():
+    """pytest-django's, sending the tests' API key."""
+    return tokens.async_client()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from django.core import signals
 from django.core.checks import Tags, run_checks
+from django.test import AsyncClient
 from django.urls import path
 
 from core.api import ApiView
@@ -18,6 +19,7 @@ from core.checks import (
     check_api_is_documented,
     check_caps_are_positive,
     check_middleware_stays_async,
+    check_oidc_settings,
     check_request_signals_stay_async,
     check_secret_keys_are_strong,
 )
@@ -88,8 +90,58 @@ def test_middleware_that_switches_threads_is_reported(settings, middleware, reas
 def test_deploy_checks_see_the_settings_of_our_security_middleware(settings):
     settings.SECURE_HSTS_SECONDS = 0
     settings.SECURE_SSL_REDIRECT = False
+    settings.CSRF_COOKIE_SECURE = False
     ids = {message.id for message in run_checks(include_deployment_checks=True)}
-    assert {"security.W004", "security.W008"} <= ids
+    assert {"security.W004", "security.W008", "security.W016"} <= ids
+
+
+def test_a_missing_csrf_middleware_is_reported(settings):
+    """security.W003 is silenced only because it looks for Django's dotted path:
+    core.W002 reports the middleware missing as itself or as a subclass."""
+    settings.MIDDLEWARE = [name for name in settings.MIDDLEWARE if "Csrf" not in name]
+    warnings = run_checks(include_deployment_checks=True, tags=[Tags.security])
+    assert any(
+        w.id == "core.W002" and "django.middleware.csrf.CsrfViewMiddleware" in w.msg
+        for w in warnings
+    ), warnings
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_form_post_outside_the_api_needs_its_csrf_token():
+    """What a team's cookie-authenticated view gets: Django's CSRF check, with a
+    JSON answer. The API's views are exempt: only a bearer token opens them."""
+    client = AsyncClient(enforce_csrf_checks=True)
+    response = await client.post("/healthz", {"a": "b"})
+    assert response.status_code == 403
+    assert response.json()["error"] == "csrf_failed"
+    response = await client.post("/api/items", {}, content_type="application/json")
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"OIDC_AUDIENCE": ""}, "OIDC_AUDIENCE is not set"),
+        ({"OIDC_ALGORITHMS": ["RS256", "HS256"]}, "OIDC_ALGORITHMS has ['HS256']"),
+        ({"OIDC_ALGORITHMS": ["none"]}, "OIDC_ALGORITHMS has ['none']"),
+        ({"OIDC_ISSUER": "http://idp.example"}, "OIDC_ISSUER is not an https:// URL"),
+        (
+            {"OIDC_JWKS_URL": "http://idp.example/keys"},
+            "OIDC_JWKS_URL is not an https:// URL",
+        ),
+    ],
+)
+def test_oidc_settings_that_would_trust_forged_tokens_are_errors(
+    settings, changes, problem
+):
+    settings.OIDC_ISSUER = "https://idp.example"
+    settings.OIDC_AUDIENCE = "{{ cookiecutter.project }}"
+    assert check_oidc_settings(None) == []
+    for name, value in changes.items():
+        setattr(settings, name, value)
+    [error] = check_oidc_settings(None)
+    assert error.id == "core.E004"
+    assert error.msg.startswith(problem)
 
 
 # A production environment; the deploy checks only read settings, so nothing

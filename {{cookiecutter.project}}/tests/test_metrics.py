@@ -12,7 +12,6 @@ from pathlib import Path
 import django
 import pytest
 from django.conf import settings
-from django.test import AsyncClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +19,7 @@ from config import template
 from config.asgi import application
 from core import exposition, metrics, sampler
 from items import store
+from tests import tokens
 from tests.asgi import next_chunk, open_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -91,7 +91,7 @@ async def test_unhandled_exceptions_are_counted_and_answered_500(monkeypatch):
 
     monkeypatch.setattr(store, "stats", broken)
     before = sample("django_http_exceptions_total", type="RuntimeError")
-    client = AsyncClient(raise_request_exception=False)
+    client = tokens.async_client(raise_request_exception=False)
     response = await client.get("/api/items/stats")
     assert response.status_code == 500
     assert sample("django_http_exceptions_total", type="RuntimeError") == before + 1

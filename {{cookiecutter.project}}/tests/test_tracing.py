@@ -22,6 +22,7 @@ from websockets.sync.client import connect as websocket_connect
 {%- endif %}
 
 from items.models import Category, Item
+from tests import tokens
 from tests.otlp import Receiver
 from tests.processes import killed_on_failure, terminate
 
@@ -51,7 +52,11 @@ def call(url: str, headers=None, method="GET", body=None) -> tuple[int, dict]:
     request = urllib.request.Request(  # noqa: S310
         url,
         method=method,
-        headers={"Content-Type": "application/json", **(headers or {})},
+        headers={
+            "Content-Type": "application/json",
+            **tokens.HEADERS,
+            **(headers or {}),
+        },
         data=None if body is None else json.dumps(body).encode(),
     )
     try:

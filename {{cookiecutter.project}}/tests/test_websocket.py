@@ -2,15 +2,21 @@
 checks, broadcasts from the API, direct messages, and message limits."""
 
 import asyncio
+import datetime
+import io
 
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.test import AsyncClient
+from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from config.asgi import application
+from core.models import ApiKey
+from tests import tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,7 +78,7 @@ async def test_anonymous_connection_gets_item_broadcasts(item_payload):
     second, _ = await connect()
     assert welcome["user"] is None
 
-    response = await AsyncClient().post(
+    response = await tokens.async_client().post(
         "/api/items", item_payload, content_type="application/json"
     )
     for communicator in (first, second):
@@ -90,7 +96,7 @@ async def test_idle_connection_still_gets_broadcasts(item_payload):
     # Longer than redis-py's default socket timeout (5 s), which the channel
     # layer's blocking reads must not be subject to.
     await asyncio.sleep(6)
-    await AsyncClient().post(
+    await tokens.async_client().post(
         "/api/items", item_payload, content_type="application/json"
     )
     message = await communicator.receive_json_from(timeout=5)
@@ -241,3 +247,94 @@ async def test_a_connection_is_closed_at_its_maximum_lifetime(settings):
     closed = await communicator.receive_output(timeout=5)
     assert closed == {"type": "websocket.close", "code": 4000}
     await communicator.disconnect()
+
+
+# Bearer tokens (core.auth): the same as the API's, in a header or, from a
+# browser, in the subprotocols.
+
+
+async def with_token(token: str, *, subprotocol: bool = False):
+    """A connection that sends token; (connected, welcome or close message)."""
+    if subprotocol:
+        communicator = WebsocketCommunicator(
+            application, "/ws/items", headers=[ORIGIN], subprotocols=["bearer", token]
+        )
+    else:
+        authorization = (b"authorization", f"Bearer {token}".encode())
+        communicator = WebsocketCommunicator(
+            application, "/ws/items", headers=[ORIGIN, authorization]
+        )
+    connected, subprotocol_chosen = await communicator.connect(timeout=5)
+    return communicator, connected, subprotocol_chosen
+
+
+@pytest.mark.parametrize("subprotocol", [False, True], ids=["header", "subprotocol"])
+async def test_a_token_names_the_connection_and_lets_it_send_direct_messages(
+    subprotocol,
+):
+    communicator, connected, chosen = await with_token(
+        tokens.TOKEN, subprotocol=subprotocol
+    )
+    assert connected
+    assert chosen == ("bearer" if subprotocol else None)
+    welcome = await communicator.receive_json_from(timeout=5)
+    assert welcome["user"] == "tests"
+    await communicator.send_json_to(
+        {"type": "direct", "to": welcome["connection"], "text": "hi"}
+    )
+    assert (await communicator.receive_json_from(timeout=5))["type"] in (
+        "sent",
+        "direct",
+    )
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize("subprotocol", [False, True], ids=["header", "subprotocol"])
+async def test_a_token_that_is_not_valid_closes_with_4401(subprotocol):
+    communicator, connected, _ = await with_token(
+        "sk_0123456789ab_" + "x" * 43, subprotocol=subprotocol
+    )
+    assert connected  # accepted only to say why it closes
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 4401,
+    }
+
+
+async def test_with_api_auth_reads_a_connection_needs_a_token(settings):
+    settings.API_AUTH_READS = True
+    communicator = WebsocketCommunicator(application, "/ws/items", headers=[ORIGIN])
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    assert (await communicator.receive_output(timeout=5))["code"] == 4401
+    communicator, _, _ = await with_token(tokens.TOKEN)
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    await communicator.disconnect()
+
+
+async def test_a_revoked_key_closes_its_connection(settings):
+    settings.WEBSOCKET_TOKEN_CHECK_SECONDS = 0.2
+    communicator, _, _ = await with_token(tokens.TOKEN)
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    await asyncio.sleep(0.5)
+    assert await communicator.receive_nothing(timeout=0.1)  # still valid: still open
+    await sync_to_async(call_command)(
+        "revoke_api_key", tokens.PREFIX, stdout=io.StringIO()
+    )
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 4401,
+    }
+
+
+async def test_a_key_that_expires_closes_its_connection_then(settings):
+    settings.WEBSOCKET_TOKEN_CHECK_SECONDS = 3600
+    await ApiKey.objects.filter(prefix=tokens.PREFIX).aupdate(
+        expires_at=timezone.now() + datetime.timedelta(seconds=1)
+    )
+    communicator, _, _ = await with_token(tokens.TOKEN)
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 4401,
+    }

@@ -1,0 +1,372 @@
+"""Who may call the API (core.auth): writes, the export, and reads with
+API_AUTH_READS need a bearer token, an API key of this service or an access
+token of the configured OIDC issuer (a local JWKS endpoint here); every token
+that is not valid is refused with 401 and nothing is written."""
+
+import base64
+import datetime
+import hashlib
+import hmac
+import io
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from asgiref.sync import sync_to_async
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from config.asgi import application
+from core import auth
+from core.api import SAFE_METHODS
+from core.models import ApiKey
+from core.openapi import document
+from items.models import Item
+from tests.asgi import exchange, request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+AUDIENCE = "{{ cookiecutter.project }}"
+
+
+@pytest.fixture
+def item(item_payload):
+    return item_payload
+
+
+async def items_written() -> int:
+    return await Item.objects.acount()
+
+
+async def test_a_write_without_a_token_is_refused_and_writes_nothing(item):
+    status, headers, body = await request(
+        application, "POST", "/api/items", item, token=None
+    )
+    assert status == 401
+    assert headers["www-authenticate"] == 'Bearer realm="api"'
+    assert body["error"] == "unauthorized"
+    assert await items_written() == 0
+
+
+async def test_every_write_the_api_documents_needs_a_token(item):
+    status, _, created = await request(application, "POST", "/api/items", item)
+    assert status == 201
+    refused = []
+    for path, operations in document()["paths"].items():
+        for method in operations:
+            if method.upper() in SAFE_METHODS:
+                continue
+            concrete = re.sub(r"\{[^}]+\}", str(created["id"]), path)
+            status, _, _ = await request(
+                application, method.upper(), concrete, {"quantity": 1}, token=None
+            )
+            refused.append((method, path, status))
+    assert refused
+    assert {status for *_, status in refused} == {401}, refused
+    assert await Item.objects.filter(quantity=item["quantity"]).acount() == 1
+
+
+async def test_reads_are_public_unless_api_auth_reads(settings):
+    assert (await request(application, "GET", "/api/items", token=None))[0] == 200
+    settings.API_AUTH_READS = True
+    assert (await request(application, "GET", "/api/items", token=None))[0] == 401
+    assert (await request(application, "GET", "/api/items"))[0] == 200
+
+
+async def test_the_export_needs_a_token():
+    assert (await request(application, "GET", "/api/items/export", token=None))[
+        0
+    ] == 401
+
+
+async def test_a_token_sent_to_a_public_read_must_be_valid():
+    status, headers, _ = await request(
+        application, "GET", "/api/items", token="sk_0123456789ab_" + "x" * 43
+    )
+    assert status == 401
+    assert 'error="invalid_token"' in headers["www-authenticate"]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Basic dXNlcjpwdw==", "Bearer", "Bearer ", "sk_0123456789ab_" + "t" * 43],
+)
+async def test_an_authorization_that_is_not_a_bearer_token_is_refused(
+    authorization, item
+):
+    start, _ = await exchange(
+        application,
+        "POST",
+        "/api/items",
+        json.dumps(item).encode(),
+        [
+            (b"content-type", b"application/json"),
+            (b"authorization", authorization.encode()),
+        ],
+        token=None,
+    )
+    assert start["status"] == 401
+    assert await items_written() == 0
+
+
+def issue(name: str, *args) -> str:
+    out = io.StringIO()
+    call_command("issue_api_key", name, *args, stdout=out)
+    return out.getvalue().strip()
+
+
+async def test_an_issued_key_works_until_revoked_and_only_its_hash_is_kept(item):
+    token = await sync_to_async(issue)("billing")
+    _, prefix, secret = token.split("_", 2)
+    stored = await ApiKey.objects.aget(prefix=prefix)
+    assert secret not in (stored.digest, stored.prefix, stored.name)
+    assert stored.digest == auth.digest(secret)
+    assert (await request(application, "POST", "/api/items", item, token=token))[
+        0
+    ] == 201
+
+    await sync_to_async(call_command)("revoke_api_key", "billing", stdout=io.StringIO())
+    status, _, body = await request(
+        application, "POST", "/api/items", item, token=token
+    )
+    assert status == 401
+    assert body["message"] == "the API key is revoked"
+    assert await items_written() == 1
+
+
+async def test_an_expired_key_is_refused(item):
+    token = await sync_to_async(issue)("short", "--expires-in-days", "1")
+    await ApiKey.objects.filter(name="short").aupdate(
+        expires_at=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    )
+    status, _, body = await request(
+        application, "POST", "/api/items", item, token=token
+    )
+    assert (status, body["message"]) == (401, "the API key has expired")
+
+
+async def test_a_key_with_a_wrong_secret_is_refused(item):
+    token = await sync_to_async(issue)("billing")
+    forged = token[:-1] + ("A" if token[-1] != "A" else "B")
+    status, _, body = await request(
+        application, "POST", "/api/items", item, token=forged
+    )
+    assert (status, body["message"]) == (401, "the API key is not valid")
+    assert await items_written() == 0
+
+
+def test_the_commands_refuse_bad_input():
+    with pytest.raises(CommandError, match="1 to 100"):
+        issue("x" * 101)
+    with pytest.raises(CommandError, match="at least 1"):
+        issue("billing", "--expires-in-days", "0")
+    with pytest.raises(CommandError, match="no valid key"):
+        call_command("revoke_api_key", "nobody", stdout=io.StringIO())
+    assert not ApiKey.objects.exclude(name="tests").exists()
+
+
+# OIDC access tokens, against a JWKS served on 127.0.0.1.
+
+
+def b64(number: int) -> str:
+    data = number.to_bytes((number.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Issuer(ThreadingHTTPServer):
+    """An OIDC issuer's discovery document and JWKS, and the private key that
+    signs its tokens; counts the JWKS fetches."""
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), IssuerHandler)
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = "key-1"
+        self.fetches = 0
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+    def jwks(self) -> dict:
+        numbers = self.key.public_key().public_numbers()
+        return {
+            "keys": [
+                {
+                    "kty": "RSA",
+                    "use": "sig",
+                    "alg": "RS256",
+                    "kid": self.kid,
+                    "n": b64(numbers.n),
+                    "e": b64(numbers.e),
+                }
+            ]
+        }
+
+    def token(self, headers=None, key=None, algorithm="RS256", **claims) -> str:
+        now = int(time.time())
+        payload = {
+            "iss": self.url,
+            "aud": AUDIENCE,
+            "sub": "client-7",
+            "iat": now,
+            "exp": now + 300,
+        } | claims
+        return jwt.encode(
+            {k: v for k, v in payload.items() if v is not None},
+            key if key is not None else self.key,
+            algorithm=algorithm,
+            headers={"kid": self.kid, **(headers or {})},
+        )
+
+    def public_pem(self) -> bytes:
+        return self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+class IssuerHandler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        issuer = self.server
+        if self.path == "/.well-known/openid-configuration":
+            document = {"issuer": issuer.url, "jwks_uri": issuer.url + "/jwks"}
+        elif self.path == "/jwks":
+            issuer.fetches += 1
+            document = issuer.jwks()
+        else:
+            self.send_error(404)
+            return
+        body = json.dumps(document).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def issuer(settings):
+    server = Issuer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.OIDC_ISSUER = server.url
+    settings.OIDC_AUDIENCE = AUDIENCE
+    auth.KEYS.forget()
+    yield server
+    auth.KEYS.forget()
+    server.shutdown()
+    server.server_close()
+
+
+async def test_an_access_token_of_the_issuer_writes(issuer, item):
+    status, _, _ = await request(
+        application, "POST", "/api/items", item, token=issuer.token()
+    )
+    assert status == 201
+    assert issuer.fetches == 1
+
+
+def encode(part: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+
+
+def unsigned(issuer) -> str:
+    header = {"alg": "none", "typ": "JWT", "kid": issuer.kid}
+    payload = json.loads(base64.urlsafe_b64decode(issuer.token().split(".")[1] + "=="))
+    return f"{encode(header)}.{encode(payload)}."
+
+
+def tampered(issuer) -> str:
+    header, payload, signature = issuer.token().split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["sub"] = "admin"
+    return f"{header}.{encode(claims)}.{signature}"
+
+
+def hs256_with_the_public_key(issuer) -> str:
+    """The algorithm-confusion attack: the public key used as an HMAC secret."""
+    header = {"alg": "HS256", "typ": "JWT", "kid": issuer.kid}
+    now = int(time.time())
+    claims = {"iss": issuer.url, "aud": AUDIENCE, "sub": "x", "exp": now + 300}
+    signing_input = f"{encode(header)}.{encode(claims)}"
+    mac = hmac.new(issuer.public_pem(), signing_input.encode(), hashlib.sha256)
+    signature = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+    return f"{signing_input}.{signature}"
+
+
+REFUSED = {
+    "wrong issuer": lambda issuer: issuer.token(iss="https://elsewhere.example"),
+    "wrong audience": lambda issuer: issuer.token(aud="another-service"),
+    "expired": lambda issuer: issuer.token(exp=int(time.time()) - 3600),
+    "no subject": lambda issuer: issuer.token(sub=None),
+    "no expiry": lambda issuer: issuer.token(exp=None),
+    "alg none": unsigned,
+    "HS256 with the public key": hs256_with_the_public_key,
+    "tampered payload": tampered,
+    "another key": lambda issuer: issuer.token(
+        key=rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ),
+    "unknown key id": lambda issuer: issuer.token(headers={"kid": "key-9"}),
+    "RS512 not allowed": lambda issuer: issuer.token(algorithm="RS512"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+async def test_a_token_that_is_not_valid_is_refused_and_writes_nothing(
+    case, issuer, item
+):
+    token = REFUSED[case](issuer)
+    status, headers, body = await request(
+        application, "POST", "/api/items", item, token=token
+    )
+    assert status == 401, body
+    assert headers["www-authenticate"].startswith(
+        'Bearer realm="api", error="invalid_token"'
+    )
+    assert await items_written() == 0
+
+
+async def test_unknown_key_ids_fetch_the_jwks_again_at_most_once_per_interval(
+    issuer, item, settings
+):
+    settings.OIDC_JWKS_REFETCH_SECONDS = 3600
+    assert (
+        await request(application, "POST", "/api/items", item, token=issuer.token())
+    )[0] == 201
+    for number in range(5):
+        token = issuer.token(headers={"kid": f"made-up-{number}"})
+        assert (await request(application, "POST", "/api/items", item, token=token))[
+            0
+        ] == 401
+    assert issuer.fetches == 1
+
+
+async def test_a_rotated_key_is_fetched_when_a_token_names_it(issuer, item, settings):
+    settings.OIDC_JWKS_REFETCH_SECONDS = 0
+    assert (
+        await request(application, "POST", "/api/items", item, token=issuer.token())
+    )[0] == 201
+    issuer.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    issuer.kid = "key-2"
+    assert (
+        await request(application, "POST", "/api/items", item, token=issuer.token())
+    )[0] == 201
+    assert issuer.fetches == 2
+
+
+async def test_an_issuer_that_cannot_be_reached_is_a_503_not_a_401(
+    issuer, item, settings
+):
+    token = issuer.token()
+    settings.OIDC_JWKS_URL = issuer.url + "/nowhere"
+    status, headers, body = await request(
+        application, "POST", "/api/items", item, token=token
+    )
+    assert (status, body["error"]) == (503, "issuer_unavailable")
+    assert headers["retry-after"]
+    assert await items_written() == 0

@@ -181,6 +181,11 @@ REQUEST_THREADS = env.int("REQUEST_THREADS", default=32)
 # (`manage.py issue_api_key`) or an OIDC access token, is required for every
 # write, for the export, and for reads too with API_AUTH_READS.
 API_AUTH_READS = env.bool("API_AUTH_READS", default=False)
+# Requests each caller (token) may send per window (core.ratelimit), counted in
+# Redis across processes and pods when REDIS_URL is set; 0 turns it off. Nginx's
+# per-address limits come first.
+API_RATE_LIMIT_REQUESTS = env.int("API_RATE_LIMIT_REQUESTS", default=6000)
+API_RATE_LIMIT_SECONDS = env.int("API_RATE_LIMIT_SECONDS", default=60)
 # OIDC access tokens are accepted when OIDC_ISSUER is set: JWTs that this issuer
 # signed with a key of its JWKS (OIDC_JWKS_URL, or the jwks_uri of the issuer's
 # discovery document) in one of OIDC_ALGORITHMS, for OIDC_AUDIENCE, unexpired.

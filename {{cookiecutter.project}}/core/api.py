@@ -16,7 +16,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from core import auth, database, metrics, tracing
+from core import auth, database, metrics, ratelimit, tracing
 from core.context import REQUEST_ID
 
 # What a 503 asks clients to wait before trying again: a busy pool frees up fast,
@@ -184,10 +184,12 @@ class Stream:
 
 # What any request with a body can be refused for (parse_body), and any with a
 # query (parse_query). Every operation can also answer 401 (a token that is not
-# valid, or none where one is needed) and 503 (ApiView.dispatch).
+# valid, or none where one is needed), 429 (its caller is over its rate limit)
+# and 503 (ApiView.dispatch).
 BODY_ERRORS = (400, 413, 415, 422)
 QUERY_ERRORS = (400,)
 UNAUTHORIZED = 401
+RATE_LIMITED = 429
 UNAVAILABLE = 503
 # Methods that change nothing: the only ones without a token, unless API_AUTH_READS.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -206,7 +208,7 @@ class Operation:
     idempotent: bool = False
 
     def error_statuses(self) -> list[int]:
-        statuses = {*self.errors, UNAUTHORIZED, UNAVAILABLE}
+        statuses = {*self.errors, UNAUTHORIZED, RATE_LIMITED, UNAVAILABLE}
         if self.body is not None:
             statuses.update(BODY_ERRORS)
         if self.query is not None:
@@ -297,8 +299,19 @@ class ApiView(View):
         request.principal = await auth.authenticate(
             request.headers.get("Authorization")
         )
-        if request.principal is None and self.needs_token(request.method):
-            raise auth.Unauthorized("this needs a bearer token", token_sent=False)
+        if request.principal is None:
+            if self.needs_token(request.method):
+                raise auth.Unauthorized("this needs a bearer token", token_sent=False)
+            return
+        wait = await ratelimit.wait_before(request.principal)
+        if wait is not None:
+            raise ApiError(
+                RATE_LIMITED,
+                "rate_limited",
+                f"over {settings.API_RATE_LIMIT_REQUESTS} requests in "
+                f"{settings.API_RATE_LIMIT_SECONDS} s for this token",
+                retry_after=wait,
+            )
 
     def http_method_not_allowed(self, request, *args, **kwargs):
         response = error_response(

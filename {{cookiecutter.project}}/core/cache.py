@@ -238,6 +238,17 @@ class RedisCache(HitRatioMixin, redis.RedisCache):
     async def aclear(self):
         return bool(await self._async().client.flushdb())
 
+    @_unavailable_means(None)
+    async def acount(self, key, timeout: int, version=None) -> int | None:
+        """Adds one to the counter at key, which expires timeout seconds after
+        its first count, and returns it; None when Redis failed (core.ratelimit)."""
+        key = self.make_and_validate_key(key, version=version)
+        async with self._async().client.pipeline() as pipeline:
+            pipeline.incr(key)
+            pipeline.expire(key, timeout, nx=True)
+            count, _ = await pipeline.execute()
+        return count
+
 
 async def close() -> None:
     """Closes this loop's Redis clients (ASGI lifespan shutdown, end of tests)."""
@@ -275,3 +286,8 @@ class LocMemCache(HitRatioMixin, locmem.LocMemCache):
 
     async def aclear(self):
         self.clear()
+
+    async def acount(self, key, timeout: int, version=None) -> int | None:
+        """RedisCache.acount, within this process."""
+        self.add(key, 0, timeout, version)
+        return self.incr(key, 1, version)

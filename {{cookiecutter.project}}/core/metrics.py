@@ -75,6 +75,12 @@ HTTP_IN_FLIGHT = Gauge(
     "HTTP requests Django is working on.",
     multiprocess_mode="livesum",
 )
+RATE_LIMITED = Counter(
+    "django_http_rate_limited",
+    "Requests answered 429 because their caller was over API_RATE_LIMIT_REQUESTS "
+    "(core.ratelimit), by the kind of token: api_key or oidc.",
+    ["kind"],
+)
 HTTP_EXCEPTIONS = Counter(
     "django_http_exceptions",
     "Exceptions views did not handle, by class.",

@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from core import idempotency
 from core.api import (
+    RATE_LIMITED,
     UNAUTHORIZED,
     UNAVAILABLE,
     ApiView,
@@ -127,6 +128,12 @@ def _responses(declared: Operation, refs: dict) -> dict:
         "WWW-Authenticate": {
             "description": "Bearer, and why the token sent is not valid (RFC 6750).",
             "schema": {"type": "string"},
+        }
+    }
+    responses[str(RATE_LIMITED)]["headers"] = {
+        "Retry-After": {
+            "description": "Seconds until this token's window ends.",
+            "schema": {"type": "integer", "minimum": 1},
         }
     }
     responses[str(UNAVAILABLE)]["headers"] = {

@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import jwt
 import pytest
@@ -21,9 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from prometheus_client import REGISTRY
 
 from config.asgi import application
-from core import auth
+from core import auth, ratelimit
 from core.api import SAFE_METHODS
 from core.models import ApiKey
 from core.openapi import document
@@ -370,3 +372,37 @@ async def test_an_issuer_that_cannot_be_reached_is_a_503_not_a_401(
     assert (status, body["error"]) == (503, "issuer_unavailable")
     assert headers["retry-after"]
     assert await items_written() == 0
+
+
+async def test_a_token_over_its_rate_limit_gets_429_until_its_window_ends(
+    item, settings, monkeypatch
+):
+    settings.API_RATE_LIMIT_REQUESTS = 3
+    settings.API_RATE_LIMIT_SECONDS = 60
+    # 20 s into a window: never across its edge, whenever the test runs.
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: 6000.0 + 20))
+    limited = REGISTRY.get_sample_value(
+        "django_http_rate_limited_total", {"kind": "api_key"}
+    )
+    for _ in range(3):
+        assert (await request(application, "GET", "/api/items"))[0] == 200
+    status, headers, body = await request(application, "POST", "/api/items", item)
+    assert (status, body["error"], headers["retry-after"]) == (
+        429,
+        "rate_limited",
+        "40",
+    )
+    assert await items_written() == 0
+    after = REGISTRY.get_sample_value(
+        "django_http_rate_limited_total", {"kind": "api_key"}
+    )
+    assert after == (limited or 0) + 1
+    # Another token has a count of its own, and a read without one has none.
+    other = await sync_to_async(issue)("other")
+    assert (await request(application, "POST", "/api/items", item, token=other))[
+        0
+    ] == 201
+    assert (await request(application, "GET", "/api/items", token=None))[0] == 200
+    # The next window starts afresh.
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: 6060.0 + 1))
+    assert (await request(application, "POST", "/api/items", item))[0] == 201

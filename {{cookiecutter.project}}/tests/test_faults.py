@@ -73,8 +73,10 @@ async def test_a_cache_that_is_down_is_a_miss_not_an_error(
     failed_gets = sample("django_cache_errors_total", operation="get")
     failed_sets = sample("django_cache_errors_total", operation="set")
     failed_deletes = sample("django_cache_errors_total", operation="delete")
+    # Each request's rate-limit count (core.ratelimit): not counted, not limited.
+    failed_counts = sample("django_cache_errors_total", operation="count")
     misses = sample("django_cache_requests_total", result="miss")
-    with override_settings(CACHES={"default": cache}):
+    with override_settings(CACHES={"default": cache}, API_RATE_LIMIT_REQUESTS=1):
         status, _, created = await request(
             application, "POST", "/api/items", item_payload
         )
@@ -89,6 +91,7 @@ async def test_a_cache_that_is_down_is_a_miss_not_an_error(
     assert sample("django_cache_errors_total", operation="get") == failed_gets + 3
     assert sample("django_cache_errors_total", operation="set") == failed_sets + 3
     assert sample("django_cache_errors_total", operation="delete") == failed_deletes + 1
+    assert sample("django_cache_errors_total", operation="count") == failed_counts + 5
     assert sample("django_cache_requests_total", result="miss") == misses + 3
 
 

@@ -28,6 +28,24 @@ PUBLIC_LISTEN = "listen 8080 default_server;"
 STATUS_LISTEN = "listen 127.0.0.1:8081;"
 # Under an Nginx's prefix: the $static_root of deploy/nginx/.
 STATIC_ROOT = "srv"
+# The name the tests' API key is issued to (manage.py issue_api_key).
+KEY_NAME = "template-tests"
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The header that shows an API token (none for None): the one place the
+    tests, their load generators and the benchmark build it."""
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
+
+
+class _ServerToken:
+    """request()'s default token: the one of the server it is sent to."""
+
+    def __repr__(self) -> str:
+        return "SERVER_TOKEN"
+
+
+SERVER_TOKEN = _ServerToken()
 
 
 class Process:
@@ -67,7 +85,12 @@ class App(Process):
     with `socket`, on a unix socket (UDS) as a VM deployment may want; on SQLite in
     workdir unless env has a DATABASE_URL. Its settings come from the service's
     local .env (its secret key, DJANGO_DEBUG=true) unless env says
-    DJANGO_READ_DOT_ENV=false, bin/serve's own default."""
+    DJANGO_READ_DOT_ENV=false, bin/serve's own default.
+
+    `token` is the API key migrate() issues: request() shows it to this app and
+    to the Nginx in front of it unless told otherwise."""
+
+    token: str | None = None
 
     def __init__(
         self, project: Path, workdir: Path, name: str, socket: Path | None = None, **env
@@ -90,10 +113,10 @@ class App(Process):
         )
         super().__init__(["bin/serve"], project, env, workdir / f"{name}.log")
 
-    def migrate(self) -> None:
-        """Creates or updates the app's database, as a deploy does before starting."""
+    def manage(self, *args: str) -> str:
+        """Runs `manage.py ARGS` with the app's environment; returns its stdout."""
         result = subprocess.run(
-            [self.cwd / ".venv" / "bin" / "python", "manage.py", "migrate"],
+            [self.cwd / ".venv" / "bin" / "python", "manage.py", *args],
             cwd=self.cwd,
             env=self.env,
             capture_output=True,
@@ -101,6 +124,18 @@ class App(Process):
             check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    def migrate(self) -> None:
+        """Creates or updates the app's database, as a deploy does before starting,
+        and issues the API key its clients send (`token`). Instances that share
+        this database without migrating it have none of their own: the Nginx in
+        front of them all sends this one."""
+        self.manage("migrate")
+        issued = self.manage("issue_api_key", KEY_NAME)
+        # The command prints the key alone.
+        assert len(issued.split()) == 1, issued
+        self.token = issued.strip()
 
     @property
     def upstream(self) -> str:
@@ -141,7 +176,11 @@ class Nginx(Process):
     which listens on `port` of 127.0.0.1; the prefix goes once it stops.
 
     Nginx.in_front(project, upstreams) is the service's own deploy/nginx/; the
-    benchmark also runs a configuration of its own this way."""
+    benchmark also runs a configuration of its own this way.
+
+    Its `token` is the one of the apps behind it (App.migrate)."""
+
+    upstreams: tuple = ()
 
     def __init__(self, prefix: Path, port: int, status_port: int | None = None):
         self.port, self.status_port = port, status_port
@@ -187,7 +226,16 @@ class Nginx(Process):
         (conf / "deployment.conf").write_text(
             f'map "" $static_root {{ default {prefix / STATIC_ROOT}; }}\n'
         )
-        return cls(prefix, port, status_port)
+        nginx = cls(prefix, port, status_port)
+        nginx.upstreams = tuple(upstreams)
+        return nginx
+
+    @property
+    def token(self) -> str | None:
+        """The API key of the apps behind it: the first one that has one, since
+        the instances of one deployment share its database."""
+        tokens = (getattr(app, "token", None) for app in self.upstreams)
+        return next(filter(None, tokens), None)
 
     @property
     def static_root(self) -> Path:
@@ -237,15 +285,30 @@ def readable_tempdir(prefix: str) -> Path:
     return path
 
 
-def request(server: App | Nginx, method: str, path: str, body=None, headers=None):
-    """One HTTP request to a started app or Nginx; returns the response and body."""
+def request(
+    server: App | Nginx,
+    method: str,
+    path: str,
+    body=None,
+    headers=None,
+    token: str | _ServerToken | None = SERVER_TOKEN,
+):
+    """One HTTP request to a started app or Nginx; returns the response and body.
+    It shows the server's API key (its `token`) unless given another `token`, or
+    None for no Authorization header at all."""
+    if token is SERVER_TOKEN:
+        token = server.token
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
     connection.request(
         method,
         path,
         body=data,
-        headers={"Content-Type": "application/json", **(headers or {})},
+        headers={
+            "Content-Type": "application/json",
+            **bearer(token),
+            **(headers or {}),
+        },
     )
     response = connection.getresponse()
     content = response.read()

@@ -3,7 +3,8 @@ fault tests inject a fault under it and then read what the clients saw.
 
 One client, one request at a time on a new connection, about 20 requests a second
 (under Nginx's per-client limit of 50): it lists items, creates one with a name
-no other request uses, and reads the last item it created by id.
+no other request uses, and reads the last item it created by id. Like a service
+that holds an API key, it shows its token on every request.
 """
 
 import http.client
@@ -11,6 +12,8 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+
+from edge import bearer
 
 # Seconds a client waits for an answer: longer than any bound the service sets
 # (pool timeout, follow-up timeout), so that a hang shows as one.
@@ -36,8 +39,9 @@ class Answer:
 
 
 class Load:
-    def __init__(self, port: int):
+    def __init__(self, port: int, *, token: str | None):
         self.port = port
+        self.headers = {"Content-Type": "application/json", **bearer(token)}
         self.answers: list[Answer] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -60,7 +64,7 @@ class Load:
                 method,
                 path,
                 body=None if body is None else json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
+                headers=self.headers,
             )
             response = connection.getresponse()
             content = response.read()

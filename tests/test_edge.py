@@ -127,6 +127,47 @@ def test_api_round_trip_with_security_headers(combination, stacks):
     assert len(response.headers.get_all("X-Request-ID")) == 1
 
 
+@pytest.mark.parametrize("combination", SERVERS)
+def test_writes_through_nginx_need_the_apps_token(combination, stacks):
+    """Nginx passes Authorization on to the app, and logs no part of it: a write
+    without a token is the app's JSON 401 with its challenge, and writes nothing;
+    a token that is not valid is refused even on a read; the app's key writes."""
+    app, nginx = stacks(combination)
+    category = f"auth-{uuid.uuid4().hex}"
+    listed = f"/api/items?category={category}"
+    item = {"name": "edge", "category": category, "price": "1"}
+
+    response, content = request(nginx, "POST", "/api/items", item, token=None)
+    assert response.status == 401, content
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert json.loads(content)["error"] == "unauthorized"
+    # Reads stay public: the list, read without a token, has no such item.
+    response, content = request(nginx, "GET", listed, token=None)
+    assert response.status == 200, content
+    assert json.loads(content)["items"] == []
+
+    # Shaped as the service's keys are, but never issued.
+    forged = f"sk_{'0' * 12}_{'x' * 43}"
+    response, content = request(nginx, "GET", listed, token=forged)
+    assert response.status == 401, content
+    assert response.headers["WWW-Authenticate"].startswith(
+        'Bearer realm="api", error="invalid_token"'
+    )
+
+    given = f"auth-{uuid.uuid4()}"
+    response, content = request(
+        nginx, "POST", "/api/items", item, headers={"X-Request-ID": given}
+    )
+    assert response.status == 201, content
+    response, content = request(nginx, "GET", listed, token=None)
+    assert [i["name"] for i in json.loads(content)["items"]] == ["edge"]
+    # The key reached the app through Nginx, and neither logged it.
+    assert nginx_access_lines(nginx, given)
+    assert app.token not in nginx.output()
+    assert app.token not in app.output()
+
+
 def requests_seen(app: App) -> list[dict]:
     """The app's access-log lines: one per request it served. Not every line of
     its log: a worker process that starts late still logs its startup."""

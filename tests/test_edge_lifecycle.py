@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, Nginx, readable_tempdir, request
+from edge import ORIGIN, App, Nginx, bearer, readable_tempdir, request
 from matrix import each_server, params
 
 SERVERS = params(each_server())
@@ -100,6 +100,7 @@ def test_restarting_instances_one_after_the_other_fails_no_request(
     apps, nginx = started(combination, 2, WEB_CONCURRENCY="1", GRACEFUL_TIMEOUT="10")
     results = []
     done = threading.Event()
+    headers = {"Content-Type": "application/json", **bearer(nginx.token)}
 
     def client_loop():
         deadline = time.monotonic() + 120
@@ -112,14 +113,9 @@ def test_restarting_instances_one_after_the_other_fails_no_request(
             try:
                 if number % 2:
                     item = {"name": f"r{number}", "category": "c", "price": "1"}
-                    connection.request(
-                        "POST",
-                        "/api/items",
-                        json.dumps(item),
-                        {"Content-Type": "application/json"},
-                    )
+                    connection.request("POST", "/api/items", json.dumps(item), headers)
                 else:
-                    connection.request("GET", "/api/items?limit=1")
+                    connection.request("GET", "/api/items?limit=1", headers=headers)
                 results.append(connection.getresponse().status)
             except OSError as error:
                 results.append(repr(error))

@@ -120,7 +120,7 @@ def test_postgresql_restart_answers_503_and_recovers_by_itself(
             WEB_CONCURRENCY=str(WORKERS),
             DATABASE_POOL_TIMEOUT=str(POOL_TIMEOUT),
         )
-        with Load(nginx.port) as load:
+        with Load(nginx.port, token=nginx.token) as load:
             time.sleep(3)
             down = time.monotonic()
             database.stop("fast")
@@ -173,7 +173,7 @@ def test_redis_restart_is_cache_misses_and_no_error(
             REDIS_URL=f"{redis.url}/0",
             WEB_CONCURRENCY=str(WORKERS),
         )
-        with Load(nginx.port) as load:
+        with Load(nginx.port, token=nginx.token) as load:
             time.sleep(3)
             down = time.monotonic()
             redis.stop()

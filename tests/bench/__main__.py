@@ -113,7 +113,7 @@ def main() -> None:
             redis() as redis_url,
         ):
             database_url = f"{url}/postgres"
-            migrate_and_seed(projects["uvicorn"], database_url)
+            token = migrate_and_seed(projects["uvicorn"], database_url)
             upstream = Upstream(0.05, logdir)
             upstream.start()
             try:
@@ -130,6 +130,7 @@ def main() -> None:
                     settings,
                     upstream.process.pid,
                     f"{redis_url}/0",
+                    token,
                 )
                 run_all(cells, names)
             finally:

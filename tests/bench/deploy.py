@@ -255,7 +255,10 @@ def resident_bytes(pids: list[int]) -> int:
     return total
 
 
-def migrate_and_seed(project: Path, database_url: str, items: int = 100) -> None:
+def migrate_and_seed(project: Path, database_url: str, items: int = 100) -> str:
+    """Migrates the shared database, adds `items` items, and returns the API key
+    issued for the load generator (every configuration of this template reads
+    it from the same database; those from before it ignore it)."""
     env = service_env(DATABASE_URL=database_url)
     python = str(project / ".venv" / "bin" / "python")
     run([python, "manage.py", "migrate", "--verbosity", "0"], project, env)
@@ -266,3 +269,7 @@ def migrate_and_seed(project: Path, database_url: str, items: int = 100) -> None
         f"price='1.00') for n in range({items})])\n"
     )
     run([python, "manage.py", "shell", "-c", seed], project, env)
+    issued = run([python, "manage.py", "issue_api_key", "bench"], project, env).stdout
+    # The command prints the key alone.
+    assert len(issued.split()) == 1, issued
+    return issued.strip()

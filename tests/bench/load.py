@@ -119,10 +119,15 @@ def wrk(
     pids,
     method: str = "GET",
     bodies: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
 ):
     """A warm-up run, then the measured one; CPU is counted over the measured run.
-    With `bodies`, each request sends the next of them (JSON) with `method`."""
+    With `bodies`, each request sends the next of them (JSON) with `method`; every
+    request carries `headers`."""
     command = [require_wrk(), "--threads", "2", "--timeout", "10s", "--latency"]
+    for name, value in (headers or {}).items():
+        # wrk.format() in the body script sends these too (wrk.headers).
+        command += ["--header", f"{name}: {value}"]
     if method != "GET" and not bodies:
         raise ValueError(f"{method} needs bodies")
     url = base_url + path

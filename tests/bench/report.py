@@ -15,9 +15,9 @@ HTTP_SCENARIOS = {
     "cached-read": "An item read by id, served from the Redis cache "
     "(GET /api/items/1), 64 connections",
     "write-create": "Creating an item with 2 tags, one transaction "
-    "(POST /api/items), 64 connections",
+    "(POST /api/items with an API key), 64 connections",
     "write-restock": "A transactional bulk update of 10 items "
-    "(POST /api/items/restock), 64 connections",
+    "(POST /api/items/restock with an API key), 64 connections",
     "tracing": "Tiny JSON on a traced path (GET /bench/tiny), uvicorn, tracing off "
     "and sampling 10% and 100% of requests, 64 connections",
 }
@@ -55,9 +55,11 @@ LIMITS = {
     "connection pool and reply parsing in Python, an event-loop wake-up) where a "
     "WSGI worker blocks in redis-py; unpickling the item and building the "
     "response cost both the same.",
-    "write": "each write runs its transaction in a thread (one sync_to_async hop) "
-    "on Django's synchronous pool, then drops cache entries over redis.asyncio; "
-    "the service before ran restock with no transaction and no row locks.",
+    "write": "each write first checks its API key (one indexed read through "
+    "core.reads and a SHA-256), then runs its transaction in a thread (one "
+    "sync_to_async hop) on Django's synchronous pool, then drops cache entries "
+    "over redis.asyncio; the service before had no keys to check, and ran "
+    "restock with no transaction and no row locks.",
 }
 
 

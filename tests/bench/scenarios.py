@@ -19,13 +19,15 @@ from bench.deploy import (
     resident_bytes,
     wsgi_server,
 )
-from edge import Nginx
+from edge import Nginx, bearer
 
 SERVERS = ("uvicorn", "granian", "gunicorn-uvicorn")
 WSGI = ("wsgi-sync", "wsgi-gthread")
 # The service before its native data path, generated from BEFORE_COMMIT.
 BEFORE = "before-uvicorn"
 ORIGIN = "http://127.0.0.1"
+# What the API serves without a token; every other method shows the bench's key.
+PUBLIC_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 @dataclass
@@ -47,8 +49,12 @@ class Cells:
         settings: Settings,
         upstream_pid: int,
         redis_url: str,
+        token: str,
     ):
         self.projects, self.logdir, self.env = projects, logdir, env
+        # The API key the writes show, as the API asks (reads are public, and
+        # go without it: they measure what an anonymous reader costs).
+        self.token = token
         self.settings, self.upstream_pid = settings, upstream_pid
         # Every HTTP cell runs as production does, with Redis: without it the
         # service's bin/serve starts one worker (events would not reach the
@@ -96,8 +102,10 @@ class Cells:
         wrk sends them in turn with `method` (load.wrk). `label` names the row
         instead of `config` (cells of one configuration with different `env`);
         the CPU of `beside`, a process the app sends to, is in the row. A cell
-        that fails is tried once more; the first failure stays in its row."""
-        request = {"method": method, "bodies": bodies}
+        that fails is tried once more; the first failure stays in its row. A
+        method other than a read's shows the bench's API key."""
+        headers = {} if method in PUBLIC_METHODS else bearer(self.token)
+        request = {"method": method, "bodies": bodies, "headers": headers}
         env = {**self.with_redis, **(env or {})}
         args = (scenario, config, path, conns, via, env, request, beside)
         row = self._http(*args)
@@ -327,9 +335,10 @@ RESTOCKS = tuple(
 
 def write(cells: Cells) -> None:
     """The service's own POST /api/items and /api/items/restock (each write one
-    transaction in one sync_to_async call; before-uvicorn: the endpoints as they
-    were), under WSGI the same transaction bodies in bench_urls. Runs after the
-    read scenarios: it adds rows to the items table."""
+    transaction in one sync_to_async call, after the check of the API key every
+    write shows; before-uvicorn: the endpoints as they were, without keys),
+    under WSGI the same transaction bodies in bench_urls, which check no key.
+    Runs after the read scenarios: it adds rows to the items table."""
     configs = (*WSGI, "service-uvicorn", BEFORE)
     for scenario, path, bodies in (
         ("write-create", "/api/items", (NEW_ITEM,)),

@@ -5,6 +5,7 @@ that is not valid is refused with 401 and nothing is written."""
 
 import base64
 import datetime
+import functools
 import hashlib
 import hmac
 import io
@@ -181,13 +182,19 @@ def b64(number: int) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+@functools.cache
+def rsa_key(number: int) -> rsa.RSAPrivateKey:
+    """The test run's RSA keys, made once each: a 2048-bit key takes a while."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 class Issuer(ThreadingHTTPServer):
     """An OIDC issuer's discovery document and JWKS, and the private key that
     signs its tokens; counts the JWKS fetches."""
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), IssuerHandler)
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key = rsa_key(0)
         self.kid = "key-1"
         self.fetches = 0
         self.url = f"http://127.0.0.1:{self.server_address[1]}"
@@ -254,7 +261,10 @@ class IssuerHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def issuer(settings):
     server = Issuer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for it.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     settings.OIDC_ISSUER = server.url
     settings.OIDC_AUDIENCE = AUDIENCE
@@ -310,9 +320,7 @@ REFUSED = {
     "alg none": unsigned,
     "HS256 with the public key": hs256_with_the_public_key,
     "tampered payload": tampered,
-    "another key": lambda issuer: issuer.token(
-        key=rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ),
+    "another key": lambda issuer: issuer.token(key=rsa_key(1)),
     "unknown key id": lambda issuer: issuer.token(headers={"kid": "key-9"}),
     "RS512 not allowed": lambda issuer: issuer.token(algorithm="RS512"),
 }
@@ -353,7 +361,7 @@ async def test_a_rotated_key_is_fetched_when_a_token_names_it(issuer, item, sett
     assert (
         await request(application, "POST", "/api/items", item, token=issuer.token())
     )[0] == 201
-    issuer.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    issuer.key = rsa_key(2)
     issuer.kid = "key-2"
     assert (
         await request(application, "POST", "/api/items", item, token=issuer.token())

@@ -98,6 +98,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": env.float("DATABASE_BUSY_TIMEOUT", default=5.0),
     }
+    # Opening a SQLite connection (Django registers its functions, the PRAGMAs
+    # run) costs more CPU than a read: each of core.handler's kept request
+    # threads keeps its own, and Django closes it after this long, between requests.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis carries the channel layer (WebSocket and SSE fan-out across worker

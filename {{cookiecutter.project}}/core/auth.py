@@ -188,7 +188,9 @@ async def _access_token(token: str) -> Principal:
     try:
         claims = jwt.decode(
             token,
-            key=key.key,
+            # The JWK itself, not its key: PyJWT then verifies only with the
+            # algorithm the issuer bound to that key, whatever the header says.
+            key=key,
             algorithms=settings.OIDC_ALGORITHMS,
             audience=settings.OIDC_AUDIENCE,
             issuer=settings.OIDC_ISSUER,

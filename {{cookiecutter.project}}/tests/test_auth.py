@@ -341,6 +341,19 @@ async def test_a_token_that_is_not_valid_is_refused_and_writes_nothing(
     assert await items_written() == 0
 
 
+async def test_a_token_in_another_algorithm_than_its_keys_is_refused(
+    issuer, item, settings
+):
+    """PS256 is allowed, but the issuer bound this key to RS256 (its JWK's alg)."""
+    settings.OIDC_ALGORITHMS = ["RS256", "PS256"]
+    token = issuer.token(algorithm="PS256")
+    status, _, body = await request(
+        application, "POST", "/api/items", item, token=token
+    )
+    assert status == 401, body
+    assert await items_written() == 0
+
+
 async def test_unknown_key_ids_fetch_the_jwks_again_at_most_once_per_interval(
     issuer, item, settings
 ):

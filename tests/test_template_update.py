@@ -84,7 +84,7 @@ TEAM_EDITS = [
     (
         "pyproject.toml",
         '    "python-json-logger==4.2.0",\n',
-        '    "python-json-logger==4.2.0",\n    "httpx==0.28.1",\n',
+        '    "python-json-logger==4.2.0",\n    "humanize==4.17.0",\n',
     ),
     (
         "config/settings.py",

@@ -33,10 +33,11 @@ threads and hops so that an upgrade that changes the handler shows up there.
 """
 
 import asyncio
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, suppress
 
 import django
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -46,7 +47,7 @@ from django.core.cache import close_caches
 from django.core.exceptions import RequestAborted
 from django.core.handlers import asgi
 from django.core.handlers.base import reset_urlconf
-from django.db import close_old_connections, reset_queries
+from django.db import close_old_connections, connections, reset_queries
 from django.urls import set_script_prefix
 
 from core import metrics
@@ -81,6 +82,25 @@ class Worker(ThreadPoolExecutor):
     def __init__(self):
         super().__init__(max_workers=1, thread_name_prefix="request")
         self.served = False  # by an earlier request
+        _WORKERS.add(self)
+
+
+# Every Worker of the process, for close_connections().
+_WORKERS: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+# How long close_connections() waits for a thread still busy with a request.
+CLOSE_TIMEOUT = 10.0
+
+
+def close_connections() -> None:
+    """Closes the database connections the kept request threads hold, each in
+    its own thread (SQLite's stay open between requests: DATABASE_CONN_MAX_AGE).
+    Lifespan shutdown calls it, so that the last connection checkpoints SQLite's
+    WAL; it blocks until each thread has done so."""
+    for worker in list(_WORKERS):
+        # A request still running at shutdown keeps its thread: the process ends
+        # anyway, and SQLite recovers from the WAL on the next open.
+        with suppress(TimeoutError):
+            worker.submit(connections.close_all).result(timeout=CLOSE_TIMEOUT)
 
 
 class RequestThread(Executor):

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from core import cache, health, metrics, reads, sampler, shutdown, tracing
+from core import cache, handler, health, metrics, reads, sampler, shutdown, tracing
 from core.database import close_databases
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ async def _shutdown() -> None:
     await reads.close()
     await cache.close()
     await health.close()
+    # The request threads' connections first: on PostgreSQL they go back to the
+    # pools that close_databases() then closes.
+    await asyncio.to_thread(handler.close_connections)
     await sync_to_async(close_databases)()
     metrics.worker_stopped()
     logger.info("stopped", extra={"pid": os.getpid()})

@@ -1,3 +1,4 @@
+import asyncio
 import threading
 
 import pytest
@@ -8,7 +9,7 @@ from django.db import connections
 from django.db.models import FETCH_RAISE
 
 from core import cache as cache_backends
-from core import health, reads
+from core import handler, health, reads
 from tests import tokens
 from tests.otlp import Receiver
 
@@ -16,12 +17,14 @@ from tests.otlp import Receiver
 @pytest.fixture(scope="session", autouse=True)
 async def asyncio_clients_closed(django_db_setup):
     """The database pools and Redis clients of the test session's event loop are
-    closed with it, before the test database is dropped; so is the connection of
-    the thread that runs writes called outside a request (a test's setup)."""
+    closed with it, before the test database is dropped; so are the connections
+    the kept request threads hold (core.handler), as at lifespan shutdown, and
+    that of the thread that runs writes called outside a request (a test's setup)."""
     yield
     await reads.close()
     await cache_backends.close()
     await health.close()
+    await asyncio.to_thread(handler.close_connections)
     await sync_to_async(connections.close_all)()
 
 

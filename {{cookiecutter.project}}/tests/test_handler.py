@@ -16,8 +16,9 @@ from django.db import connections
 from prometheus_client import REGISTRY
 
 from config.asgi import application
+from core import handler as core_handler
 from core import reads
-from core.handler import ASGIHandler, RequestThreads
+from core.handler import ASGIHandler, RequestThreads, close_connections
 from items import store
 from items.schemas import ItemIn
 from tests.asgi import exchange
@@ -99,6 +100,22 @@ async def test_connections_stay_in_the_thread_that_used_them(monkeypatch):
         assert set(closed) == set(opened)
 
 
+async def test_shutdown_closes_the_connections_request_threads_keep():
+    assert (await get(application, "/api/items/1", "DELETE"))[0] == 404
+
+    def open_connections() -> int:
+        def held() -> bool:
+            return connections["default"].connection is not None
+
+        workers = list(core_handler._WORKERS)
+        return sum(worker.submit(held).result() for worker in workers)
+
+    if connections["default"].vendor == "sqlite":
+        assert open_connections() >= 1  # kept for the next request
+    await asyncio.to_thread(close_connections)
+    assert open_connections() == 0
+
+
 async def test_request_threads_are_kept_for_later_requests(thread_use):
     for _ in range(3):
         assert (await get(application, "/api/items/1", "DELETE"))[0] == 404
@@ -146,6 +163,8 @@ async def test_a_process_runs_sync_code_in_at_most_request_threads(monkeypatch):
     assert [status for status, _ in await asyncio.gather(*requests)] == [200] * 5
     assert len(used) == handler.threads.started == 2
     assert len(handler.threads.idle) == 2
+    # Before this handler's threads end with it: SQLite's connections are kept.
+    await asyncio.to_thread(close_connections)
 
 
 def test_a_waiting_request_queues_once_for_all_its_sync_calls():

@@ -12,8 +12,12 @@ PostgreSQL: each host's own, from the image, standing in for a team's database
 server (the playbook only connects to one). Each host's database is its own, so
 the deploy migrates each (service_database_shared: false).
 
-The role's tracing variables are checked without hosts: its environment file and
-units rendered by ansible-playbook on the controller alone.
+The API takes writes only with a bearer token: the tests issue an API key on each
+host with the role's manage wrapper (`bin/manage issue_api_key smoke`, against that
+host's database), and bin/smoke and the tests' own writes send it.
+
+The role's tracing and auth variables are checked without hosts: its environment
+file and units rendered by ansible-playbook on the controller alone.
 """
 
 import json
@@ -26,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
@@ -104,6 +108,8 @@ class Deployment:
     secret_key: str
     database_password: str
     runs: list  # the output of every playbook run
+    # The API key of bin/smoke and the tests' writes, by host name (api_key()).
+    api_keys: dict = field(default_factory=dict)
 
     def playbook(self, playbook: str, *args: str) -> subprocess.CompletedProcess:
         """Runs one of deploy/ansible/'s playbooks on the hosts, failing or not."""
@@ -512,7 +518,29 @@ def tasks_succeeded(host: Host, task: str = "items.record_change") -> float:
     return sum(float(value) for value in sample.findall(text))
 
 
-def a_task_runs(host: Host) -> None:
+# What `manage.py issue_api_key` prints: the new key alone.
+API_KEY = re.compile(r"sk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+
+
+def api_key(deployment: Deployment, host: Host) -> str:
+    """The API key of the host's writes, issued once, as the README tells a team:
+    by the role's manage wrapper (the service user, the environment file, the live
+    release: the host's own database, which the deploy migrated)."""
+    if host.name not in deployment.api_keys:
+        issued = podman(
+            "exec",
+            host.container,
+            f"/opt/{PROJECT}/bin/manage",
+            "issue_api_key",
+            "smoke",
+        ).stdout.strip()
+        # Not in the message: a key is never printed.
+        assert API_KEY.fullmatch(issued), "manage.py issue_api_key printed no key"
+        deployment.api_keys[host.name] = issued
+    return deployment.api_keys[host.name]
+
+
+def a_task_runs(deployment: Deployment, host: Host) -> None:
     """An item POSTed through the host's Nginx: its change is recorded by a task
     (items.record_change), which the host's worker runs within seconds."""
     before = tasks_succeeded(host)
@@ -530,6 +558,7 @@ def a_task_runs(host: Host) -> None:
             "Host": DOMAIN,
             "X-Forwarded-Proto": "https",
             "Content-Type": "application/json",
+            "Authorization": f"Bearer {api_key(deployment, host)}",
         },
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -543,12 +572,14 @@ def a_task_runs(host: Host) -> None:
 def test_each_hosts_worker_runs_the_tasks_of_its_instances(deployed):
     deployment, _, _ = deployed
     for host in deployment.hosts:
-        a_task_runs(host)
+        a_task_runs(deployment, host)
 
 
 def test_secrets_never_reach_logs(deployed):
     deployment, _, _ = deployed
-    hidden = (deployment.secret_key, deployment.database_password)
+    # The API keys too: issue_api_key prints its key to the caller alone.
+    keys = [api_key(deployment, host) for host in deployment.hosts]
+    hidden = (deployment.secret_key, deployment.database_password, *keys)
     for output in deployment.runs:
         for secret in hidden:
             assert secret not in output
@@ -560,6 +591,8 @@ def test_secrets_never_reach_logs(deployed):
 
 
 def smoke(deployment: Deployment, host: Host):
+    """bin/smoke through the host's Nginx, with the host's API key in its
+    environment (never an argument), as the README runs it."""
     return run(
         [
             deployment.project / ".venv" / "bin" / "python",
@@ -575,6 +608,7 @@ def smoke(deployment: Deployment, host: Host):
             host.url(NGINX_EXPORTER, "/metrics"),
         ],
         deployment.project,
+        env=service_env(SMOKE_API_KEY=api_key(deployment, host)),
         timeout=120,
     ).stdout
 
@@ -585,7 +619,9 @@ def test_smoke_through_each_hosts_nginx(deployed):
         output = smoke(deployment, host)
         checks = (
             "metrics and probes are not public",
+            "write without a token refused",
             "API round trip",
+            "export",
             "background task",
             "SSE event",
             "WebSocket broadcast",
@@ -767,7 +803,7 @@ def test_deploying_a_new_version_fails_no_request(deployed):
         assert worker_health(machine) == 200
     for host in deployment.hosts:
         smoke(deployment, host)
-        a_task_runs(host)
+        a_task_runs(deployment, host)
 
 
 def test_rolling_back_brings_the_previous_release_back_and_fails_no_request(deployed):
@@ -794,7 +830,7 @@ def test_rolling_back_brings_the_previous_release_back_and_fails_no_request(depl
         assert machine.file(f"/proc/{pid}/cwd").linked_to == previous[host.name]
         assert worker_health(machine) == 200
     for host in deployment.hosts:
-        a_task_runs(host)
+        a_task_runs(deployment, host)
 
 
 def test_sqlite_on_two_hosts_is_refused_before_any_host_is_reached(tmp_path):
@@ -853,9 +889,9 @@ def role_files(tmp_path_factory):
     """Renders the service role's environment file and units on the controller
     alone, as a deploy would for the host `app-1.internal` (the role's defaults and
     fixed variables, the playbook's group_vars, the given variables on top),
-    after the role's tracing check: no host, a few seconds a run. The service is
-    generated with OPTIONS, or the options given. Returns {file name: text}, or
-    the failed run."""
+    after the role's tracing and auth checks: no host, a few seconds a run. The
+    service is generated with OPTIONS, or the options given. Returns {file name:
+    text}, or the failed run."""
     workdir = tmp_path_factory.mktemp("role-files")
     projects = {}
     runs = iter(range(100))
@@ -892,11 +928,10 @@ def role_files(tmp_path_factory):
                     str(role / "vars" / "main.yml"),
                 ],
                 "tasks": [
-                    {
-                        "ansible.builtin.import_tasks": str(
-                            role / "tasks" / "tracing.yml"
-                        )
-                    },
+                    *(
+                        {"ansible.builtin.import_tasks": str(role / "tasks" / checks)}
+                        for checks in ("tracing.yml", "auth.yml")
+                    ),
                     *(
                         {
                             "ansible.builtin.template": {
@@ -1025,6 +1060,68 @@ def test_the_role_refuses_bad_tracing_variables(variables, role_files):
     assert "service_otel_sampler_ratio a number from 0 to 1" in result.stdout, (
         result.stdout
     )
+
+
+def test_who_may_call_the_api_is_set_in_the_environment_file(role_files):
+    """API_AUTH_READS always (false by default), the OIDC variables of the service
+    (core.auth) only with an issuer, as the role's variables give them."""
+    variables = env_file(role_files({})["env"])
+    assert variables["API_AUTH_READS"] == "false"
+    assert not [name for name in variables if name.startswith("OIDC_")]
+    files = role_files(
+        {
+            "service_api_auth_reads": True,
+            "service_oidc_issuer": "https://login.example.com/realms/platform",
+            "service_oidc_audience": PROJECT,
+            "service_oidc_algorithms": ["RS256", "ES256"],
+        }
+    )
+    variables = env_file(files["env"])
+    assert variables["API_AUTH_READS"] == "true"
+    assert {n: v for n, v in variables.items() if n.startswith("OIDC_")} == {
+        "OIDC_ISSUER": "https://login.example.com/realms/platform",
+        "OIDC_AUDIENCE": PROJECT,
+        "OIDC_ALGORITHMS": "RS256,ES256",
+        "OIDC_LEEWAY_SECONDS": "30",
+    }
+    variables = env_file(
+        role_files(
+            {
+                "service_oidc_issuer": "http://127.0.0.1:8443",
+                "service_oidc_audience": "api://shop",
+                "service_oidc_jwks_url": "http://127.0.0.1:8443/keys",
+                "service_oidc_leeway_seconds": 0,
+            }
+        )["env"]
+    )
+    assert variables["OIDC_JWKS_URL"] == "http://127.0.0.1:8443/keys"
+    assert variables["OIDC_LEEWAY_SECONDS"] == "0"
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        # A token the issuer made for another service would open this one.
+        {"service_oidc_audience": ""},
+        {"service_oidc_issuer": "http://login.example.com"},
+        {"service_oidc_jwks_url": "login.example.com/keys"},
+        # Anyone holding the JWKS could sign HS256 tokens.
+        {"service_oidc_algorithms": ["RS256", "HS256"]},
+        {"service_oidc_algorithms": []},
+        {"service_oidc_leeway_seconds": -1},
+    ],
+    ids=lambda v: f"{next(iter(v))}={next(iter(v.values()))}",
+)
+def test_the_role_refuses_bad_auth_variables(variables, role_files):
+    # What test_who_may_call_the_api_is_set_in_the_environment_file passes with.
+    good = {
+        "service_oidc_issuer": "https://login.example.com",
+        "service_oidc_audience": PROJECT,
+    }
+    result = role_files(good | variables)
+    assert isinstance(result, subprocess.CompletedProcess), variables
+    assert "TASK [Check the API's auth variables]" in result.stdout, result.stdout
+    assert "service_oidc_audience is required with an" in result.stdout, result.stdout
 
 
 def test_a_sqlite_hosts_database_is_backed_up_by_a_sandboxed_timer(role_files):

@@ -20,13 +20,22 @@ play` the test changes only what podman cannot take, each for a stated reason:
   podman 4.3 (containers/podman#16269).
 Probes are not run by podman without systemd: the test asks them from inside
 the app container, as the kubelet would (Nginx never serves them publicly).
+
+The API takes writes only with a bearer token. Once the deployment answers, the
+test does what the chart's README tells an operator: it issues an API key in the
+app container (`python manage.py issue_api_key smoke`, against the deployment's
+own database) and keeps it in the Secret that smokeTest.apiKeySecret names (a
+podman secret here); bin/smoke gets it in SMOKE_API_KEY, from outside and in the
+`helm test` pod alike.
 """
 
 import base64
 import copy
 import json
+import re
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -35,7 +44,7 @@ import yaml
 from charts import template
 from containers import NGINX, NGINX_EXPORTER, build_service_image, podman, stand_in
 from edge import wait_until_ok
-from harness import run
+from harness import run, service_env
 from matrix import DEFAULT_TEXT, default_combination
 from services import free_port
 
@@ -49,11 +58,29 @@ SIDECARS = {"nginx": NGINX, "nginx-exporter": NGINX_EXPORTER}
 # The Service's ports: published on 127.0.0.1 instead.
 PUBLISHED = ("http", "metrics", "nginx-metrics")
 PLAYED_KINDS = {"ConfigMap", "PersistentVolumeClaim"}
+# What `manage.py issue_api_key` prints: the new key alone.
+API_KEY = re.compile(r"sk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
+SMOKE_API_KEY = "SMOKE_API_KEY"
 
 
-def deploy_values(workdir: Path) -> Path:
+@dataclass
+class Deployed:
+    project: Path
+    ports: dict  # the Service's port names -> their ports on 127.0.0.1
+    pod: str
+    objects: list  # as the chart rendered them
+    api_key: str  # bin/smoke's, issued in the deployment
+    api_key_secret: str  # the (podman) Secret holding it, as an operator makes it
+
+
+def smoke_secret_name(release: str) -> str:
+    return f"{release}-smoke-api-key"
+
+
+def deploy_values(workdir: Path, release: str) -> Path:
     """What a team sets for a first deploy: the image, a secret key, one worker
-    (no Redis here, so events must stay in one process), the proxies in front."""
+    (no Redis here, so events must stay in one process), the proxies in front,
+    the Secret that will hold the smoke test's API key."""
     values = {
         "image": {"repository": IMAGE, "tag": TAG},
         "secret": {"secretKey": f"podman-deploy-{uuid.uuid4().hex}{uuid.uuid4().hex}"},
@@ -61,6 +88,7 @@ def deploy_values(workdir: Path) -> Path:
         # This machine stands for the ingress that ends TLS: whatever reaches the
         # published port, and the helm test's bin/smoke in the pod, is it.
         "nginx": {"trustedProxies": ["0.0.0.0/0", "::/0"]},
+        "smokeTest": {"apiKeySecret": {"name": smoke_secret_name(release)}},
     }
     path = workdir / "podman-values.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -110,16 +138,36 @@ def create_secret(secret: dict) -> str:
     return name
 
 
+def issue_api_key(pod: str) -> str:
+    """A new API key, issued as the chart's README says: in the app's container,
+    with its environment, against the deployment's database."""
+    issued = podman(
+        "exec", f"{pod}-app", "python", "manage.py", "issue_api_key", "smoke"
+    ).stdout.strip()
+    # Not in the message: a key is never printed.
+    assert API_KEY.fullmatch(issued), "manage.py issue_api_key printed no key"
+    return issued
+
+
+def create_api_key_secret(name: str, api_key: str) -> str:
+    """The operator's Secret of the key, as podman keeps one for `podman run
+    --secret ...,type=env`: the value itself, through standard input."""
+    podman("secret", "rm", name, check=False)
+    result = podman("secret", "create", name, "-", check=False, input=api_key)
+    assert result.returncode == 0, result.stderr
+    return name
+
+
 @pytest.fixture(scope="module")
 def deployment(generated, tmp_path_factory):
-    """The default service running in podman from its chart:
-    (project, published ports, pod name, the rendered objects)."""
+    """The default service running in podman from its chart, with the smoke
+    test's API key issued in it (Deployed)."""
     project = generated(default_combination())
     workdir = tmp_path_factory.mktemp("podman-deploy")
     build_service_image(project, f"{IMAGE}:{TAG}")
     # A release of its own: pods, volumes and secrets are named after it.
     release = f"podman-{uuid.uuid4().hex[:8]}"
-    objects = template(project, deploy_values(workdir), release=release)
+    objects = template(project, deploy_values(workdir, release), release=release)
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     for container in deployment["spec"]["template"]["spec"]["containers"]:
         if container["name"] in SIDECARS:
@@ -138,7 +186,10 @@ def deployment(generated, tmp_path_factory):
         api = f"http://127.0.0.1:{ports['http']}/api/items?limit=1"
         headers = {"Host": HOST, "X-Forwarded-Proto": "https"}
         wait_until_ok(urllib.request.Request(api, headers=headers), seconds=90)
-        yield project, ports, pod, objects
+        # After the install, as an operator: the key, and the Secret holding it.
+        api_key = issue_api_key(pod)
+        names.append(create_api_key_secret(smoke_secret_name(release), api_key))
+        yield Deployed(project, ports, pod, objects, api_key, names[-1])
     finally:
         logs = podman("pod", "logs", pod, check=False).stdout
         print(f"\n--- logs of pod {pod} ---\n{logs[-6000:]}")
@@ -151,7 +202,8 @@ def deployment(generated, tmp_path_factory):
 
 
 def test_the_deployed_service_passes_the_smoke_checks(deployment):
-    project, ports, _, _ = deployment
+    """bin/smoke from outside, with the key in its environment."""
+    project, ports = deployment.project, deployment.ports
     result = run(
         [
             project / ".venv" / "bin" / "python", "bin/smoke",
@@ -161,17 +213,22 @@ def test_the_deployed_service_passes_the_smoke_checks(deployment):
             f"--nginx-metrics=http://127.0.0.1:{ports['nginx-metrics']}/metrics",
         ],
         project,
+        env=service_env(SMOKE_API_KEY=deployment.api_key),
         timeout=120,
     )  # fmt: skip
     print(result.stdout)
     assert "FAIL" not in result.stdout
-    assert result.stdout.count("ok ") >= 7, result.stdout
+    assert result.stdout.count("ok ") >= 9, result.stdout
+    # Refused without a token, written with it.
+    for check in ("write without a token refused", "API round trip", "export"):
+        assert re.search(rf"^ok\s+{check}$", result.stdout, re.MULTILINE), check
+    assert deployment.api_key not in result.stdout + result.stderr
 
 
 def test_every_container_runs_locked_down(deployment):
     """What the chart asks for reaches the containers: a read-only root, the
     chart's unprivileged user, no capabilities, no privilege escalation."""
-    _, _, pod, _ = deployment
+    pod = deployment.pod
     inspected = json.loads(podman("pod", "inspect", pod, "--format", "json").stdout)
     info = inspected[0] if isinstance(inspected, list) else inspected
     names = [c["Name"] for c in info["Containers"] if not c["Name"].endswith("-infra")]
@@ -203,7 +260,7 @@ PROBE_STATUS = {"/healthz": "ok", "/readyz": "ready"}
 def test_the_probes_answer_as_the_kubelet_asks_them(deployment):
     """Each probe of the app container, as rendered (path, port, Host header),
     asked inside the pod's network: what the kubelet would get."""
-    _, _, pod, objects = deployment
+    pod, objects = deployment.pod, deployment.objects
     deployed = next(o for o in objects if o["kind"] == "Deployment")
     containers = deployed["spec"]["template"]["spec"]["containers"]
     app = next(c for c in containers if c["name"] == "app")
@@ -225,7 +282,7 @@ def test_the_probes_answer_as_the_kubelet_asks_them(deployment):
 
 def test_the_app_itself_is_not_published(deployment):
     """Only Nginx's ports leave the pod: nothing on the host reaches 8000."""
-    _, ports, pod, _ = deployment
+    ports, pod = deployment.ports, deployment.pod
     inspected = json.loads(podman("pod", "inspect", pod, "--format", "json").stdout)
     info = inspected[0] if isinstance(inspected, list) else inspected
     published = {
@@ -238,9 +295,11 @@ def test_the_app_itself_is_not_published(deployment):
 
 def test_the_helm_test_pod_passes_from_inside_the_pod(deployment):
     """`helm test`'s pod, as rendered: the image's own bin/smoke with the Service's
-    addresses. podman has no Service, so it runs in the deployed pod's network and
-    each Service address becomes the container port the Service targets."""
-    _, _, pod, objects = deployment
+    addresses, and the API key from the Secret smokeTest.apiKeySecret names, in
+    its environment. podman has no Service, so it runs in the deployed pod's
+    network and each Service address becomes the container port the Service
+    targets; the Secret's key reaches it as Kubernetes gives it, a variable."""
+    pod, objects = deployment.pod, deployment.objects
     test_pod = next(
         o
         for o in objects
@@ -248,6 +307,17 @@ def test_the_helm_test_pod_passes_from_inside_the_pod(deployment):
         and o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
     )
     (container,) = test_pod["spec"]["containers"]
+    (variable,) = container["env"]
+    assert variable == {
+        "name": SMOKE_API_KEY,
+        "valueFrom": {
+            "secretKeyRef": {
+                "name": deployment.api_key_secret,
+                "key": SMOKE_API_KEY,
+            }
+        },
+    }
+    secret = variable["valueFrom"]["secretKeyRef"]["name"]
     service = next(o for o in objects if o["kind"] == "Service")
     deployed = next(o for o in objects if o["kind"] == "Deployment")
     container_ports = {
@@ -274,9 +344,12 @@ def test_the_helm_test_pod_passes_from_inside_the_pod(deployment):
         "run", "--rm", f"--pod={pod}", "--read-only", "--tmpfs=/tmp",
         f"--user={context['runAsUser']}:{context['runAsGroup']}",
         "--cap-drop=ALL", "--security-opt=no-new-privileges",
+        f"--secret={secret},type=env,target={SMOKE_API_KEY}",
         container["image"], *command,
         check=False, timeout=180,
     )  # fmt: skip
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout
+    for check in ("write without a token refused", "API round trip", "export"):
+        assert re.search(rf"^ok\s+{check}$", result.stdout, re.MULTILINE), check

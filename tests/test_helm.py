@@ -311,6 +311,15 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
         ("backup.intervalSeconds=hourly", "intervalSeconds"),
         ("backup.keep=0", "keep"),
         ("backup.schedule=@hourly", "schedule"),
+        # Who may call the API (the service's core.auth and core.E004).
+        ("config.auth.readsNeedToken=maybe", "readsNeedToken"),
+        ("config.oidc.issuer=http://login.example.com", "issuer"),
+        ("config.oidc.jwksUrl=login.example.com/keys", "jwksUrl"),
+        ("config.oidc.algorithms={HS256}", "algorithms"),
+        ("config.oidc.leewaySeconds=-1", "leewaySeconds"),
+        # The smoke test's API key is a secret: a Secret's, never a value.
+        ("smokeTest.apiKey=sk_0123456789ab_secret", "apiKey"),
+        ("smokeTest.apiKeySecret.name=Smoke_Key", "name"),
     ],
 )
 def test_the_values_schema_refuses_wrong_values(setting, error, service):
@@ -330,6 +339,12 @@ def test_the_chart_refuses_what_the_schema_cannot_express(service):
     )
     assert "httpRoute.parentRefs" in template_error(
         project, default_values(project), sets=["httpRoute.enabled=true"]
+    )
+    # A token the issuer made for any other service would open this one.
+    assert "config.oidc.audience (OIDC_AUDIENCE) is required" in template_error(
+        project,
+        default_values(project),
+        sets=["config.oidc.issuer=https://login.example.com"],
     )
 
 
@@ -1137,3 +1152,110 @@ def test_a_postgresql_service_has_no_backup_sidecar(key, service, renders):
     message = template_error(project, default_values(project),
                              sets=["backup.enabled=true"])  # fmt: skip
     assert "backup" in message, message
+
+
+def smoke_test_container(objects: list[dict]) -> dict:
+    """The container of `helm test`'s pod."""
+    (pod,) = (
+        o
+        for o in objects
+        if o["kind"] == "Pod"
+        and o["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
+    )
+    (container,) = pod["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_the_smoke_test_sends_the_api_key_of_its_secret(key, service, renders):
+    """bin/smoke's writes need an API key: helm test's pod gets it as SMOKE_API_KEY
+    from the Secret that smokeTest.apiKeySecret names (which the operator makes
+    from `manage.py issue_api_key`), in its environment, never on its command
+    line. Without a Secret it gets none, and bin/smoke's writes fail."""
+    project = service(key)
+    rendered = renders(key)
+    assert "env" not in smoke_test_container(rendered["default-values.yaml"])
+    container = smoke_test_container(rendered["ingress-values.yaml"])
+    assert container["env"] == [
+        {
+            "name": "SMOKE_API_KEY",
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": f"{project.name}-smoke-api-key",
+                    "key": "SMOKE_API_KEY",
+                }
+            },
+        }
+    ]
+    assert not [word for word in container["command"] if "key" in word.lower()]
+    objects = template(
+        project,
+        default_values(project),
+        sets=[
+            "smokeTest.apiKeySecret.name=api-keys",
+            "smokeTest.apiKeySecret.key=smoke",
+        ],
+    )
+    (variable,) = smoke_test_container(objects)["env"]
+    assert variable == {
+        "name": "SMOKE_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "api-keys", "key": "smoke"}},
+    }
+
+
+def app_settings(objects: list[dict]) -> dict[str, str]:
+    """The ConfigMap of settings that every container of the service reads, the
+    app's and the worker's (service.envFrom)."""
+    names = {
+        ref["configMapRef"]["name"]
+        for name, spec in pod_specs(objects)
+        if name.startswith("Deployment/")
+        for container in spec["containers"]
+        if container["name"] in ("app", "worker")
+        for ref in container["envFrom"]
+        if "configMapRef" in ref
+    }
+    (name,) = names
+    (config,) = (
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == name
+    )
+    return config["data"]
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_who_may_call_the_api_is_set_from_the_values(key, service, renders):
+    """config.auth and config.oidc become the service's API_AUTH_READS and OIDC_*
+    variables (core.auth), the OIDC ones only with an issuer."""
+    project = service(key)
+    default = app_settings(renders(key)["default-values.yaml"])
+    assert default["API_AUTH_READS"] == "false"
+    assert not [name for name in default if name.startswith("OIDC_")]
+    settings = app_settings(renders(key)["ingress-values.yaml"])
+    assert {n: v for n, v in settings.items() if n.startswith("OIDC_")} == {
+        "OIDC_ISSUER": "https://login.example.com/realms/platform",
+        "OIDC_AUDIENCE": project.name,
+        "OIDC_ALGORITHMS": "RS256,ES256",
+        "OIDC_LEEWAY_SECONDS": "30",
+    }
+    if key != "uvicorn-sqlite":
+        return
+    objects = template(
+        project,
+        default_values(project),
+        sets=[
+            "config.auth.readsNeedToken=true",
+            "config.oidc.issuer=http://127.0.0.1:8443",
+            "config.oidc.audience=api://shop",
+            "config.oidc.jwksUrl=http://127.0.0.1:8443/keys",
+            "config.oidc.leewaySeconds=0",
+        ],
+    )
+    settings = app_settings(objects)
+    assert settings["API_AUTH_READS"] == "true"
+    assert {n: v for n, v in settings.items() if n.startswith("OIDC_")} == {
+        "OIDC_ISSUER": "http://127.0.0.1:8443",
+        "OIDC_AUDIENCE": "api://shop",
+        "OIDC_JWKS_URL": "http://127.0.0.1:8443/keys",
+        "OIDC_ALGORITHMS": "RS256",
+        "OIDC_LEEWAY_SECONDS": "0",
+    }

@@ -7,7 +7,8 @@ with those calls is exercised by the podman deploy path (test_deploy_podman.py),
 the chart tests (test_helm.py) and shellcheck and actionlint on every combination
 (test_generation.py). These tests check the script's control flow: the order of
 its steps, what it passes, that the cluster is deleted last on success and on
-failure, and that the secrets it makes are never printed.
+failure, and that the secrets it makes, the API key that the app issues for
+bin/smoke among them, are never printed.
 
 The `kubectl port-forward` stub prints what kubectl prints, with the port of a
 small HTTP server of the test for the Service's port 80: the script's real `curl`
@@ -24,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 from recorded import Recorded
 
 from harness import generate_service, run, service_env
@@ -42,10 +44,14 @@ KNOBS = (
     "KIND_EXPERIMENTAL_PROVIDER",
     "RELEASE",
     "KUBECONFIG",
+    "SMOKE_API_KEY",
 )
 # Local ports the port-forward stub reports for the Service's metrics ports:
 # nothing listens there, only bin/smoke's (stub) arguments carry them.
 METRICS_PORT, NGINX_METRICS_PORT = 41100, 41113
+# What the `kubectl exec ... manage.py issue_api_key smoke` stub prints, as the
+# command does: the new key alone on standard output.
+API_KEY = "sk_0123456789ab_" + "k" * 43
 
 STUB = """#!{python}
 # A stand-in for {name}: records its call, answers what bin/kind-smoke reads.
@@ -55,12 +61,16 @@ argv = sys.argv[1:]
 entry = {{"argv": ["{name}", *argv], "cwd": os.getcwd(), "pid": os.getpid()}}
 if "{name}" == "kubectl" and argv[:1] == ["apply"] and "-" in argv:
     entry["stdin"] = sys.stdin.read()
+if "SMOKE_API_KEY" in os.environ:
+    entry["SMOKE_API_KEY"] = os.environ["SMOKE_API_KEY"]
 with open(os.environ["STUB_LOG"], "a") as log:
     log.write(json.dumps(entry) + "\\n")
 if os.environ.get("STUB_FAIL") == " ".join(["{name}", *argv[:1]]):
     sys.exit("stub: {name} " + argv[0] + " failed")
 if "{name}" == "kind" and argv[:2] == ["get", "clusters"]:
     print(os.environ.get("STUB_CLUSTERS", ""))
+if "{name}" == "kubectl" and "exec" in argv and "issue_api_key" in argv:
+    print(os.environ["STUB_API_KEY"])
 if "{name}" == "kubectl" and "port-forward" in argv:
     ports = iter(os.environ["STUB_FORWARD_PORTS"].split())
     for remote in (a[1:] for a in argv if a.startswith(":")):
@@ -126,7 +136,9 @@ def kind_smoke(project: Path, workdir: Path, stubs: Path, path=None, **env) -> R
         key: value for key, value in service_env().items() if key not in KNOBS
     }
     environment.update(
-        PATH=path or f"{stubs}{os.pathsep}{os.environ['PATH']}", STUB_LOG=str(log)
+        PATH=path or f"{stubs}{os.pathsep}{os.environ['PATH']}",
+        STUB_LOG=str(log),
+        STUB_API_KEY=API_KEY,
     )
     environment.update(env)
     result = subprocess_run([project / "bin" / "kind-smoke"], workdir, environment)
@@ -260,8 +272,29 @@ def test_a_passing_run_goes_through_every_step_in_order(
     else:
         assert "secret.databaseUrl" not in values
 
+    # bin/smoke's API key: issued by the app of the installed release, kept in the
+    # Secret that the release's helm test reads (named at install: it need exist
+    # only when helm test runs), through standard input.
+    smoke_secret = values["smokeTest.apiKeySecret.name"]
+    assert smoke_secret == f"{PROJECT}-smoke-api-key"
+    issue = run_.index("kubectl", "--namespace", PROJECT, "exec")
+    assert run_.argvs[issue][4:] == [
+        f"deployment/{PROJECT}", "--container", "app",
+        "--", "python", "manage.py", "issue_api_key", "smoke",
+    ]  # fmt: skip
+    store = run_.index("kubectl", "apply", "--namespace", PROJECT)
+    secret = yaml.safe_load(run_.calls[store]["stdin"])
+    assert secret == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": smoke_secret},
+        "type": "Opaque",
+        "stringData": {"SMOKE_API_KEY": API_KEY},
+    }
+
     # helm test, then bin/smoke through the port-forward of the Service.
     test = run_.index("helm", "test")
+    assert install < issue < store < test
     assert run_.argvs[test][2] == PROJECT
     assert "--logs" in run_.argvs[test]
     forward = run_.find("kubectl", "--namespace", PROJECT, "port-forward")
@@ -271,6 +304,11 @@ def test_a_passing_run_goes_through_every_step_in_order(
     smoke = run_.index("uv", "run", "bin/smoke")
     assert install < test < run_.calls.index(forward) < smoke < len(run_.calls) - 1
     assert run_.calls[smoke]["cwd"] == str(project)
+    # The key in its environment, never an argument; no other command gets it.
+    assert run_.calls[smoke]["SMOKE_API_KEY"] == API_KEY
+    assert [c["argv"] for c in run_.calls if "SMOKE_API_KEY" in c] == [
+        run_.argvs[smoke]
+    ]
     assert run_.argvs[smoke][3:] == [
         f"http://127.0.0.1:{http_port}",
         "--metrics", f"http://127.0.0.1:{METRICS_PORT}/metrics",
@@ -289,6 +327,9 @@ def test_a_passing_run_goes_through_every_step_in_order(
     for secret in secrets:
         assert secret not in run_.output
         assert [argv for argv in run_.argvs if secret in " ".join(argv)] == [helm]
+    # The API key: on no command line at all.
+    assert API_KEY not in run_.output
+    assert [argv for argv in run_.argvs if API_KEY in " ".join(argv)] == []
 
 
 def test_a_failing_step_still_deletes_the_cluster_last(kind_services, stubs, tmp_path):
@@ -308,6 +349,29 @@ def test_a_failing_step_still_deletes_the_cluster_last(kind_services, stubs, tmp
     assert run_.argvs[-1] == ["kind", "delete", "cluster", "--name", CLUSTER]
     helm = run_.argvs[run_.index("helm", "install")]
     assert set_values(helm)["secret.secretKey"] not in run_.output
+
+
+def test_no_api_key_from_the_app_stops_before_the_smoke_tests(
+    kind_services, stubs, tmp_path
+):
+    """`manage.py issue_api_key` printed no key (or something else): the script
+    stops there, with the cluster's state, makes no Secret and runs no smoke test,
+    whose writes would all fail."""
+    run_ = kind_smoke(
+        kind_services["sqlite"],
+        tmp_path,
+        stubs,
+        STUB_API_KEY="",
+        STUB_FORWARD_PORTS="1 2 3",
+    )
+    assert run_.returncode != 0, run_.describe()
+    assert "manage.py issue_api_key printed no API key" in run_.output
+    assert run_.has("kubectl", "--namespace", PROJECT, "exec")
+    assert not run_.has("kubectl", "apply", "--namespace", PROJECT)
+    assert not run_.has("helm", "test")
+    assert not run_.has("uv")
+    assert run_.has("kubectl", "get", "pods")
+    assert run_.argvs[-1] == ["kind", "delete", "cluster", "--name", CLUSTER]
 
 
 def test_keep_cluster_keeps_it(kind_services, stubs, http_server, tmp_path):

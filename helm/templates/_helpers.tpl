@@ -254,6 +254,9 @@ come from the downward API; Kubernetes expands $(VAR) of the variables above it.
 {{- if le (int .Values.terminationGracePeriodSeconds) (add .Values.preStopSleepSeconds .Values.server.gracefulTimeout) }}
 {{- fail "terminationGracePeriodSeconds must exceed preStopSleepSeconds + server.gracefulTimeout, or the kubelet kills requests still draining" }}
 {{- end }}
+{{- if and .Values.config.oidc.issuer (not .Values.config.oidc.audience) }}
+{{- fail "config.oidc.audience (OIDC_AUDIENCE) is required with config.oidc.issuer: without it, a token the issuer made for another service would open this one" }}
+{{- end }}
 {{- if and (or .Values.ingress.enabled .Values.httpRoute.enabled) (not .Values.nginx.trustedProxies) }}
 {{- fail "nginx.trustedProxies is required with ingress.enabled or httpRoute.enabled: the addresses of the ingress controller's (gateway's) pods, whose X-Forwarded-Proto and X-Forwarded-For Nginx may believe" }}
 {{- end }}

@@ -109,6 +109,11 @@ class Load:
     def between(self, start: float, end: float) -> list[Answer]:
         return [a for a in self.answers if start <= a.started < end]
 
+    def ended_before(self, moment: float) -> list[Answer]:
+        """The answers of the requests that were over by `moment`: one still
+        running then met whatever happened at that moment."""
+        return [a for a in self.answers if a.started + a.seconds < moment]
+
 
 def failures(answers: list[Answer]) -> list[Answer]:
     return [a for a in answers if not a.ok]

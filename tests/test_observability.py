@@ -22,7 +22,7 @@ import pytest
 from websockets.sync.client import connect
 
 import dashboards
-from edge import ORIGIN, App, Nginx, request
+from edge import ORIGIN, SERVER_TOKEN, App, Nginx, request
 from matrix import each_server, params
 from monitoring import SERVICE, Prometheus, failing, observe
 
@@ -34,6 +34,9 @@ EVENTS_ROUTE = "api/items/events"
 PROBE_ROUTES = "healthz|readyz|metrics"
 TRAFFIC = f'service="{SERVICE}",route!~"{PROBE_ROUTES}"'
 WEBSOCKETS, STREAMS = 3, 2
+# Requests per token (API_RATE_LIMIT_REQUESTS): drive_requests sends one more
+# with a token of its own.
+RATE_LIMIT = 40
 RATE_INTERVAL = "1m"
 
 
@@ -44,8 +47,10 @@ class Traffic:
         self.nginx = nginx
         self.sent = Counter()
 
-    def send(self, method: str, path: str, route: str, body=None) -> tuple[int, dict]:
-        response, content = request(self.nginx, method, path, body)
+    def send(
+        self, method: str, path: str, route: str, body=None, token=SERVER_TOKEN
+    ) -> tuple[int, dict]:
+        response, content = request(self.nginx, method, path, body, token=token)
         self.sent[route, method, str(response.status)] += 1
         return response.status, json.loads(content) if content else {}
 
@@ -89,6 +94,14 @@ def drive_requests(traffic: Traffic, database) -> None:
             )
             assert status == 500
         writer.execute("ALTER TABLE items_item_away RENAME TO items_item")
+    # A second caller, whose token goes over its rate limit: one 429.
+    [app] = traffic.nginx.upstreams
+    limited = app.manage("issue_api_key", "limited").strip()
+    statuses = [
+        traffic.send("GET", "/api/items?limit=1", "api/items", token=limited)[0]
+        for _ in range(RATE_LIMIT + 1)
+    ]
+    assert statuses == [200] * RATE_LIMIT + [429]
 
 
 def open_event_stream(traffic: Traffic, clients: ExitStack) -> http.client.HTTPResponse:
@@ -204,6 +217,9 @@ def observed(generated, redis_database, tmp_path_factory):
                 WEB_CONCURRENCY=str(WORKERS),
                 REDIS_URL=redis_database(),
                 DATABASE_BUSY_TIMEOUT="0.3",
+                # Above what the stack's own key sends, in one window for the run.
+                API_RATE_LIMIT_REQUESTS=str(RATE_LIMIT),
+                API_RATE_LIMIT_SECONDS="3600",
                 GRANIAN_METRICS_SCRAPE_INTERVAL="1",
             )
             traffic = Traffic(stack.nginx)

@@ -112,18 +112,6 @@ async def authenticate(authorization: str | None) -> Principal | None:
     return await verify(token)
 
 
-def websocket_authorization(scope: dict) -> tuple[str | None, str | None]:
-    """A WebSocket's Authorization header, or the one its subprotocols
-    `bearer, <token>` stand for; and the subprotocol to accept ("bearer" then)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"authorization":
-            return value.decode("latin-1"), None
-    offered = scope.get("subprotocols") or []
-    if len(offered) == 2 and offered[0] == "bearer":
-        return f"Bearer {offered[1]}", "bearer"
-    return None, None
-
-
 async def verify(token: str) -> Principal:
     if len(token) > MAX_TOKEN_CHARS:
         raise Unauthorized("the token is too long")

@@ -46,6 +46,18 @@ TOKEN_NOT_VALID = 4401
 logger = logging.getLogger(__name__)
 
 
+def authorization_of(scope: dict) -> tuple[str | None, str | None]:
+    """A WebSocket's Authorization header, or the one its subprotocols
+    `bearer, <token>` stand for; and the subprotocol to accept ("bearer" then)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"authorization":
+            return value.decode("latin-1"), None
+    offered = scope.get("subprotocols") or []
+    if len(offered) == 2 and offered[0] == "bearer":
+        return f"Bearer {offered[1]}", "bearer"
+    return None, None
+
+
 class ItemsConsumer(AsyncJsonWebsocketConsumer):
     groups = [EVENTS_GROUP]
 
@@ -80,7 +92,7 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
     principal = None
 
     async def connect(self) -> None:
-        authorization, subprotocol = auth.websocket_authorization(self.scope)
+        authorization, subprotocol = authorization_of(self.scope)
         try:
             self.principal = await auth.authenticate(authorization)
         except auth.Unauthorized:

@@ -12,7 +12,7 @@ from allpairspy import AllPairs
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TEMPLATE_DIR / "hooks"))
-from options import load_choices, refusals  # noqa: E402
+from options import TASK_BROKER, load_choices, refusals  # noqa: E402
 
 CHOICES = load_choices(TEMPLATE_DIR)
 # Free-text options keep their defaults in every combination.
@@ -115,6 +115,29 @@ def default_combination() -> dict:
 def each_server() -> list[dict]:
     """The default combination, once with each server choice."""
     return [{**default_combination(), "server": s} for s in CHOICES["server"]]
+
+
+def production(server: str) -> dict:
+    """The default combination on `server`, with PostgreSQL: what the fault and
+    release tests run, with Redis and two workers or instances."""
+    return {**default_combination(), "server": server, "database": "postgresql"}
+
+
+def each_queue(broker: str | None = None) -> list[dict]:
+    """The default combination once with each task queue (of `broker`, if given),
+    on PostgreSQL (tasks refuse SQLite), each on another server."""
+    queues = [choice for choice in CHOICES["tasks"] if choice != "none"]
+    servers = CHOICES["server"]
+    return [
+        {
+            **default_combination(),
+            "database": "postgresql",
+            "tasks": queue,
+            "server": servers[index % len(servers)],
+        }
+        for index, queue in enumerate(queues)
+        if broker in (None, TASK_BROKER[queue])
+    ]
 
 
 def name(combination: dict) -> str:

@@ -44,6 +44,28 @@ def postgres_bin() -> Path:
     return versions[-1].parent
 
 
+def create_database(url: str, name: str) -> str:
+    """A new database `name` on the server of superuser `url`; returns its URL."""
+    subprocess.run(
+        [postgres_bin() / "createdb", f"--maintenance-db={url}/postgres", name],
+        check=True,
+        capture_output=True,
+    )
+    return f"{url}/{name}"
+
+
+def psql(database_url: str, query: str) -> str:
+    """The query's rows, read from the database itself: one per line, `|` between
+    columns."""
+    result = subprocess.run(
+        [postgres_bin() / "psql", database_url, "-Atc", query],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout
+
+
 class PostgreSQL:
     """A PostgreSQL server of its own in workdir, which a test may stop and start
     again (its port stays). Durability is of no use to a server deleted after the
@@ -105,14 +127,22 @@ def postgresql(workdir: Path):
 
 
 class Redis:
-    """A Redis server that keeps nothing on disk, with this many databases (Redis's
-    default is 16), which a test may stop and start again (its port stays)."""
+    """A Redis server with this many databases (Redis's default is 16), which a
+    test may stop and start again (its port stays). It keeps nothing on disk,
+    unless `durable_in` names a directory: then every write is in its append-only
+    file before Redis answers, as a task broker's Redis must keep its queue."""
 
-    def __init__(self, databases: int = 16):
+    def __init__(self, databases: int = 16, durable_in: Path | None = None):
         self.executable = shutil.which("redis-server")
         if self.executable is None:
             raise RuntimeError("redis-server not found: apt-get install redis-server")
         self.port, self.databases = free_port(), databases
+        self.persistence = ["--save", "", "--appendonly", "no"]
+        if durable_in is not None:
+            self.persistence = [
+                *("--save", "", "--dir", str(durable_in)),
+                *("--appendonly", "yes", "--appendfsync", "always"),
+            ]
         self.process = None
 
     @property
@@ -124,7 +154,7 @@ class Redis:
         self.process = subprocess.Popen(
             [
                 *(self.executable, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
+                *self.persistence,
                 *("--databases", str(self.databases)),
             ],
             stdout=subprocess.DEVNULL,

@@ -1,16 +1,19 @@
 """Dependencies that fail under a steady client load, on the real processes: a
-PostgreSQL restart, a Redis restart. Each test states what the clients see during
-the fault, how long the service takes to recover by itself, and that no
-acknowledged write is lost or duplicated.
+PostgreSQL restart, a Redis restart, the task broker's restart, an instance lost
+with its host. Each test states
+what the clients see during the fault, how long the service takes to recover by
+itself, and that no acknowledged write is lost or duplicated.
 
 The stacks are the production configuration: PostgreSQL and Redis, two workers,
 Nginx in front. Pairwise across servers is enough: the behaviour under test is
-the service's (core.api, core.database, core.reads, core.cache, core.followups),
-the same on every server. The numbers go to the test's output (pytest -s).
+the service's (core.api, core.database, core.reads, core.cache, core.followups,
+core.outbox), the same on every server. The numbers go to the test's output
+(pytest -s).
 """
 
 import json
-import subprocess
+import os
+import signal
 import tempfile
 import time
 import urllib.request
@@ -18,11 +21,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from load import Load, failures
+from load import Load, acknowledged_writes_kept_once, failures
 
-from edge import App, serve
-from matrix import default_combination, params
-from services import PostgreSQL, Redis, postgres_bin
+from edge import App, Nginx, Worker, serve
+from matrix import each_queue, params, production
+from services import PostgreSQL, Redis, create_database, psql
 
 WORKERS = 2
 # The service's pool timeout, shortened so that the outage is short too: a
@@ -33,36 +36,6 @@ OUTAGE = 4
 # Recovery, once the dependency is back, must take less than this (measured:
 # see the note in each test).
 RECOVERY_BOUND = 10
-
-
-def production(server: str) -> dict:
-    return {**default_combination(), "server": server, "database": "postgresql"}
-
-
-def create_database(url: str, name: str) -> str:
-    subprocess.run(
-        [postgres_bin() / "createdb", f"--maintenance-db={url}/postgres", name],
-        check=True,
-        capture_output=True,
-    )
-    return f"{url}/{name}"
-
-
-def item_names(database_url: str) -> dict[str, int]:
-    """How many rows each item name has, read from the database itself."""
-    result = subprocess.run(
-        [
-            *(postgres_bin() / "psql", database_url, "-Atc"),
-            "SELECT name, count(*) FROM items_item GROUP BY name",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return {
-        name: int(count)
-        for name, count in (line.split("|") for line in result.stdout.splitlines())
-    }
 
 
 def workers_started(app: App) -> int:
@@ -87,15 +60,6 @@ def recovered_after(load: Load, since: float) -> float:
             return max(firsts) - since
         time.sleep(0.2)
     pytest.fail(f"no success of each kind within {RECOVERY_BOUND * 3} s")
-
-
-def acknowledged_writes_kept_once(load: Load, database_url: str) -> None:
-    rows = item_names(database_url)
-    created = [a.name for a in load.answers if a.method == "POST" and a.status == 201]
-    assert created, "no write was acknowledged"
-    lost = [name for name in created if rows.get(name, 0) == 0]
-    duplicated = [name for name in created if rows.get(name, 0) > 1]
-    assert (lost, duplicated) == ([], [])
 
 
 @pytest.mark.parametrize("combination", params([production("gunicorn-uvicorn")]))
@@ -202,6 +166,141 @@ def test_redis_restart_is_cache_misses_and_no_error(
         assert sample(metrics, "django_followups_failed_total", 'step="publish"') > 0
         acknowledged_writes_kept_once(load, database_url)
         assert workers_started(app) == WORKERS, app.output()
+
+
+@pytest.mark.parametrize("combination", params(each_queue(broker="redis")))
+def test_broker_restart_fails_no_write_and_every_write_gets_its_task_once(
+    combination, generated, postgres_url, tmp_path
+):
+    """The broker of Celery, Dramatiq and arq is Redis: while it is down, a write
+    commits and is answered 201, its task kept in the database (core.outbox), and
+    the worker's relay enqueues it once Redis is back. The tasks waiting in Redis
+    when it stopped are still there when it returns: it persists them (the
+    service's README, "Redis")."""
+    with ExitStack() as cleanup:
+        workdir = cleanup.enter_context(tempfile.TemporaryDirectory())
+        redis = Redis(durable_in=Path(workdir))
+        redis.start()
+        cleanup.callback(redis.stop)
+        queue = combination["tasks"]
+        database_url = create_database(postgres_url, f"faults_broker_{queue}")
+        app, nginx = serve(
+            cleanup,
+            generated(combination),
+            tmp_path,
+            DATABASE_URL=database_url,
+            REDIS_URL=f"{redis.url}/0",
+            WEB_CONCURRENCY=str(WORKERS),
+        )
+        worker = Worker(app, tmp_path, seconds=30)
+        cleanup.callback(worker.stop)
+        worker.start()
+        with Load(nginx.port, token=nginx.token) as load:
+            time.sleep(3)
+            down = time.monotonic()
+            redis.stop()
+            time.sleep(OUTAGE)
+            redis.start()
+            up = time.monotonic()
+            time.sleep(3)
+        created = [a.name for a in load.answers if a.method == "POST" and a.ok]
+        recorded = eventually_recorded(database_url, created)
+        during = load.between(down, up)
+        print(
+            f"\n{queue}'s broker down {up - down:.1f} s: {len(failures(during))} of "
+            f"{len(during)} answers failed; every task of {len(created)} writes "
+            f"recorded {recorded - up:.1f} s after its return"
+        )
+        assert failures(load.answers) == []
+        assert [a for a in during if a.method == "POST"], "no write during the outage"
+        acknowledged_writes_kept_once(load, database_url)
+        # The worker rode the outage out: it was not restarted to recover.
+        assert worker.process.poll() is None, worker.output()
+
+
+def eventually_recorded(database_url: str, names: list[str]) -> float:
+    """Waits until record_change has recorded the creation of each item named
+    (once: a change's row is unique) and the outbox is empty; returns when."""
+    query = (
+        "SELECT (SELECT count(*) FROM core_pendingtask), i.name, count(c.id) "
+        "FROM items_item i LEFT JOIN items_itemchange c "
+        "ON c.item_id = i.id AND c.event = 'item.created' GROUP BY i.name"
+    )
+    deadline = time.monotonic() + RECOVERY_BOUND * 3
+    while True:
+        lines = psql(database_url, query).splitlines()
+        pending = {int(line.split("|")[0]) for line in lines}
+        changes = {line.split("|")[1]: int(line.split("|")[2]) for line in lines}
+        if pending == {0} and all(changes.get(n) == 1 for n in names):
+            return time.monotonic()
+        assert time.monotonic() < deadline, (
+            f"after {RECOVERY_BOUND * 3} s, {sum(changes.get(n) != 1 for n in names)} "
+            f"writes had no task recorded, {pending} waiting in the outbox"
+        )
+        time.sleep(0.5)
+
+
+def descendants(pid: int) -> list[int]:
+    """The process's children, their children, and so on."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [n for child in map(int, children) for n in (child, *descendants(child))]
+
+
+@pytest.mark.parametrize("combination", params([production("gunicorn-uvicorn")]))
+def test_an_instance_lost_with_its_host_costs_at_most_its_request_in_flight(
+    combination, generated, redis_database, postgres_url, tmp_path
+):
+    """Two instances behind Nginx, one of them SIGKILLed whole (its host is lost):
+    Nginx sends every later request to the other; only a write the lost one held
+    may fail (Nginx does not send a POST twice), never a read; once it is back,
+    it serves again."""
+    project = generated(combination)
+    database_url = create_database(postgres_url, "faults_host")
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_database(),
+        "WEB_CONCURRENCY": "1",
+    }
+    with ExitStack() as cleanup:
+        apps = [App(project, tmp_path, f"app-{n}", **env) for n in (0, 1)]
+        lost = apps[0]
+        lost.migrate()
+        for app in apps:
+            cleanup.callback(app.stop)
+            app.start()
+        nginx = Nginx.in_front(project, apps)
+        nginx.start()
+        cleanup.callback(nginx.stop)
+        with Load(nginx.port, token=nginx.token) as load:
+            time.sleep(3)
+            down = time.monotonic()
+            for pid in [*descendants(lost.process.pid), lost.process.pid]:
+                os.kill(pid, signal.SIGKILL)
+            lost.process.wait(timeout=10)
+            time.sleep(OUTAGE)
+            lost.start()
+            up = time.monotonic()
+            time.sleep(3)
+        during = load.between(down, up)
+        print(
+            f"\nAn instance lost for {up - down:.1f} s: {len(failures(during))} of "
+            f"{len(during)} answers failed; {len(load.answers)} requests in all"
+        )
+        # One client, one request at a time: at most one was in flight on it.
+        assert len(failures(load.answers)) <= 1
+        assert [(a.method, a.status) for a in failures(load.answers)] in (
+            [],
+            [("POST", 502)],
+        )
+        assert [a for a in during if a.ok], "nothing was served during the loss"
+        acknowledged_writes_kept_once(load, database_url)
+        # Back, it serves its share again: its counts start from its restart.
+        metrics = read_text(f"http://127.0.0.1:{lost.port}/metrics")
+        assert sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("django_http_requests_total{") and 'status="201"' in line
+        ), "the instance, back, was sent no write"
 
 
 def read_text(url: str) -> str:

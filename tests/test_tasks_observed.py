@@ -11,7 +11,6 @@ the tasks dashboard has data and every rule evaluates.
 """
 
 import json
-import subprocess
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -20,23 +19,11 @@ import pytest
 
 import dashboards
 from edge import Nginx, request
-from matrix import CHOICES, default_combination, params
+from matrix import each_queue, params
 from monitoring import SERVICE, Prometheus, failing, observe
-from services import postgres_bin
+from services import create_database
 
-QUEUES = [choice for choice in CHOICES["tasks"] if choice != "none"]
-# Every queue on PostgreSQL (tasks refuse SQLite), each on another server.
-COMBINATIONS = params(
-    [
-        {
-            **default_combination(),
-            "database": "postgresql",
-            "tasks": queue,
-            "server": CHOICES["server"][index % len(CHOICES["server"])],
-        }
-        for index, queue in enumerate(QUEUES)
-    ]
-)
+COMBINATIONS = params(each_queue())
 RECORD_CHANGE, BUILD_REPORT = "items.record_change", "items.build_report"
 # build_report's retries (items/tasks.py): a report that cannot be built is
 # attempted this many more times before it fails.
@@ -44,19 +31,6 @@ REPORT_RETRIES = 2
 RATE_INTERVAL = "1m"
 # Seconds the stack gets to do what the test waits for.
 WAIT = 30
-
-
-def create_database(postgres_url: str, name: str) -> str:
-    subprocess.run(
-        [
-            postgres_bin() / "createdb",
-            f"--maintenance-db={postgres_url}/postgres",
-            name,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return f"{postgres_url}/{name}"
 
 
 def send(nginx: Nginx, method: str, path: str, body=None) -> tuple[int, dict]:

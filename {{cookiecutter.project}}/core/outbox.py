@@ -90,10 +90,12 @@ def _claim() -> list[PendingTask]:
 
 def relay() -> int:
     """Sends the pending tasks, oldest first; returns how many the broker took.
-    Stops at the first the broker refuses: it is still down."""
+    Stops at the first the broker refuses: it is still down. What it claimed and
+    did not try goes back at once, for the next round, not after the lease."""
     declared = queueing.declared_tasks()
     sent = 0
-    for row in _claim():
+    claimed = _claim()
+    for index, row in enumerate(claimed):
         task = declared.get(row.task)
         try:
             if task is None:
@@ -106,6 +108,8 @@ def relay() -> int:
                 last_error=repr(exc)[:1000],
                 claimed_until=None,
             )
+            untried = [later.pk for later in claimed[index + 1 :]]
+            PendingTask.objects.filter(pk__in=untried).update(claimed_until=None)
             logger.warning(
                 "relay could not send a task", extra={"task": row.task}, exc_info=True
             )

@@ -166,22 +166,26 @@ async def test_a_task_the_broker_refuses_is_kept_and_relayed(item_payload, monke
         record_change.name,
         [created["id"], "item.created"],
     )
+    status, _, _ = await request(application, "POST", "/api/items", item_payload)
+    assert status == 201
 
-    # Still down: the relay keeps it, and says why.
+    # Still down: the relay keeps them and says why. It stops at the first, and
+    # leaves the one it did not try free for its next round, not leased.
     assert await sync_to_async(outbox.relay)() == 0
-    kept = await PendingTask.objects.aget()
+    kept, later = [task async for task in PendingTask.objects.order_by("id")]
     assert (kept.attempts, kept.claimed_until) == (1, None)
     assert "the broker is down" in kept.last_error
+    assert (later.attempts, later.claimed_until) == (0, None)
 
-    # Back: the relay hands it over, once.
+    # Back: the relay hands them over, once each, oldest first.
     sent = []
 
     async def accepted(task, *args):
         sent.append([task.name, *args])
 
     broker(monkeypatch, accepted)
-    assert await sync_to_async(outbox.relay)() == 1
-    assert sent == [[record_change.name, *kept.args]]
+    assert await sync_to_async(outbox.relay)() == 2
+    assert sent == [[record_change.name, *kept.args], [record_change.name, *later.args]]
     assert not await PendingTask.objects.aexists()
     assert await sync_to_async(outbox.relay)() == 0
 

@@ -12,13 +12,21 @@ in_progress_timeout): then a worker runs it again, its job_try one higher.
 Jobs are stored as JSON, not arq's default pickle: whoever can write to Redis
 must not run code in the worker. Task arguments are ints and strings.
 
+arq's worker ends when Redis goes away under it (a restart, a failover): main()
+then starts a new one in the same process, as soon as Redis answers again, rather
+than leave the task worker down until its supervisor restarts it. The jobs it was
+running are run again once their in-progress keys expire.
+
 Traces (core.tracing) are set up in the worker's one process before it starts,
 and flushed once it has stopped.
 """
 
 import asyncio
 import json
+import logging
 import os
+import signal
+import threading
 from collections.abc import Awaitable, Callable
 
 import redis
@@ -29,6 +37,10 @@ from django.conf import settings
 
 from core import queueing, tasks, tracing
 
+logger = logging.getLogger(__name__)
+# Seconds before a new worker, after arq's lost Redis: doubled each time, at most
+# the last.
+RESTART_DELAYS = (1, 2, 4, 8)
 _functions: list[Function] = []
 # One connection pool per event loop: a pool cannot be shared between loops.
 _pools: dict[asyncio.AbstractEventLoop, ArqRedis] = {}
@@ -126,7 +138,31 @@ def queue_depth() -> int:
 
 def main() -> None:
     tracing.setup(tasks_only=True)
-    Worker(
+    stopping = threading.Event()
+    failures = 0
+    while not stopping.is_set():
+        asyncio.set_event_loop(loop := asyncio.new_event_loop())
+        try:
+            _worker().run()
+            break  # stopped by SIGTERM or SIGINT
+        except redis.exceptions.RedisError as error:
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+            failures += 1
+            logger.warning(
+                "worker lost Redis: starting a new one",
+                extra={"error": repr(error), "in_seconds": delay},
+            )
+        finally:
+            loop.close()
+        # The worker's own handlers went with its loop.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda signum, frame: stopping.set())
+        stopping.wait(delay)
+    tracing.shutdown()
+
+
+def _worker() -> Worker:
+    return Worker(
         functions=_functions,
         queue_name=settings.TASK_QUEUE,
         redis_settings=_redis_settings(),
@@ -136,5 +172,4 @@ def main() -> None:
         # Failures are counted and logged by core.tasks; results are not read.
         keep_result=0,
         log_results=False,
-    ).run()
-    tracing.shutdown()
+    )

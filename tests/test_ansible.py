@@ -889,7 +889,7 @@ def role_files(tmp_path_factory):
     """Renders the service role's environment file and units on the controller
     alone, as a deploy would for the host `app-1.internal` (the role's defaults and
     fixed variables, the playbook's group_vars, the given variables on top),
-    after the role's tracing and auth checks: no host, a few seconds a run. The
+    after the role's tracing, Sentry and auth checks: no host, a few seconds a run. The
     service is generated with OPTIONS, or the options given. Returns {file name:
     text}, or the failed run."""
     workdir = tmp_path_factory.mktemp("role-files")
@@ -930,7 +930,7 @@ def role_files(tmp_path_factory):
                 "tasks": [
                     *(
                         {"ansible.builtin.import_tasks": str(role / "tasks" / checks)}
-                        for checks in ("tracing.yml", "auth.yml")
+                        for checks in ("tracing.yml", "sentry.yml", "auth.yml")
                     ),
                     *(
                         {
@@ -1060,6 +1060,56 @@ def test_the_role_refuses_bad_tracing_variables(variables, role_files):
     assert "service_otel_sampler_ratio a number from 0 to 1" in result.stdout, (
         result.stdout
     )
+
+
+# A DSN as Sentry gives it: https://<key>@<host>/<project>.
+SENTRY_DSN = "https://k3y@o0.ingest.sentry.io/42"
+
+
+def test_errors_go_to_sentry_only_with_a_dsn(role_files):
+    """SENTRY_DSN as it came (from the Vault) and SENTRY_ENVIRONMENT in the
+    environment file that the instances and the worker read; neither without a
+    DSN (the service then never imports sentry-sdk)."""
+    variables = env_file(role_files({})["env"])
+    assert not [name for name in variables if name.startswith("SENTRY_")]
+    for given, sentry_environment in (
+        ({"service_sentry_dsn": SENTRY_DSN}, "production"),
+        (
+            {"service_sentry_dsn": SENTRY_DSN, "service_sentry_environment": "staging"},
+            "staging",
+        ),
+    ):
+        variables = env_file(role_files(given)["env"])
+        assert {n: v for n, v in variables.items() if n.startswith("SENTRY_")} == {
+            "SENTRY_DSN": SENTRY_DSN,
+            "SENTRY_ENVIRONMENT": sentry_environment,
+        }
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"service_sentry_dsn": "o0.ingest.sentry.io/42"},
+        {"service_sentry_dsn": "ftp://k3y@o0.ingest.sentry.io/42"},
+        # Without its key, Sentry refuses the events.
+        {"service_sentry_dsn": "https://o0.ingest.sentry.io/42"},
+        # Sentry's own rule for environment names.
+        {"service_sentry_environment": "my env"},
+        {"service_sentry_environment": "eu/west"},
+        {"service_sentry_environment": "None"},
+        {"service_sentry_environment": "e" * 65},
+    ],
+    ids=lambda v: f"{next(iter(v))}={next(iter(v.values()))}",
+)
+def test_the_role_refuses_bad_sentry_variables(variables, role_files):
+    result = role_files({"service_sentry_dsn": SENTRY_DSN} | variables)
+    assert isinstance(result, subprocess.CompletedProcess), variables
+    assert "TASK [Check the Sentry variables]" in result.stdout, result.stdout
+    assert "service_sentry_dsn must be empty or a Sentry DSN" in result.stdout, (
+        result.stdout
+    )
+    # The DSN is a credential: the refusal does not show it.
+    assert "k3y" not in result.stdout + result.stderr, result.stdout
 
 
 def test_who_may_call_the_api_is_set_in_the_environment_file(role_files):

@@ -320,6 +320,15 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
         # The smoke test's API key is a secret: a Secret's, never a value.
         ("smokeTest.apiKey=sk_0123456789ab_secret", "apiKey"),
         ("smokeTest.apiKeySecret.name=Smoke_Key", "name"),
+        # Sentry's DSN is a credential: a Secret's, never a value.
+        ("sentry.dsn=https://k3y@o0.ingest.sentry.io/42", "dsn"),
+        ("sentry.dsnSecret.name=Sentry_DSN", "name"),
+        ("sentry.dsnSecret.name=sentry-dsn,sentry.dsnSecret.key=", "key"),
+        # Sentry's own rule for environment names.
+        ("sentry.environment=my env", "environment"),
+        ("sentry.environment=eu/west", "environment"),
+        ("sentry.environment=None", "environment"),
+        (f"sentry.environment={'e' * 65}", "environment"),
     ],
 )
 def test_the_values_schema_refuses_wrong_values(setting, error, service):
@@ -1103,6 +1112,90 @@ def test_a_sampler_without_ratio_gets_no_ratio(service):
     assert app["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_always_on"
     assert "OTEL_TRACES_SAMPLER_ARG" not in app
     assert "OTEL_EXPORTER_OTLP_HEADERS" not in app
+
+
+@pytest.mark.parametrize("key", SERVICES)
+def test_no_sentry_unless_a_dsn_secret_is_set(key, renders):
+    """Off by default: no SENTRY_ variable reaches a pod (the service then never
+    imports sentry-sdk), whatever the values file, traces on or off."""
+    for values, objects in renders(key).items():
+        for container, env in container_env(objects).items():
+            sentry = [name for name in env if name.startswith("SENTRY_")]
+            assert sentry == [], f"{values} {container}"
+
+
+def code_containers_env(objects: list[dict]) -> dict[str, dict[str, dict]]:
+    """container_env, for every container that runs the service's code: the
+    Deployments' and their init containers, and the migration Job's."""
+    return {
+        container["name"]: {env["name"]: env for env in container.get("env", [])}
+        for name, spec in pod_specs(objects)
+        if name.startswith(("Deployment/", "Job/"))
+        for container in [*spec.get("initContainers", []), *spec["containers"]]
+    }
+
+
+@pytest.mark.parametrize(
+    "key", ["uvicorn-sqlite", "granian-postgresql", *TASK_SERVICES]
+)
+def test_errors_go_to_sentry_from_every_process_of_the_service(key, service):
+    """With sentry.dsnSecret.name, every container that runs the service's code
+    (the app, the worker, the migrations, SQLite's backups) gets SENTRY_DSN from
+    that Secret, never a value, and SENTRY_ENVIRONMENT; no other container does.
+    With traces or without: they do not depend on each other."""
+    project = service(key)
+    sqlite = key == "uvicorn-sqlite"
+    sentry = (
+        {"app"}
+        | ({"worker"} if key in TASK_SERVICES else set())
+        | ({"prepare", "backup"} if sqlite else {"migrate"})
+    )
+    backup = ["backup.enabled=true"] if sqlite else []
+    gateway = chart_dir(project) / "ci" / "gateway-values.yaml"
+    # (values file, --set, the Secret's key, SENTRY_ENVIRONMENT)
+    cases = [
+        (
+            default_values(project),
+            ["sentry.dsnSecret.name=sentry", *backup],
+            "SENTRY_DSN",
+            "production",
+        ),
+        (
+            gateway,
+            [
+                "sentry.dsnSecret.name=sentry",
+                "sentry.dsnSecret.key=dsn",
+                "sentry.environment=staging",
+                *backup,
+            ],
+            "dsn",
+            "staging",
+        ),
+    ]
+    for values, sets, secret_key, environment in cases:
+        objects = template(project, values, sets=sets)
+        env = code_containers_env(objects)
+        assert {
+            container
+            for container, variables in env.items()
+            if any(name.startswith("SENTRY_") for name in variables)
+        } == sentry, values.name
+        for container in sentry:
+            assert env[container]["SENTRY_DSN"] == {
+                "name": "SENTRY_DSN",
+                "valueFrom": {"secretKeyRef": {"name": "sentry", "key": secret_key}},
+            }
+            assert env[container]["SENTRY_ENVIRONMENT"] == {
+                "name": "SENTRY_ENVIRONMENT",
+                "value": environment,
+            }
+        for container in sentry & {"app", "worker"}:
+            # Traces stay as the values file has them.
+            tracing = "OTEL_SERVICE_NAME" in env[container]
+            assert tracing == (values == gateway), f"{values.name} {container}"
+        for deployment in (o for o in objects if o["kind"] == "Deployment"):
+            for version in KUBERNETES_VERSIONS:
+                validate_builtin(deployment, version)
 
 
 def backup_sidecar(objects: list[dict]) -> dict | None:

@@ -207,6 +207,19 @@ come from the downward API; Kubernetes expands $(VAR) of the variables above it.
 {{- end }}
 {{- end }}
 
+{{/* Sentry's variables of a container of the service's code, when
+sentry.dsnSecret.name is set, else nothing. The DSN comes from its Secret, never
+a value. */}}
+{{- define "service.sentry.env" -}}
+{{- with .Values.sentry.dsnSecret.name }}
+- name: SENTRY_DSN
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $.Values.sentry.dsnSecret.key }}}
+- name: SENTRY_ENVIRONMENT
+  value: {{ $.Values.sentry.environment | quote }}
+{{- end }}
+{{- end }}
+
 {{/* The egress rules of the service's pods (web and worker). */}}
 {{- define "service.egress" -}}
 {{- if .Values.networkPolicy.allowAllEgress -}}

@@ -16,6 +16,10 @@ initContainers:
     command: ["sh", "-c", "cp -R /app/staticfiles/. /static/ && exec python manage.py migrate --noinput"]
     envFrom:
       {{- include "service.envFrom" . | nindent 6 }}
+    {{- with include "service.sentry.env" . }}
+    env:
+      {{- . | nindent 6 }}
+    {{- end }}
     {{- else }}
     command: ["cp", "-R", "/app/staticfiles/.", "/static/"]
     {{- end }}
@@ -38,7 +42,8 @@ containers:
     imagePullPolicy: {{ .Values.image.pullPolicy }}
     envFrom:
       {{- include "service.envFrom" . | nindent 6 }}
-    {{- with include "service.tracing.env" (dict "context" . "component" "web" "container" "app") }}
+    {{- $tracing := include "service.tracing.env" (dict "context" . "component" "web" "container" "app") }}
+    {{- with list $tracing (include "service.sentry.env" .) | compact | join "\n" }}
     env:
       {{- . | nindent 6 }}
     {{- end }}
@@ -146,6 +151,10 @@ containers:
       - {{ .Values.backup.intervalSeconds | quote }}
     envFrom:
       {{- include "service.envFrom" . | nindent 6 }}
+    {{- with include "service.sentry.env" . }}
+    env:
+      {{- . | nindent 6 }}
+    {{- end }}
     securityContext:
       {{- include "service.containerSecurityContext" 10001 | nindent 6 }}
     resources:

@@ -27,6 +27,9 @@ containers:
       {{- with include "service.tracing.env" (dict "context" . "component" "worker" "container" "worker") }}
       {{- . | nindent 6 }}
       {{- end }}
+      {{- with include "service.sentry.env" . }}
+      {{- . | nindent 6 }}
+      {{- end }}
     ports:
       - name: metrics
         containerPort: 9500

@@ -275,3 +275,7 @@ STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "staticfiles")
 # the same file to the server.
 LOGGING = json.loads((BASE_DIR / "config" / "logging.json").read_text())
 LOGGING["root"]["level"] = env.str("LOG_LEVEL", default="INFO").upper()
+# Errors to Sentry (core.errors): off, and sentry-sdk never imported, while
+# SENTRY_DSN is empty. The DSN is a credential: it comes from a Secret or a vault.
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="production")

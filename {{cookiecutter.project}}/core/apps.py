@@ -10,8 +10,12 @@ class CoreConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
-        from core import checks  # noqa: F401  (registers the system checks)
+        from core import (
+            checks,  # noqa: F401  (registers the system checks)
+            errors,
+        )
         from core.database import check_pooled_connections, instrument
 
         connection_created.connect(instrument)
         check_pooled_connections()
+        errors.setup()

@@ -266,15 +266,26 @@ def trusted_proxies_conf(addresses: tuple[str, ...]) -> str:
 
 def serve(cleanup: ExitStack, project: Path, workdir: Path, **env) -> tuple[App, Nginx]:
     """A migrated app behind its Nginx, both stopped when cleanup closes."""
-    app = App(project, workdir, "app", **env)
-    app.migrate()
-    # Before start(): a server that never answers is stopped too, not left running.
-    cleanup.callback(app.stop)
-    app.start()
-    nginx = Nginx.in_front(project, [app])
+    (app,), nginx = serve_instances(cleanup, project, workdir, 1, **env)
+    return app, nginx
+
+
+def serve_instances(
+    cleanup: ExitStack, project: Path, workdir: Path, count: int, **env
+) -> tuple[list[App], Nginx]:
+    """`count` instances of the app on one database, which the first migrates,
+    behind one Nginx; all stopped when cleanup closes."""
+    name = "app" if count == 1 else "app-{}"
+    apps = [App(project, workdir, name.format(n), **env) for n in range(count)]
+    apps[0].migrate()
+    for app in apps:
+        # Before start(): a server that never answers is stopped too.
+        cleanup.callback(app.stop)
+        app.start()
+    nginx = Nginx.in_front(project, apps)
     nginx.start()
     cleanup.callback(nginx.stop)
-    return app, nginx
+    return apps, nginx
 
 
 def readable_tempdir(prefix: str) -> Path:

@@ -7,12 +7,13 @@ import signal
 import sqlite3
 import threading
 import time
+from contextlib import ExitStack
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, Nginx, bearer, readable_tempdir, request
+from edge import ORIGIN, App, Nginx, bearer, readable_tempdir, request, serve_instances
 from matrix import each_server, params
 
 SERVERS = params(each_server())
@@ -30,29 +31,20 @@ def post_item(nginx: Nginx, name: str) -> int:
 @pytest.fixture
 def started(generated, redis_database, tmp_path):
     """Starts apps and their Nginx for one test, and stops whatever is left."""
-    running = []
+    with ExitStack() as cleanup:
 
-    def start(combination: dict, count: int, **env: str) -> tuple[list[App], Nginx]:
-        project = generated(combination)
-        # The instances of one deployment share its Redis: its channel layer.
-        redis_url = redis_database()
-        apps = [
-            App(project, tmp_path, f"app-{n}", REDIS_URL=redis_url, **env)
-            for n in range(count)
-        ]
-        apps[0].migrate()
-        for app in apps:
-            app.start()
-            running.append(app)
-        nginx = Nginx.in_front(project, apps)
-        nginx.start()
-        running.append(nginx)
-        return apps, nginx
+        def start(combination: dict, count: int, **env: str) -> tuple[list[App], Nginx]:
+            # The instances of one deployment share its Redis: its channel layer.
+            return serve_instances(
+                cleanup,
+                generated(combination),
+                tmp_path,
+                count,
+                REDIS_URL=redis_database(),
+                **env,
+            )
 
-    yield start
-    for process in reversed(running):
-        if process.process.poll() is None:
-            process.stop()
+        yield start
 
 
 @pytest.mark.parametrize("combination", SERVERS)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from load import Load, acknowledged_writes_kept_once, failures
 
-from edge import App, Nginx
+from edge import App, serve_instances
 from matrix import params, production
 from services import create_database, psql
 
@@ -69,14 +69,7 @@ def test_a_release_that_adds_a_column_rolls_out_under_load_failing_no_request(
         "GRACEFUL_TIMEOUT": "10",
     }
     with ExitStack() as cleanup:
-        apps = [App(project, tmp_path, f"app-{n}", **env) for n in range(2)]
-        apps[0].migrate()
-        for app in apps:
-            cleanup.callback(app.stop)
-            app.start()
-        nginx = Nginx.in_front(project, apps)
-        nginx.start()
-        cleanup.callback(nginx.stop)
+        apps, nginx = serve_instances(cleanup, project, tmp_path, 2, **env)
         release = next_release(
             project, Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
         )

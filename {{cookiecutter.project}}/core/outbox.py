@@ -25,9 +25,9 @@ request.
 
 import asyncio
 import logging
+import threading
 from datetime import timedelta
 
-from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -101,7 +101,9 @@ def relay() -> int:
             if task is None:
                 raise LookupError(f"no task is declared as {row.task!r}")
             with tracing.continued(row.trace):
-                async_to_sync(_enqueue_within_timeout)(task, row.args)
+                _relay_loop().run_until_complete(
+                    _enqueue_within_timeout(task, row.args)
+                )
         except Exception as exc:
             PendingTask.objects.filter(pk=row.pk).update(
                 attempts=row.attempts + 1,
@@ -118,6 +120,20 @@ def relay() -> int:
         metrics.TASKS_RELAYED.labels(row.task).inc()
         sent += 1
     return sent
+
+
+def _relay_loop() -> asyncio.AbstractEventLoop:
+    """The relay's event loop, one per thread and kept: a broker's client made in
+    a coroutine is bound to its loop (arq's pool: core.queue keeps one per loop),
+    so a new loop per task (async_to_sync's, in a thread without one) would leave
+    a client and its connection behind for each task relayed."""
+    loop = getattr(_relay_loops, "loop", None)
+    if loop is None:
+        loop = _relay_loops.loop = asyncio.new_event_loop()
+    return loop
+
+
+_relay_loops = threading.local()
 
 
 async def _enqueue_within_timeout(task: queueing.Task, args: list) -> None:

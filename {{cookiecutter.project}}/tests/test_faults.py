@@ -9,6 +9,9 @@ cannot serve answers 503 with Retry-After (core.api).
 The PostgreSQL faults (connections killed by the server, a server that is down)
 are in test_postgresql.py."""
 
+{% if cookiecutter.tasks != "none" -%}
+import asyncio
+{% endif -%}
 import socket
 import sqlite3
 
@@ -19,7 +22,7 @@ from asgiref.sync import sync_to_async
 {%- if cookiecutter.websockets == "yes" %}
 from channels.testing import WebsocketCommunicator
 {%- endif %}
-from django.db import OperationalError
+from django.db import OperationalError{% if cookiecutter.tasks != "none" %}, connections{% endif %}
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
@@ -188,6 +191,32 @@ async def test_a_task_the_broker_refuses_is_kept_and_relayed(item_payload, monke
     assert sent == [[record_change.name, *kept.args], [record_change.name, *later.args]]
     assert not await PendingTask.objects.aexists()
     assert await sync_to_async(outbox.relay)() == 0
+
+
+async def test_the_relay_sends_on_one_event_loop_in_its_thread(monkeypatch):
+    """As the task worker runs it, in a thread of its own with no event loop: every
+    task goes out on the one loop the relay keeps there, since a broker's client
+    is bound to the loop that made it (one per task would each leave theirs)."""
+    loops = []
+
+    async def accepted(task, *args):
+        loops.append(asyncio.get_running_loop())
+
+    broker(monkeypatch, accepted)
+    for number in range(3):
+        await PendingTask.objects.acreate(
+            task=record_change.name, args=[number, "item.created", None]
+        )
+
+    def relay_in_its_thread() -> list[int]:
+        try:
+            return [outbox.relay(), outbox.relay()]
+        finally:
+            connections.close_all()
+
+    assert await asyncio.to_thread(relay_in_its_thread) == [3, 0]
+    assert len(loops) == 3
+    assert len(set(loops)) == 1
 
 
 async def test_a_report_that_cannot_be_enqueued_is_withdrawn_with_503(monkeypatch):

@@ -1117,6 +1117,9 @@ def test_who_may_call_the_api_is_set_in_the_environment_file(role_files):
     (core.auth) only with an issuer, as the role's variables give them."""
     variables = env_file(role_files({})["env"])
     assert variables["API_AUTH_READS"] == "false"
+    # The service's own defaults (config/settings.py), written out.
+    assert variables["API_RATE_LIMIT_REQUESTS"] == "6000"
+    assert variables["API_RATE_LIMIT_SECONDS"] == "60"
     assert not [name for name in variables if name.startswith("OIDC_")]
     files = role_files(
         {
@@ -1149,6 +1152,34 @@ def test_who_may_call_the_api_is_set_in_the_environment_file(role_files):
 
 
 @pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"service_api_rate_limit_requests": 100}, ("100", "60")),
+        ({"service_api_rate_limit_seconds": 3600}, ("6000", "3600")),
+        # 0 turns the limit off (core.ratelimit).
+        ({"service_api_rate_limit_requests": 0}, ("0", "60")),
+        # As -e on the command line gives them: strings, written as numbers.
+        (
+            {
+                "service_api_rate_limit_requests": "1000000",
+                "service_api_rate_limit_seconds": "1",
+            },
+            ("1000000", "1"),
+        ),
+    ],
+    ids=["requests", "seconds", "off", "strings"],
+)
+def test_the_rate_limit_variables_reach_the_env_file(given, expected, role_files):
+    """API_RATE_LIMIT_REQUESTS per API_RATE_LIMIT_SECONDS (core.ratelimit), as the
+    role's variables give them; what is not given keeps its default."""
+    variables = env_file(role_files(given)["env"])
+    assert (
+        variables["API_RATE_LIMIT_REQUESTS"],
+        variables["API_RATE_LIMIT_SECONDS"],
+    ) == expected
+
+
+@pytest.mark.parametrize(
     "variables",
     [
         # A token the issuer made for another service would open this one.
@@ -1159,6 +1190,14 @@ def test_who_may_call_the_api_is_set_in_the_environment_file(role_files):
         {"service_oidc_algorithms": ["RS256", "HS256"]},
         {"service_oidc_algorithms": []},
         {"service_oidc_leeway_seconds": -1},
+        # API_RATE_LIMIT_*: 0 requests turns the limit off, a window has a second.
+        {"service_api_rate_limit_requests": -1},
+        {"service_api_rate_limit_requests": "many"},
+        {"service_api_rate_limit_requests": 1.5},
+        {"service_api_rate_limit_requests": True},
+        {"service_api_rate_limit_seconds": 0},
+        {"service_api_rate_limit_seconds": -60},
+        {"service_api_rate_limit_seconds": "minute"},
     ],
     ids=lambda v: f"{next(iter(v))}={next(iter(v.values()))}",
 )
@@ -1172,6 +1211,9 @@ def test_the_role_refuses_bad_auth_variables(variables, role_files):
     assert isinstance(result, subprocess.CompletedProcess), variables
     assert "TASK [Check the API's auth variables]" in result.stdout, result.stdout
     assert "service_oidc_audience is required with an" in result.stdout, result.stdout
+    assert "service_api_rate_limit_seconds a whole number of seconds, at least 1" in (
+        result.stdout
+    ), result.stdout
 
 
 def test_a_sqlite_hosts_database_is_backed_up_by_a_sandboxed_timer(role_files):

@@ -317,6 +317,15 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
         ("config.oidc.jwksUrl=login.example.com/keys", "jwksUrl"),
         ("config.oidc.algorithms={HS256}", "algorithms"),
         ("config.oidc.leewaySeconds=-1", "leewaySeconds"),
+        # API_RATE_LIMIT_*: 0 requests turns the limit off, a window has a second.
+        ("config.auth.rateLimit.requests=-1", "requests"),
+        ("config.auth.rateLimit.requests=many", "requests"),
+        ("config.auth.rateLimit.requests=1.5", "requests"),
+        ("config.auth.rateLimit.seconds=0", "seconds"),
+        ("config.auth.rateLimit.seconds=minute", "seconds"),
+        # Deleted, it would render as 0: no limit.
+        ("config.auth.rateLimit.requests=null", "requests"),
+        ("config.auth.rateLimit.burst=10", "burst"),
         # The smoke test's API key is a secret: a Secret's, never a value.
         ("smokeTest.apiKey=sk_0123456789ab_secret", "apiKey"),
         ("smokeTest.apiKeySecret.name=Smoke_Key", "name"),
@@ -1322,6 +1331,9 @@ def test_who_may_call_the_api_is_set_from_the_values(key, service, renders):
     project = service(key)
     default = app_settings(renders(key)["default-values.yaml"])
     assert default["API_AUTH_READS"] == "false"
+    # The service's own defaults (config/settings.py), written out.
+    assert default["API_RATE_LIMIT_REQUESTS"] == "6000"
+    assert default["API_RATE_LIMIT_SECONDS"] == "60"
     assert not [name for name in default if name.startswith("OIDC_")]
     settings = app_settings(renders(key)["ingress-values.yaml"])
     assert {n: v for n, v in settings.items() if n.startswith("OIDC_")} == {
@@ -1345,6 +1357,7 @@ def test_who_may_call_the_api_is_set_from_the_values(key, service, renders):
     )
     settings = app_settings(objects)
     assert settings["API_AUTH_READS"] == "true"
+    assert settings["API_RATE_LIMIT_REQUESTS"] == "6000"
     assert {n: v for n, v in settings.items() if n.startswith("OIDC_")} == {
         "OIDC_ISSUER": "http://127.0.0.1:8443",
         "OIDC_AUDIENCE": "api://shop",
@@ -1352,3 +1365,29 @@ def test_who_may_call_the_api_is_set_from_the_values(key, service, renders):
         "OIDC_ALGORITHMS": "RS256",
         "OIDC_LEEWAY_SECONDS": "0",
     }
+
+
+@pytest.mark.parametrize(
+    ("rate_limit", "expected"),
+    [
+        # From a values file, a number is a float to Helm: printed as it is,
+        # 1000000 would reach the app as 1e+06, which env.int refuses.
+        ({"requests": 1000000, "seconds": 3600}, ("1000000", "3600")),
+        # 0 turns the limit off (core.ratelimit).
+        ({"requests": 0}, ("0", "60")),
+        ({"seconds": 1}, ("6000", "1")),
+    ],
+    ids=["a-million-per-hour", "off", "per-second"],
+)
+def test_the_rate_limit_is_set_from_the_values(rate_limit, expected, service, tmp_path):
+    """config.auth.rateLimit becomes the settings' API_RATE_LIMIT_REQUESTS and
+    API_RATE_LIMIT_SECONDS (core.ratelimit), as whole numbers; what is not set
+    keeps its default."""
+    project = service("uvicorn-sqlite")
+    values = tmp_path / "rate-limit-values.yaml"
+    values.write_text(yaml.safe_dump({"config": {"auth": {"rateLimit": rate_limit}}}))
+    settings = app_settings(template(project, default_values(project), values))
+    assert (
+        settings["API_RATE_LIMIT_REQUESTS"],
+        settings["API_RATE_LIMIT_SECONDS"],
+    ) == expected

@@ -3,7 +3,9 @@
 bin/worker starts it. The library's worker (core.queueing.WORKER_COMMAND) runs as a
 child process in a process group of its own; SIGTERM and SIGINT reach it once,
 from here, and it stops taking tasks and lets the running ones finish (within
-WORKER_SHUTDOWN_TIMEOUT) before this process exits with its status. Meanwhile
+WORKER_SHUTDOWN_TIMEOUT) before this process exits with its status. A worker
+that ends unasked has failed, whatever its status: this process then exits 1 (or
+as the signal that killed it), so that systemd and the kubelet restart it. Meanwhile
 this process answers HTTP on WORKER_METRICS_HOST:WORKER_METRICS_PORT:
   /metrics  what the worker's processes wrote to METRICS_DIR (core.exposition
             retires those that died), the queue depth, read from the broker at
@@ -193,8 +195,14 @@ def main() -> int:
 
     # The command is a constant, never input.
     worker = subprocess.Popen(queueing.WORKER_COMMAND, process_group=0)  # noqa: S603
+    asked_to_stop = threading.Event()
+
+    def forward(signum, frame):
+        asked_to_stop.set()
+        worker.send_signal(signum)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda signum, frame: worker.send_signal(signum))
+        signal.signal(signum, forward)
     try:
         server = serve_http(worker, directory, settings.TASK_QUEUE)
     except OSError:
@@ -213,6 +221,13 @@ def main() -> int:
     server.shutdown()
     # Scrapes that read the queue depth from the database opened a pool.
     close_databases()
+    if not asked_to_stop.is_set():
+        # A library may end with 0 on an error it cannot recover from (Celery's
+        # "Unrecoverable error", when its broker's connection breaks at the wrong
+        # moment): a worker that ends unasked has failed, so that systemd
+        # (Restart=on-failure) and the kubelet start it again.
+        logger.error("worker ended without being asked to", extra={"status": status})
+        return 128 - status if status < 0 else status or 1
     logger.info("worker stopped", extra={"status": status})
     # A worker killed by a signal exits as a shell would report it.
     return 128 - status if status < 0 else status

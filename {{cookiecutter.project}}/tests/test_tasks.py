@@ -24,7 +24,7 @@ import pytest
 {%- if cookiecutter.tasks == "arq" %}
 from arq.constants import job_key_prefix
 {%- endif %}
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
@@ -507,6 +507,28 @@ def test_the_worker_reports_its_queue_depth_and_health(worker):
         time.sleep(0.2)
     assert worker.get("/healthz") == (200, b'{"status": "ok"}')
     assert worker.get("/nothing-here")[0] == 404
+
+
+def test_a_worker_that_ends_unasked_fails_so_that_it_is_restarted(
+    django_db_blocker, tmp_path
+):
+    """The library's worker ended while nobody stopped bin/worker (here by a
+    SIGTERM of its own, which the library takes for a clean stop and ends with 0):
+    bin/worker exits 1, so that systemd's Restart=on-failure starts it again."""
+    with django_db_blocker.unblock():
+        database_url = worker_database_url()
+    worker = start_worker(database_url, tmp_path / "metrics")
+    # Once it has run a task, the library has its signal handlers.
+    change_id = str(uuid.uuid4())
+    async_to_sync(record_change.enqueue)(424247, "item.updated", change_id)
+    deadline = time.monotonic() + WAIT
+    while not change_rows(change_id):
+        assert time.monotonic() < deadline, "the worker ran no task"
+        time.sleep(0.1)
+    pid = worker.process.pid
+    (library,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    os.kill(int(library), signal.SIGTERM)
+    assert worker.process.wait(timeout=WAIT + 10) == 1
 
 
 def test_the_queue_adapter_offers_the_contract():

@@ -319,12 +319,11 @@ def test_an_instance_lost_with_its_host_costs_at_most_its_request_in_flight(
             f"\nAn instance lost for {up - down:.1f} s: {len(failures(during))} of "
             f"{len(during)} answers failed; {len(load.answers)} requests in all"
         )
-        # One client, one request at a time: at most one was in flight on it.
-        assert len(failures(load.answers)) <= 1
-        assert [(a.method, a.status) for a in failures(load.answers)] in (
-            [],
-            [("POST", 502)],
-        )
+        # One client, one request at a time: at most one was in flight on it, a
+        # write, which Nginx answers as a gateway error (502; 503 while it counts
+        # both instances failed for an instant) rather than send it twice.
+        failed = [(a.method, a.status) for a in failures(load.answers)]
+        assert failed in ([], [("POST", 502)], [("POST", 503)]), failed
         assert [a for a in during if a.ok], "nothing was served during the loss"
         acknowledged_writes_kept_once(load, database_url)
         # Back, it serves its share again: its counts start from its restart.

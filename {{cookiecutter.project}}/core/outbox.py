@@ -24,8 +24,8 @@ request.
 """
 
 import asyncio
+import contextvars
 import logging
-import threading
 from datetime import timedelta
 
 from django.db import transaction
@@ -88,10 +88,16 @@ def _claim() -> list[PendingTask]:
     return claimed
 
 
-def relay() -> int:
-    """Sends the pending tasks, oldest first; returns how many the broker took.
-    Stops at the first the broker refuses: it is still down. What it claimed and
-    did not try goes back at once, for the next round, not after the lease."""
+def relay(runner: asyncio.Runner) -> int:
+    """Sends the pending tasks, oldest first, on `runner`'s event loop; returns how
+    many the broker took. Stops at the first the broker refuses: it is still down.
+    What it claimed and did not try goes back at once, for the next round, not
+    after the lease.
+
+    The caller keeps one runner for all its rounds and closes it when it stops
+    (core.task_worker): a broker's client made in a coroutine is bound to its loop
+    (arq's pool: core.queue keeps one per loop), so a new loop per task or round
+    would leave a client and its connection behind each time."""
     declared = queueing.declared_tasks()
     sent = 0
     claimed = _claim()
@@ -101,8 +107,11 @@ def relay() -> int:
             if task is None:
                 raise LookupError(f"no task is declared as {row.task!r}")
             with tracing.continued(row.trace):
-                _relay_loop().run_until_complete(
-                    _enqueue_within_timeout(task, row.args)
+                # In this context, that holds the trace: the runner's own is
+                # the one it was made in.
+                runner.run(
+                    _enqueue_within_timeout(task, row.args),
+                    context=contextvars.copy_context(),
                 )
         except Exception as exc:
             PendingTask.objects.filter(pk=row.pk).update(
@@ -120,20 +129,6 @@ def relay() -> int:
         metrics.TASKS_RELAYED.labels(row.task).inc()
         sent += 1
     return sent
-
-
-def _relay_loop() -> asyncio.AbstractEventLoop:
-    """The relay's event loop, one per thread and kept: a broker's client made in
-    a coroutine is bound to its loop (arq's pool: core.queue keeps one per loop),
-    so a new loop per task (async_to_sync's, in a thread without one) would leave
-    a client and its connection behind for each task relayed."""
-    loop = getattr(_relay_loops, "loop", None)
-    if loop is None:
-        loop = _relay_loops.loop = asyncio.new_event_loop()
-    return loop
-
-
-_relay_loops = threading.local()
 
 
 async def _enqueue_within_timeout(task: queueing.Task, args: list) -> None:

@@ -20,6 +20,7 @@ Environment (defaults in brackets): WORKER_CONCURRENCY [2], WORKER_SHUTDOWN_TIME
 new temporary directory; a given one is emptied, as bin/serve does].
 """
 
+import asyncio
 import logging
 import os
 import signal
@@ -165,21 +166,26 @@ def serve_http(worker: subprocess.Popen, directory: str, queue_name: str):
 
 
 def relay_pending_tasks(stopping: threading.Event) -> None:
-    """core.outbox's relay, every OUTBOX_RELAY_SECONDS until the worker stops."""
+    """core.outbox's relay, every OUTBOX_RELAY_SECONDS until the worker stops, on
+    one event loop that it closes then, with its database connections."""
     from django.conf import settings
-    from django.db import close_old_connections
+    from django.db import close_old_connections, connections
 
     from core import outbox
 
-    while not stopping.wait(settings.OUTBOX_RELAY_SECONDS):
-        try:
-            if sent := outbox.relay():
-                logger.info("relayed kept tasks", extra={"count": sent})
-        except Exception:
-            # The database may be down: the next round tries again.
-            logger.warning("relay failed", exc_info=True)
-        finally:
-            close_old_connections()
+    try:
+        with asyncio.Runner() as runner:
+            while not stopping.wait(settings.OUTBOX_RELAY_SECONDS):
+                try:
+                    if sent := outbox.relay(runner):
+                        logger.info("relayed kept tasks", extra={"count": sent})
+                except Exception:
+                    # The database may be down: the next round tries again.
+                    logger.warning("relay failed", exc_info=True)
+                finally:
+                    close_old_connections()
+    finally:
+        connections.close_all()
 
 
 def main() -> int:

@@ -11,9 +11,13 @@ are in test_postgresql.py."""
 
 {% if cookiecutter.tasks != "none" -%}
 import asyncio
+import queue
 {% endif -%}
 import socket
 import sqlite3
+{%- if cookiecutter.tasks != "none" %}
+import threading
+{%- endif %}
 
 import pytest
 {%- if cookiecutter.tasks != "none" %}
@@ -22,12 +26,12 @@ from asgiref.sync import sync_to_async
 {%- if cookiecutter.websockets == "yes" %}
 from channels.testing import WebsocketCommunicator
 {%- endif %}
-from django.db import OperationalError{% if cookiecutter.tasks != "none" %}, connections{% endif %}
+from django.db import OperationalError
 from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from config.asgi import application
-from core import database{% if cookiecutter.tasks != "none" %}, outbox{% endif %}
+from core import database{% if cookiecutter.tasks != "none" %}, outbox, task_worker{% endif %}
 {%- if cookiecutter.tasks != "none" %}
 from core.models import PendingTask
 {%- endif %}
@@ -149,6 +153,12 @@ async def refused(task, *args):
     raise ConnectionRefusedError("the broker is down")
 
 
+def relay_round() -> int:
+    """One round of core.outbox's relay, on an event loop of its own."""
+    with asyncio.Runner() as runner:
+        return outbox.relay(runner)
+
+
 def broker(monkeypatch, enqueue) -> None:
     """What the broker does with every task's enqueue from now on. Patched on the
     adapter's Task class: some libraries' task objects are frozen."""
@@ -174,7 +184,7 @@ async def test_a_task_the_broker_refuses_is_kept_and_relayed(item_payload, monke
 
     # Still down: the relay keeps them and says why. It stops at the first, and
     # leaves the one it did not try free for its next round, not leased.
-    assert await sync_to_async(outbox.relay)() == 0
+    assert await sync_to_async(relay_round)() == 0
     kept, later = [task async for task in PendingTask.objects.order_by("id")]
     assert (kept.attempts, kept.claimed_until) == (1, None)
     assert "the broker is down" in kept.last_error
@@ -187,36 +197,41 @@ async def test_a_task_the_broker_refuses_is_kept_and_relayed(item_payload, monke
         sent.append([task.name, *args])
 
     broker(monkeypatch, accepted)
-    assert await sync_to_async(outbox.relay)() == 2
+    assert await sync_to_async(relay_round)() == 2
     assert sent == [[record_change.name, *kept.args], [record_change.name, *later.args]]
     assert not await PendingTask.objects.aexists()
-    assert await sync_to_async(outbox.relay)() == 0
+    assert await sync_to_async(relay_round)() == 0
 
 
-async def test_the_relay_sends_on_one_event_loop_in_its_thread(monkeypatch):
-    """As the task worker runs it, in a thread of its own with no event loop: every
-    task goes out on the one loop the relay keeps there, since a broker's client
-    is bound to the loop that made it (one per task would each leave theirs)."""
-    loops = []
+async def test_the_workers_relay_sends_on_one_event_loop_and_closes_it(monkeypatch):
+    """As the task worker runs it, in a thread of its own: every round sends on one
+    event loop, since a broker's client is bound to the loop that made it (a loop
+    per task or round would each leave theirs), and that loop is closed when the
+    worker stops."""
+    sent_on = queue.Queue()
 
     async def accepted(task, *args):
-        loops.append(asyncio.get_running_loop())
+        sent_on.put(asyncio.get_running_loop())
 
     broker(monkeypatch, accepted)
-    for number in range(3):
-        await PendingTask.objects.acreate(
-            task=record_change.name, args=[number, "item.created", None]
-        )
-
-    def relay_in_its_thread() -> list[int]:
+    stopping = threading.Event()
+    relay = threading.Thread(target=task_worker.relay_pending_tasks, args=(stopping,))
+    loops = []
+    with override_settings(OUTBOX_RELAY_SECONDS=0.05):
+        relay.start()
         try:
-            return [outbox.relay(), outbox.relay()]
+            # Each in a round of its own.
+            for number in range(3):
+                await PendingTask.objects.acreate(
+                    task=record_change.name, args=[number, "item.created", None]
+                )
+                loops.append(await asyncio.to_thread(sent_on.get, timeout=10))
         finally:
-            connections.close_all()
-
-    assert await asyncio.to_thread(relay_in_its_thread) == [3, 0]
-    assert len(loops) == 3
+            stopping.set()
+            await asyncio.to_thread(relay.join)
     assert len(set(loops)) == 1
+    assert loops[0].is_closed()
+    assert not await PendingTask.objects.aexists()
 
 
 async def test_a_report_that_cannot_be_enqueued_is_withdrawn_with_503(monkeypatch):

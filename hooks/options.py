@@ -14,6 +14,12 @@ SLUG = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 SLUG_MAX = 40
 HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 DOMAIN = re.compile(rf"^(?=.{{1,253}}$){HOST_LABEL}(?:\.{HOST_LABEL})+$")
+# Where the alerts' dashboard links point: Grafana's root, without a query, a
+# fragment or a final slash (the links add /d/<uid>?var-...).
+GRAFANA_URL = re.compile(
+    rf"^https?://(?=[^:/]{{1,253}}(?::|/|$)){HOST_LABEL}(?:\.{HOST_LABEL})*"
+    r"(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~-]+)*$"
+)
 # Free text lands in TOML, Python and YAML strings: refuse what would need escaping.
 UNSAFE_TEXT = re.compile(r'["\\\x00-\x1f\x7f`$]')
 TEXT_MAX = {"project_name": 60, "description": 200, "author": 100}
@@ -83,5 +89,11 @@ def refusals(context: dict, choices: dict[str, list[str]]) -> list[str]:
     if not DOMAIN.match(domain):
         problems.append(
             f"domain={domain!r} is not a lowercase host name with at least one dot"
+        )
+    grafana_url = str(context.get("grafana_url", ""))
+    if not GRAFANA_URL.match(grafana_url):
+        problems.append(
+            f"grafana_url={grafana_url!r} is not an http(s) URL of a lowercase host, "
+            "with an optional port and path, and no query or final slash"
         )
     return problems

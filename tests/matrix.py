@@ -22,6 +22,7 @@ DEFAULT_TEXT = {
     "description": "An async Django service.",
     "author": "Platform Team",
     "domain": "my-service.example.com",
+    "grafana_url": "https://grafana.example.com",
 }
 
 

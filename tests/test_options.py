@@ -48,6 +48,15 @@ def cookiecutter_cli(tmp_path, **options):
         ({"domain": "Shop.Example.com"}, "domain='Shop.Example.com' is not"),
         ({"domain": "-bad.example.com"}, "domain='-bad.example.com' is not"),
         (
+            {"grafana_url": "https://grafana.example.com/"},
+            "grafana_url='https://grafana.example.com/' is not",
+        ),
+        ({"grafana_url": "grafana.example.com"}, "grafana_url='grafana.example.com'"),
+        (
+            {"grafana_url": "https://grafana.example.com/d?orgId=1"},
+            "grafana_url='https://grafana.example.com/d?orgId=1' is not",
+        ),
+        (
             {"tasks": "celery", "database": "sqlite"},
             "tasks='celery' needs database='postgresql'",
         ),

@@ -2,7 +2,9 @@
 background tasks: valid for Prometheus 2.42, its rules pass their unit tests, and
 those tests and selectors cover what they must."""
 
+import json
 import re
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -71,6 +73,61 @@ def test_every_alert_has_a_firing_and_a_quiet_test(combination, generated):
     assert ("GranianWorkerCrashed" in alerts) == (combination["server"] == "granian")
     with_tasks = combination["tasks"] != "none"
     assert alerts & TASK_ALERTS == (TASK_ALERTS if with_tasks else set())
+
+
+def source_metrics(expr: str, recorded: dict[str, str]) -> set[str]:
+    """The metrics `expr` reads, through the recording rules it reads."""
+    names = set()
+    for match in SELECTOR.finditer(expr):
+        name = match.group(1)
+        if name in recorded:
+            names |= source_metrics(recorded[name], recorded)
+        else:
+            names.add(name)
+    return names
+
+
+def dashboard_metrics(dashboard: dict) -> set[str]:
+    panels = [*dashboard["panels"]]
+    panels += [inner for panel in panels for inner in panel.get("panels", [])]
+    return {
+        match.group(1)
+        for panel in panels
+        for target in panel.get("targets", [])
+        for match in SELECTOR.finditer(target["expr"])
+    }
+
+
+@pytest.mark.parametrize("combination", COMBINATIONS)
+def test_every_alert_links_to_a_dashboard_that_shows_it(combination, generated):
+    """The annotation dashboard_url: a dashboard this service ships, on the Grafana
+    of the grafana_url option, with its variables set to this service (and to the
+    alert's instance, where it has the app's), showing a metric the alert reads."""
+    project = generated(combination)
+    dashboards = {
+        dashboard["uid"]: dashboard
+        for dashboard in (
+            json.loads(path.read_text())
+            for path in (project / "deploy" / "grafana" / "dashboards").glob("*.json")
+        )
+    }
+    every_rule = rules(project / "deploy" / "prometheus")
+    recorded = {rule["record"]: rule["expr"] for rule in every_rule if "record" in rule}
+    alerts = [rule for rule in every_rule if "alert" in rule]
+    assert alerts
+    for alert in alerts:
+        where = f"{alert['alert']}: {alert['annotations'].get('dashboard_url')}"
+        link = urlsplit(alert["annotations"]["dashboard_url"])
+        assert f"{link.scheme}://{link.netloc}" == DEFAULT_TEXT["grafana_url"], where
+        dashboard = dashboards[link.path.removeprefix("/d/")]
+        variables = {variable["name"] for variable in dashboard["templating"]["list"]}
+        chosen = parse_qs(link.query, strict_parsing=True)
+        assert chosen.pop("var-service") == [PROJECT], where
+        if chosen:
+            assert chosen == {"var-instance": ["{{ $labels.instance }}"]}, where
+            assert "instance" in variables, where
+        shown = source_metrics(alert["expr"], recorded) & dashboard_metrics(dashboard)
+        assert shown, f"{where} shows none of what the alert reads"
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS)

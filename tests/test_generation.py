@@ -1,5 +1,6 @@
 """Every supported combination renders to a clean, consistent service."""
 
+import ast
 import fnmatch
 import importlib.util
 import json
@@ -8,6 +9,7 @@ import re
 import stat
 
 import pytest
+import yaml
 from cookiecutter.environment import StrictEnvironment
 
 from harness import check_steps, generate_service, run
@@ -177,6 +179,29 @@ def test_the_local_env_file_is_private_from_its_creation(tmp_path, monkeypatch):
     finally:
         os.umask(previous_umask)
     assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+
+
+def test_the_chart_and_the_role_allow_the_algorithms_the_service_allows(tmp_path):
+    """OIDC_ALGORITHMS may name only core.auth's asymmetric algorithms, and the
+    chart's schema and the Ansible role refuse any other before a deploy: by the
+    same list, each in its own component."""
+    project = generate_service({}, tmp_path)
+    [service] = [
+        set(ast.literal_eval(node.value.args[0]))
+        for node in ast.parse((project / "core" / "auth.py").read_text()).body
+        if isinstance(node, ast.Assign)
+        and node.targets[0].id == "ASYMMETRIC_ALGORITHMS"
+    ]
+    deploy = project / "deploy"
+    schema = json.loads((deploy / "helm" / "values.schema.json").read_text())
+    oidc = schema["properties"]["config"]["properties"]["oidc"]["properties"]
+    role = yaml.safe_load(
+        (deploy / "ansible" / "roles" / "service" / "vars" / "main.yml").read_text()
+    )
+    assert "RS256" in service
+    assert "HS256" not in service
+    assert set(oidc["algorithms"]["items"]["enum"]) == service
+    assert set(role["service_oidc_asymmetric_algorithms"]) == service
 
 
 def test_disabled_websockets_leave_no_websocket_code(tmp_path):

@@ -34,14 +34,6 @@ def install() -> None:
     global _stopping
     loop = asyncio.get_running_loop()
     _stopping = asyncio.Event()
-    server_handler = signal.getsignal(signal.SIGTERM)
-
-    def to_server(signum, frame):
-        if callable(server_handler):
-            server_handler(signum, frame)
-        elif server_handler == signal.SIG_DFL:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
 
     async def stop(signum, frame):
         _stopping.set()
@@ -52,6 +44,30 @@ def install() -> None:
     def begin(signum, frame):
         global _handover
         _handover = loop.create_task(stop(signum, frame))
+
+    if loop.remove_signal_handler(signal.SIGTERM):
+        # The server set its handler on the event loop (Granian's workers, the
+        # same for SIGTERM and SIGINT). The loop runs such a handler as soon as
+        # the signal comes, through its wakeup file descriptor, beside any
+        # handler signal.signal() sets: Granian then dropped the WebSockets
+        # while their 1001 was on its way. So the loop runs ours instead, and
+        # the server gets SIGINT, its other stop signal, once the closes are done.
+        def to_server(signum, frame):
+            os.kill(os.getpid(), signal.SIGINT)
+
+        loop.add_signal_handler(signal.SIGTERM, begin, signal.SIGTERM, None)
+        return
+
+    # Uvicorn's and Gunicorn's workers: a handler of signal.signal(), kept to be
+    # called once the closes are done.
+    server_handler = signal.getsignal(signal.SIGTERM)
+
+    def to_server(signum, frame):
+        if callable(server_handler):
+            server_handler(signum, frame)
+        elif server_handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     def on_sigterm(signum, frame):
         loop.call_soon_threadsafe(begin, signum, frame)

@@ -65,6 +65,37 @@ async def test_the_server_handler_waits_for_the_closes_then_runs(server_handler)
     assert await eventually(lambda: server_handler == [signal.SIGTERM])
 
 
+@pytest.fixture
+async def loop_server_handler(monkeypatch):
+    """Stands in for a server that stops on SIGTERM and SIGINT alike, with a
+    handler on the event loop, as Granian's workers do."""
+    calls = []
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, calls.append, signum)
+    monkeypatch.setattr(shutdown, "_stopping", None)
+    monkeypatch.setattr(shutdown, "_closing", set())
+    shutdown.install()
+    yield calls
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+
+
+async def test_a_servers_handler_on_the_event_loop_waits_for_the_closes_too(
+    loop_server_handler,
+):
+    """The loop would run the server's handler as soon as SIGTERM comes, beside
+    the service's: Granian then dropped WebSockets whose 1001 was on its way."""
+    release = asyncio.Event()
+    shutdown.close_on_stop(release.wait)
+    sigterm()
+    await shutdown.stopped()
+    await asyncio.sleep(0.2)
+    assert loop_server_handler == []
+    release.set()
+    assert await eventually(lambda: loop_server_handler == [signal.SIGINT])
+
+
 async def test_a_close_that_never_ends_holds_the_server_back_a_bounded_time(
     server_handler, monkeypatch
 ):

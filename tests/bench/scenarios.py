@@ -97,10 +97,30 @@ class Cells:
         label: str = "",
         beside: Upstream | None = None,
     ):
-        """One wrk cell: `via` is "", "nginx" (TCP to the app) or "nginx-uds"; `env`
-        is added to the server's (REDIS_URL, as in every cell); with `bodies`,
-        wrk sends them in turn with `method` (load.wrk). `label` names the row
-        instead of `config` (cells of one configuration with different `env`);
+        """One wrk cell, its row added to the run's (measure_http())."""
+        self.rows.append(
+            self.measure_http(
+                scenario, config, path, conns, via, env, method, bodies, label, beside
+            )
+        )
+
+    def measure_http(
+        self,
+        scenario: str,
+        config: str,
+        path: str,
+        conns: int,
+        via: str = "",
+        env: dict | None = None,
+        method: str = "GET",
+        bodies: tuple[str, ...] = (),
+        label: str = "",
+        beside: Upstream | None = None,
+    ) -> dict:
+        """One wrk cell's row: `via` is "", "nginx" (TCP to the app) or "nginx-uds";
+        `env` is added to the server's (REDIS_URL, as in every cell); with
+        `bodies`, wrk sends them in turn with `method` (load.wrk). `label` names the
+        row instead of `config` (cells of one configuration with different `env`);
         the CPU of `beside`, a process the app sends to, is in the row. A cell
         that fails is tried once more; the first failure stays in its row. A
         method other than a read's shows the bench's API key."""
@@ -116,7 +136,7 @@ class Cells:
         if label:
             row["config"] = label
         print(f"bench: {row}", flush=True)
-        self.rows.append(row)
+        return row
 
     def _http(self, scenario, config, path, conns, via, env, request, beside) -> dict:
         row = {"scenario": scenario, "config": config, "via": via or "direct"}
@@ -355,37 +375,64 @@ def write(cells: Cells) -> None:
             )
 
 
-# The sampling ratios the tracing scenario compares with tracing off.
-TRACE_SAMPLES = {"10%": "0.1", "100%": "1.0"}
+# The sampling ratios the tracing scenario compares with tracing off. At 0%
+# every request starts a span that is never recorded: what tracing costs a
+# request that is not sampled, apart from the export.
+TRACE_SAMPLES = {"0%": "0", "10%": "0.1", "100%": "1.0"}
+# Tracing's cost is a few percent, less than what one cell's throughput varies
+# from one cell to the next on these machines (up to 14% for the same
+# configuration in two runs): each configuration is measured in this many
+# rounds, the configurations in turn, and its row is the median round.
+TRACE_ROUNDS = 5
 
 
 def tracing(cells: Cells) -> None:
     """The cost of traces on the tiny JSON: the service with tracing off, and
-    with one request in ten and every request sampled, its spans exported to a
+    with no request, one in ten and every request sampled, its spans exported to a
     collector's stand-in (bench.upstream answering at once, on the same cores:
-    its CPU is in the row)."""
+    its CPU is in the row). TRACE_ROUNDS rounds, each row the median."""
     collector = Upstream(0.0, cells.logdir)
     collector.start()
     try:
-        tiny = load.TINY
-        cells.http("tracing", "service-uvicorn", tiny, 64, label="tracing-off")
+        configurations = {"tracing-off": ({}, None)}
         for name, ratio in TRACE_SAMPLES.items():
             env = {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
                 "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                 "OTEL_TRACES_SAMPLER_ARG": ratio,
             }
-            cells.http(
-                "tracing",
-                "service-uvicorn",
-                tiny,
-                64,
-                env=env,
-                label=f"tracing-{name}",
-                beside=collector,
-            )
+            configurations[f"tracing-{name}"] = (env, collector)
+        rounds = {label: [] for label in configurations}
+        for _ in range(TRACE_ROUNDS):
+            for label, (env, beside) in configurations.items():
+                rounds[label].append(
+                    cells.measure_http(
+                        "tracing",
+                        "service-uvicorn",
+                        load.TINY,
+                        64,
+                        env=env,
+                        label=label,
+                        beside=beside,
+                    )
+                )
+        cells.rows.extend(median_round(rows) for rows in rounds.values())
     finally:
         collector.stop()
+
+
+def median_round(rows: list[dict]) -> dict:
+    """The round of median throughput, with every round's throughput beside it
+    (`rounds_req_s`); a failed round counts as none."""
+    measured = sorted(
+        (row for row in rows if "failed" not in row), key=lambda row: row["req_s"]
+    )
+    if not measured:
+        return rows[0]
+    return {
+        **measured[(len(measured) - 1) // 2],
+        "rounds_req_s": [row.get("req_s") for row in rows],
+    }
 
 
 def websockets(cells: Cells) -> None:

@@ -84,25 +84,9 @@ class Cells:
         name = f"{config}-{int(time.monotonic() * 1000)}"
         return project, asgi_server(name, project, self.logdir, env)
 
-    def http(
-        self,
-        scenario: str,
-        config: str,
-        path: str,
-        conns: int,
-        via: str = "",
-        env: dict | None = None,
-        method: str = "GET",
-        bodies: tuple[str, ...] = (),
-        label: str = "",
-        beside: Upstream | None = None,
-    ):
-        """One wrk cell, its row added to the run's (measure_http())."""
-        self.rows.append(
-            self.measure_http(
-                scenario, config, path, conns, via, env, method, bodies, label, beside
-            )
-        )
+    def http(self, *args, **kwargs) -> None:
+        """One wrk cell (measure_http()), its row added to the run's."""
+        self.rows.append(self.measure_http(*args, **kwargs))
 
     def measure_http(
         self,

@@ -758,6 +758,46 @@ def test_a_build_that_fails_on_one_host_switches_no_host(deployed):
             assert response.status == 200
 
 
+# A migration of a new release that fails when it runs (its SQL is refused).
+FAILING_MIGRATION = """from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("items", "0003_itemchange_change_id")]
+    operations = [migrations.RunSQL("SELECT no_such_function()")]
+"""
+
+
+def test_a_migration_that_fails_switches_no_host(deployed):
+    """A new release whose migration fails: the deploy stops on every host before
+    the rollout, the database keeps its schema (the migration's transaction rolls
+    back), and both hosts keep serving the live release, their instances
+    untouched."""
+    deployment, _, _ = deployed
+    live = live_releases(deployment)
+    started = {h.name: invocations(h) for h in deployment.hosts}
+    migration = deployment.project / "items" / "migrations" / "0004_fails.py"
+    migration.write_text(FAILING_MIGRATION)
+    try:
+        result = deployment.playbook("site.yml")
+    finally:
+        migration.unlink()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "no_such_function" in output, output
+    assert "TASK [service : Apply the migrations]" in output, output
+    assert "PLAY [Roll out one host at a time]" not in output, output
+    assert live_releases(deployment) == live
+    for host in deployment.hosts:
+        assert invocations(host) == started[host.name]
+        request = urllib.request.Request(
+            host.url(PUBLIC, "/api/items?limit=1"),
+            headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+
+
 def test_deploying_a_new_version_fails_no_request(deployed):
     deployment, _, _ = deployed
     for host in deployment.hosts:

@@ -193,6 +193,49 @@ async def close_websockets(connections) -> None:
     await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
 
 
+class Stream:
+    """An idle event stream on a raw socket, open once its first chunk (`retry:`)
+    came: what a browser's EventSource holds between events."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @property
+    def open(self) -> bool:
+        return not self.reader.at_eof()
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+async def hold_streams(port: int, count: int, concurrency: int = 200):
+    """Opens `count` idle event streams (GET /api/items/events); returns the open
+    ones and the number that failed."""
+    semaphore = asyncio.Semaphore(concurrency)
+    failed = 0
+    request = b"GET /api/items/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def open_one():
+        nonlocal failed
+        async with semaphore:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                await asyncio.wait_for(reader.readuntil(b"retry:"), 30)
+                return Stream(reader, writer)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError):
+                failed += 1
+                return None
+
+    opened = await asyncio.gather(*(open_one() for _ in range(count)))
+    return [s for s in opened if s is not None], failed
+
+
+async def close_streams(streams) -> None:
+    await asyncio.gather(*(s.close() for s in streams), return_exceptions=True)
+
+
 async def _read_events(port: int, client: int, ready: asyncio.Event, stop, seen: list):
     """One SSE client on a raw socket: records each bench event's delivery delay.
     Through Nginx it passes for a client of its own (X-Forwarded-For, which the

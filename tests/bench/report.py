@@ -23,6 +23,8 @@ HTTP_SCENARIOS = {
     "median of 5 rounds, the configurations in turn",
 }
 WSGI = ("wsgi-sync", "wsgi-gthread")
+# The idle-connection scenarios, and what they hold.
+IDLE = {"websockets": "WebSockets", "idle-streams": "event streams"}
 SERVERS = ("uvicorn", "granian", "gunicorn-uvicorn")
 # The service generated from the template before its native data path.
 BEFORE = "before-uvicorn"
@@ -43,6 +45,10 @@ LIMITS = {
     "encoded to protobuf by the exporter's thread under the GIL.",
     "websockets": "each idle connection costs the server's protocol objects, the "
     "Channels consumer with its tasks, and the channel layer's group membership.",
+    "idle-streams": "each idle stream is a request that never ends: the server's "
+    "protocol objects, Django's request and streaming response, the stream's "
+    "generator with its channel-layer subscription, its metrics and access-log "
+    "context.",
     # These four are read from the code paths, not yet from profiles.
     "tiny-wsgi": "Gunicorn's workers answer in a plain blocking loop, with "
     "Django's stock middleware and no metrics or access log; the ASGI server adds "
@@ -198,16 +204,16 @@ def targets(rows: list) -> list[tuple]:
     if _ran(rows, "tracing"):
         out += _tracing_targets(rows)
     for row in rows:
-        if row["scenario"] == "websockets" and "failed" not in row:
+        if row["scenario"] in IDLE and "failed" not in row:
             met = row["held"] >= 10_000 and row["kib_per_connection"] <= 20
             out.append(
                 (
-                    f">= 10 000 idle WebSockets per worker at <= 20 KiB each "
-                    f"({row['config']})",
+                    f">= 10 000 idle {IDLE[row['scenario']]} per worker at <= 20 KiB "
+                    f"each ({row['config']})",
                     f"{row['held']:,} held, {row['kib_per_connection']:.1f} KiB each",
                     "",
                     met,
-                    LIMITS["websockets"],
+                    LIMITS[row["scenario"]],
                 )
             )
     return out
@@ -342,8 +348,8 @@ def plot_http(rows: list, scenario: str, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_websockets(rows: list, path: Path) -> None:
-    shown = [r for r in rows if r["scenario"] == "websockets" and "failed" not in r]
+def plot_idle(rows: list, scenario: str, path: Path) -> None:
+    shown = [r for r in rows if r["scenario"] == scenario and "failed" not in r]
     figure, axes = plt.subplots(figsize=(7, 2.5))
     axes.barh(
         [r["config"] for r in shown],
@@ -351,7 +357,9 @@ def plot_websockets(rows: list, path: Path) -> None:
         color="#6a9a58",
     )
     axes.axvline(20, color="#b04040", linestyle="--", label="target: 20 KiB")
-    axes.set_xlabel("server memory per idle WebSocket, KiB (lower is better)")
+    axes.set_xlabel(
+        f"server memory per idle {IDLE[scenario][:-1]}, KiB (lower is better)"
+    )
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -363,8 +371,9 @@ def write(run: dict, out: Path) -> None:
     http = {k: v for k, v in HTTP_SCENARIOS.items() if _ran(rows, k)}
     for scenario in http:
         plot_http(rows, scenario, out / f"{scenario}.png")
-    if _ran(rows, "websockets"):
-        plot_websockets(rows, out / "websockets.png")
+    for scenario in IDLE:
+        if _ran(rows, scenario):
+            plot_idle(rows, scenario, out / f"{scenario}.png")
     s = run["settings"]
     lines = [
         "# Benchmark results",
@@ -406,8 +415,9 @@ def write(run: dict, out: Path) -> None:
     for scenario, title in http.items():
         lines += ["", f"## {title}", "", f"![{scenario}]({scenario}.png)", ""]
         lines += http_table(rows, scenario)
-    if _ran(rows, "websockets"):
-        lines += _websockets_section(rows, s)
+    for scenario in IDLE:
+        if _ran(rows, scenario):
+            lines += _idle_section(rows, scenario, s)
     if _ran(rows, "sse"):
         lines += _sse_section(rows, s)
     notes = Path(__file__).with_name("notes.md")
@@ -416,19 +426,19 @@ def write(run: dict, out: Path) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
-def _websockets_section(rows: list, s: dict) -> list[str]:
+def _idle_section(rows: list, scenario: str, s: dict) -> list[str]:
     lines = [
         "",
-        f"## Idle WebSockets, one worker ({s['websockets']:,} wanted)",
+        f"## Idle {IDLE[scenario]}, one worker ({s['websockets']:,} wanted)",
         "",
-        "![websockets](websockets.png)",
+        f"![{scenario}]({scenario}.png)",
         "",
         "| configuration | held | errors | seconds to open | RSS before MiB "
         "| RSS held MiB | RSS after closing MiB | KiB per connection |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        if row["scenario"] != "websockets":
+        if row["scenario"] != scenario:
             continue
         if "failed" in row:
             lines.append(f"| {row['config']} | failed: {row['failed']} |||||||")

@@ -4,6 +4,7 @@ and the run goes on."""
 
 import asyncio
 import json
+import operator
 import time
 import traceback
 from dataclasses import dataclass
@@ -195,16 +196,30 @@ class Cells:
                     process.stop()
         return row
 
-    def websockets(self, server: str):
-        """Idle WebSockets held by one worker: how many, and memory per connection."""
-        row = {"scenario": "websockets", "config": f"service-{server}", "via": "direct"}
+    def idle(self, scenario: str, server: str):
+        """Idle connections held by one worker, WebSockets ("websockets") or event
+        streams ("idle-streams"): how many, and memory per connection."""
+        row = {"scenario": scenario, "config": f"service-{server}", "via": "direct"}
         _, app = self.server(f"service-{server}", WEB_CONCURRENCY="1")
         app.start()
-        try:
+        if scenario == "websockets":
             url = f"ws://127.0.0.1:{app.port}/ws/items"
-            asyncio.run(self._hold(url, 10))  # first connections load code
+
+            async def hold(count):
+                return await load.hold_websockets(url, count, ORIGIN)
+
+            close, is_open = load.close_websockets, lambda c: c.close_code is None
+        else:
+
+            async def hold(count):
+                return await load.hold_streams(app.port, count)
+
+            close, is_open = load.close_streams, operator.attrgetter("open")
+        try:
+            # The first connections load code.
+            asyncio.run(self._hold_and_close(hold, close, 10))
             before = resident_bytes(app.pids())
-            row.update(asyncio.run(self._measure(url, app, before)))
+            row.update(asyncio.run(self._measure(hold, close, is_open, app, before)))
         except Exception as exc:
             row["failed"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
@@ -213,21 +228,20 @@ class Cells:
         print(f"bench: {row}", flush=True)
         self.rows.append(row)
 
-    async def _hold(self, url, count):
-        connections, failed = await load.hold_websockets(url, count, ORIGIN)
-        await load.close_websockets(connections)
-        return len(connections), failed
+    async def _hold_and_close(self, hold, close, count):
+        connections, _ = await hold(count)
+        await close(connections)
 
-    async def _measure(self, url, app, before: int) -> dict:
+    async def _measure(self, hold, close, is_open, app, before: int) -> dict:
         wanted = self.settings.websockets
         started = time.monotonic()
-        connections, failed = await load.hold_websockets(url, wanted, ORIGIN)
+        connections, failed = await hold(wanted)
         opening = time.monotonic() - started
         await asyncio.sleep(2)
         held = resident_bytes(app.pids())
         # Still open after the wait: none was dropped while idle.
-        still_open = sum(1 for c in connections if c.close_code is None)
-        await load.close_websockets(connections)
+        still_open = sum(1 for c in connections if is_open(c))
+        await close(connections)
         await asyncio.sleep(3)
         after = resident_bytes(app.pids())
         return {
@@ -421,7 +435,12 @@ def median_round(rows: list[dict]) -> dict:
 
 def websockets(cells: Cells) -> None:
     for server in ("uvicorn", "granian"):
-        cells.websockets(server)
+        cells.idle("websockets", server)
+
+
+def idle_streams(cells: Cells) -> None:
+    for server in ("uvicorn", "granian"):
+        cells.idle("idle-streams", server)
 
 
 def sse(cells: Cells) -> None:
@@ -437,6 +456,7 @@ SCENARIOS = {
     "cached-read": cached_read,
     "write": write,
     "websockets": websockets,
+    "idle-streams": idle_streams,
     "sse": sse,
     "tracing": tracing,
 }

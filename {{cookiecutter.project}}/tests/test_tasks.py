@@ -19,6 +19,9 @@ from io import StringIO
 from pathlib import Path
 from urllib.parse import quote
 
+{% if cookiecutter.tasks == "dramatiq" -%}
+import dramatiq
+{% endif -%}
 import psycopg
 import pytest
 {%- if cookiecutter.tasks == "arq" %}
@@ -563,4 +566,41 @@ def test_arq_reads_an_acl_user_and_tls_from_redis_url(settings):
     )
     assert redis_settings.ssl
     assert redis_settings.ssl_check_hostname
+{%- endif %}
+{%- if cookiecutter.tasks == "dramatiq" %}
+
+
+def test_dramatiq_hands_out_what_a_consumer_had_fetched_when_its_connection_broke():
+    """Dramatiq's consumer thread closes its consumer on a broken connection and
+    starts another: what the first had fetched and not handed out must come from
+    the next, not stay unacknowledged while the worker runs. On a queue of its
+    own, which no worker reads."""
+    broker = queue.broker()
+    probe_queue = f"{settings.TASK_QUEUE}-stranded-probe"
+    broker.declare_queue(probe_queue)
+    try:
+        for number in range(3):
+            broker.enqueue(
+                dramatiq.Message(
+                    queue_name=probe_queue,
+                    actor_name="items.stranded_probe",
+                    args=(number,),
+                    kwargs={},
+                    options={},
+                )
+            )
+        first = broker.consume(probe_queue, prefetch=3, timeout=100)
+        handed = next(first)  # fetches all three, hands out one
+        first.close()  # what dramatiq's consumer thread does after the error
+        second = broker.consume(probe_queue, prefetch=3, timeout=100)
+        again = []
+        deadline = time.monotonic() + 5
+        while len(again) < 2 and time.monotonic() < deadline:
+            if (message := next(second)) is not None:
+                again.append(message)
+        assert sorted(m.args[0] for m in [handed, *again]) == [0, 1, 2]
+        for message in [handed, *again]:
+            second.ack(message)
+    finally:
+        broker.flush(probe_queue)
 {%- endif %}

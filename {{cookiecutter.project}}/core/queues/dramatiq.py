@@ -29,6 +29,7 @@ and flushed once it has stopped.
 """
 
 import asyncio
+import collections
 import os
 import signal
 import threading
@@ -38,7 +39,8 @@ import dramatiq
 import redis
 from django.conf import settings
 from dramatiq.asyncio import async_to_sync
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import AsyncIO, CurrentMessage, Retries, TimeLimit
 
 from core import queueing, tasks, tracing
@@ -122,6 +124,49 @@ class Task:
         return job_id
 
 
+class _Consumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, which also gives back what it had fetched but not
+    handed out when its connection broke. Dramatiq's drops those messages on the
+    restart that follows: they stay in this worker's set of unacknowledged ones,
+    which maintenance hands out again only once the worker's heartbeat stops, that
+    is never while it runs (the broker's restart test lost a task so). Redis is
+    likely down when the consumer closes: the next consumer of the queue gives them
+    back, before it fetches. Subclassed (a private class) through the broker's
+    consumer_class, dramatiq's own hook for it."""
+
+    def close(self) -> None:
+        stranded = self.broker.stranded[self.queue_name]
+        stranded += [
+            dramatiq.Message.decode(data).options["redis_message_id"]
+            for data in self.message_cache
+            if data is not None
+        ]
+        self.message_cache = []
+        super().close()
+
+    def __next__(self):
+        stranded = self.broker.stranded[self.queue_name]
+        if stranded:
+            try:
+                self.broker.do_requeue(self.queue_name, *stranded)
+            except redis.ConnectionError as error:
+                raise ConnectionClosed(error) from None
+            stranded.clear()
+        return super().__next__()
+
+
+class _Broker(RedisBroker):
+    """The RedisBroker with _Consumer, and the messages its consumers stranded."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.stranded: dict[str, list[str]] = collections.defaultdict(list)
+
+    @property
+    def consumer_class(self):
+        return _Consumer
+
+
 _tasks: list[Task] = []
 _broker: RedisBroker | None = None
 _broker_lock = threading.Lock()
@@ -145,7 +190,7 @@ def broker() -> RedisBroker:
         queueing.declared_tasks()
     with _broker_lock:
         if _broker is None:
-            new = RedisBroker(
+            new = _Broker(
                 url=queueing.redis_url("Dramatiq"),
                 namespace=NAMESPACE,
                 heartbeat_timeout=int(redelivery_after() * 1000),

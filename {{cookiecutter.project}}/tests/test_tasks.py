@@ -572,9 +572,10 @@ def test_arq_reads_an_acl_user_and_tls_from_redis_url(settings):
 
 def test_dramatiq_hands_out_what_a_consumer_had_fetched_when_its_connection_broke():
     """Dramatiq's consumer thread closes its consumer on a broken connection and
-    starts another: what the first had fetched and not handed out must come from
-    the next, not stay unacknowledged while the worker runs. On a queue of its
-    own, which no worker reads."""
+    starts another: what was fetched and never handed out (a fetch whose answer
+    was lost, the first consumer's cache) must come from the next, not stay
+    unacknowledged while the worker runs. On a queue of its own, which no worker
+    reads."""
     broker = queue.broker()
     probe_queue = f"{settings.TASK_QUEUE}-stranded-probe"
     broker.declare_queue(probe_queue)
@@ -589,8 +590,9 @@ def test_dramatiq_hands_out_what_a_consumer_had_fetched_when_its_connection_brok
                     options={},
                 )
             )
-        first = broker.consume(probe_queue, prefetch=3, timeout=100)
-        handed = next(first)  # fetches all three, hands out one
+        broker.do_fetch(probe_queue, 1)  # a fetch whose answer was lost
+        first = broker.consume(probe_queue, prefetch=2, timeout=100)
+        handed = next(first)  # fetches the other two, hands out one
         first.close()  # what dramatiq's consumer thread does after the error
         second = broker.consume(probe_queue, prefetch=3, timeout=100)
         again = []

@@ -29,7 +29,6 @@ and flushed once it has stopped.
 """
 
 import asyncio
-import collections
 import os
 import signal
 import threading
@@ -125,42 +124,62 @@ class Task:
 
 
 class _Consumer(_RedisConsumer):
-    """Dramatiq's Redis consumer, which also gives back what it had fetched but not
-    handed out when its connection broke. Dramatiq's drops those messages on the
-    restart that follows: they stay in this worker's set of unacknowledged ones,
-    which maintenance hands out again only once the worker's heartbeat stops, that
-    is never while it runs (the broker's restart test lost a task so). Redis is
-    likely down when the consumer closes: the next consumer of the queue gives them
-    back, before it fetches. Subclassed (a private class) through the broker's
+    """Dramatiq's Redis consumer, which also hands out again what an earlier
+    consumer of its queue in this process fetched and never handed out.
+
+    On a broken connection, dramatiq's consumer thread closes its consumer and
+    starts another. What the first had fetched is in this worker's set of
+    unacknowledged messages: those it had not handed out yet (its cache, which
+    the restart drops) and those a fetch took whose answer the broken connection
+    lost. Maintenance hands such messages out again only once the worker's
+    heartbeat stops, that is never while it runs (the broker's restart test lost
+    a task so). The next consumer of the queue gives back every unacknowledged
+    message of this worker that no worker thread holds, before it fetches. A
+    message whose acknowledgement the broken connection lost is run again: tasks
+    are idempotent. Subclassed (a private class) through the broker's
     consumer_class, dramatiq's own hook for it."""
 
     def close(self) -> None:
-        stranded = self.broker.stranded[self.queue_name]
-        stranded += [
-            dramatiq.Message.decode(data).options["redis_message_id"]
-            for data in self.message_cache
-            if data is not None
-        ]
+        self.broker.reconcile.add(self.queue_name)
         self.message_cache = []
         super().close()
 
     def __next__(self):
-        stranded = self.broker.stranded[self.queue_name]
-        if stranded:
+        if self.queue_name in self.broker.reconcile:
+            acks = f"{NAMESPACE}:__acks__.{self.broker.broker_id}.{self.queue_name}"
             try:
-                self.broker.do_requeue(self.queue_name, *stranded)
+                fetched = {i.decode() for i in self.broker.client.smembers(acks)}
+                if stranded := fetched - self.broker.handed_out:
+                    self.broker.do_requeue(self.queue_name, *stranded)
             except redis.ConnectionError as error:
                 raise ConnectionClosed(error) from None
-            stranded.clear()
-        return super().__next__()
+            self.broker.reconcile.discard(self.queue_name)
+        message = super().__next__()
+        if message is not None:
+            self.broker.handed_out.add(message.options["redis_message_id"])
+        return message
+
+    def ack(self, message):
+        try:
+            super().ack(message)
+        finally:
+            self.broker.handed_out.discard(message.options["redis_message_id"])
+
+    def nack(self, message):
+        try:
+            super().nack(message)
+        finally:
+            self.broker.handed_out.discard(message.options["redis_message_id"])
 
 
 class _Broker(RedisBroker):
-    """The RedisBroker with _Consumer, and the messages its consumers stranded."""
+    """The RedisBroker with _Consumer: the messages its consumers handed out and
+    are not acknowledged yet, and the queues whose consumer was closed."""
 
     def __init__(self, **options):
         super().__init__(**options)
-        self.stranded: dict[str, list[str]] = collections.defaultdict(list)
+        self.handed_out: set[str] = set()
+        self.reconcile: set[str] = set()
 
     @property
     def consumer_class(self):

@@ -716,6 +716,16 @@ def invocations(host: Host) -> dict:
     }
 
 
+def api_status(host: Host) -> int:
+    """The status of a read of the API through the host's Nginx."""
+    request = urllib.request.Request(
+        host.url(PUBLIC, "/api/items?limit=1"),
+        headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
 def test_a_build_that_fails_on_one_host_switches_no_host(deployed):
     """The second host cannot build a new release (uv finds no interpreter there):
     the deploy stops on every host before the migrations and the rollout, and both
@@ -750,12 +760,7 @@ def test_a_build_that_fails_on_one_host_switches_no_host(deployed):
     for host in deployment.hosts:
         assert build_versions(host) == {"0.1.0"}
         assert invocations(host) == started[host.name]
-        request = urllib.request.Request(
-            host.url(PUBLIC, "/api/items?limit=1"),
-            headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200
+        assert api_status(host) == 200
 
 
 # A migration of a new release that fails when it runs (its SQL is refused).
@@ -790,12 +795,7 @@ def test_a_migration_that_fails_switches_no_host(deployed):
     assert live_releases(deployment) == live
     for host in deployment.hosts:
         assert invocations(host) == started[host.name]
-        request = urllib.request.Request(
-            host.url(PUBLIC, "/api/items?limit=1"),
-            headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 200
+        assert api_status(host) == 200
 
 
 def test_deploying_a_new_version_fails_no_request(deployed):

@@ -166,27 +166,38 @@ def wrk(
     )
 
 
-async def hold_websockets(url: str, count: int, origin: str, concurrency: int = 200):
-    """Opens `count` idle WebSockets (each reads its welcome message); returns the
-    open ones and the number that failed."""
+async def _open_many(open_one, count: int, errors: tuple, concurrency: int = 200):
+    """Awaits `open_one()` `count` times, `concurrency` at once; returns what it
+    opened and how many failed with one of `errors`."""
     semaphore = asyncio.Semaphore(concurrency)
     failed = 0
 
-    async def open_one():
+    async def guarded():
         nonlocal failed
         async with semaphore:
             try:
-                connection = await websockets.connect(
-                    url, origin=origin, compression=None, open_timeout=30
-                )
-                await asyncio.wait_for(connection.recv(), 30)
-                return connection
-            except (OSError, TimeoutError, websockets.WebSocketException):
+                return await open_one()
+            except errors:
                 failed += 1
                 return None
 
-    opened = await asyncio.gather(*(open_one() for _ in range(count)))
+    opened = await asyncio.gather(*(guarded() for _ in range(count)))
     return [c for c in opened if c is not None], failed
+
+
+async def hold_websockets(url: str, count: int, origin: str):
+    """Opens `count` idle WebSockets (each reads its welcome message); returns the
+    open ones and the number that failed."""
+
+    async def open_one():
+        connection = await websockets.connect(
+            url, origin=origin, compression=None, open_timeout=30
+        )
+        await asyncio.wait_for(connection.recv(), 30)
+        return connection
+
+    errors = (OSError, TimeoutError, websockets.WebSocketException)
+    return await _open_many(open_one, count, errors)
 
 
 async def close_websockets(connections) -> None:
@@ -209,27 +220,19 @@ class Stream:
         await self.writer.wait_closed()
 
 
-async def hold_streams(port: int, count: int, concurrency: int = 200):
+async def hold_streams(port: int, count: int):
     """Opens `count` idle event streams (GET /api/items/events); returns the open
     ones and the number that failed."""
-    semaphore = asyncio.Semaphore(concurrency)
-    failed = 0
     request = b"GET /api/items/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
     async def open_one():
-        nonlocal failed
-        async with semaphore:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(request)
-                await asyncio.wait_for(reader.readuntil(b"retry:"), 30)
-                return Stream(reader, writer)
-            except (OSError, TimeoutError, asyncio.IncompleteReadError):
-                failed += 1
-                return None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request)
+        await asyncio.wait_for(reader.readuntil(b"retry:"), 30)
+        return Stream(reader, writer)
 
-    opened = await asyncio.gather(*(open_one() for _ in range(count)))
-    return [s for s in opened if s is not None], failed
+    errors = (OSError, TimeoutError, asyncio.IncompleteReadError)
+    return await _open_many(open_one, count, errors)
 
 
 async def close_streams(streams) -> None:

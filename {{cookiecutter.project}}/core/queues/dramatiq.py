@@ -141,7 +141,6 @@ class _Consumer(_RedisConsumer):
 
     def close(self) -> None:
         self.broker.reconcile.add(self.queue_name)
-        self.message_cache = []
         super().close()
 
     def __next__(self):

@@ -75,7 +75,8 @@ def refusals(context: dict, choices: dict[str, list[str]]) -> list[str]:
     tasks = context.get("tasks")
     if TASK_BROKER.get(tasks, "none") != "none" and context.get("database") == "sqlite":
         problems.append(
-            f"tasks={tasks!r} needs database='postgresql': the task worker runs in "
+            f"tasks={tasks!r} needs a database server (database='postgresql' or "
+            "'mysql'): the task worker runs in "
             "processes, pods and hosts of its own, and a SQLite database is a file "
             "that only the web process's host can open"
         )

@@ -47,6 +47,10 @@ FILES_OF_CHOICE = {
         "tests/test_migrations_postgresql.py",
         "tests/test_postgresql.py",
     ],
+    ("database", ("mysql",)): [
+        "tests/test_migrate_locked_mysql.py",
+        "tests/test_mysql.py",
+    ],
     # SQLite is a file of the service's own: it backs it up (PostgreSQL: pg_dump).
     ("database", ("sqlite",)): [
         "core/backups.py",
@@ -102,13 +106,24 @@ def remove_files_of_other_choices() -> None:
                 (SERVICE_DIR / path).unlink()
 
 
-def install_task_queue() -> None:
-    """core/queue.py is the chosen library's adapter, one of core/queues/, and
-    config/task_queue.py its settings, one of config/task_queues/."""
-    for package, chosen_module in (("core", "queue"), ("config", "task_queue")):
+# Modules chosen by an option: (package, module) is the chosen one of
+# package/<module>s/, named after the choice.
+CHOSEN_MODULES = {
+    # The task queue library's adapter and its settings.
+    ("core", "queue"): "tasks",
+    ("config", "task_queue"): "tasks",
+    # The database server's asyncio driver and errors (SQLite has neither).
+    ("core", "database_server"): "database",
+}
+# The choices that need no such module: no task queue; SQLite, Django's alone.
+WITHOUT_MODULE = {"none", "sqlite"}
+
+
+def install_chosen_modules() -> None:
+    for (package, chosen_module), option in CHOSEN_MODULES.items():
         modules = SERVICE_DIR / package / f"{chosen_module}s"
-        if CONTEXT["tasks"] != "none":
-            chosen = modules / f"{CONTEXT['tasks'].replace('-', '_')}.py"
+        if CONTEXT[option] not in WITHOUT_MODULE:
+            chosen = modules / f"{CONTEXT[option].replace('-', '_')}.py"
             chosen.rename(SERVICE_DIR / package / f"{chosen_module}.py")
         shutil.rmtree(modules)
 
@@ -177,7 +192,7 @@ def main() -> None:
     write_local_env_file()
     render_components()
     remove_files_of_other_choices()
-    install_task_queue()
+    install_chosen_modules()
     lock_dependencies()
 
 

@@ -58,7 +58,7 @@ def cookiecutter_cli(tmp_path, **options):
         ),
         (
             {"tasks": "celery", "database": "sqlite"},
-            "tasks='celery' needs database='postgresql'",
+            "tasks='celery' needs a database server",
         ),
         (
             {"tasks": "django", "database": "postgresql", "project": "a" * 33},

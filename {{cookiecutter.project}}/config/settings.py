@@ -63,7 +63,8 @@ ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
 WSGI_APPLICATION = None
 
-# Database: DATABASE_URL, e.g. postgres://user:pass@host:5432/name or
+# Database: DATABASE_URL, e.g. postgres://user:pass@host:5432/name,
+# mysql://user:pass@host:3306/name or
 # sqlite:////var/lib/{{ cookiecutter.project }}/db.sqlite3.
 DATABASES = {
     "default": env.db_url(
@@ -89,6 +90,36 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
             "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
         },
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+    # Django's MySQL backend has no pool. Each of core.handler's kept request
+    # threads (and each task worker thread) keeps its connection for
+    # DATABASE_CONN_MAX_AGE seconds, below the server's wait_timeout, and Django
+    # pings it before the first query of a request that reuses it
+    # (CONN_HEALTH_CHECKS): one the server dropped is replaced, not a failed
+    # request. The threads are bounded (core.handler), and so are these.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"]["OPTIONS"] = {
+        "charset": "utf8mb4",
+        # What Django recommends on MySQL (and MariaDB's default is REPEATABLE READ).
+        "isolation_level": "read committed",
+        "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=5),
+        # Strict mode: a value that does not fit is an error, never truncated.
+        # MariaDB stops a statement after DATABASE_STATEMENT_TIMEOUT seconds (a
+        # 503); MySQL ignores the /*M! ... */ part: its max_execution_time
+        # covers SELECTs only.
+        "init_command": "SET SESSION sql_mode='TRADITIONAL,NO_ENGINE_SUBSTITUTION'"
+        " /*M!100108 , SESSION max_statement_time={:g} */".format(
+            env.float("DATABASE_STATEMENT_TIMEOUT", default=30.0)
+        ),
+    }
+    # core.reads' asyncio pool (asyncmy), one per worker process: its sizes and
+    # the wait for a free connection (a 503 with Retry-After after it).
+    DATABASE_READ_POOL = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
     }
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at

@@ -148,12 +148,14 @@ def check_api_is_documented(app_configs, **kwargs):
 @register(deploy=True)
 def check_database_matches_service(app_configs, **kwargs):
     engine = settings.DATABASES["default"]["ENGINE"]
-    if settings.DATABASE_VENDOR == "postgresql" and "postgresql" not in engine:
+    vendor = settings.DATABASE_VENDOR
+    if vendor != "sqlite" and engine != f"django.db.backends.{vendor}":
+        scheme = {"postgresql": "postgres", "mysql": "mysql"}[vendor]
         return [
             Warning(
-                "This service was generated for PostgreSQL but DATABASE_URL "
+                f"This service was generated for {vendor} but DATABASE_URL "
                 f"selects {engine}.",
-                hint="Set DATABASE_URL=postgres://... in production.",
+                hint=f"Set DATABASE_URL={scheme}://... in production.",
                 id="core.W003",
             )
         ]

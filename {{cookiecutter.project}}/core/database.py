@@ -11,6 +11,7 @@ import select
 import sqlite3
 import time
 
+from django.conf import settings
 from django.db import connections
 
 from core import metrics
@@ -90,19 +91,12 @@ def unavailable(exc: BaseException) -> str | None:
 def _reason(exc: BaseException) -> str | None:
     if isinstance(exc, sqlite3.OperationalError):
         return "locked" if "locked" in str(exc) else None
-    try:
-        import psycopg
-        from psycopg_pool import PoolTimeout
-    except ImportError:  # a service generated for SQLite
+    if settings.DATABASE_VENDOR == "sqlite":
         return None
-    # PoolTimeout and QueryCanceled are OperationalErrors too: tested first.
-    if isinstance(exc, PoolTimeout):
-        return "pool_timeout"
-    if isinstance(exc, psycopg.errors.QueryCanceled):
-        return "statement_timeout"
-    if isinstance(exc, psycopg.OperationalError):
-        return "connection"
-    return None
+    # Imported here: a service generated for SQLite has no such module.
+    from core import database_server
+
+    return database_server.unavailable(exc)
 
 
 def pool_stats() -> dict[tuple[str, str], dict]:

@@ -1,5 +1,6 @@
-"""Database reads without a thread: Django-built querysets run on psycopg 3's
-native asyncio connections (AsyncConnectionPool) on PostgreSQL.
+"""Database reads without a thread: Django-built querysets run on the native
+asyncio connections of the database server's driver (core.database_server:
+psycopg 3's AsyncConnectionPool on PostgreSQL, asyncmy's pool on MySQL).
 
 Django's async ORM (aget, async for, acount) runs each query through
 sync_to_async on a synchronous connection. Here Django still builds the SQL and
@@ -13,9 +14,9 @@ that needs a transaction runs whole in one sync_to_async call (items.store).
 
 Each read borrows a connection for its statement and gives it back at once,
 also when the view raises or the client goes away (psycopg then cancels the
-statement on the server). Waiting for a connection is bounded by
-DATABASE_POOL_TIMEOUT (PoolTimeout, a 503), and every statement by the server's
-statement_timeout (config/settings.py).
+statement on the server; asyncmy closes the connection, which ends it). Waiting
+for a connection is bounded by DATABASE_POOL_TIMEOUT (PoolTimeout, a 503), and
+every statement by the server's statement time limit (config/settings.py).
 
 Why not django-async-backend (6.1.5), the library that makes the whole ORM
 async: measured on the items read it costs 10-15 % more CPU than this module
@@ -31,67 +32,28 @@ import asyncio
 import time
 import weakref
 
+from django.conf import settings
 from django.core.exceptions import EmptyResultSet
 from django.db import connections
 from django.db.models import Value
 
-from core import database, metrics
+from core import metrics
 
 # One pool per event loop: a worker process has one, a test session has its own.
 _POOLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def native(alias: str) -> bool:
-    return connections[alias].vendor == "postgresql"
+    """Whether `alias` is the database server this service was generated for
+    (its tests may still run on SQLite)."""
+    return connections[alias].vendor == settings.DATABASE_VENDOR != "sqlite"
 
 
-def _configure_factory(wrapper):
-    async def configure(connection) -> None:
-        # What Django's backend does to each new connection (_configure_timezone):
-        # the session's time zone is the one Django expects values in.
-        wanted = wrapper.timezone_name
-        if wanted and connection.info.parameter_status("TimeZone") != wanted:
-            await connection.execute(wrapper.ops.set_time_zone_sql(), [wanted])
+def _server():
+    # Imported here: a service generated for SQLite has no such module.
+    from core import database_server
 
-    return configure
-
-
-def _new_pool(alias: str):
-    # Imported here: a service generated for SQLite has no psycopg.
-    import psycopg
-    from psycopg_pool import AsyncConnectionPool
-
-    wrapper = connections[alias]
-    # Django's own connection parameters: the same server, credentials, adapters
-    # (time zone aware loaders) and statement timeout as its synchronous pool.
-    params = wrapper.get_connection_params()
-    server_side = wrapper.settings_dict["OPTIONS"].get("server_side_binding") is True
-    params["cursor_factory"] = (
-        psycopg.AsyncCursor if server_side else psycopg.AsyncClientCursor
-    )
-    params["autocommit"] = True
-    # The sizes and the wait of Django's pool (config/settings.py), and a check
-    # like its own (core.database.pool_check), asynchronous.
-    options = dict(wrapper.settings_dict["OPTIONS"].get("pool", {}))
-
-    async def check(connection) -> None:
-        if not database.dropped(connection):
-            return
-        try:
-            await AsyncConnectionPool.check_connection(connection)
-        except Exception:
-            await found.check()
-            raise
-
-    options["check"] = check
-    found = AsyncConnectionPool(
-        kwargs=params,
-        **options,
-        configure=_configure_factory(wrapper),
-        name=f"{alias}-async",
-        open=False,
-    )
-    return found
+    return database_server
 
 
 async def pool(alias: str = "default"):
@@ -99,38 +61,35 @@ async def pool(alias: str = "default"):
     pools = _POOLS.setdefault(loop, {})
     found = pools.get(alias)
     if found is None:
-        found = pools[alias] = _new_pool(alias)
-    if found.closed:
-        await found.open()  # safe when several requests open it at once
+        found = pools[alias] = _server().new_pool(alias)
+    await _server().open_pool(found)  # safe when several requests open it at once
     return found
 
 
 async def close() -> None:
     """Closes this loop's pools (ASGI lifespan shutdown, the end of a test run)."""
     for found in _POOLS.pop(asyncio.get_running_loop(), {}).values():
-        await found.close()
+        await _server().close_pool(found)
 
 
 def pool_stats() -> dict[tuple[str, str], dict]:
-    """psycopg_pool's figures of this process's open pools, by (alias, "async")."""
+    """The figures of this process's open pools, by (alias, "async")."""
     return {
-        (alias, "async"): found.get_stats()
+        (alias, "async"): _server().stats(found)
         for pools in list(_POOLS.values())
         for alias, found in pools.items()
-        if not found.closed
+        if _server().is_open(found)
     }
 
 
 async def _execute(alias: str, sql: str, params) -> list[tuple]:
     found = await pool(alias)
     asked = time.perf_counter()
-    async with found.connection() as connection:
+    async with _server().borrow(found) as connection:
         metrics.DB_POOL_WAIT.labels(alias).observe(time.perf_counter() - asked)
         started = time.perf_counter()
         try:
-            async with connection.cursor() as cursor:
-                await cursor.execute(sql, params)
-                return await cursor.fetchall()
+            return await _server().run(connection, sql, params)
         except Exception as exc:
             metrics.DB_ERRORS.labels(alias, type(exc).__name__).inc()
             raise
@@ -144,6 +103,7 @@ async def fetch(queryset) -> list[dict]:
     """The rows of a values() queryset, as its own iteration would give them."""
     if not native(queryset.db):
         return [row async for row in queryset]
+    await pool(queryset.db)  # the compiler may ask what the server is (MySQL)
     query = queryset.query
     compiler = query.get_compiler(using=queryset.db)
     try:
@@ -159,6 +119,7 @@ async def fetch(queryset) -> list[dict]:
 async def count(queryset) -> int:
     if not native(queryset.db):
         return await queryset.acount()
+    await pool(queryset.db)  # the compiler may ask what the server is (MySQL)
     inner = queryset.order_by().values("pk")
     try:
         sql, params = inner.query.get_compiler(using=queryset.db).as_sql()

@@ -30,7 +30,10 @@ What is traced:
     - SQL statements: on SQLite, Django's connections
       (opentelemetry-instrumentation-sqlite3){% if cookiecutter.database == "postgresql" %}; on PostgreSQL, Django's
       synchronous connections and core.reads' asyncio pool alike, as both are
-      psycopg 3 connections (opentelemetry-instrumentation-psycopg){% endif %}.
+      psycopg 3 connections (opentelemetry-instrumentation-psycopg){% elif cookiecutter.database == "mysql" %}; on MySQL, Django's
+      connections (opentelemetry-instrumentation-mysqlclient) and, by
+      core.database_server (no instrumentation exists for asyncmy), the reads
+      of core.reads' asyncio pool, with the same attributes{% endif %}.
     - Redis commands (opentelemetry-instrumentation-redis): the cache (redis-py
       and redis.asyncio) and the channel layer (channels_redis, redis.asyncio).
 The service makes no outgoing HTTP requests, so there is nothing to instrument
@@ -287,6 +290,14 @@ def setup() -> None:
         from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
 
         PsycopgInstrumentor().instrument()
+{%- elif cookiecutter.database == "mysql" %}
+    if "django.db.backends.mysql" in engines:
+        from opentelemetry.instrumentation.mysqlclient import MySQLClientInstrumentor
+
+        from core import database_server
+
+        MySQLClientInstrumentor().instrument()
+        database_server.trace_statements(trace.get_tracer(__name__))
 {%- endif %}
 
 

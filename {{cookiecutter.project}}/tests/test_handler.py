@@ -78,14 +78,14 @@ async def test_connections_stay_in_the_thread_that_used_them(monkeypatch):
 
     monkeypatch.setattr(wrapper, "ensure_connection", recording_ensure_connection)
     monkeypatch.setattr(wrapper, "close", recording_close)
-    # SQLite's connections are kept (CONN_MAX_AGE), PostgreSQL's pooled.
-    kept = connections["default"].vendor == "sqlite"
+    # SQLite's and MySQL's connections are kept (CONN_MAX_AGE), PostgreSQL's pooled.
+    kept = connections["default"].vendor in ("sqlite", "mysql")
     for _ in range(2):
         closes = len(closed)
         # A write: its one transaction runs in the request's thread.
         assert (await get(application, "/api/items/1", "DELETE"))[0] == 404
         if kept:
-            # SQLite: the request thread keeps its connection for the next request.
+            # The request thread keeps its connection for the next request.
             assert len(closed) == closes
         else:
             # PostgreSQL: each request's connection goes back to the pool at
@@ -110,7 +110,7 @@ async def test_shutdown_closes_the_connections_request_threads_keep():
         workers = list(core_handler._WORKERS)
         return sum(worker.submit(held).result() for worker in workers)
 
-    if connections["default"].vendor == "sqlite":
+    if connections["default"].vendor in ("sqlite", "mysql"):
         assert open_connections() >= 1  # kept for the next request
     await asyncio.to_thread(close_connections)
     assert open_connections() == 0

@@ -1,12 +1,15 @@
 """manage.py migrate_locked (core/management/commands/migrate_locked.py) on
 SQLite: while one migrate holds the lock file beside the database, another waits
-for it. (The PostgreSQL lock: test_migrate_locked_postgresql.py.)"""
+for it. (The server's locks: test_migrate_locked_postgresql.py and
+test_migrate_locked_mysql.py.)"""
 
 import fcntl
 import io
 import threading
 import time
 
+from django.core.management import call_command
+from django.db import connections
 from django.db.utils import ConnectionHandler
 
 from core.management.commands.migrate_locked import migration_lock
@@ -19,6 +22,22 @@ def until(condition, seconds: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"not within {seconds} s"
         time.sleep(0.05)
+
+
+class Migrate(threading.Thread):
+    """migrate_locked in a thread of its own, with its own connection."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stdout, self.stderr, self.error = io.StringIO(), io.StringIO(), None
+
+    def run(self) -> None:
+        try:
+            call_command("migrate_locked", stdout=self.stdout, stderr=self.stderr)
+        except Exception as error:  # reported by the test
+            self.error = error
+        finally:
+            connections.close_all()
 
 
 def test_on_sqlite_the_lock_is_a_file_beside_the_database(tmp_path):

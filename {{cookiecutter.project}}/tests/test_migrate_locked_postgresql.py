@@ -3,7 +3,6 @@ migration's advisory lock, migrate waits for it, and gives up with a clear error
 after --lock-wait seconds. (The SQLite lock: test_migrate_locked.py.)"""
 
 import io
-import threading
 import time
 
 import psycopg
@@ -13,23 +12,7 @@ from django.core.management.base import CommandError
 from django.db import connections
 
 from core.management.commands.migrate_locked import ADVISORY_LOCK_KEY
-from tests.test_migrate_locked import WAITING, until
-
-
-class Migrate(threading.Thread):
-    """migrate_locked in a thread of its own, with its own connection."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.stdout, self.stderr, self.error = io.StringIO(), io.StringIO(), None
-
-    def run(self) -> None:
-        try:
-            call_command("migrate_locked", stdout=self.stdout, stderr=self.stderr)
-        except Exception as error:  # reported by the test
-            self.error = error
-        finally:
-            connections.close_all()
+from tests.test_migrate_locked import WAITING, Migrate, until
 
 
 @pytest.mark.django_db(transaction=True)

@@ -45,7 +45,8 @@ def database_url() -> str:
         return f"sqlite:///{connection.settings_dict['NAME']}"
     params = connection.settings_dict
     auth = params["USER"] + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
-    return f"postgres://{auth}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
+    scheme = {"postgresql": "postgres", "mysql": "mysql"}[connection.vendor]
+    return f"{scheme}://{auth}@{params['HOST']}:{params['PORT']}/{params['NAME']}"
 
 
 def call(url: str, headers=None, method="GET", body=None) -> tuple[int, dict]:

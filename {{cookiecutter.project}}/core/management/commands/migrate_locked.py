@@ -6,10 +6,11 @@ would otherwise apply the same migration twice at once. It takes every option of
 migrate, and --lock-wait.
 
 A management command rather than a wrapper in a deploy's script: PostgreSQL's
-advisory lock belongs to a session and is held only while that session lives, so
-the process that runs migrate must hold it; and both deploys (the VM's
-bin/manage, the Job's container) run manage.py and nothing else. On SQLite, whose
-database is one host's file, the lock is an flock(2) on a file beside it.
+advisory lock and MySQL's named lock (GET_LOCK) belong to a session and are held
+only while that session lives, so the process that runs migrate must hold them;
+and both deploys (the VM's bin/manage, the Job's container) run manage.py and
+nothing else. On SQLite, whose database is one host's file, the lock is an
+flock(2) on a file beside it.
 """
 
 import fcntl
@@ -26,12 +27,18 @@ from django.db import connections
 ADVISORY_LOCK_KEY = int.from_bytes(b"migrate", "big")
 
 
+def mysql_lock_name(connection) -> str:
+    """Named locks are the server's, not a database's: the name says which (a
+    name holds at most 64 characters)."""
+    return f"{connection.settings_dict['NAME']}:migrate"[-64:]
+
+
 @contextmanager
 def migration_lock(connection, wait: float, stderr):
     """Holds the database's migration lock, waiting up to `wait` seconds for it.
 
-    Polled once a second rather than blocking in pg_advisory_lock: a blocked
-    statement would be cancelled by the service's statement_timeout."""
+    Polled once a second rather than blocking in pg_advisory_lock or GET_LOCK:
+    a blocked statement would be stopped at the service's statement time limit."""
     if connection.vendor == "postgresql":
 
         def take() -> bool:
@@ -42,6 +49,18 @@ def migration_lock(connection, wait: float, stderr):
         def release() -> None:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK_KEY])
+
+    elif connection.vendor == "mysql":
+        name = mysql_lock_name(connection)
+
+        def take() -> bool:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
+                return cursor.fetchone()[0] == 1
+
+        def release() -> None:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
 
     elif connection.is_in_memory_db():
         # No other process can open it.
@@ -68,8 +87,9 @@ def migration_lock(connection, wait: float, stderr):
             if time.monotonic() >= deadline:
                 raise CommandError(
                     f"Another migrate held the migration lock for {wait:g} s: "
-                    "let it finish, or find it (pg_locks, or the lock file's "
-                    "holder) and stop it, then deploy again."
+                    "let it finish, or find it (pg_locks, MySQL's "
+                    "IS_USED_LOCK, or the lock file's holder) and stop it, "
+                    "then deploy again."
                 )
             time.sleep(1)
     try:

@@ -1,0 +1,51 @@
+"""manage.py migrate_locked on MySQL: while another session holds the
+migration's named lock (GET_LOCK), migrate waits for it, and gives up with a
+clear error after --lock-wait seconds. (The SQLite lock: test_migrate_locked.py.)"""
+
+import io
+import time
+
+import MySQLdb
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+
+from core.management.commands.migrate_locked import mysql_lock_name
+from tests.test_migrate_locked import WAITING, Migrate, until
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connections["default"].vendor != "mysql",
+    reason="needs MySQL (DATABASE_URL); the SQLite lock: test_migrate_locked.py",
+)
+def test_a_second_migrate_waits_for_the_named_lock():
+    connection = connections["default"]
+    name = mysql_lock_name(connection)
+    # Another deploy's migrate, as MySQL sees it: a session holding the lock.
+    holder = MySQLdb.connect(**connection.get_connection_params())
+    try:
+        cursor = holder.cursor()
+        cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
+        assert cursor.fetchone()[0] == 1
+        with pytest.raises(CommandError, match="held the migration lock for 1 s"):
+            call_command(
+                "migrate_locked",
+                lock_wait=1,
+                stdout=io.StringIO(),
+                stderr=io.StringIO(),
+            )
+        migrate = Migrate()
+        migrate.start()
+        until(lambda: WAITING in migrate.stderr.getvalue())
+        time.sleep(1.5)
+        assert migrate.is_alive()
+        assert migrate.stdout.getvalue() == ""
+        cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+        migrate.join(60)
+    finally:
+        holder.close()
+    assert not migrate.is_alive()
+    assert migrate.error is None
+    assert "No migrations to apply." in migrate.stdout.getvalue()

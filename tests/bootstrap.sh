@@ -40,6 +40,14 @@ find_python() {
   done
 }
 
+# Succeeds when Python $1 has its headers (Python.h): the services' `uv sync` builds
+# mysqlclient (database=mysql), which has no Linux wheel, against them. pyenv's
+# interpreters have them; Debian's come with python3.X-dev.
+has_headers() {
+  "$1" -c 'import os, sys, sysconfig
+sys.exit(not os.path.isfile(os.path.join(sysconfig.get_path("include"), "Python.h")))'
+}
+
 link_pythons() {
   local version interpreter
   mkdir -p "$ROOT/.cache/python/bin"
@@ -50,6 +58,10 @@ link_pythons() {
       interpreter=$(find_python "$version")
     fi
     [[ -n $interpreter ]] || die "Python $version not found. Debian 13 has it (apt-get install python$version); on Debian 12 install it with pyenv."
+    if ! has_headers "$interpreter" && [[ $EUID -eq 0 ]] && apt-cache show "python$version-dev" >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "python$version-dev" >/dev/null
+    fi
+    has_headers "$interpreter" || printf 'bootstrap: warning: Python %s (%s) has no headers (Python.h): services generated with database=mysql cannot build mysqlclient. On Debian: apt-get install python%s-dev\n' "$version" "$interpreter" "$version" >&2
     # The real file: sourced again (PATH then holds .cache/python/bin and .venv/bin),
     # the interpreter found may be this very link, which would then point at itself.
     interpreter=$(readlink -f "$interpreter")

@@ -62,6 +62,24 @@ def postgres_url():
 
 
 @pytest.fixture(scope="session")
+def mysql_url():
+    """A MariaDB server of this worker, started on the first test that asks for
+    it: the URL of a user that may create databases, without a database."""
+    with (
+        tempfile.TemporaryDirectory(prefix="template-tests-mysql-") as workdir,
+        services.mariadb(Path(workdir)) as url,
+    ):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mysql_checks_url(mysql_url):
+    """A database on this worker's MariaDB for the static checks of MySQL
+    services: Django's checks ask the server its version (bin/check django)."""
+    return services.create_database(mysql_url, "checks")
+
+
+@pytest.fixture(scope="session")
 def redis_database():
     """A function that gives the URL of a database of this worker's Redis server that
     no other use has had: tests choose no database numbers by hand."""

@@ -1,17 +1,23 @@
-"""Throwaway PostgreSQL and Redis servers from Debian's packages, on 127.0.0.1.
+"""Throwaway PostgreSQL, MariaDB and Redis servers from Debian's packages, on
+127.0.0.1.
 
 pytest-postgresql cannot be used: CI runs as root and initdb refuses root, so
-the server runs as the `postgres` user that Debian's package creates.
+the server runs as the `postgres` user that Debian's package creates; MariaDB's
+runs as its `mysql` user for the same reason.
 """
 
 import os
 import pwd
+import resource
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 
 def free_port() -> int:
@@ -45,7 +51,11 @@ def postgres_bin() -> Path:
 
 
 def create_database(url: str, name: str) -> str:
-    """A new database `name` on the server of superuser `url`; returns its URL."""
+    """A new database `name` on the server of superuser `url` (PostgreSQL's or
+    MariaDB's); returns its URL."""
+    if urlsplit(url).scheme == "mysql":
+        mariadb_query(url, f"CREATE DATABASE `{name}`")
+        return f"{url}/{name}"
     subprocess.run(
         [postgres_bin() / "createdb", f"--maintenance-db={url}/postgres", name],
         check=True,
@@ -124,6 +134,254 @@ def postgresql(workdir: Path):
     finally:
         with suppress(subprocess.CalledProcessError):
             server.stop("immediate")
+
+
+# Where Debian puts mariadbd, in case PATH (a user's, not root's) lacks sbin.
+MARIADB_DIRS = ("/usr/sbin", "/usr/bin")
+
+
+def mariadb_tool(name: str) -> str:
+    """The path of MariaDB's program `name` (mariadbd, mariadb-install-db, mariadb)."""
+    path = os.environ.get("PATH", "")
+    found = shutil.which(name, path=os.pathsep.join([path, *MARIADB_DIRS]))
+    if found is None:
+        raise RuntimeError(
+            "MariaDB server binaries not found: apt-get install mariadb-server "
+            f"(tests/system-packages.sh installs it); missing: {name}"
+        )
+    return found
+
+
+class MariaDBError(RuntimeError):
+    """The `mariadb` client failed; its message is the client's own."""
+
+
+def mariadb_query(database_url: str, query: str) -> str:
+    """The query's rows through the `mariadb` client over TCP, as the URL's user
+    (on its database, if it names one): one per line, a tab between columns."""
+    url = urlsplit(database_url)
+    database = url.path.lstrip("/")
+    result = subprocess.run(
+        [
+            *(mariadb_tool("mariadb"), "--no-defaults", "--protocol=TCP"),
+            "--connect-timeout=5",
+            *("--host", url.hostname, "--port", str(url.port), "--user", url.username),
+            *("--batch", "--skip-column-names", "--execute", query),
+            *([database] if database else []),
+        ],
+        # Not on the command line, where ps shows it.
+        env={**os.environ, "MYSQL_PWD": url.password or ""},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise MariaDBError(
+            f"{query!r} on {url.hostname}:{url.port}: {result.stderr.strip()}"
+        )
+    return result.stdout
+
+
+def open_files_limit() -> list[str]:
+    """The most files mariadbd may open: the hard limit it inherits. It asks for
+    more than max_connections needs, and where the kernel refuses that it stays at
+    the soft limit, which may be 1024, and cuts max_connections to fit."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return []
+    return [f"--open-files-limit={min(hard, 65536)}"]
+
+
+class MariaDB:
+    """A MariaDB server of its own in workdir, which a test may stop and start
+    again (its port stays). Durability is of no use to a server deleted after the
+    run: it forces nothing to disk unless `durable` (a killed server keeps every
+    commit either way; only the machine's crash tells them apart).
+
+    The server runs in the foreground as a child of this process, as the `mysql`
+    user when root: not under runuser, whose parent answers a SIGTERM by passing
+    it on and sending SIGKILL 2 s later, which would make a clean shutdown a crash.
+    """
+
+    # What the service expects of its server, as a production my.cnf would set it.
+    SETTINGS = (
+        "--character-set-server=utf8mb4",
+        "--collation-server=utf8mb4_unicode_ci",
+        "--transaction-isolation=READ-COMMITTED",
+        # MariaDB 10.11's default, named: the service relies on strict mode.
+        "--sql-mode=STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,"
+        "NO_AUTO_CREATE_USER,NO_ENGINE_SUBSTITUTION",
+        # Several suites on one worker share the server, each with its pools.
+        "--max-connections=500",
+    )
+    # No fsync on a commit: it is in the log file (the kernel's cache) when it
+    # returns and on disk within a second, data files are never forced and pages
+    # have no doublewrite copy. A killed server keeps every commit (InnoDB
+    # recovers them on its next start); only a crash of the machine would not.
+    FAST = (
+        "--innodb-flush-log-at-trx-commit=2",
+        "--innodb-flush-method=nosync",
+        "--innodb-doublewrite=0",
+    )
+    # Every commit in the log on disk before it returns, with MariaDB's default
+    # flushing of data files and doublewrite, as in production.
+    DURABLE = ("--innodb-flush-log-at-trx-commit=1",)
+
+    def __init__(self, workdir: Path, durable: bool = False):
+        self.mariadbd = mariadb_tool("mariadbd")
+        install_db = mariadb_tool("mariadb-install-db")
+        mariadb_tool("mariadb")  # start() waits for a query through it
+        self.port, self.workdir = free_port(), workdir
+        # Letters and digits only: the URL needs no quoting.
+        self.password = secrets.token_hex(16)
+        self.as_mysql = {}
+        workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            try:
+                mysql = pwd.getpwnam("mysql")
+            except KeyError:
+                raise RuntimeError(
+                    "no `mysql` user to run MariaDB as: apt-get install mariadb-server"
+                ) from None
+            self.as_mysql = {
+                "user": mysql.pw_uid,
+                "group": mysql.pw_gid,
+                "extra_groups": [],
+            }
+            shutil.chown(workdir, mysql.pw_uid, mysql.pw_gid)
+        self.data = workdir / "data"
+        self.log = workdir / "mariadbd.log"
+        # root over TCP, with a password: the user a service's URL names, and
+        # the one Django's test runner creates its test databases as. No other
+        # account without a password is kept (install-db adds root@<hostname>).
+        accounts = ", ".join(
+            f"'root'@'{host}' IDENTIFIED BY '{self.password}'"
+            for host in ("localhost", "127.0.0.1", "::1")
+        )
+        init = workdir / "init.sql"
+        init.write_text(
+            # install-db's server reads no grant tables; this loads them, or
+            # ALTER USER would refuse to run.
+            "FLUSH PRIVILEGES;\n"
+            "DELETE FROM mysql.global_priv WHERE User = 'root'"
+            " AND Host NOT IN ('localhost', '127.0.0.1', '::1');\n"
+            f"ALTER USER {accounts};\n"
+        )
+        try:
+            installed = subprocess.run(
+                [
+                    *(install_db, "--no-defaults", f"--datadir={self.data}"),
+                    *("--auth-root-authentication-method=normal", "--skip-test-db"),
+                    *("--skip-name-resolve", f"--extra-file={init}"),
+                    # Its server shuts down cleanly: nothing is lost unforced.
+                    *self.FAST,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                **self.as_mysql,
+            )
+        finally:
+            init.unlink()
+        if installed.returncode != 0:
+            raise RuntimeError(
+                f"mariadb-install-db failed ({installed.returncode}):\n"
+                f"{(installed.stdout + installed.stderr)[-3000:]}"
+            )
+        self.options = [
+            "--no-defaults",  # first: Debian's /etc/mysql would set sockets and logs
+            *(f"--datadir={self.data}", f"--port={self.port}"),
+            "--bind-address=127.0.0.1",
+            f"--socket={workdir / 'mariadbd.sock'}",
+            f"--pid-file={workdir / 'mariadbd.pid'}",
+            f"--log-error={self.log}",
+            # Accounts by address alone, with no DNS lookup of each client.
+            "--skip-name-resolve",
+            # No binary log: no replica reads it, and it is a second write (and
+            # with sync_binlog a second fsync) of every commit.
+            "--skip-log-bin",
+            *open_files_limit(),
+            *self.SETTINGS,
+            *(self.DURABLE if durable else self.FAST),
+        ]
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        """The URL of a user that may create databases, without a database."""
+        return f"mysql://root:{self.password}@127.0.0.1:{self.port}"
+
+    def start(self, seconds: float = 60) -> None:
+        """Starts the server and waits until its user runs a query over TCP."""
+        self.process = subprocess.Popen(
+            [self.mariadbd, *self.options],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **self.as_mysql,
+        )
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.process.poll() is not None:
+                code, self.process = self.process.returncode, None
+                raise RuntimeError(
+                    f"mariadbd exited with {code} on start; its log:\n"
+                    f"{self._log_tail()}"
+                )
+            try:
+                mariadb_query(self.url, "SELECT 1")
+                return
+            except MariaDBError as error:
+                if time.monotonic() > deadline:
+                    self.stop("immediate")
+                    raise TimeoutError(
+                        f"MariaDB answers no query after {seconds}s: {error}\n"
+                        f"{self._log_tail()}"
+                    ) from None
+            time.sleep(0.05)
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stops the server: mode "fast" shuts it down cleanly (SIGTERM, a
+        restart), "immediate" kills it (SIGKILL, a crash: InnoDB recovers on the
+        next start)."""
+        if self.process is None:
+            return
+        if mode == "fast":
+            self.process.send_signal(signal.SIGTERM)
+        elif mode == "immediate":
+            self.process.kill()
+        else:
+            raise ValueError(f"no such shutdown mode: {mode}")
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise TimeoutError(
+                f"mariadbd did not shut down within 60 s:\n{self._log_tail()}"
+            ) from None
+        finally:
+            self.process = None
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-20:])
+        except OSError:
+            return "(no log)"
+
+
+@contextmanager
+def mariadb(workdir: Path):
+    """A MariaDB server; yields the URL of a user that may create databases,
+    without a database."""
+    server = MariaDB(workdir)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop("immediate")
 
 
 class Redis:

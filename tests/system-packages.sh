@@ -16,9 +16,13 @@
 # paths, so that tests can point them at a directory of their own.
 set -euo pipefail
 
-DEFAULT_PACKAGES=(python3-venv postgresql redis-server shellcheck nginx prometheus
-  prometheus-nginx-exporter podman runc iptables netavark aardvark-dns catatonit uidmap
-  debootstrap unzip nodejs npm)
+# gcc, libc6-dev, pkg-config and libmariadb-dev build mysqlclient, the MySQL driver
+# of services generated with database=mysql: it has no Linux wheel, so `uv sync`
+# compiles it from source (mysqlclient finds the client library with pkg-config).
+DEFAULT_PACKAGES=(python3-venv postgresql mariadb-server gcc libc6-dev pkg-config
+  libmariadb-dev redis-server shellcheck nginx prometheus prometheus-nginx-exporter
+  podman runc iptables netavark aardvark-dns catatonit uidmap debootstrap unzip nodejs
+  npm)
 SYSTEM_ROOT=${SYSTEM_ROOT:-}
 
 # Succeeds when what $1 provides works here. Like the rest of this script, it runs
@@ -27,6 +31,16 @@ provided() {
   case $1 in
     python3-venv) python3 -c 'import ensurepip, venv' ;;
     postgresql) compgen -G "$SYSTEM_ROOT/usr/lib/postgresql/*/bin/initdb" ;;
+    # tests/services.py runs all three; mariadbd is in sbin, which a user's PATH
+    # may lack.
+    mariadb-server)
+      { mariadbd --version || "$SYSTEM_ROOT/usr/sbin/mariadbd" --version; } &&
+        command -v mariadb-install-db && mariadb --version ;;
+    libc6-dev) [[ -e $SYSTEM_ROOT/usr/include/stdio.h ]] ;;
+    # Found as mysqlclient's build finds it (the names it tries, in its order).
+    libmariadb-dev)
+      pkg-config --exists mysqlclient || pkg-config --exists mariadb ||
+        pkg-config --exists libmariadb ;;
     prometheus) prometheus --version && promtool --version ;;
     nginx) nginx -v ;;
     netavark | aardvark-dns) "$SYSTEM_ROOT/usr/lib/podman/$1" --version ;;

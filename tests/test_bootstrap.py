@@ -21,6 +21,10 @@ TOOLS = {
     "nodejs": ["node"],
     "uidmap": ["newuidmap", "newgidmap"],
     "postgresql": ["/usr/lib/postgresql/15/bin/initdb"],
+    "mariadb-server": ["/usr/sbin/mariadbd", "mariadb-install-db", "mariadb"],
+    "libc6-dev": ["/usr/include/stdio.h"],
+    # Found through pkg-config, as mysqlclient's build finds it.
+    "libmariadb-dev": ["pkg-config"],
     "netavark": ["/usr/lib/podman/netavark"],
     "aardvark-dns": ["/usr/lib/podman/aardvark-dns"],
     "catatonit": ["/usr/libexec/podman/catatonit"],
@@ -75,7 +79,9 @@ def machine(tmp_path):
 def every_package(tmp_path_factory):
     """What the script asks for on a machine that has nothing."""
     packages = Machine(tmp_path_factory.mktemp("empty")).missing()
-    assert {"postgresql", "nginx", "podman", "nodejs", "npm"} <= set(packages)
+    assert {"postgresql", "mariadb-server", "nginx", "podman", "nodejs", "npm"} <= set(
+        packages
+    )
     return packages
 
 
@@ -102,6 +108,30 @@ def test_a_tool_that_does_not_run_counts_as_missing(machine, every_package):
     stub(machine.bin / "npm", "echo 'npm: cannot find module' >&2; exit 1")
     stub(machine.bin / "promtool", "exit 127")
     assert machine.missing() == ["prometheus", "npm"]
+
+
+def test_mariadbd_counts_in_sbin_though_path_lacks_it(machine, every_package):
+    # Debian's mariadbd is in /usr/sbin, which a user's PATH may not hold.
+    machine.provide(*every_package)
+    assert not (machine.bin / "mariadbd").exists()
+    assert machine.missing() == []
+    (machine.root / "usr/sbin/mariadbd").unlink()
+    assert machine.missing() == ["mariadb-server"]
+    stub(machine.bin / "mariadbd")
+    assert machine.missing() == []
+
+
+def test_libmariadb_counts_only_when_pkg_config_finds_it(machine, every_package):
+    machine.provide(*every_package)
+    # pkg-config itself works, but knows no MySQL client library.
+    stub(machine.bin / "pkg-config", 'case "$1" in --version) exit 0 ;; esac; exit 1')
+    assert machine.missing() == ["libmariadb-dev"]
+    # MariaDB's libmariadb.pc, as Debian's libmariadb-dev ships it.
+    stub(
+        machine.bin / "pkg-config",
+        'case "$*" in --version|"--exists libmariadb") exit 0 ;; esac; exit 1',
+    )
+    assert machine.missing() == []
 
 
 def test_apt_is_asked_for_exactly_the_missing_packages_and_may_remove_nothing(
@@ -183,6 +213,22 @@ TOOLS_AT_WORK = """
 set -eux
 python3 -m venv /tmp/venv && /tmp/venv/bin/python -c 'import sys'
 /usr/lib/postgresql/15/bin/initdb --version
+mariadbd --version
+# What building mysqlclient from source needs: a C compiler, the C library's
+# headers, and MariaDB's client library found by pkg-config.
+printf '#include <mysql.h>\nint main(void) { return !mysql_get_client_version(); }\n' \
+  > /tmp/client.c
+gcc /tmp/client.c $(pkg-config --cflags --libs libmariadb) -o /tmp/client
+/tmp/client
+# A throwaway MariaDB of tests/services.py, as its user and with its binaries.
+(cd /tmp && python3 -c '
+import sys, tempfile
+from pathlib import Path
+sys.path.insert(0, "/template/tests")
+import services
+with tempfile.TemporaryDirectory() as workdir, services.mariadb(Path(workdir)) as url:
+    print(services.mariadb_query(url, "SELECT VERSION()"))
+')
 redis-server --version
 nginx -t
 promtool --version

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from cookiecutter.environment import StrictEnvironment
 
-from harness import check_steps, generate_service, run
+from harness import check_steps, generate_service, run, service_env
 from matrix import (
     CHOICES,
     DEFAULT_TEXT,
@@ -37,7 +37,10 @@ EVERY_COMBINATION_STEPS = ("lint", "django")
 # (every value of one option, every pair of values of two) is checked at least once.
 COVERED_STEPS = {
     # hadolint
-    "dockerfile": (("{{cookiecutter.project}}/Dockerfile",), ("python_version",)),
+    "dockerfile": (
+        ("{{cookiecutter.project}}/Dockerfile",),
+        ("python_version", "database"),
+    ),
     # nginx -t and gixy
     "nginx": (("nginx/*",), ()),
     # actionlint
@@ -86,7 +89,7 @@ def leftover_template_syntax(project):
 
 
 @pytest.mark.parametrize("combination", params(every_combination()))
-def test_generated_service_passes_static_checks(combination, generated):
+def test_generated_service_passes_static_checks(combination, generated, request):
     """The service's own CI steps (bin/check), run for real: those that take seconds
     here. `lint` and `django` on every combination; `dockerfile`, `nginx` and
     `workflows` on the pairwise covering set's combinations, which give each of them
@@ -97,7 +100,11 @@ def test_generated_service_passes_static_checks(combination, generated):
     project = generated(combination)
     assert leftover_template_syntax(project) == []
     covered = tuple(COVERED_STEPS) if combination in COVERING else ()
-    check_steps(project, *EVERY_COMBINATION_STEPS, *covered)
+    env = service_env()
+    if combination["database"] == "mysql":
+        # Django's checks of a MySQL service ask the server its version.
+        env["DATABASE_URL"] = request.getfixturevalue("mysql_checks_url")
+    check_steps(project, *EVERY_COMBINATION_STEPS, *covered, env=env)
     assert (project / "uv.lock").is_file()
     assert (project / ".python-version").read_text().strip() == combination[
         "python_version"

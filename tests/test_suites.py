@@ -2,9 +2,10 @@
 
 matrix.suite_combinations (the rows of the pairwise covering set in which every
 choice of each option but the server meets every choice of every other, and each
-server is) runs against a real PostgreSQL (if it chose it) and Redis, task queues
-against their real broker and worker; its services without tasks also run on
-SQLite and the in-memory channel layer (a task worker needs a database server).
+server is) runs against a real PostgreSQL or MariaDB (if it chose one) and Redis,
+task queues against their real broker and worker; its services without tasks also
+run on SQLite and the in-memory channel layer (a task worker needs a database
+server).
 Every row of the covering set gets the cheap checks (test_generation.py).
 """
 
@@ -14,6 +15,11 @@ import pytest
 
 from harness import check_steps, service_env
 from matrix import name, params, suite_combinations
+from services import create_database
+
+# The session fixture of each database server (conftest.py), asked for only by
+# the combinations that choose it: a worker starts no server it does not use.
+SERVER_URLS = {"postgresql": "postgres_url", "mysql": "mysql_url"}
 
 
 def run_suite(project, env):
@@ -22,23 +28,22 @@ def run_suite(project, env):
 
 
 @pytest.mark.parametrize("combination", params(suite_combinations()))
-def test_suite_passes_on_real_servers(
-    combination, generated, postgres_url, redis_database
-):
+def test_suite_passes_on_real_servers(combination, generated, redis_database, request):
     project = generated(combination)
     env = service_env(REDIS_URL=redis_database())
-    expected_database = "sqlite"
-    if combination["database"] == "postgresql":
-        # One database per combination: suites never share a test database.
+    expected_database = combination["database"]
+    if expected_database in SERVER_URLS:
+        server_url = request.getfixturevalue(SERVER_URLS[expected_database])
+        # One database per combination, made as in production: the suite's test
+        # database is Django's own, but its deploy checks open this one.
         database = re.sub(r"\W", "_", name(combination))
-        env["DATABASE_URL"] = f"{postgres_url}/{database}"
-        expected_database = "postgresql"
+        env["DATABASE_URL"] = create_database(server_url, database)
     output = run_suite(project, env)
     assert f"database: {expected_database}" in output
     assert "channel layer: RedisChannelLayer" in output
     assert " passed" in output
-    if expected_database == "postgresql":
-        # Tests that need PostgreSQL skip on SQLite only: here every one ran.
+    if expected_database != "sqlite":
+        # Tests that need a database server skip on SQLite only: here every one ran.
         assert " skipped" not in output
 
 

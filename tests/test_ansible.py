@@ -1293,6 +1293,47 @@ def test_a_sqlite_hosts_database_is_backed_up_by_a_sandboxed_timer(role_files):
     )
 
 
+# The URL of each database of the template, as its README's example; SQLite's is
+# the role's default, the host's own file.
+DATABASE_URLS = {
+    "sqlite": None,
+    "postgresql": "postgres://my_service:password@db.internal:5432/my_service",
+    "mysql": "mysql://my_service:password@db.internal:3306/my_service",
+}
+# The service each database's role files are rendered for.
+DATABASE_OPTIONS = {"postgresql": OPTIONS}
+
+
+def test_the_role_takes_every_database_of_the_template():
+    """service_database's choices, in each entry point that reads it, are
+    cookiecutter.json's: a new database is refused until the role knows it."""
+    meta = TEMPLATE_DIR / "ansible" / "roles" / "service" / "meta"
+    specs = yaml.safe_load((meta / "argument_specs.yml").read_text())["argument_specs"]
+    entries = {
+        entry: spec["options"]["service_database"]["choices"]
+        for entry, spec in specs.items()
+        if "service_database" in spec["options"]
+    }
+    assert entries == dict.fromkeys(("main", "rollout"), CHOICES["database"])
+    assert set(DATABASE_URLS) == set(CHOICES["database"])
+
+
+@pytest.mark.parametrize("database", CHOICES["database"])
+def test_the_database_url_reaches_the_env_file(database, role_files):
+    """DATABASE_URL is service_database_url, for any database; unset, it is the
+    host's own file with SQLite, and empty with a database server (which the
+    role's first check refuses: the deployer must name the server)."""
+    options = DATABASE_OPTIONS.get(database, {"database": database})
+    default = env_file(role_files({}, options)["env"])["DATABASE_URL"]
+    if DATABASE_URLS[database] is None:
+        assert default == f"sqlite:////var/lib/{PROJECT}/db.sqlite3"
+        return
+    assert default == ""
+    url = DATABASE_URLS[database]
+    files = role_files({"service_database_url": url}, options)
+    assert env_file(files["env"])["DATABASE_URL"] == url
+
+
 def test_each_unit_gets_the_whole_sandbox_line_by_line(role_files):
     """The shared sandbox (hardening.conf.j2) ends each unit's sandbox lines
     without being joined to the line after it: systemd would ignore both."""

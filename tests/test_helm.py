@@ -1,6 +1,6 @@
 """The generated service's Helm chart: lint, valid objects, restricted pods, schema.
 
-Each server choice's chart (with both databases among them), and the chart of a
+Each server choice's chart (with every database among them), and the chart of a
 service with background tasks (its worker), is rendered with every example values
 file in its ci/ directory, and every object is validated for the oldest and newest
 Kubernetes the chart supports; custom resources against the vendored CRDs
@@ -35,6 +35,7 @@ from charts import (
     values_files,
 )
 from harness import check_steps, generate_service
+from matrix import CHOICES
 from options import TASK_BROKER
 
 SERVICES = {
@@ -58,7 +59,21 @@ TASK_SERVICES = {
     }
     for tasks in TASKS
 }
+# MySQL's chart: a database server as PostgreSQL's (the migration Job, no SQLite
+# volume, autoscaling), with its own URL and port; the database as the broker.
+TASK_SERVICES["django-mysql"] = {
+    "server": "gunicorn-uvicorn",
+    "database": "mysql",
+    "tasks": "django",
+}
 SERVICES |= TASK_SERVICES
+# The services of each database server: the chart's vendor-specific values.
+DATABASE_SERVERS = {"postgresql": "gunicorn-postgresql", "mysql": "django-mysql"}
+# (the URL of helm/ci/*-values.yaml, the port its NetworkPolicy example opens)
+DATABASE_URLS = {
+    "postgresql": ("postgres://app:ci-only@postgresql:5432/app", 5432),
+    "mysql": ("mysql://app:ci-only@mysql:3306/app", 3306),
+}
 RESTRICTED_VOLUMES = {
     "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
     "persistentVolumeClaim", "projected", "secret",
@@ -366,6 +381,59 @@ def test_the_chart_refuses_what_the_schema_cannot_express(service):
     )
 
 
+def test_each_database_server_has_a_rendered_chart():
+    """A new database choice gets a service here, with its URL and port."""
+    servers = set(CHOICES["database"]) - {"sqlite"}
+    assert set(DATABASE_SERVERS) == set(DATABASE_URLS) == servers
+    for database, key in DATABASE_SERVERS.items():
+        assert SERVICES[key]["database"] == database
+
+
+@pytest.mark.parametrize("database", DATABASE_SERVERS)
+def test_a_database_servers_url_and_port_are_its_own(database, service, renders):
+    """The ci/ examples give the app's and the migration Job's Secrets the
+    server's own URL, and the NetworkPolicy example of the gateway opens its port
+    and no other server's; the schema takes its URLs and refuses another
+    server's; without one, the chart refuses to render, naming no vendor."""
+    key = DATABASE_SERVERS[database]
+    project = service(key)
+    url, port = DATABASE_URLS[database]
+    for values, objects in renders(key).items():
+        urls = [
+            o["stringData"]["DATABASE_URL"]
+            for o in objects
+            if o["kind"] == "Secret" and "DATABASE_URL" in o.get("stringData", {})
+        ]
+        # The release's Secret and the migration hook's, unless a Secret of
+        # one's own holds it.
+        expected = [] if values == "existing-secret-values.yaml" else [url, url]
+        assert urls == expected, values
+    others = {other for _, other in DATABASE_URLS.values()} - {port}
+    policies = [
+        o for o in renders(key)["gateway-values.yaml"] if o["kind"] == "NetworkPolicy"
+    ]
+    assert policies  # the web's, and the worker's if it has one
+    for policy in policies:
+        rules = policy["spec"]["egress"]
+        ports = {p["port"] for rule in rules for p in rule.get("ports", [])}
+        assert port in ports, policy["metadata"]["name"]
+        assert not ports & others, policy["metadata"]["name"]
+
+    for other, (other_url, _) in DATABASE_URLS.items():
+        sets = [f"secret.databaseUrl={other_url}"]
+        if other == database:
+            template(project, default_values(project), sets=sets)
+        else:
+            message = template_error(project, default_values(project), sets=sets)
+            assert "values don't meet the specifications of the schema" in message
+            assert "databaseUrl" in message, message
+    message = template_error(project, sets=[f"secret.secretKey={'k' * 50}"])
+    assert (
+        "secret.databaseUrl (DATABASE_URL of the database server) is required"
+        in message
+    ), message
+
+
 def test_nginx_prometheus_and_grafana_come_from_their_components(service, renders):
     """The chart embeds the service's deploy/ files themselves, through symbolic
     links: nothing is copied, so nothing can drift."""
@@ -410,6 +478,21 @@ def test_nginx_prometheus_and_grafana_come_from_their_components(service, render
         "fleet.json",
         "database.json",
     }
+
+
+@pytest.mark.parametrize("key", [*DATABASE_SERVERS.values(), "uvicorn-sqlite"])
+def test_a_database_server_gets_the_pools_dashboard(key, renders):
+    """database.json, the asyncio read pool's (and Django's pool's) metrics, comes
+    with every database server, each of which exports them; SQLite has no pool."""
+    objects = renders(key)["monitoring-values.yaml"]
+    dashboards = {
+        name
+        for config in objects
+        if config["kind"] == "ConfigMap"
+        and config["metadata"]["labels"].get("grafana_dashboard") == "1"
+        for name in config["data"]
+    }
+    assert ("database.json" in dashboards) == (SERVICES[key]["database"] != "sqlite")
 
 
 def nginx_sidecar(objects: list[dict]) -> tuple[dict, dict]:
@@ -563,10 +646,12 @@ def test_an_existing_secret_replaces_the_charts_own(service, renders):
     assert "checksum/secret" not in annotations
 
 
-def test_migrations_run_before_the_new_version(renders):
-    """PostgreSQL: a pre-install/pre-upgrade hook Job, with its own hook Secret that
-    exists before it; SQLite: an init container of the one pod."""
-    objects = renders("gunicorn-postgresql")["default-values.yaml"]
+@pytest.mark.parametrize("key", DATABASE_SERVERS.values())
+def test_migrations_run_before_the_new_version(key, renders):
+    """A database server (PostgreSQL, MySQL): a pre-install/pre-upgrade hook Job,
+    with its own hook Secret that exists before it; SQLite: an init container of
+    the one pod."""
+    objects = renders(key)["default-values.yaml"]
     hooks = {
         o["kind"]: o["metadata"]["annotations"]
         for o in objects
@@ -578,7 +663,7 @@ def test_migrations_run_before_the_new_version(renders):
     assert int(hooks["Secret"]["helm.sh/hook-weight"]) < int(
         hooks["Job"]["helm.sh/hook-weight"]
     )
-    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    deployment = web_objects(objects)["Deployment"]
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     sqlite = renders("uvicorn-sqlite")["default-values.yaml"]
     assert not [o for o in sqlite if o["kind"] == "Job"]
@@ -602,14 +687,14 @@ def migration_deadline_maximum(project: Path) -> int:
     return migrations["activeDeadlineSeconds"]["maximum"]
 
 
-def test_the_migration_hooks_end_before_helm_stops_waiting(service, renders):
+@pytest.mark.parametrize("key", DATABASE_SERVERS.values())
+def test_the_migration_hooks_end_before_helm_stops_waiting(key, service, renders):
     """The Job's deadline, and the most the schema allows, are below Helm's default
     --timeout: the Job has ended when Helm stops waiting. A Job per revision, so
     that before-hook-creation never deletes one a retried upgrade finds running;
     its migrations take the database's lock. The hook Secret with the database
     URL goes when the hooks succeed, and when the Job fails (Helm 3.19+ and 4
     delete the earlier hooks by their hook-succeeded policy then)."""
-    key = "gunicorn-postgresql"
     objects = renders(key)["default-values.yaml"]
     (job,) = (o for o in objects if o["kind"] == "Job")
     (secret,) = (
@@ -662,13 +747,18 @@ def test_the_schema_refuses_a_migration_deadline_helm_would_not_wait_for(service
     assert "activeDeadlineSeconds" in message, message
 
 
-def test_autoscaling_owns_the_replica_count(renders):
-    objects = renders("gunicorn-postgresql")["autoscaling-values.yaml"]
-    deployment = next(o for o in objects if o["kind"] == "Deployment")
+@pytest.mark.parametrize("key", DATABASE_SERVERS.values())
+def test_autoscaling_owns_the_replica_count(key, renders):
+    objects = renders(key)["autoscaling-values.yaml"]
+    deployment = web_objects(objects)["Deployment"]
     assert "replicas" not in deployment["spec"]
-    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    (hpa,) = (
+        o for o in objects
+        if o["kind"] == "HorizontalPodAutoscaler"
+        and o["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    )  # fmt: skip
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 20)
-    default = renders("gunicorn-postgresql")["default-values.yaml"]
+    default = renders(key)["default-values.yaml"]
     assert not [o for o in default if o["kind"] == "HorizontalPodAutoscaler"]
 
 
@@ -1243,10 +1333,10 @@ def test_the_sqlite_database_is_backed_up_by_a_sidecar_of_its_pod(service, rende
     assert backup_sidecar(objects) is None
 
 
-@pytest.mark.parametrize("key", [k for k in SERVICES if "postgresql" in k])
-def test_a_postgresql_service_has_no_backup_sidecar(key, service, renders):
-    """pg_dump, or the provider's snapshots, back up PostgreSQL: the chart has no
-    backup values to set."""
+@pytest.mark.parametrize("key", [k for k in SERVICES if "sqlite" not in k])
+def test_a_database_servers_service_has_no_backup_sidecar(key, service, renders):
+    """pg_dump or mariadb-dump, or the provider's snapshots, back up a database
+    server: the chart has no backup values to set."""
     for values, objects in renders(key).items():
         assert backup_sidecar(objects) is None, values
     project = service(key)

@@ -261,8 +261,8 @@ a value. */}}
 {{- if and (not .Values.secret.existingSecret) (not .Values.secret.secretKey) }}
 {{- fail "secret.secretKey (DJANGO_SECRET_KEY) is required, or secret.existingSecret naming a Secret that holds it" }}
 {{- end }}
-{{- if and (eq (include "service.database" .) "postgresql") (not .Values.secret.existingSecret) (not .Values.secret.databaseUrl) }}
-{{- fail "secret.databaseUrl (DATABASE_URL of PostgreSQL) is required, or secret.existingSecret naming a Secret that holds it" }}
+{{- if and (ne (include "service.database" .) "sqlite") (not .Values.secret.existingSecret) (not .Values.secret.databaseUrl) }}
+{{- fail "secret.databaseUrl (DATABASE_URL of the database server) is required, or secret.existingSecret naming a Secret that holds it" }}
 {{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (add .Values.preStopSleepSeconds .Values.server.gracefulTimeout) }}
 {{- fail "terminationGracePeriodSeconds must exceed preStopSleepSeconds + server.gracefulTimeout, or the kubelet kills requests still draining" }}

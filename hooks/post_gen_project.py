@@ -40,9 +40,11 @@ FILES_OF_CHOICE = {
         "tests/test_tasks_killed.py"
     ],
     # SQLite is one pod's file: no autoscaling example.
-    ("database", ("postgresql",)): [
+    ("database", ("postgresql", "mysql")): [
         "deploy/grafana/dashboards/database.json",
         "deploy/helm/ci/autoscaling-values.yaml",
+    ],
+    ("database", ("postgresql",)): [
         "tests/test_migrate_locked_postgresql.py",
         "tests/test_migrations_postgresql.py",
         "tests/test_postgresql.py",

@@ -2,7 +2,7 @@
 
 The worker is another process, as in production: it reads the test database and
 the broker this process enqueues into. No eager mode: what these tests see is
-what the worker did. They need PostgreSQL (DATABASE_URL){% if cookiecutter.__task_broker == "redis" %} and Redis (REDIS_URL){% endif %}.
+what the worker did. They need a database server (DATABASE_URL){% if cookiecutter.__task_broker == "redis" %} and Redis (REDIS_URL){% endif %}.
 """
 
 import asyncio
@@ -22,7 +22,6 @@ from urllib.parse import quote
 {% if cookiecutter.tasks == "dramatiq" -%}
 import dramatiq
 {% endif -%}
-import psycopg
 import pytest
 {%- if cookiecutter.tasks == "arq" %}
 from arq.constants import job_key_prefix
@@ -36,6 +35,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import queue, queueing, tasks
+from core.database import close_databases
 from core.models import PendingTask, TaskDelivery
 from items.models import ItemChange
 from items.tasks import build_report, record_change
@@ -49,18 +49,23 @@ JSON = "application/json"
 WAIT = 30
 
 
+# The URL scheme and default port of each database server the worker can use.
+SERVERS = {"postgresql": ("postgres", 5432), "mysql": ("mysql", 3306)}
+
+
 def worker_database_url() -> str:
     db = connection.settings_dict
-    if db["ENGINE"] != "django.db.backends.postgresql":
+    if connection.vendor not in SERVERS:
         pytest.fail(
-            "the task tests need PostgreSQL (DATABASE_URL): the worker is another "
-            "process, and it must open the test database"
+            "the task tests need a database server (DATABASE_URL): the worker is "
+            "another process, and it must open the test database"
         )
+    scheme, port = SERVERS[connection.vendor]
     credentials = quote(db["USER"] or "", safe="")
     if db["PASSWORD"]:
         credentials += ":" + quote(db["PASSWORD"], safe="")
     return (
-        f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}"
+        f"{scheme}://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or port}"
         f"/{db['NAME']}"
     )
 
@@ -156,8 +161,7 @@ def worker(django_db_setup, django_db_blocker, tmp_path_factory):
     # the async ORM calls of the tests held theirs in asgiref's sync thread.
     with django_db_blocker.unblock():
         asyncio.run(sync_to_async(connections.close_all)())
-        for alias in connections:
-            connections[alias].close_pool()
+        close_databases()
 
 
 async def eventually(check, seconds: float = WAIT):
@@ -351,9 +355,17 @@ def dead_letters(worker: Worker) -> float | None:
     return worker.samples().get(("django_task_dead_letters", labels))
 
 
-def lock_item_changes() -> psycopg.Connection:
-    """Another session's transaction that holds the change table against writes:
-    record_change's insert waits for it, mid-task, until it ends."""
+def lock_item_changes():
+    """Another session that holds the change table against writes: record_change's
+    insert waits for it, mid-task, until the session is closed."""
+    if connection.vendor == "mysql":
+        import MySQLdb
+
+        session = MySQLdb.connect(**connection.get_connection_params())
+        session.cursor().execute("LOCK TABLES items_itemchange WRITE")
+        return session
+    import psycopg
+
     session = psycopg.connect(worker_database_url())
     session.execute("LOCK TABLE items_itemchange IN EXCLUSIVE MODE")
     return session

@@ -61,6 +61,7 @@ from core import queue, queueing
 {% elif cookiecutter.tasks == "arq" -%}
 from core import queue
 {% endif -%}
+from core.database import close_databases
 from items.tasks import record_change
 from tests.test_tasks import (
     WAIT,
@@ -108,8 +109,7 @@ def worker_environment(django_db_blocker, tmp_path):
             stop_worker(worker)
     with django_db_blocker.unblock():
         asyncio.run(sync_to_async(connections.close_all)())
-        for alias in connections:
-            connections[alias].close_pool()
+        close_databases()
 {%- if cookiecutter.tasks == "dramatiq" %}
 
 

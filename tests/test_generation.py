@@ -247,3 +247,19 @@ def test_a_service_without_tasks_has_no_task_code(tmp_path):
     assert "item_changed" not in (project / "items" / "views.py").read_text()
     assert "item_changed" not in (project / "items" / "changes.py").read_text()
     assert "django_tasks" not in (project / "core" / "metrics.py").read_text()
+
+
+@pytest.mark.parametrize("database", CHOICES["database"])
+def test_each_database_server_has_its_own_driver_module_and_no_other(
+    database, tmp_path
+):
+    """core/database_server.py is the chosen server's (core/database_servers/),
+    named after the choice; SQLite, Django's alone, has none."""
+    project = generate_service({"database": database}, tmp_path)
+    assert not (project / "core" / "database_servers").exists()
+    module = project / "core" / "database_server.py"
+    source = TEMPLATE_DIR / "{{cookiecutter.project}}" / "core" / "database_servers"
+    if database == "sqlite":
+        assert not module.exists()
+    else:
+        assert module.read_text() == (source / f"{database}.py").read_text()

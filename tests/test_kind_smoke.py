@@ -29,7 +29,7 @@ import yaml
 from recorded import Recorded
 
 from harness import generate_service, run, service_env
-from matrix import DEFAULT_TEXT, TEMPLATE_DIR
+from matrix import CHOICES, DEFAULT_TEXT, TEMPLATE_DIR
 
 pytestmark = pytest.mark.xdist_group("kind-smoke")
 
@@ -109,12 +109,12 @@ def http_server():
 
 @pytest.fixture(scope="module")
 def kind_services(tmp_path_factory):
-    """The default service and a PostgreSQL one, by database."""
+    """The default service and one for each database server, by database."""
     return {
         database: generate_service(
             {"database": database}, tmp_path_factory.mktemp(f"kind-{database}")
         )
-        for database in ("sqlite", "postgresql")
+        for database in CHOICES["database"]
     }
 
 
@@ -176,7 +176,15 @@ def running(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+# What bin/kind-smoke runs for each database server: its Deployment's name and
+# image, the URL scheme and port the release gets, its password's Secret key.
+SERVERS = {
+    "postgresql": ("postgresql", "postgres", "postgres", 5432, "POSTGRES_PASSWORD"),
+    "mysql": ("mariadb", "mariadb", "mysql", 3306, "MARIADB_PASSWORD"),
+}
+
+
+@pytest.mark.parametrize("database", CHOICES["database"])
 def test_a_passing_run_goes_through_every_step_in_order(
     database, kind_services, stubs, http_server, tmp_path
 ):
@@ -215,9 +223,10 @@ def test_a_passing_run_goes_through_every_step_in_order(
     apply = run_.find("kubectl", "apply")
     assert option(apply["argv"], "--namespace") == deps
     assert "image: docker.io/library/redis:7" in apply["stdin"]
-    assert ("image: docker.io/library/postgres:" in apply["stdin"]) == (
-        database == "postgresql"
-    )
+    for server, (_, image, *_) in SERVERS.items():
+        assert (f"image: docker.io/library/{image}:" in apply["stdin"]) == (
+            database == server
+        )
     assert not run_.has("kubectl", "label", "namespace", deps)
     install = run_.index("helm", "install")
     rollouts = [
@@ -226,7 +235,7 @@ def test_a_passing_run_goes_through_every_step_in_order(
         if argv[:1] == ["kubectl"] and "rollout" in argv
     ]
     expected = ["deployment/redis"] + (
-        ["deployment/postgresql"] if database == "postgresql" else []
+        [f"deployment/{SERVERS[database][0]}"] if database in SERVERS else []
     )
     assert [
         run_.argvs[i][run_.argvs[i].index("status") + 1] for i in rollouts
@@ -259,15 +268,14 @@ def test_a_passing_run_goes_through_every_step_in_order(
     secret_key = values["secret.secretKey"]
     assert len(secret_key) >= 50
     secrets = [secret_key]
-    if database == "postgresql":
+    if database in SERVERS:
+        name, _, scheme, port, password_key = SERVERS[database]
         url = values["secret.databaseUrl"]
         password = url.split("://app:", 1)[1].split("@", 1)[0]
-        assert (
-            url
-            == f"postgres://app:{password}@postgresql.{deps}.svc.cluster.local:5432/app"
-        )
+        host = f"{name}.{deps}.svc.cluster.local"
+        assert url == f"{scheme}://app:{password}@{host}:{port}/app"
         assert len(password) >= 24
-        assert f'POSTGRES_PASSWORD: "{password}"' in apply["stdin"]
+        assert f'{password_key}: "{password}"' in apply["stdin"]
         secrets.append(password)
     else:
         assert "secret.databaseUrl" not in values

@@ -43,6 +43,7 @@ FILES_OF_CHOICE = {
     ("database", ("postgresql", "mysql")): [
         "deploy/grafana/dashboards/database.json",
         "deploy/helm/ci/autoscaling-values.yaml",
+        "tests/database_server.py",
     ],
     ("database", ("postgresql",)): [
         "tests/test_migrate_locked_postgresql.py",

@@ -55,6 +55,15 @@ def api_key_of_the_tests(request):
 
 
 @pytest.fixture
+async def fresh_pools():
+    """This test's settings of core.reads' pools take effect: the pools are made
+    anew, and again after the test with the suite's settings."""
+    await reads.close()
+    yield
+    await reads.close()
+
+
+@pytest.fixture
 def async_client():
     """pytest-django's, sending the tests' API key."""
     return tokens.async_client()

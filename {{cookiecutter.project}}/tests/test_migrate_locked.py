@@ -8,7 +8,9 @@ import io
 import threading
 import time
 
+import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connections
 from django.db.utils import ConnectionHandler
 
@@ -38,6 +40,27 @@ class Migrate(threading.Thread):
             self.error = error
         finally:
             connections.close_all()
+
+
+def assert_migrate_waits_while_held(release) -> None:
+    """While another session holds the migration lock (the caller's), migrate
+    gives up after --lock-wait, or waits; once `release()` frees the lock it
+    runs. For the database servers' locks, which need a server of their own."""
+    with pytest.raises(CommandError, match="held the migration lock for 1 s"):
+        call_command(
+            "migrate_locked", lock_wait=1, stdout=io.StringIO(), stderr=io.StringIO()
+        )
+    migrate = Migrate()
+    migrate.start()
+    until(lambda: WAITING in migrate.stderr.getvalue())
+    time.sleep(1.5)
+    assert migrate.is_alive()
+    assert migrate.stdout.getvalue() == ""
+    release()
+    migrate.join(60)
+    assert not migrate.is_alive()
+    assert migrate.error is None
+    assert "No migrations to apply." in migrate.stdout.getvalue()
 
 
 def test_on_sqlite_the_lock_is_a_file_beside_the_database(tmp_path):

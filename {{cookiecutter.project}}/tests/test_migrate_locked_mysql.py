@@ -2,17 +2,12 @@
 migration's named lock (GET_LOCK), migrate waits for it, and gives up with a
 clear error after --lock-wait seconds. (The SQLite lock: test_migrate_locked.py.)"""
 
-import io
-import time
-
 import MySQLdb
 import pytest
-from django.core.management import call_command
-from django.core.management.base import CommandError
 from django.db import connections
 
 from core.management.commands.migrate_locked import mysql_lock_name
-from tests.test_migrate_locked import WAITING, Migrate, until
+from tests.test_migrate_locked import assert_migrate_waits_while_held
 
 
 @pytest.mark.django_db(transaction=True)
@@ -29,23 +24,8 @@ def test_a_second_migrate_waits_for_the_named_lock():
         cursor = holder.cursor()
         cursor.execute("SELECT GET_LOCK(%s, 0)", [name])
         assert cursor.fetchone()[0] == 1
-        with pytest.raises(CommandError, match="held the migration lock for 1 s"):
-            call_command(
-                "migrate_locked",
-                lock_wait=1,
-                stdout=io.StringIO(),
-                stderr=io.StringIO(),
-            )
-        migrate = Migrate()
-        migrate.start()
-        until(lambda: WAITING in migrate.stderr.getvalue())
-        time.sleep(1.5)
-        assert migrate.is_alive()
-        assert migrate.stdout.getvalue() == ""
-        cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
-        migrate.join(60)
+        assert_migrate_waits_while_held(
+            lambda: cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+        )
     finally:
         holder.close()
-    assert not migrate.is_alive()
-    assert migrate.error is None
-    assert "No migrations to apply." in migrate.stdout.getvalue()

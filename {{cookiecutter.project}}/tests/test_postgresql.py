@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from config.asgi import application
 from core import reads, sampler
 from tests.asgi import http_scope, request
+from tests.database_server import assert_retry_later, unavailable, until
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -27,20 +28,6 @@ pytestmark = [
 ]
 
 OPTIONS = connections["default"].settings_dict["OPTIONS"]
-
-
-def unavailable(reason: str) -> float:
-    value = REGISTRY.get_sample_value("django_db_unavailable_total", {"reason": reason})
-    return value or 0
-
-
-def assert_retry_later(status: int, headers: dict, body: dict) -> None:
-    """The answer of a database that could not serve: 503, retry in a second."""
-    assert (status, body["error"], headers["retry-after"]) == (
-        503,
-        "database_unavailable",
-        "1",
-    )
 
 
 async def _connect() -> psycopg.AsyncConnection:
@@ -75,22 +62,6 @@ async def items_locked():
     finally:
         await locker.execute("ROLLBACK")
         await locker.close()
-
-
-async def until(count, wanted: int, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while await count() != wanted:
-        assert time.monotonic() < deadline, f"not {wanted} after {seconds} s"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def fresh_pools():
-    """This test's pool settings take effect: the pools are made anew, and again
-    after the test with the suite's settings."""
-    await reads.close()
-    yield
-    await reads.close()
 
 
 async def test_a_client_that_leaves_mid_read_gives_the_connection_back(fresh_pools):

@@ -84,19 +84,50 @@ class Recipe:
     packages: tuple[str, ...]
     # Dockerfile instructions for `podman import --change` (ENV, USER, CMD...).
     changes: tuple[str, ...] = ()
+    # Packages of which only the C headers (usr/include) are copied in, not the
+    # package itself nor its dependencies: what an official image has from its
+    # own build of the software, which no package of the image holds.
+    headers_of: tuple[str, ...] = ()
+    # Files written into the root: (path in it, text).
+    files: tuple[tuple[str, str], ...] = ()
 
     @property
     def digest(self) -> str:
-        text = repr((self.suite, self.packages, self.changes))
+        recipe = (self.suite, self.packages, self.changes)
+        # Recipes without headers or files keep the digest (and images) they had.
+        if self.headers_of or self.files:
+            recipe = (*recipe, self.headers_of, self.files)
+        text = repr(recipe)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 PATH_ENV = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# python:3.13-slim: Debian 13's Python is 3.13, with venv (the official image has it).
+# The official Debian images' apt configuration (debian:*-slim, under the
+# official python, nginx... images): an `apt-get install` in a Dockerfile's RUN
+# leaves neither the downloaded packages nor apt's caches in its layer.
+DEBIAN_IMAGE_APT_CLEAN = (
+    "etc/apt/apt.conf.d/docker-clean",
+    'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb'
+    ' /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+    'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb'
+    ' /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };\n'
+    'Dir::Cache::pkgcache "";\n'
+    'Dir::Cache::srcpkgcache "";\n',
+)
+# python:3.13-slim: Debian 13's Python is 3.13, with venv and Python's headers
+# (Python.h, for a build stage that compiles a C extension, such as mysqlclient
+# for database=mysql): the official image has both. Only the headers of
+# libpython3.13-dev, not the package: the official image has neither its static
+# library nor its dependencies (libc's headers), which such a Dockerfile must
+# install itself, as it does with the official one. Its apt sources are Debian
+# 13's (debootstrap's mirror) and its apt keeps no caches in a layer, as the
+# official image's.
 PYTHON_313 = Recipe(
     "trixie",
     ("python3", "python3-venv", "ca-certificates"),
     (PATH_ENV, "ENV LANG=C.UTF-8", 'CMD ["python3"]'),
+    headers_of=("libpython3.13-dev",),
+    files=(DEBIAN_IMAGE_APT_CLEAN,),
 )
 # nginxinc/nginx-unprivileged: Debian's Nginx, run by the chart's own command, and
 # stopped gracefully (SIGQUIT) like the official image.
@@ -136,6 +167,14 @@ SYSTEMD_HOST = Recipe(
         "postgresql",
     ),
     (PATH_ENV, "ENV LANG=C.UTF-8", "STOPSIGNAL SIGRTMIN+3", 'CMD ["/sbin/init"]'),
+)
+# The same VM for a MySQL service (tests/test_ansible_mysql.py): Debian's MariaDB,
+# on 127.0.0.1, in PostgreSQL's stead, standing in for a team's MySQL or MariaDB
+# server. An image of its own, so that the PostgreSQL hosts stay as they are.
+SYSTEMD_MYSQL_HOST = Recipe(
+    SYSTEMD_HOST.suite,
+    (*(p for p in SYSTEMD_HOST.packages if p != "postgresql"), "mariadb-server"),
+    SYSTEMD_HOST.changes,
 )
 
 
@@ -198,6 +237,10 @@ def _build(image: str, recipe: Recipe) -> None:
             check=False,
         )
         assert result.returncode == 0, f"debootstrap failed:\n{result.stdout[-3000:]}"
+        if recipe.headers_of:
+            _copy_headers(rootfs, recipe.headers_of)
+        for path, text in recipe.files:
+            (rootfs / path).write_text(text)
         # What a slim image leaves out too: package lists and documentation.
         for path in (
             "var/lib/apt/lists",
@@ -222,6 +265,29 @@ def _build(image: str, recipe: Recipe) -> None:
         )
         tar.wait()
         assert result.returncode == 0, f"podman import failed:\n{result.stderr}"
+
+
+def _copy_headers(rootfs: Path, packages: tuple[str, ...]) -> None:
+    """Copies the usr/include of `packages` into `rootfs`, fetched by the root's
+    own apt (its suite's versions) and unpacked by its own dpkg-deb and tar,
+    without installing them."""
+    script = (
+        "set -e; cd /tmp; apt-get update -qq; "
+        f"apt-get download -qq {' '.join(packages)}; "
+        'for deb in *.deb; do dpkg-deb --fsys-tarfile "$deb" '
+        "| tar -x -C / ./usr/include; done; rm -f ./*.deb"
+    )
+    result = subprocess.run(
+        ["chroot", str(rootfs), "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"copying the headers of {', '.join(packages)} failed:\n"
+        f"{(result.stdout + result.stderr)[-3000:]}"
+    )
 
 
 def _qualified(reference: str) -> str:

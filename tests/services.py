@@ -294,7 +294,7 @@ class MariaDB:
             "--no-defaults",  # first: Debian's /etc/mysql would set sockets and logs
             *(f"--datadir={self.data}", f"--port={self.port}"),
             "--bind-address=127.0.0.1",
-            f"--socket={workdir / 'mariadbd.sock'}",
+            f"--socket={self.socket}",
             f"--pid-file={workdir / 'mariadbd.pid'}",
             f"--log-error={self.log}",
             # Accounts by address alone, with no DNS lookup of each client.
@@ -312,6 +312,11 @@ class MariaDB:
     def url(self) -> str:
         """The URL of a user that may create databases, without a database."""
         return f"mysql://root:{self.password}@127.0.0.1:{self.port}"
+
+    @property
+    def socket(self) -> Path:
+        """The server's Unix socket (its `root` user is root@localhost there)."""
+        return self.workdir / "mariadbd.sock"
 
     def start(self, seconds: float = 60) -> None:
         """Starts the server and waits until its user runs a query over TCP."""

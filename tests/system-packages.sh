@@ -21,8 +21,8 @@ set -euo pipefail
 # compiles it from source (mysqlclient finds the client library with pkg-config).
 DEFAULT_PACKAGES=(python3-venv postgresql mariadb-server gcc libc6-dev pkg-config
   libmariadb-dev redis-server shellcheck nginx prometheus prometheus-nginx-exporter
-  podman runc iptables netavark aardvark-dns catatonit uidmap debootstrap unzip nodejs
-  npm)
+  podman runc iptables netavark aardvark-dns catatonit uidmap debootstrap socat unzip
+  nodejs npm)
 SYSTEM_ROOT=${SYSTEM_ROOT:-}
 
 # Succeeds when what $1 provides works here. Like the rest of this script, it runs
@@ -48,6 +48,7 @@ provided() {
     uidmap) command -v newuidmap && command -v newgidmap ;;
     nodejs) node --version ;;
     unzip) unzip -v ;;
+    socat) socat -V ;;
     wrk) command -v wrk ;;
     # The rest are named after the tool they provide.
     *) "$1" --version ;;

@@ -18,6 +18,9 @@ host's database), and bin/smoke and the tests' own writes send it.
 
 The role's tracing and auth variables are checked without hosts: its environment
 file and units rendered by ansible-playbook on the controller alone.
+
+test_ansible_mysql.py deploys a MySQL service to one more host with these helpers
+(deployment_to, deploy_twice, smoke_passes...).
 """
 
 import json
@@ -30,6 +33,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +43,7 @@ import pytest
 import testinfra
 import yaml
 
-from containers import SYSTEMD_HOST, environment, podman, stand_in
+from containers import SYSTEMD_HOST, Recipe, environment, podman, stand_in
 from harness import check_steps, generate_service, run, service_env
 from matrix import CHOICES, TEMPLATE_DIR, default_combination, each_server
 from services import free_port
@@ -167,7 +172,7 @@ def recap(output: str) -> dict:
     }
 
 
-def start_host(name: str, cleanup: list) -> Host:
+def start_host(name: str, cleanup: list, image: str = IMAGE) -> Host:
     container = f"ansible-{name}-{uuid.uuid4().hex[:8]}"
     ports = {port: free_port() for port in (PUBLIC, METRICS_1, METRICS_2)}
     ports[WORKER_METRICS] = free_port()
@@ -186,7 +191,7 @@ def start_host(name: str, cleanup: list) -> Host:
         "--privileged",
         "--systemd=always",
         *(f"--publish=127.0.0.1:{host}:{port}" for port, host in ports.items()),
-        IMAGE,
+        image,
         "/sbin/init",
     )
     return Host(name, container, ports)
@@ -241,14 +246,28 @@ def wait_until_booted(host: Host) -> None:
     assert state in ("running", "degraded"), f"{host.name} did not boot: {state}"
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
+@contextmanager
+def deployment_to(
+    workdir: Path,
+    names: tuple[str, ...],
+    *,
+    options: dict = OPTIONS,
+    image: str = IMAGE,
+    recipe: Recipe = SYSTEMD_HOST,
+    database: Callable[[Host, str], str] = create_database,
+    prometheus: bool = True,
+) -> Iterator[Deployment]:
+    """The service generated with `options` (on the defaults), new hosts `names`
+    started from `image` (built from `recipe`), each with a database of its own
+    that `database(host, password)` creates and returns the URL of, and the
+    inventory of a deploy to them; with `prometheus`, the first host is
+    Prometheus's too (the playbook's last play). The hosts are removed
+    afterwards."""
     for tool in ("ansible-playbook", "ansible-lint", "podman"):
         assert shutil.which(tool), f"{tool} is missing: run the tests with tests/run.sh"
-    stand_in(IMAGE, SYSTEMD_HOST)
-    workdir = tmp_path_factory.mktemp("ansible")
+    stand_in(image, recipe)
     defaults = {option: choices[0] for option, choices in CHOICES.items()}
-    project = generate_service(defaults | OPTIONS, workdir)
+    project = generate_service(defaults | options, workdir)
     # The service's virtualenv runs bin/smoke here; the hosts build their own.
     run(["uv", "sync", "--locked", "--quiet"], project)
     containers = []
@@ -256,7 +275,7 @@ def deployment(tmp_path_factory):
         # testinfra's podman backend runs podman with this environment.
         patch.setenv("CONTAINERS_CONF", environment()["CONTAINERS_CONF"])
         try:
-            hosts = [start_host(name, containers) for name in ("host1", "host2")]
+            hosts = [start_host(name, containers, image) for name in names]
             for host in hosts:
                 trust_this_machines_authorities(host)
                 wait_until_booted(host)
@@ -270,7 +289,7 @@ def deployment(tmp_path_factory):
                             "hosts": {
                                 h.name: {
                                     "ansible_host": h.container,
-                                    "service_database_url": create_database(
+                                    "service_database_url": database(
                                         h, database_password
                                     ),
                                 }
@@ -292,7 +311,9 @@ def deployment(tmp_path_factory):
                                 "edge_trusted_proxies": ["0.0.0.0/0", "::/0"],
                             },
                         },
-                        "prometheus": {"hosts": {hosts[0].name: None}},
+                        "prometheus": {
+                            "hosts": {hosts[0].name: None} if prometheus else {}
+                        },
                     }
                 )
             )
@@ -305,15 +326,29 @@ def deployment(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def deployed(deployment):
-    """Version A deployed, then the same deploy again."""
+def deployment(tmp_path_factory):
+    with deployment_to(tmp_path_factory.mktemp("ansible"), ("host1", "host2")) as d:
+        yield d
+
+
+def deploy_twice(deployment: Deployment) -> tuple[dict, dict]:
+    """Version A deployed, then the same deploy again: the recap of each."""
     first = recap(deployment.deploy())
     second = recap(deployment.deploy())
-    return deployment, first, second
+    return first, second
 
 
-def test_a_second_run_changes_nothing(deployed):
-    deployment, first, second = deployed
+@pytest.fixture(scope="module")
+def deployed(deployment):
+    """Version A deployed, then the same deploy again."""
+    return deployment, *deploy_twice(deployment)
+
+
+def assert_second_run_changed_nothing(
+    deployment: Deployment, first: dict, second: dict
+):
+    """The first deploy changed each host and failed none; the second changed
+    nothing anywhere."""
     names = [h.name for h in deployment.hosts]
     assert set(names) <= set(first)
     assert set(names) <= set(second)
@@ -324,6 +359,10 @@ def test_a_second_run_changes_nothing(deployed):
     assert {name: counts[1] for name, counts in second.items()} == dict.fromkeys(
         second, 0
     )
+
+
+def test_a_second_run_changes_nothing(deployed):
+    assert_second_run_changed_nothing(*deployed)
 
 
 def test_services_are_active_and_enabled(deployed):
@@ -613,24 +652,32 @@ def smoke(deployment: Deployment, host: Host):
     ).stdout
 
 
+# What bin/smoke checks of a service with tasks and WebSockets.
+SMOKE_CHECKS = (
+    "metrics and probes are not public",
+    "write without a token refused",
+    "API round trip",
+    "export",
+    "background task",
+    "SSE event",
+    "WebSocket broadcast",
+    # Each instance's /metrics through Nginx, and the Nginx exporter.
+    "app metrics",
+    "Nginx exporter",
+)
+
+
+def smoke_passes(deployment: Deployment, host: Host) -> None:
+    """bin/smoke through the host's Nginx passes, each of SMOKE_CHECKS ok."""
+    output = smoke(deployment, host)
+    for check in SMOKE_CHECKS:
+        assert re.search(rf"^ok\s+{check}", output, re.MULTILINE), output
+
+
 def test_smoke_through_each_hosts_nginx(deployed):
     deployment, _, _ = deployed
     for host in deployment.hosts:
-        output = smoke(deployment, host)
-        checks = (
-            "metrics and probes are not public",
-            "write without a token refused",
-            "API round trip",
-            "export",
-            "background task",
-            "SSE event",
-            "WebSocket broadcast",
-            # Each instance's /metrics through Nginx, and the Nginx exporter.
-            "app metrics",
-            "Nginx exporter",
-        )
-        for check in checks:
-            assert re.search(rf"^ok\s+{check}", output, re.MULTILINE), output
+        smoke_passes(deployment, host)
 
 
 def test_the_node_exporter_answers(deployed):

@@ -1,6 +1,7 @@
 """python -m bench [--quick] [--only SCENARIO,...] [--out DIR]: generate the
-services, run every scenario (or those named), write results.json, results.md and
-the plots (tests/bench.sh runs this)."""
+services (one per server, and per database for the scenarios that run on each),
+start their database servers, run every scenario (or those named), write
+results.json, results.md and the plots (tests/bench.sh runs this)."""
 
 import argparse
 import json
@@ -10,31 +11,41 @@ import re
 import subprocess
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench import report
 from bench.deploy import (
     BEFORE_COMMIT,
+    DATABASES,
     Upstream,
     generate,
+    listening_pid,
     migrate_and_seed,
+    project_name,
     template_at,
 )
 from bench.load import require_wrk
 from bench.scenarios import (
     BEFORE,
+    ON_EVERY_DATABASE,
     SCENARIOS,
     SERVERS,
     WITH_BEFORE,
     Cells,
+    Database,
     Settings,
     run_all,
 )
-from services import postgresql, redis
+from services import create_database, mariadb, postgresql, redis
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = Settings(seconds=10, warmup=2, websockets=10_000, sse_clients=100)
 QUICK = Settings(seconds=3, warmup=1, websockets=1_000, sse_clients=20)
+# The throwaway server of each database of DATABASES (tests/services.py): each
+# yields the URL of a user that may create databases.
+DATABASE_SERVERS = {"postgresql": postgresql, "mysql": mariadb}
 
 
 def _output(command: list) -> str:
@@ -54,6 +65,15 @@ def _locked_version(project: Path, package: str) -> str:
 def machine(projects: dict) -> dict:
     cpu = re.search(r"Model name:\s+(.+)", _output(["lscpu"]))
     uvicorn = projects["uvicorn"]
+    found = {}
+    if mysql := projects.get(project_name("uvicorn", "mysql")):
+        found = {
+            "mariadb": _output(["sh", "-c", "PATH=$PATH:/usr/sbin mariadbd --version"])
+            .split(" Ver ")[-1]
+            .split(" for ")[0],
+            "mysqlclient": _locked_version(mysql, "mysqlclient"),
+            "asyncmy": _locked_version(mysql, "asyncmy"),
+        }
     return {
         "cpu": cpu.group(1) if cpu else platform.processor(),
         "cores": os.cpu_count(),
@@ -72,6 +92,7 @@ def machine(projects: dict) -> dict:
         "wrk": _output(["wrk", "--version"]).splitlines()[0],
         "postgresql": _output(["sh", "-c", "ls /usr/lib/postgresql"]),
         "redis": _output(["redis-server", "--version"]).split(" sha=")[0],
+        **found,
     }
 
 
@@ -85,6 +106,8 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    # tests/bench.sh runs this in tests/: a relative --out is where it was called.
+    args.out = Path(os.environ.get("BENCH_CALLER_DIR", ".")) / args.out
     wanted = args.only.split(",") if args.only else list(SCENARIOS)
     if unknown := [name for name in wanted if name not in SCENARIOS]:
         parser.error(f"unknown scenarios: {', '.join(unknown)}")
@@ -100,25 +123,37 @@ def main() -> None:
         # Nginx's workers (nobody) reach the app's unix socket there.
         for directory in (workdir, logdir):
             directory.chmod(0o755)
-        projects = {server: generate(server, workdir) for server in SERVERS}
+        databases = DATABASES
+        if not any(name in ON_EVERY_DATABASE for name in names):
+            databases = DATABASES[:1]
+        projects = {
+            project_name(server, database): generate(server, workdir, database=database)
+            for database in databases
+            for server in SERVERS
+        }
         if any(name in WITH_BEFORE for name in names):
             # The checkout is only needed while the service is generated.
             with template_at(BEFORE_COMMIT) as template:
                 projects[BEFORE] = generate("uvicorn", workdir, template, BEFORE)
-        # Not under workdir: that one is private to root, and PostgreSQL runs as
-        # the postgres user.
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-postgres-") as pgdir,
-            postgresql(Path(pgdir)) as url,
-            redis() as redis_url,
-        ):
-            database_url = f"{url}/postgres"
-            token = migrate_and_seed(projects["uvicorn"], database_url)
+        with ExitStack() as stack:
+            redis_url = stack.enter_context(redis())
+            served = {}
+            for database in databases:
+                # Not under workdir: that one is private to root, and each
+                # database server runs as its own user (postgres, mysql).
+                directory = stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix=f"bench-{database}-")
+                )
+                url = stack.enter_context(DATABASE_SERVERS[database](Path(directory)))
+                database_url = create_database(url, "bench")
+                project = projects[project_name("uvicorn", database)]
+                token = migrate_and_seed(project, database_url)
+                pid = listening_pid(urlsplit(url).port)
+                served[database] = Database(database_url, token, pid)
             upstream = Upstream(0.05, logdir)
             upstream.start()
             try:
                 env = {
-                    "DATABASE_URL": database_url,
                     # Every one of gthread's 16 threads can hold a connection.
                     "DATABASE_POOL_MAX_SIZE": "16",
                     "BENCH_UPSTREAM_PORT": str(upstream.port),
@@ -129,8 +164,8 @@ def main() -> None:
                     env,
                     settings,
                     upstream.process.pid,
-                    f"{redis_url}/0",
-                    token,
+                    redis_url,
+                    served,
                 )
                 run_all(cells, names)
             finally:

@@ -24,8 +24,12 @@ OVERLAY = Path(__file__).resolve().parent / "overlay"
 # in core.cache, one-hop transactional writes): the before-* configurations, so
 # that "no slower than the service was" is a ratio within one run.
 BEFORE_COMMIT = "2ea27e6"
-# PostgreSQL for the ORM scenario; WebSockets for the capacity scenario.
-BENCH_CHOICES = {"database": "postgresql", "websockets": "yes"}
+# WebSockets for the capacity scenario; the database is generate()'s.
+BENCH_CHOICES = {"websockets": "yes"}
+# The databases a service is generated for (the template's `database` choices
+# with a server of their own): every scenario runs on the first, the database
+# scenarios (scenarios.ON_EVERY_DATABASE) on each.
+DATABASES = ("postgresql", "mysql")
 # config/asgi.py takes its handler and connection counter from bench_app.py.
 ASGI_PATCHES = (
     ("from core.handler import get_asgi_application", "from bench_app import "),
@@ -43,18 +47,41 @@ STEADY = {
 }
 
 
+def project_name(server: str, database: str = DATABASES[0]) -> str:
+    """The name of the service for `server` on `database` among a run's projects
+    (and its directory): the server's name alone on the first database."""
+    return server if database == DATABASES[0] else f"{server}-{database}"
+
+
 def generate(
-    server: str, workdir: Path, template: Path = TEMPLATE_DIR, name: str = ""
+    server: str,
+    workdir: Path,
+    template: Path = TEMPLATE_DIR,
+    name: str = "",
+    database: str = DATABASES[0],
 ) -> Path:
-    """The service for `server`, with the bench's files, in workdir/<name>; from
-    `template`, this checkout of the template unless told another one."""
-    combination = {**default_combination(), **BENCH_CHOICES, "server": server}
+    """The service for `server` on `database`, with the bench's files, in
+    workdir/<name> (project_name() unless told); from `template`, this checkout of
+    the template unless told another one."""
+    combination = {
+        **default_combination(),
+        **BENCH_CHOICES,
+        "server": server,
+        "database": database,
+    }
+    # cookiecutter imports the template's Jinja extension, which tells its hooks
+    # where the template is (hooks.template_dir), by module name: a process that
+    # generated from this checkout would hand a second template (template_at())
+    # the first's from sys.modules, and its hooks would check its options with
+    # this checkout's rules (which refuse its missing grafana_url).
+    for module in [name for name in sys.modules if name.split(".")[0] == "hooks"]:
+        del sys.modules[module]
     project = Path(
         cookiecutter(
             str(template),
             no_input=True,
             extra_context=combination,
-            output_dir=str(workdir / (name or server)),
+            output_dir=str(workdir / (name or project_name(server, database))),
             default_config=True,
         )
     )
@@ -242,6 +269,39 @@ def cpu_by_process(pids: list[int]) -> dict[int, float]:
 
 def cpu_seconds(pids: list[int]) -> float:
     return sum(cpu_by_process(pids).values())
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User and system CPU seconds of `root` and its descendants so far, those
+    that have exited and been waited for included (a database server's
+    connections come and go)."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0
+    for pid in process_tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(field) for field in fields[11:15])
+    return total / ticks
+
+
+def listening_pid(port: int) -> int:
+    """The process that listens on 127.0.0.1:`port` (a database server started by
+    tests/services.py, which hands out its URL alone)."""
+    local = f"0100007F:{port:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        # 0A: LISTEN.
+        if fields[1] == local and fields[3] == "0A":
+            inodes.add(f"socket:[{fields[9]}]")
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if os.readlink(fd) in inodes:
+                return int(fd.parent.parent.name)
+        except OSError:
+            continue
+    raise LookupError(f"no process listens on 127.0.0.1:{port}")
 
 
 def resident_bytes(pids: list[int]) -> int:

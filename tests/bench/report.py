@@ -11,7 +11,7 @@ HTTP_SCENARIOS = {
     "tiny-json": "Tiny JSON (GET /bench/tiny: what /healthz answers), 64 connections",
     "upstream-50ms": "A view awaiting a local HTTP upstream that answers after 50 ms, "
     "256 connections",
-    "orm-read": "An ORM read of 10 rows with a join, PostgreSQL, 64 connections",
+    "orm-read": "An ORM read of 10 rows with a join, 64 connections",
     "cached-read": "An item read by id, served from the Redis cache "
     "(GET /api/items/1), 64 connections",
     "write-create": "Creating an item with 2 tags, one transaction "
@@ -28,6 +28,13 @@ IDLE = {"websockets": "WebSockets", "idle-streams": "event streams"}
 SERVERS = ("uvicorn", "granian", "gunicorn-uvicorn")
 # The service generated from the template before its native data path.
 BEFORE = "before-uvicorn"
+# The databases the services run on (deploy.DATABASES), by the names the rows
+# give them: the first is every cell's unless its row names another (rows of
+# runs before the database scenarios ran on each name none).
+DATABASES = {"postgresql": "PostgreSQL", "mysql": "MariaDB"}
+DEFAULT_DATABASE = next(iter(DATABASES))
+# The scenarios measured on each database.
+ON_EVERY_DATABASE = ("orm-read", "cached-read", "write-create", "write-restock")
 # What limits a target when it is missed, from the profiles behind this work.
 LIMITS = {
     "stock": "Python per-request work left in the server (HTTP parsing, ASGI "
@@ -58,6 +65,10 @@ LIMITS = {
     "service adds psycopg's asyncio cursor, the pool checkout and an event-loop "
     "wake-up per query, and the ASGI server's per-request work, on 2 cores shared "
     "with PostgreSQL and wrk.",
+    "orm-read-mysql": "both run Django's query compilation and row conversion; "
+    "the service adds asyncmy's cursor, the pool checkout and an event-loop "
+    "wake-up per query, and the ASGI server's per-request work, on 2 cores shared "
+    "with MariaDB and wrk.",
     "cached-read": "each hit is one Redis round trip through redis.asyncio (its "
     "connection pool and reply parsing in Python, an event-loop wake-up) where a "
     "WSGI worker blocks in redis-py; unpickling the item and building the "
@@ -70,14 +81,25 @@ LIMITS = {
 }
 
 
+def database(row: dict) -> str:
+    return row.get("database", DEFAULT_DATABASE)
+
+
 def label(row: dict) -> str:
     via = "" if row["via"] == "direct" else f" via {row['via']}"
-    return f"{row['config']}{via}"
+    on = "" if database(row) == DEFAULT_DATABASE else f" on {DATABASES[database(row)]}"
+    return f"{row['config']}{via}{on}"
 
 
-def find(rows, scenario, config, via="direct"):
+def find(rows, scenario, config, via="direct", on=DEFAULT_DATABASE):
+    """The row of `config` in `scenario`, on database `on`; None if it failed."""
     for row in rows:
-        if (row["scenario"], row["config"], row["via"]) == (scenario, config, via):
+        if (row["scenario"], row["config"], row["via"], database(row)) == (
+            scenario,
+            config,
+            via,
+            on,
+        ):
             return row if "failed" not in row else None
     return None
 
@@ -97,6 +119,8 @@ def _n(value, digits=0) -> str:
 
 
 def http_table(rows: list, scenario: str) -> list[str]:
+    """Each row against the baselines on its own database (the WSGI baselines,
+    stock Django, before-uvicorn)."""
     ceiling = find(rows, scenario, "nginx-alone")
     lines = [
         "| configuration | req/s | p50 ms | p99 ms | errors | CPU cores"
@@ -104,17 +128,17 @@ def http_table(rows: list, scenario: str) -> list[str]:
         " | x stock ASGI, same server | x before-uvicorn | of Nginx alone |",
         "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    before = find(rows, scenario, BEFORE)
     for row in rows:
         if row["scenario"] != scenario:
             continue
         if "failed" in row:
             lines.append(f"| {label(row)} | failed: {row['failed']} |||||||||||")
             continue
+        on = database(row)
         stock = None
         if row["config"].startswith("service-"):
             server = row["config"].removeprefix("service-").removesuffix("-no-metrics")
-            stock = find(rows, scenario, f"stock-{server}")
+            stock = find(rows, scenario, f"stock-{server}", on=on)
         name = label(row)
         if "upstream_cpu_cores" in row:
             name += f" (upstream process: {row['upstream_cpu_cores']:.2f} cores)"
@@ -122,6 +146,8 @@ def http_table(rows: list, scenario: str) -> list[str]:
             name += f" (collector stand-in: {row['beside_cpu_cores']:.2f} cores)"
         if "nginx_cpu_cores" in row:
             name += f" (Nginx: {row['nginx_cpu_cores']:.2f} cores)"
+        if "database_cpu_cores" in row and scenario in ON_EVERY_DATABASE:
+            name += f" (database server: {row['database_cpu_cores']:.2f} cores)"
         if "first_attempt_failed" in row:
             name += f" (second attempt; the first: {row['first_attempt_failed']})"
         lines.append(
@@ -129,10 +155,10 @@ def http_table(rows: list, scenario: str) -> list[str]:
             f"| {_n(row['p99_ms'], 1)} | {row['errors']} | {_n(row['cpu_cores'], 2)} "
             f"| {' + '.join(f'{c:.2f}' for c in row['busiest'])} "
             f"| {_n(row['cpu_us_per_req'])} "
-            f"| {_x(ratio(row, find(rows, scenario, 'wsgi-sync')))} "
-            f"| {_x(ratio(row, find(rows, scenario, 'wsgi-gthread')))} "
+            f"| {_x(ratio(row, find(rows, scenario, 'wsgi-sync', on=on)))} "
+            f"| {_x(ratio(row, find(rows, scenario, 'wsgi-gthread', on=on)))} "
             f"| {_x(ratio(row, stock))} "
-            f"| {_x(ratio(row, before))} "
+            f"| {_x(ratio(row, find(rows, scenario, BEFORE, on=on)))} "
             f"| {_percent(ratio(row, ceiling))} |"
         )
     return lines
@@ -153,15 +179,18 @@ def _cost(r: float | None) -> float | None:
     return None if r is None else 1 - r
 
 
-def better_wsgi(rows: list, scenario: str) -> dict | None:
-    """The WSGI configuration with the higher throughput in `scenario`."""
-    found = [row for row in (find(rows, scenario, c) for c in WSGI) if row]
+def better_wsgi(rows: list, scenario: str, on=DEFAULT_DATABASE) -> dict | None:
+    """The WSGI configuration with the higher throughput in `scenario` on `on`."""
+    found = [row for row in (find(rows, scenario, c, on=on) for c in WSGI) if row]
     return max(found, key=lambda row: row["req_s"], default=None)
 
 
-def _ran(rows: list, scenario: str) -> bool:
-    """Whether the run had this scenario (python -m bench --only runs some)."""
-    return any(row["scenario"] == scenario for row in rows)
+def _ran(rows: list, scenario: str, on: str | None = None) -> bool:
+    """Whether the run had this scenario (python -m bench --only runs some), on
+    database `on` if named."""
+    return any(
+        row["scenario"] == scenario and on in (None, database(row)) for row in rows
+    )
 
 
 def targets(rows: list) -> list[tuple]:
@@ -175,12 +204,15 @@ def targets(rows: list) -> list[tuple]:
         out += _tiny_json_targets(rows)
     if _ran(rows, "upstream-50ms"):
         out += _upstream_targets(rows)
-    if _ran(rows, "orm-read"):
-        out += _against_wsgi(
-            rows, "orm-read", "ORM read (10 rows with a join)", 1.0, by_cpu=True
-        )
-    if _ran(rows, "cached-read"):
-        out += _against_wsgi(rows, "cached-read", "item read from the Redis cache", 1.2)
+    for on in DATABASES:
+        if _ran(rows, "orm-read", on):
+            out += _against_wsgi(
+                rows, "orm-read", "ORM read (10 rows with a join)", 1.0, True, on
+            )
+        if _ran(rows, "cached-read", on):
+            out += _against_wsgi(
+                rows, "cached-read", "item read from the Redis cache", 1.2, on=on
+            )
     for scenario, what in (
         ("write-create", "creating an item"),
         ("write-restock", "the transactional bulk update"),
@@ -219,15 +251,19 @@ def targets(rows: list) -> list[tuple]:
     return out
 
 
-def _against_wsgi(rows, scenario, what, floor, by_cpu=False) -> list[tuple]:
+def _against_wsgi(
+    rows, scenario, what, floor, by_cpu=False, on=DEFAULT_DATABASE
+) -> list[tuple]:
     """The service under each server against the better WSGI configuration of
-    `scenario`: at least `floor` times its throughput and, with `by_cpu`, no more
-    CPU per request than it."""
-    base = better_wsgi(rows, scenario)
+    `scenario`, both on database `on`: at least `floor` times its throughput
+    and, with `by_cpu`, no more CPU per request than it."""
+    base = better_wsgi(rows, scenario, on)
     name = base["config"] if base else "none ran"
+    if on != DEFAULT_DATABASE:
+        what += f" on {DATABASES[on]}"
     out = []
     for server in SERVERS:
-        service = find(rows, scenario, f"service-{server}")
+        service = find(rows, scenario, f"service-{server}", on=on)
         r, by = ratio(service, base), cpu_ratio(service, base)
         met = r is not None and r >= floor
         target = f"{what}, service ({server}) >= {floor:.1f}x the better WSGI ({name})"
@@ -235,6 +271,7 @@ def _against_wsgi(rows, scenario, what, floor, by_cpu=False) -> list[tuple]:
             met = met and by is not None and by >= 1
             target += " and no more CPU per request (aim 1.5x)"
         limit = LIMITS["tiny-wsgi" if scenario == "tiny-json" else scenario]
+        limit = LIMITS.get(f"{scenario}-{on}", limit)
         out.append((target, _x(r), _x(by), met, limit))
     return out
 
@@ -334,6 +371,45 @@ def _tracing_targets(rows) -> list[tuple]:
     return out
 
 
+def with_database_cpu(row: dict | None) -> dict | None:
+    """The row with the database server's CPU in its CPU per request."""
+    if row is None or "database_cpu_cores" not in row or not row["req_s"]:
+        return None
+    cores = row["cpu_cores"] + row["database_cpu_cores"]
+    return {**row, "cpu_us_per_req": cores * 1e6 / row["req_s"]}
+
+
+def databases_table(rows: list, on: str) -> list[str]:
+    """Each configuration of the database scenarios on database `on` beside itself
+    on the default one, and each against the better WSGI configuration on either."""
+    names = DATABASES[DEFAULT_DATABASE], DATABASES[on]
+    lines = [
+        f"| scenario | configuration | {names[0]} req/s | {names[1]} req/s "
+        f"| {names[1]} / {names[0]} | by the app's CPU per request "
+        "| by the app's and the database server's "
+        f"| {names[0]}: x better WSGI on {names[0]} "
+        f"| {names[1]}: x better WSGI on {names[0]} "
+        f"| {names[1]}: x better WSGI on {names[1]} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row["scenario"] not in ON_EVERY_DATABASE or database(row) != on:
+            continue
+        scenario = row["scenario"]
+        default = find(rows, scenario, row["config"], row["via"])
+        ours = None if "failed" in row else row
+        wsgi = better_wsgi(rows, scenario), better_wsgi(rows, scenario, on)
+        lines.append(
+            f"| {scenario} | {row['config']} "
+            f"| {_n(default and default['req_s'])} | {_n(ours and ours['req_s'])} "
+            f"| {_x(ratio(ours, default))} | {_x(cpu_ratio(ours, default))} "
+            f"| {_x(cpu_ratio(with_database_cpu(ours), with_database_cpu(default)))} "
+            f"| {_x(ratio(default, wsgi[0]))} | {_x(ratio(ours, wsgi[0]))} "
+            f"| {_x(ratio(ours, wsgi[1]))} |"
+        )
+    return lines
+
+
 def plot_http(rows: list, scenario: str, path: Path) -> None:
     shown = [r for r in rows if r["scenario"] == scenario and "failed" not in r]
     figure, axes = plt.subplots(figsize=(9, 0.45 * len(shown) + 1.2))
@@ -391,6 +467,14 @@ def write(run: dict, out: Path) -> None:
         f"- {m['python']}, Django {m['django']}, Uvicorn {m['uvicorn']}, Granian "
         f"{m['granian']}, Gunicorn {m['gunicorn']}, psycopg {m['psycopg']}",
         f"- Nginx {m['nginx']}, {m['wrk']}, PostgreSQL {m['postgresql']}, {m['redis']}",
+        *(
+            [
+                f"- MariaDB {m['mariadb']}, mysqlclient {m['mysqlclient']}, "
+                f"asyncmy {m['asyncmy']}"
+            ]
+            if "mariadb" in m
+            else []
+        ),
         "",
         "## Targets",
         "",
@@ -415,6 +499,22 @@ def write(run: dict, out: Path) -> None:
     for scenario, title in http.items():
         lines += ["", f"## {title}", "", f"![{scenario}]({scenario}.png)", ""]
         lines += http_table(rows, scenario)
+    for on in DATABASES:
+        if on != DEFAULT_DATABASE and any(database(row) == on for row in rows):
+            lines += [
+                "",
+                f"## {DATABASES[on]} beside {DATABASES[DEFAULT_DATABASE]}",
+                "",
+                f"The same configurations on each database, {DATABASES[on]} / "
+                f"{DATABASES[DEFAULT_DATABASE]}: by throughput, by the app's CPU "
+                "per request (the tables above), and by that with the database "
+                "server's (its processes' CPU over the warm-up and the "
+                f"measurement); above 1.00x, {DATABASES[on]} is the faster or the "
+                "cheaper. Then each against the better WSGI baseline of its "
+                "scenario.",
+                "",
+            ]
+            lines += databases_table(rows, on)
     for scenario in IDLE:
         if _ran(rows, scenario):
             lines += _idle_section(rows, scenario, s)

@@ -12,12 +12,15 @@ from pathlib import Path
 
 from bench import load
 from bench.deploy import (
+    DATABASES,
     Upstream,
     asgi_server,
     cpu_seconds,
     nginx_alone,
     process_tree,
+    project_name,
     resident_bytes,
+    tree_cpu_seconds,
     wsgi_server,
 )
 from edge import Nginx, bearer
@@ -29,6 +32,16 @@ BEFORE = "before-uvicorn"
 ORIGIN = "http://127.0.0.1"
 # What the API serves without a token; every other method shows the bench's key.
 PUBLIC_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+@dataclass
+class Database:
+    """A database of the run: its URL, the API key issued in it for the load
+    generator (migrate_and_seed), and its server's process (deploy.listening_pid)."""
+
+    url: str
+    token: str
+    server_pid: int
 
 
 @dataclass
@@ -50,36 +63,43 @@ class Cells:
         settings: Settings,
         upstream_pid: int,
         redis_url: str,
-        token: str,
+        databases: dict[str, Database],
     ):
+        """`projects` by deploy.project_name(); `databases` by name (DATABASES),
+        at least the first."""
         self.projects, self.logdir, self.env = projects, logdir, env
-        # The API key the writes show, as the API asks (reads are public, and
-        # go without it: they measure what an anonymous reader costs).
-        self.token = token
+        # Their URLs, and the API keys the writes show, as the API asks (reads
+        # are public, and go without it: they measure what an anonymous reader
+        # costs).
+        self.databases = databases
         self.settings, self.upstream_pid = settings, upstream_pid
         # Every HTTP cell runs as production does, with Redis: without it the
         # service's bin/serve starts one worker (events would not reach the
         # other), the WSGI baselines two. The SSE and WebSocket scenarios measure
-        # one worker on the in-memory channel layer, without it.
-        self.with_redis = {"REDIS_URL": redis_url}
+        # one worker on the in-memory channel layer, without it. The services of
+        # each database have a Redis database of their own (`redis_url` is the
+        # server's, without one): no cached item, event or rate-limit count
+        # crosses from one to the other.
+        self.redis_url = redis_url
         self.rows: list[dict] = []
 
-    def server(self, config: str, **env):
-        env = {**self.env, **env}
+    def server(self, config: str, database: str = DATABASES[0], **env):
+        """`config` on the service generated for `database`, with its URL."""
+        env = {**self.env, "DATABASE_URL": self.databases[database].url, **env}
         if config in ("wsgi-sync", "wsgi-gthread"):
             worker = config.removeprefix("wsgi-")
-            return self.projects["gunicorn-uvicorn"], wsgi_server(
-                config, self.projects["gunicorn-uvicorn"], self.logdir, env, worker
-            )
+            project = self.projects[project_name("gunicorn-uvicorn", database)]
+            return project, wsgi_server(config, project, self.logdir, env, worker)
         kind, server = config.split("-", 1)
         if server.endswith("-no-metrics"):
             server = server.removesuffix("-no-metrics")
             env["BENCH_METRICS"] = "0"
         if kind == "stock":
             env.update(BENCH_STOCK="1", BENCH_METRICS="0")
-        project = self.projects[server]
+        project = self.projects[project_name(server, database)]
         if kind == "before":
-            # Generated from the template before its native data path (BEFORE_COMMIT).
+            # Generated from the template before its native data path (BEFORE_COMMIT),
+            # which had PostgreSQL's path only.
             env["BENCH_BEFORE"] = "1"
             project = self.projects[config]
         name = f"{config}-{int(time.monotonic() * 1000)}"
@@ -101,18 +121,22 @@ class Cells:
         bodies: tuple[str, ...] = (),
         label: str = "",
         beside: Upstream | None = None,
+        database: str = DATABASES[0],
     ) -> dict:
         """One wrk cell's row: `via` is "", "nginx" (TCP to the app) or "nginx-uds";
         `env` is added to the server's (REDIS_URL, as in every cell); with
         `bodies`, wrk sends them in turn with `method` (load.wrk). `label` names the
         row instead of `config` (cells of one configuration with different `env`);
-        the CPU of `beside`, a process the app sends to, is in the row. A cell
-        that fails is tried once more; the first failure stays in its row. A
-        method other than a read's shows the bench's API key."""
-        headers = {} if method in PUBLIC_METHODS else bearer(self.token)
+        the CPU of `beside`, a process the app sends to, is in the row; `database`
+        is the one the service is generated for and runs on. A cell that fails is
+        tried once more; the first failure stays in its row. A method other than a
+        read's shows the bench's API key (the one issued in that database)."""
+        token = self.databases[database].token
+        headers = {} if method in PUBLIC_METHODS else bearer(token)
         request = {"method": method, "bodies": bodies, "headers": headers}
-        env = {**self.with_redis, **(env or {})}
-        args = (scenario, config, path, conns, via, env, request, beside)
+        redis_url = f"{self.redis_url}/{DATABASES.index(database)}"
+        env = {"REDIS_URL": redis_url, **(env or {})}
+        args = (scenario, config, path, conns, via, env, request, beside, database)
         row = self._http(*args)
         if "failed" in row:
             first = row["failed"]
@@ -123,8 +147,15 @@ class Cells:
         print(f"bench: {row}", flush=True)
         return row
 
-    def _http(self, scenario, config, path, conns, via, env, request, beside) -> dict:
-        row = {"scenario": scenario, "config": config, "via": via or "direct"}
+    def _http(
+        self, scenario, config, path, conns, via, env, request, beside, database
+    ) -> dict:
+        row = {
+            "scenario": scenario,
+            "config": config,
+            "via": via or "direct",
+            "database": database,
+        }
         started = []
         try:
             if config == "nginx-alone":
@@ -140,7 +171,7 @@ class Cells:
                 if via == "nginx-uds":
                     # Under the log directory: readable by Nginx's workers.
                     env["UDS"] = str(self.logdir / f"app-{time.monotonic_ns()}.sock")
-                project, app = self.server(config, **env)
+                project, app = self.server(config, database, **env)
                 started.append(app)
                 app.start()
                 port, pids = app.port, app.pids
@@ -157,10 +188,16 @@ class Cells:
             base_url = f"http://127.0.0.1:{port}"
             upstream_before = cpu_seconds([self.upstream_pid]), time.monotonic()
             beside_before = cpu_seconds([beside.process.pid]) if beside else 0.0
+            database_pid = self.databases[database].server_pid
+            database_before = tree_cpu_seconds(database_pid)
             measured = load.wrk(
                 base_url, path, conns, s.seconds, s.warmup, pids, **request
             )
             elapsed = time.monotonic() - upstream_before[1]
+            # Over the warm-up and the measurement, as for the processes beside.
+            row["database_cpu_cores"] = (
+                tree_cpu_seconds(database_pid) - database_before
+            ) / elapsed
             if path == "/bench/upstream":
                 row["upstream_cpu_cores"] = (
                     cpu_seconds([self.upstream_pid]) - upstream_before[0]
@@ -310,21 +347,37 @@ def upstream_50ms(cells: Cells) -> None:
     cells.http("upstream-50ms", "service-uvicorn", upstream, 256, via="nginx")
 
 
+def on_every_database(configs) -> list[tuple[str, str]]:
+    """(configuration, database): each configuration on every database of
+    DATABASES, one after the other, so that the cells a ratio compares run close
+    in time; BEFORE on the first alone (the template had no other database's
+    path at BEFORE_COMMIT)."""
+    return [
+        (config, database)
+        for config in configs
+        for database in DATABASES
+        if config != BEFORE or database == DATABASES[0]
+    ]
+
+
 def orm_read(cells: Cells) -> None:
     """bench_urls.orm: core.reads in the service, Django's async ORM in stock
-    Django and before-uvicorn, its sync ORM under WSGI; the same 10 rows."""
+    Django and before-uvicorn, its sync ORM under WSGI; the same 10 rows, on
+    each database."""
     configs = (*WSGI, "stock-uvicorn", *(f"service-{s}" for s in SERVERS), BEFORE)
-    for config in configs:
-        cells.http("orm-read", config, "/bench/orm", 64)
+    for config, database in on_every_database(configs):
+        cells.http("orm-read", config, "/bench/orm", 64, database=database)
 
 
 def cached_read(cells: Cells) -> None:
     """The service's own GET /api/items/<id>, a Redis cache hit after the first
     request (the entry lives ITEM_CACHE_SECONDS, 30 s: at most one miss a cell);
-    under WSGI bench_urls.item_sync, the same through Django's sync cache API."""
+    under WSGI bench_urls.item_sync, the same through Django's sync cache API.
+    On each database too, though a hit reads none from it: a check that nothing
+    else on the read path depends on the database."""
     configs = (*WSGI, *(f"service-{s}" for s in SERVERS), BEFORE)
-    for config in configs:
-        cells.http("cached-read", config, "/api/items/1", 64)
+    for config, database in on_every_database(configs):
+        cells.http("cached-read", config, "/api/items/1", 64, database=database)
 
 
 # POST /api/items: the same item each time (names need not be unique), with two
@@ -356,13 +409,14 @@ def write(cells: Cells) -> None:
     transaction in one sync_to_async call, after the check of the API key every
     write shows; before-uvicorn: the endpoints as they were, without keys),
     under WSGI the same transaction bodies in bench_urls, which check no key.
-    Runs after the read scenarios: it adds rows to the items table."""
+    On each database. Runs after the read scenarios: it adds rows to the items
+    table."""
     configs = (*WSGI, "service-uvicorn", BEFORE)
     for scenario, path, bodies in (
         ("write-create", "/api/items", (NEW_ITEM,)),
         ("write-restock", "/api/items/restock", RESTOCKS),
     ):
-        for config in configs:
+        for config, database in on_every_database(configs):
             cells.http(
                 scenario,
                 config,
@@ -370,6 +424,7 @@ def write(cells: Cells) -> None:
                 64,
                 method="POST",
                 bodies=bodies,
+                database=database,
             )
 
 
@@ -463,6 +518,9 @@ SCENARIOS = {
 # The scenarios that run before-uvicorn: the project from BEFORE_COMMIT is only
 # generated for them.
 WITH_BEFORE = ("orm-read", "cached-read", "write")
+# The scenarios that run on every database of DATABASES (on_every_database()):
+# the services for the others, and their servers, are only made for them.
+ON_EVERY_DATABASE = ("orm-read", "cached-read", "write")
 
 
 def run_all(cells: Cells, names=tuple(SCENARIOS)) -> None:

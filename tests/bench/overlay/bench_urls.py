@@ -111,11 +111,11 @@ def create_sync(request):
 def restock_sync(request):
     changes = parse_body(request, RestockIn).changes
     wanted = {change.id: change.quantity for change in changes}
-    updated = store._restock.func(wanted)
-    # After the commit, as the service does: no cached copy outlives the change.
-    cache.delete_many([store._cache_key(item_id) for item_id in updated])
-    if len(updated) != len(wanted):
+    # The ids that do not exist, in which case nothing was written.
+    if store._restock.func(wanted):
         return JsonResponse({"error": "not_found"}, status=404)
+    # After the commit, as the service does: no cached copy outlives the change.
+    cache.delete_many([store._cache_key(item_id) for item_id in wanted])
     return JsonResponse({"updated": len(changes)})
 
 

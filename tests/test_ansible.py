@@ -1415,3 +1415,22 @@ def test_each_servers_rendering_passes_ansible_lint(combination, tmp_path):
     facts = (ansible / "group_vars" / "all" / "service.yml").read_text()
     assert f"service_server: {combination['server']}\n" in facts
     assert f"service_tasks: {combination['tasks']}\n" in facts
+
+
+def test_the_role_builds_the_mysql_driver_with_what_the_image_builds_it_with():
+    """mysqlclient is compiled where it is installed: in the image's build stage
+    and on each host. Both get the same build packages; a host also needs
+    Debian's Python headers, which the official Python image has."""
+    tasks = yaml.safe_load(
+        (
+            TEMPLATE_DIR / "ansible" / "roles" / "service" / "tasks" / "main.yml"
+        ).read_text()
+    )
+    [task] = [t for t in tasks if t.get("when") == "service_database == 'mysql'"]
+    on_hosts = set(task["ansible.builtin.apt"]["name"])
+    dockerfile = (TEMPLATE_DIR / "{{cookiecutter.project}}" / "Dockerfile").read_text()
+    build_stage = dockerfile.split("FROM python:")[1]
+    [installed] = re.findall(
+        r"apt-get install -y --no-install-recommends ([^\\\n]+)", build_stage
+    )
+    assert on_hosts == {*installed.split(), "python3-dev"}

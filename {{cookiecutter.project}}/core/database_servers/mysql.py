@@ -229,6 +229,4 @@ def unavailable(exc: BaseException) -> str | None:
         return "connection"
     if isinstance(exc, (MySQLdb.InterfaceError, asyncmy.errors.InterfaceError)):
         return "connection"  # the connection was already closed
-    if isinstance(exc, ConnectionError):
-        return "connection"  # asyncmy: the stream broke mid-statement
     return None

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from edge import bearer
-from services import psql
+from services import rows
 
 # Seconds a client waits for an answer: longer than any bound the service sets
 # (pool timeout, follow-up timeout), so that a hang shows as one.
@@ -122,17 +122,14 @@ def failures(answers: list[Answer]) -> list[Answer]:
 
 def acknowledged_writes_kept_once(load: Load, database_url: str) -> None:
     """Each item whose creation was answered 201 is in the database, once."""
-    rows = {
+    kept = {
         name: int(count)
-        for name, count in (
-            line.split("|")
-            for line in psql(
-                database_url, "SELECT name, count(*) FROM items_item GROUP BY name"
-            ).splitlines()
+        for name, count in rows(
+            database_url, "SELECT name, count(*) FROM items_item GROUP BY name"
         )
     }
     created = [a.name for a in load.answers if a.method == "POST" and a.status == 201]
     assert created, "no write was acknowledged"
-    lost = [name for name in created if rows.get(name, 0) == 0]
-    duplicated = [name for name in created if rows.get(name, 0) > 1]
+    lost = [name for name in created if kept.get(name, 0) == 0]
+    duplicated = [name for name in created if kept.get(name, 0) > 1]
     assert (lost, duplicated) == ([], [])

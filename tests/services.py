@@ -76,6 +76,16 @@ def psql(database_url: str, query: str) -> str:
     return result.stdout
 
 
+def rows(database_url: str, query: str) -> list[list[str]]:
+    """The query's rows, as text, read from the database itself (PostgreSQL's
+    or MariaDB's, by the URL's scheme)."""
+    if urlsplit(database_url).scheme == "mysql":
+        return [
+            line.split("\t") for line in mariadb_query(database_url, query).splitlines()
+        ]
+    return [line.split("|") for line in psql(database_url, query).splitlines()]
+
+
 class PostgreSQL:
     """A PostgreSQL server of its own in workdir, which a test may stop and start
     again (its port stays). Durability is of no use to a server deleted after the

@@ -1,14 +1,14 @@
 """Dependencies that fail under a steady client load, on the real processes: a
-PostgreSQL restart, a Redis restart, the task broker's restart, an instance lost
-with its host. Each test states
-what the clients see during the fault, how long the service takes to recover by
-itself, and that no acknowledged write is lost or duplicated.
+restart of the database server (PostgreSQL, MariaDB), a Redis restart, the task
+broker's restart, an instance lost with its host. Each test states what the
+clients see during the fault, how long the service takes to recover by itself,
+and that no acknowledged write is lost or duplicated.
 
-The stacks are the production configuration: PostgreSQL and Redis, two workers,
-Nginx in front. Pairwise across servers is enough: the behaviour under test is
-the service's (core.api, core.database, core.reads, core.cache, core.followups,
-core.outbox), the same on every server. The numbers go to the test's output
-(pytest -s).
+The stacks are the production configuration: a database server and Redis, two
+workers, Nginx in front. Pairwise across servers is enough: the behaviour under
+test is the service's (core.api, core.database, core.reads, core.cache,
+core.followups, core.outbox), the same on every server. The numbers go to the
+test's output (pytest -s).
 """
 
 import json
@@ -26,7 +26,7 @@ from load import Load, acknowledged_writes_kept_once, failures
 
 from edge import App, Worker, serve, serve_instances
 from matrix import each_queue, params, production
-from services import PostgreSQL, Redis, create_database, psql
+from services import MariaDB, PostgreSQL, Redis, create_database, psql
 
 WORKERS = 2
 # The service's pool timeout, shortened so that the outage is short too: a
@@ -68,16 +68,27 @@ def recovered_after(load: Load, since: float) -> float:
     pytest.fail(f"no success of each kind within {RECOVERY_BOUND * 3} s")
 
 
-@pytest.mark.parametrize("combination", params([production("gunicorn-uvicorn")]))
-def test_postgresql_restart_answers_503_and_recovers_by_itself(
+# Each database server's restart: its class in services.py, and the production
+# combination it runs under (on another server each, pairwise).
+DATABASE_SERVERS = {
+    "postgresql": (PostgreSQL, production("gunicorn-uvicorn")),
+    "mysql": (MariaDB, {**production("granian"), "database": "mysql"}),
+}
+
+
+@pytest.mark.parametrize(
+    "combination", params([combination for _, combination in DATABASE_SERVERS.values()])
+)
+def test_database_server_restart_answers_503_and_recovers_by_itself(
     combination, generated, redis_database, tmp_path
 ):
+    server = DATABASE_SERVERS[combination["database"]][0]
     with ExitStack() as cleanup:
         # Not under pytest's temporary directory: that one is private to root.
         workdir = cleanup.enter_context(
             tempfile.TemporaryDirectory(prefix="template-tests-faults-")
         )
-        database = PostgreSQL(Path(workdir), durable=True)
+        database = server(Path(workdir), durable=True)
         database.start()
         cleanup.callback(database.stop, "immediate")
         database_url = create_database(database.url, "faults")
@@ -99,12 +110,13 @@ def test_postgresql_restart_answers_503_and_recovers_by_itself(
             up = time.monotonic()
             recovery = recovered_after(load, up)
             time.sleep(3)
-        # A request still running when PostgreSQL stops (a read with an API key
+        # A request still running when the server stops (a read with an API key
         # is two queries in a row) waits for the pool like those sent during it.
         before, during = load.ended_before(down), load.between(down, up)
         after = load.between(up + recovery, float("inf"))
         print(
-            f"\nPostgreSQL down {up - down:.1f} s: {len(failures(during))} of "
+            f"\n{combination['database']} down {up - down:.1f} s: "
+            f"{len(failures(during))} of "
             f"{len(during)} answers 503; recovered {recovery:.1f} s after its return; "
             f"{len(load.answers)} requests in all"
         )

@@ -59,7 +59,7 @@ class Pool:
         sizes = settings.DATABASE_READ_POOL
         self.min_size, self.max_size = sizes["min_size"], sizes["max_size"]
         self.timeout = sizes["timeout"]
-        # A connection idle for longer than Django's own keep a connection is
+        # A connection idle for longer than Django keeps its own connections is
         # replaced, before the server's wait_timeout or a proxy's idle timeout
         # (idle time too) could cut it.
         self.recycle = wrapper.settings_dict["CONN_MAX_AGE"] or 3600

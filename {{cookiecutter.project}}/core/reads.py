@@ -29,6 +29,7 @@ The service needs native reads only.
 """
 
 import asyncio
+import functools
 import time
 import weakref
 
@@ -49,8 +50,9 @@ def native(alias: str) -> bool:
     return connections[alias].vendor == settings.DATABASE_VENDOR != "sqlite"
 
 
+@functools.cache
 def _server():
-    # Imported here: a service generated for SQLite has no such module.
+    # Imported here, once: a service generated for SQLite has no such module.
     from core import database_server
 
     return database_server
@@ -82,8 +84,7 @@ def pool_stats() -> dict[tuple[str, str], dict]:
     }
 
 
-async def _execute(alias: str, sql: str, params) -> list[tuple]:
-    found = await pool(alias)
+async def _execute(found, alias: str, sql: str, params) -> list[tuple]:
     asked = time.perf_counter()
     async with _server().borrow(found) as connection:
         metrics.DB_POOL_WAIT.labels(alias).observe(time.perf_counter() - asked)
@@ -103,14 +104,14 @@ async def fetch(queryset) -> list[dict]:
     """The rows of a values() queryset, as its own iteration would give them."""
     if not native(queryset.db):
         return [row async for row in queryset]
-    await pool(queryset.db)  # the compiler may ask what the server is (MySQL)
+    found = await pool(queryset.db)  # first: the compiler may ask what the server is
     query = queryset.query
     compiler = query.get_compiler(using=queryset.db)
     try:
         sql, params = compiler.as_sql()
     except EmptyResultSet:  # e.g. filter(pk__in=[]): Django runs no query either
         return []
-    rows = await _execute(queryset.db, sql, params)
+    rows = await _execute(found, queryset.db, sql, params)
     names = [*query.extra_select, *query.values_select, *query.annotation_select]
     # results_iter applies the same converters Django's iteration would.
     return [dict(zip(names, row, strict=True)) for row in compiler.results_iter([rows])]
@@ -119,7 +120,7 @@ async def fetch(queryset) -> list[dict]:
 async def count(queryset) -> int:
     if not native(queryset.db):
         return await queryset.acount()
-    await pool(queryset.db)  # the compiler may ask what the server is (MySQL)
+    found = await pool(queryset.db)  # first: the compiler may ask what the server is
     inner = queryset.order_by().values("pk")
     try:
         sql, params = inner.query.get_compiler(using=queryset.db).as_sql()
@@ -127,7 +128,7 @@ async def count(queryset) -> int:
         return 0
     # The inner SQL is Django's, with its parameters still separate.
     counting = f"SELECT COUNT(*) FROM ({sql}) AS counted"  # noqa: S608
-    rows = await _execute(queryset.db, counting, params)
+    rows = await _execute(found, queryset.db, counting, params)
     return rows[0][0]
 
 

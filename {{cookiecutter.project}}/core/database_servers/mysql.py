@@ -143,6 +143,8 @@ def new_pool(alias: str) -> Pool:
 async def open_pool(found: Pool) -> None:
     if found.server_data is None:
         await found.open()
+    # On every read, not once at open: the loop's thread does not keep one
+    # Django connection object for good (the suite's reads fail with only one).
     found.describe_server()
 
 

@@ -233,15 +233,18 @@ async def main():
 
 context = asyncio.run(main())
 tracing.shutdown()
-print(json.dumps({"trace_id": f"{context.trace_id:032x}",
-                  "span_id": f"{context.span_id:016x}"}))
+# A file, not stdout: the service's JSON log lines go to stdout too.
+with open(sys.argv[2], "w") as result:
+    json.dump({"trace_id": f"{context.trace_id:032x}",
+               "span_id": f"{context.span_id:016x}"}, result)
 """
 
 
 def test_a_task_the_outbox_kept_continues_its_requests_trace(receiver, tmp_path):
     change_id = str(uuid.uuid4())
-    result = subprocess.run(  # noqa: S603  (this interpreter, our own script)
-        [sys.executable, "-c", BROKER_DOWN, change_id],
+    result_file = tmp_path / "request.json"
+    subprocess.run(  # noqa: S603  (this interpreter, our own script)
+        [sys.executable, "-c", BROKER_DOWN, change_id, str(result_file)],
         cwd=settings.BASE_DIR,
         env={
             **os.environ,
@@ -253,7 +256,7 @@ def test_a_task_the_outbox_kept_continues_its_requests_trace(receiver, tmp_path)
         text=True,
         check=True,
     )
-    request = json.loads(result.stdout.splitlines()[-1])
+    request = json.loads(result_file.read_text())
     try:
         [kept] = PendingTask.objects.all()
     finally:

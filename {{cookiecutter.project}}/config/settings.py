@@ -13,6 +13,8 @@ from pathlib import Path
 
 import environ
 
+from core.middleware_paths import MiddlewarePaths
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 SERVICE_NAME = "{{ cookiecutter.project }}"
 SERVICE_VERSION = "0.1.0"
@@ -49,15 +51,18 @@ INSTALLED_APPS = [
 ]
 
 # Every entry must run natively in the event loop: core.checks reports any that
-# would switch threads on each request.
-MIDDLEWARE = [
-    "core.middleware.RequestContextMiddleware",
-    "core.middleware.MetricsMiddleware",
-    "core.middleware.SecurityMiddleware",
-    "core.middleware.XFrameOptionsMiddleware",
-    "core.middleware.CommonMiddleware",
-    "core.middleware.CsrfViewMiddleware",
-]
+# would switch threads on each request. Django's deploy checks find its stock
+# classes in this list by their subclasses (core.middleware_paths).
+MIDDLEWARE = MiddlewarePaths(
+    [
+        "core.middleware.RequestContextMiddleware",
+        "core.middleware.MetricsMiddleware",
+        "core.middleware.SecurityMiddleware",
+        "core.middleware.XFrameOptionsMiddleware",
+        "core.middleware.CommonMiddleware",
+        "core.middleware.CsrfViewMiddleware",
+    ]
+)
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -284,18 +289,13 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_SECURE = not DEBUG
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SECURE = not DEBUG
-SILENCED_SYSTEM_CHECKS = [
-    # These look for Django's own dotted paths. core.middleware subclasses those
-    # classes, and core.checks runs the same deploy checks against the subclasses.
-    "security.W001",
-    "security.W002",
-    "security.W003",
 {%- if cookiecutter.tasks == "django-q2" and cookiecutter.database == "mysql" %}
+SILENCED_SYSTEM_CHECKS = [
     # django-q2's task table has an index with a condition, of which MySQL makes
     # a plain index: the same rows found, by a larger index.
     "models.W037",
-{%- endif %}
 ]
+{%- endif %}
 # A refused CSRF check answers JSON, as every other error (core.api).
 CSRF_FAILURE_VIEW = "core.api.csrf_failure"
 

@@ -8,9 +8,7 @@ from django.conf import settings
 from django.core import signals
 from django.core.checks import Error, Tags, Warning, register
 from django.core.checks.security import base as security_checks
-from django.core.checks.security import csrf as csrf_checks
 from django.core.exceptions import ImproperlyConfigured
-from django.test.utils import override_settings
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
@@ -19,25 +17,6 @@ from core.middleware import InlineHooksMixin
 
 # Hooks Django wraps in sync_to_async, on every request, when they are not coroutines.
 PER_REQUEST_HOOKS = ("process_view", "process_template_response")
-
-# Django's deploy checks that are skipped unless these dotted paths are in
-# MIDDLEWARE (security.W001/W002/W003 are silenced in settings for that reason).
-STOCK_SECURITY_MIDDLEWARE = (
-    "django.middleware.security.SecurityMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-)
-SECURITY_SETTING_CHECKS = (
-    security_checks.check_sts,
-    security_checks.check_sts_include_subdomains,
-    security_checks.check_sts_preload,
-    security_checks.check_content_type_nosniff,
-    security_checks.check_ssl_redirect,
-    security_checks.check_xframe_deny,
-    security_checks.check_referrer_policy,
-    security_checks.check_cross_origin_opener_policy,
-    csrf_checks.check_csrf_cookie_secure,
-)
 
 
 def _thread_switches(middleware) -> list[str]:
@@ -99,32 +78,6 @@ def check_request_signals_stay_async(app_configs, **kwargs):
                     )
                 )
     return warnings
-
-
-@register(Tags.security, deploy=True)
-def check_security_middleware_settings(app_configs, **kwargs):
-    """Django's own deploy checks, run as if its classes were installed.
-
-    They find middleware by dotted path, so they skip the settings our subclasses
-    use. Each stock class must be present as itself or as a subclass.
-    """
-    installed = [import_string(path) for path in settings.MIDDLEWARE]
-    messages = []
-    for stock_path in STOCK_SECURITY_MIDDLEWARE:
-        stock = import_string(stock_path)
-        if not any(issubclass(cls, stock) for cls in installed if inspect.isclass(cls)):
-            messages.append(
-                Warning(
-                    f"No {stock_path} (or subclass of it) in MIDDLEWARE.",
-                    id="core.W002",
-                )
-            )
-    with override_settings(
-        MIDDLEWARE=[*settings.MIDDLEWARE, *STOCK_SECURITY_MIDDLEWARE]
-    ):
-        for check in SECURITY_SETTING_CHECKS:
-            messages.extend(check(app_configs))
-    return messages
 
 
 @register(Tags.urls)

@@ -44,10 +44,10 @@ FILES_OF_CHOICE = {
         "deploy/grafana/dashboards/database.json",
         "deploy/helm/ci/autoscaling-values.yaml",
         "tests/database_server.py",
+        "tests/test_migrations.py",
     ],
     ("database", ("postgresql",)): [
         "tests/test_migrate_locked_postgresql.py",
-        "tests/test_migrations_postgresql.py",
         "tests/test_postgresql.py",
     ],
     ("database", ("mysql",)): [

@@ -264,6 +264,13 @@ def trusted_proxies_conf(addresses: tuple[str, ...]) -> str:
     )
 
 
+def without_comments(conf: str) -> str:
+    """An Nginx file's directives: what two renderings of it must agree on."""
+    return "".join(
+        line for line in conf.splitlines(keepends=True) if not line.startswith("#")
+    )
+
+
 def serve(cleanup: ExitStack, project: Path, workdir: Path, **env) -> tuple[App, Nginx]:
     """A migrated app behind its Nginx, both stopped when cleanup closes."""
     (app,), nginx = serve_instances(cleanup, project, workdir, 1, **env)

@@ -11,11 +11,20 @@ from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
+import jinja2
 import pytest
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, Nginx, request, serve
-from matrix import each_server, params
+from edge import (
+    ORIGIN,
+    App,
+    Nginx,
+    request,
+    serve,
+    trusted_proxies_conf,
+    without_comments,
+)
+from matrix import TEMPLATE_DIR, each_server, params
 
 # Larger than what Nginx's memory buffers and the sockets' buffers hold together.
 LARGE_RESPONSE = 32 * 1024 * 1024
@@ -356,6 +365,21 @@ def test_forwarded_headers_count_only_from_trusted_proxies(combination, stacks):
             assert logged["client"] == client
             (access,) = nginx_access_lines(nginx, given)
             assert access["client"] == client
+
+
+def test_the_ansible_role_writes_trusted_proxies_as_the_test_above_does():
+    """The test above runs Nginx on edge.trusted_proxies_conf(); the VMs run the
+    edge role's template. (The chart's: test_helm.py.)"""
+    template = TEMPLATE_DIR / "ansible/roles/edge/templates/trusted-proxies.conf.j2"
+    proxies = ["10.0.0.0/8", "::1"]
+    # Ansible's template module: Jinja2 with trim_blocks; an Nginx file, not HTML.
+    environment = jinja2.Environment(  # noqa: S701
+        trim_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
+    )
+    rendered = environment.from_string(template.read_text()).render(
+        edge_trusted_proxies=proxies, ansible_managed="Ansible managed"
+    )
+    assert without_comments(rendered) == trusted_proxies_conf(tuple(proxies))
 
 
 @pytest.mark.parametrize("combination", SERVERS)

@@ -34,6 +34,7 @@ from charts import (
     validate_custom,
     values_files,
 )
+from edge import trusted_proxies_conf, without_comments
 from harness import check_steps, generate_service
 from matrix import CHOICES
 from options import TASK_BROKER
@@ -559,6 +560,10 @@ def test_nginx_trusts_only_the_configured_proxies(service, renders, tmp_path):
     loaded = nginx_test(files, container["command"], tmp_path / "ingress")
     assert "set_real_ip_from 10.244.0.0/16;" in loaded
     assert "10.244.0.0/16 1;" in loaded
+    # What test_edge.py's spoof test runs Nginx on, for the same proxies.
+    assert without_comments(files[TRUSTED_PROXIES]) == trusted_proxies_conf(
+        ("10.244.0.0/16",)
+    )
     project = service(key)
     untrusting = tmp_path / "untrusting-values.yaml"
     untrusting.write_text(yaml.safe_dump({"nginx": {"trustedProxies": []}}))

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from template_repo import TemplateRepo
 
 from containers import HOST_CA_BUNDLE, SERVICE_BASES, environment, stand_in
 from harness import check_steps, generate_service, run, service_env
-from matrix import DEFAULT_TEXT
+from matrix import DEFAULT_TEXT, TEMPLATE_DIR
 
 PROJECT = DEFAULT_TEXT["project"]
 # `- uses: owner/name@<commit> # <tag>`
@@ -126,6 +127,54 @@ def test_ci_installs_the_uv_that_the_image_and_the_hosts_install(service):
                     versions.append((workflow.name, step["with"]["version"]))
     assert versions
     assert {version for _, version in versions} == set(pinned), versions
+
+
+def test_the_image_and_the_hosts_refuse_a_uv_that_is_not_the_pinned_bytes(
+    service, tmp_path
+):
+    """The Dockerfile and the Ansible role install uv with pip --require-hashes
+    from requirements/uv.txt: a file of the pinned version with other bytes (a
+    tampered mirror, a man in the middle) is refused before it is installed."""
+    requirements = service / "requirements" / "uv.txt"
+    assert "--require-hashes -r /tmp/uv.txt" in (service / "Dockerfile").read_text()
+    role = TEMPLATE_DIR / "ansible" / "roles" / "service" / "tasks" / "main.yml"
+    (install,) = [
+        t for t in yaml.safe_load(role.read_text()) if t["name"] == "Install uv"
+    ]
+    assert "--require-hashes" in install["ansible.builtin.pip"]["extra_args"].split()
+    (version,) = re.findall(r"^uv==(\S+) ", requirements.read_text(), re.M)
+    # A wheel of that name and version, which pip would take from a mirror.
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    metadata = f"uv-{version}.dist-info"
+    with zipfile.ZipFile(mirror / f"uv-{version}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{metadata}/METADATA", f"Name: uv\nVersion: {version}\n")
+        wheel.writestr(f"{metadata}/WHEEL", "Wheel-Version: 1.0\nTag: py3-none-any\n")
+        wheel.writestr(f"{metadata}/RECORD", "")
+    run([sys.executable, "-m", "venv", tmp_path / "venv"], tmp_path)
+    # The mirror only: no configuration of this machine's pip.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    result = subprocess.run(
+        [
+            tmp_path / "venv" / "bin" / "pip",
+            "install",
+            "--isolated",
+            "--no-deps",
+            "--require-hashes",
+            "--no-index",
+            "--find-links",
+            mirror,
+            "-r",
+            requirements,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0, result.stdout
+    assert "DO NOT MATCH THE HASHES" in result.stderr, result.stderr
+    assert not list((tmp_path / "venv" / "bin").glob("uv*")), result.stdout
 
 
 def test_renovate_config_matches_renovates_schema(service):

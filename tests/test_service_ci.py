@@ -182,6 +182,23 @@ def test_renovate_config_matches_renovates_schema(service):
     run([*command, service / "renovate.json"], service)
 
 
+def test_renovate_pins_the_dockerfiles_base_image_by_digest(service):
+    """The Dockerfile names its base by tag (the tests build it on local
+    stand-ins, README "Layout"); Renovate's first update pins it."""
+    config = json.loads((service / "renovate.json").read_text())
+    assert "dockerfile" in config["enabledManagers"]
+    rules = [
+        rule
+        for rule in config["packageRules"]
+        if rule.get("matchManagers") == ["dockerfile"] and rule.get("pinDigests")
+    ]
+    assert rules, config["packageRules"]
+    bases = re.findall(r"^FROM (\S+)", (service / "Dockerfile").read_text(), re.M)
+    # Image references the dockerfile manager reads, with no digest yet.
+    assert bases, "no FROM in the Dockerfile"
+    assert all(re.fullmatch(r"python:[\d.]+-slim", base) for base in bases), bases
+
+
 @pytest.mark.xdist_group("podman")
 def test_image_step_builds_the_image_and_its_sbom(service, tmp_path):
     """`bin/check image` with podman: the image, and a CycloneDX SBOM of the Python

@@ -7,10 +7,12 @@ and that no acknowledged write is lost or duplicated.
 The stacks are the production configuration: a database server and Redis, two
 workers, Nginx in front. Pairwise across servers is enough: the behaviour under
 test is the service's (core.api, core.database, core.reads, core.cache,
-core.followups, core.outbox), the same on every server. The numbers go to the
-test's output (pytest -s).
+core.followups, core.outbox, core.sse, items.consumers), the same on every
+server. The numbers go to the test's output (pytest -s).
 """
 
+import http.client
+import itertools
 import json
 import os
 import signal
@@ -23,8 +25,10 @@ from pathlib import Path
 
 import pytest
 from load import Load, acknowledged_writes_kept_once, failures
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
 
-from edge import App, Worker, serve, serve_instances
+from edge import ORIGIN, App, Nginx, Worker, bearer, request, serve, serve_instances
 from matrix import each_queue, params, production
 from services import MariaDB, PostgreSQL, Redis, create_database, psql
 
@@ -144,6 +148,13 @@ def test_database_server_restart_answers_503_and_recovers_by_itself(
 def test_redis_restart_is_cache_misses_and_no_error(
     combination, generated, postgres_url, tmp_path
 ):
+    """Redis is the cache and the channel layer. While it is down every request
+    succeeds; an open event stream and an open WebSocket are told (an
+    "unavailable" event, a close with 1013) rather than left deaf; once it is
+    back, a client that reconnects gets the events of new writes, the layer's
+    connections having recovered without a restart."""
+    # The default combination: WebSockets on, which half of the test needs.
+    assert combination["websockets"] == "yes"
     redis = Redis()
     redis.start()
     with ExitStack() as cleanup:
@@ -159,6 +170,17 @@ def test_redis_restart_is_cache_misses_and_no_error(
         )
         with Load(nginx.port, token=nginx.token) as load:
             time.sleep(3)
+            # Opened before the outage, and read all along: the load's writes
+            # publish events to them.
+            events = EventStream(nginx)
+            cleanup.callback(events.close)
+            assert events.next() == {"retry": "3000"}
+            # An item's event shows it subscribed; its id is the reconnection's
+            # Last-Event-ID.
+            while events.last_id is None:
+                assert events.next() is not None
+            stream = Watch(read_until_told, events)
+            websocket = Watch(receive_until_closed, open_websocket(cleanup, nginx))
             down = time.monotonic()
             redis.stop()
             time.sleep(OUTAGE / 2)
@@ -166,11 +188,28 @@ def test_redis_restart_is_cache_misses_and_no_error(
             time.sleep(OUTAGE / 2)
             redis.start()
             up = time.monotonic()
+            stream_told = stream.result()
+            websocket_code = websocket.result()
+            # Both at once, each timed by itself.
+            new_stream = Watch(
+                stream_reconnects_until_it_gets_a_write, cleanup, nginx, events.last_id
+            )
+            new_websocket = Watch(
+                websocket_reconnects_until_it_gets_a_write, cleanup, nginx
+            )
+            stream_attempts = new_stream.result()
+            websocket_attempts = new_websocket.result()
             time.sleep(3)
         during = load.between(down, up)
         print(
             f"\nRedis down {up - down:.1f} s: {len(failures(during))} of "
-            f"{len(during)} answers failed; {len(load.answers)} requests in all"
+            f"{len(during)} answers failed; {len(load.answers)} requests in all; "
+            f"the event stream was told {stream.ended - down:.2f} s after it "
+            f"stopped ({stream_told}), the WebSocket closed with {websocket_code} "
+            f"after {websocket.ended - down:.2f} s; after its return, a reconnected "
+            f"stream got a write's event in {new_stream.ended - up:.2f} s "
+            f"({stream_attempts} attempt(s)), a reconnected WebSocket in "
+            f"{new_websocket.ended - up:.2f} s ({websocket_attempts} attempt(s))"
         )
         # The cache is a miss and the events are lost; every request succeeds.
         assert failures(load.answers) == []
@@ -184,6 +223,184 @@ def test_redis_restart_is_cache_misses_and_no_error(
         assert sample(metrics, "django_followups_failed_total", 'step="publish"') > 0
         acknowledged_writes_kept_once(load, database_url)
         assert workers_started(app) == WORKERS, app.output()
+        # Told once Redis stopped, not before, and not left waiting: a stream
+        # still open would miss every event (the restarted Redis has no groups).
+        assert stream_told == "unavailable"
+        assert down < stream.ended < down + RECOVERY_BOUND
+        assert websocket_code == 1013
+        assert down < websocket.ended < down + RECOVERY_BOUND
+        assert new_stream.ended - up < RECOVERY_BOUND
+        assert new_websocket.ended - up < RECOVERY_BOUND
+
+
+class Watch:
+    """Runs `function(*args)` in a thread from now on, and keeps when it returned."""
+
+    def __init__(self, function, *args):
+        self.value, self.error, self.ended = None, None, None
+        self.thread = threading.Thread(
+            target=self._run, args=(function, *args), name=function.__name__
+        )
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _run(self, function, *args) -> None:
+        try:
+            self.value = function(*args)
+        except Exception as error:  # raised again in the test's thread
+            self.error = error
+        self.ended = time.monotonic()
+
+    def result(self):
+        # Longer than the functions' own deadlines, which say what was missing.
+        self.thread.join(timeout=RECOVERY_BOUND * 6)
+        if self.error is not None:
+            raise self.error
+        assert self.ended is not None, f"{self.thread.name} still runs"
+        return self.value
+
+
+class EventStream:
+    """An event stream (SSE) through Nginx, read one event at a time. Like a
+    browser's EventSource, it keeps the last event id it got."""
+
+    def __init__(self, nginx: Nginx, last_event_id: str | None = None):
+        headers = bearer(nginx.token)
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        # Longer than the keep-alive comments' interval (15 s): a stream
+        # that says nothing for this long has hung.
+        self.connection = http.client.HTTPConnection(
+            "127.0.0.1", nginx.port, timeout=RECOVERY_BOUND * 2
+        )
+        self.connection.request("GET", "/api/items/events", headers=headers)
+        self.response = self.connection.getresponse()
+        self.buffer = b""
+        self.last_id = last_event_id
+
+    def next(self) -> dict | None:
+        """The next event's fields ("retry" alone for the first), None once the
+        stream has ended."""
+        if self.response.status != 200:
+            return None
+        while b"\n\n" not in self.buffer:
+            chunk = self.response.read1()
+            if not chunk:
+                return None
+            self.buffer += chunk
+        block, self.buffer = self.buffer.split(b"\n\n", 1)
+        lines = block.decode().splitlines()
+        fields = dict(line.split(": ", 1) for line in lines if line[:1] != ":")
+        self.last_id = fields.get("id", self.last_id)
+        return fields or self.next()  # a keep-alive comment is no event
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def read_until_told(stream: EventStream) -> str:
+    """Reads the stream until it ends; returns how: with the "unavailable" event
+    the service sends, or "ended" without it."""
+    while (event := stream.next()) is not None:
+        if event.get("event") == "unavailable":
+            # The service ends the stream after it: nothing else follows.
+            assert stream.next() is None
+            stream.close()
+            return "unavailable"
+    stream.close()
+    return "ended"
+
+
+def open_websocket(cleanup: ExitStack, nginx: Nginx) -> ClientConnection:
+    """A WebSocket through Nginx, closed with `cleanup`, once it was welcomed."""
+    websocket = cleanup.enter_context(
+        connect(
+            f"ws://127.0.0.1:{nginx.port}/ws/items",
+            additional_headers=ORIGIN,
+            open_timeout=10,
+            # Unbounded: a client that holds the load's events unread still
+            # reads the server's close frame (the load is bounded too).
+            max_queue=None,
+        )
+    )
+    assert json.loads(websocket.recv(timeout=10))["type"] == "welcome"
+    return websocket
+
+
+def receive_until_closed(websocket: ClientConnection) -> int | None:
+    """Receives until the server closes the connection; returns its close code."""
+    try:
+        while True:
+            websocket.recv(timeout=RECOVERY_BOUND * 2)
+    except ConnectionClosed as closed:
+        return None if closed.rcvd is None else closed.rcvd.code
+
+
+def create_item(nginx: Nginx) -> str:
+    """Creates an item through Nginx; returns its name, which no other has."""
+    name = f"after-redis-{time.monotonic_ns()}"
+    response, content = request(
+        nginx, "POST", "/api/items", {"name": name, "category": "c", "price": "1"}
+    )
+    assert response.status == 201, content
+    return name
+
+
+def stream_reconnects_until_it_gets_a_write(
+    cleanup: ExitStack, nginx: Nginx, last_event_id: str
+) -> int:
+    """As a client does once Redis is back: reconnects the event stream with
+    Last-Event-ID, and creates an item, until the stream gets that item's event
+    rather than "unavailable"; returns the attempts it took."""
+    deadline = time.monotonic() + RECOVERY_BOUND * 3
+    for attempt in itertools.count(1):
+        stream = EventStream(nginx, last_event_id)
+        cleanup.callback(stream.close)
+        # 200 while Redis is down too: the stream itself says "unavailable".
+        assert stream.response.status == 200, stream.response.status
+        # Sent both ways, before "unavailable" when the layer is still down:
+        # only the write's event tells that the stream is subscribed.
+        assert stream.next() == {"retry": "3000"}
+        name = create_item(nginx)
+        # The load's events come too, and keep coming.
+        while (event := stream.next()) is not None:
+            if event.get("event") == "unavailable":
+                break
+            assert time.monotonic() < deadline, "the write's event did not come"
+            created = event.get("event") == "item.created"
+            if created and json.loads(event["data"])["name"] == name:
+                return attempt
+        stream.close()
+        last_event_id = stream.last_id
+        assert time.monotonic() < deadline, "no stream got an event after the return"
+        time.sleep(0.5)
+
+
+def websocket_reconnects_until_it_gets_a_write(cleanup: ExitStack, nginx: Nginx) -> int:
+    """As a client does once Redis is back: reconnects the WebSocket until it is
+    welcomed rather than closed with 1013, then creates an item, and waits for its
+    event; returns the attempts it took to connect."""
+    deadline = time.monotonic() + RECOVERY_BOUND * 3
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            websocket = open_websocket(cleanup, nginx)
+        except ConnectionClosed as closed:
+            refused = closed.rcvd
+        else:
+            break
+        assert refused is not None
+        assert refused.code == 1013, refused
+        assert time.monotonic() < deadline, "no WebSocket opened after the return"
+        time.sleep(0.5)
+    # Welcomed once in the group: every event published from now on reaches it.
+    name = create_item(nginx)
+    while True:
+        assert time.monotonic() < deadline, "the write's message did not come"
+        message = json.loads(websocket.recv(timeout=RECOVERY_BOUND))
+        if message.get("event") == "item.created" and message["data"]["name"] == name:
+            return attempts
 
 
 @pytest.mark.parametrize("combination", params(each_queue(broker="redis")))

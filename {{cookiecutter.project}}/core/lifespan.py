@@ -9,7 +9,19 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from core import cache, handler, health, metrics, reads, sampler, shutdown, tracing
+from core import (
+    cache,
+    handler,
+    health,
+    metrics,
+{%- if cookiecutter.tasks != "none" %}
+    queue,
+{%- endif %}
+    reads,
+    sampler,
+    shutdown,
+    tracing,
+)
 from core.database import close_databases
 
 logger = logging.getLogger(__name__)
@@ -43,6 +55,9 @@ async def _shutdown() -> None:
     if hasattr(layer, "close_pools"):
         await layer.close_pools()
     await reads.close()
+{%- if cookiecutter.tasks != "none" %}
+    await queue.close()
+{%- endif %}
     await cache.close()
     await health.close()
     # The request threads' connections first: on PostgreSQL they go back to the

@@ -48,6 +48,10 @@ class Adapter(Protocol):
     def queue_depth(self) -> int:
         """Tasks waiting, read from the broker."""
 
+    async def close(self) -> None:
+        """Closes what enqueue opened on the running event loop: core.lifespan and
+        the task worker's relay call it before their loop ends."""
+
     def main(self) -> int | None:
         """Runs the library's worker in this process until a signal stops it;
         returns the exit status (None: 0)."""

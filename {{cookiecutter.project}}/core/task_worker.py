@@ -171,7 +171,7 @@ def relay_pending_tasks(stopping: threading.Event) -> None:
     from django.conf import settings
     from django.db import close_old_connections, connections
 
-    from core import outbox
+    from core import outbox, queue
 
     try:
         with asyncio.Runner() as runner:
@@ -184,6 +184,7 @@ def relay_pending_tasks(stopping: threading.Event) -> None:
                     logger.warning("relay failed", exc_info=True)
                 finally:
                     close_old_connections()
+            runner.run(queue.close())
     finally:
         connections.close_all()
 

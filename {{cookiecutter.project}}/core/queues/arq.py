@@ -82,6 +82,12 @@ async def _pool() -> ArqRedis:
     return _pools[loop]
 
 
+async def close() -> None:
+    pool = _pools.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.aclose()
+
+
 class Task:
     def __init__(self, name: str, retries: int):
         self.name = name

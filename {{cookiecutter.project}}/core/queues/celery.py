@@ -148,6 +148,11 @@ def task(name: str, *, retries: int, time_limit: float):
     return declare
 
 
+async def close() -> None:
+    """Nothing to close: enqueue publishes from a thread, on Celery's own
+    connections."""
+
+
 def queue_depth() -> int:
     _check_broker()
     # Tasks are sent without a priority: they all wait in the queue's one list.

@@ -143,6 +143,11 @@ def task(name: str, *, retries: int, time_limit: float):
     return declare
 
 
+async def close() -> None:
+    """Nothing to close: enqueue writes a row on Django's connections, which
+    their owner closes."""
+
+
 def queue_depth() -> int:
     from django_tasks_db.models import DBTaskResult
 

@@ -143,6 +143,11 @@ def task(name: str, *, retries: int, time_limit: float):
     return declare
 
 
+async def close() -> None:
+    """Nothing to close: enqueue writes a row on Django's connections, which
+    their owner closes."""
+
+
 def queue_depth() -> int:
     """The queue's rows: tasks waiting, waiting for a retry, or running (a row
     goes when its attempt is acknowledged), as arq's queue counts them."""

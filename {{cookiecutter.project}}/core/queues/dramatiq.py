@@ -240,6 +240,10 @@ def task(name: str, *, retries: int, time_limit: float):
     return declare
 
 
+async def close() -> None:
+    """Nothing to close: enqueue sends from a thread, on Dramatiq's own connections."""
+
+
 def queue_depth() -> int:
     """Messages no worker has taken, and retries waiting for their time: the delay
     queue's messages stay in its hash until they are due, even once a worker has

@@ -3,13 +3,15 @@
 The deeper edge tests (Nginx in front, slow clients, restarts) build on this.
 """
 
+import http.client
 import json
 import signal
 import time
+from contextlib import ExitStack
 
 import pytest
 
-from edge import App, request
+from edge import App, bearer, request
 from matrix import each_server, params
 
 
@@ -71,6 +73,46 @@ def test_entry_script_serves_and_stops_gracefully(
     assert messages.count(("core.lifespan", "started")) == 2, app.output()
     assert messages.count(("core.lifespan", "stopped")) == 2, app.output()
     assert code == 0, app.output()
+
+
+@pytest.mark.parametrize("combination", params(each_server()))
+def test_a_worker_holding_its_streams_still_answers_and_refuses_the_next(
+    combination, generated, tmp_path
+):
+    """A worker that holds SSE_MAX_STREAMS event streams answers its probes and
+    other requests, and the next stream gets the app's 503, never a wait. (Granian
+    serves at most --backpressure connections per worker and leaves the next
+    unanswered; by default BACKLOG / WEB_CONCURRENCY, 128 here: bin/serve sets it
+    above the app's caps.)"""
+    streams = 140
+    app = App(
+        generated(combination),
+        tmp_path,
+        "server",
+        WEB_CONCURRENCY="1",
+        BACKLOG="128",
+        SSE_MAX_STREAMS=str(streams),
+    )
+    app.migrate()
+    app.start()
+    with ExitStack() as held:
+        held.callback(app.stop)
+
+        def stream() -> http.client.HTTPResponse:
+            connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
+            held.callback(connection.close)
+            connection.request("GET", "/api/items/events", headers=bearer(app.token))
+            return connection.getresponse()
+
+        opened = [stream() for _ in range(streams)]
+        assert {response.status for response in opened} == {200}
+        response, content = request(app, "GET", "/healthz")
+        assert response.status == 200, content
+        response, content = request(app, "GET", "/api/items?limit=1")
+        assert response.status == 200, content
+        refused = stream()
+        assert refused.status == 503, refused.read()
+        assert refused.headers["Retry-After"]
 
 
 @pytest.mark.parametrize("combination", params(each_server()[:1]))

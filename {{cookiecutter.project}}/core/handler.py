@@ -20,14 +20,18 @@ So each request still gets a thread of its own for its sync code, but one lent
 from a pool of kept threads, and only once sync code first runs (the async ORM,
 sync_to_async); request_started's receivers run there just before. A process
 starts at most REQUEST_THREADS of them: beyond, a request's sync code waits for
-one that another request gives back. The response is closed in the request's
-thread only if the request used it; otherwise in the loop, where
+one that another request gives back. A streaming response (an event stream, an
+export) gives its thread back, with the connections it opened, before its body
+is sent: a stream lasts up to an hour, and REQUEST_THREADS authenticated streams
+on SQLite would otherwise hold every thread. What the body runs later takes a
+thread again, as the request's first sync code did. The response is closed in
+the request's thread only if it holds one then; otherwise in the loop, where
 request_finished finds no connection to close. Any other synchronous
 receiver (a project's or a package's) makes the handler fall back to Django's
 behaviour for that signal, and core.checks reports it (core.W005).
 
 The handle() method follows Django 6.1's ASGIHandler.handle line for line but
-for those two places (and its sentinel exception class, defined once here); the
+for those places (and its sentinel exception class, defined once here); the
 version is pinned in pyproject.toml, and the tests (tests/test_handler.py) count
 threads and hops so that an upgrade that changes the handler shows up there.
 """
@@ -182,6 +186,13 @@ class RequestThreads:
             return False
         return True
 
+    async def give_back_early(self, thread: RequestThread) -> None:
+        """Gives `thread`'s Worker back before its request ends, once what
+        request_finished would do there is done: the connections its sync code
+        opened are closed, or go back to their pool."""
+        await asyncio.wrap_future(thread.worker.submit(close_old_connections))
+        self.give_back(thread)
+
     def give_back(self, thread: RequestThread) -> None:
         if thread.worker is None:
             # A request that ended while it waited (cancelled): nothing to give.
@@ -234,6 +245,8 @@ class ASGIHandler(asgi.ASGIHandler):
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self.listen_for_disconnect(receive))
                         response = await self.run_get_response(request)
+                        if response.streaming and thread.used:
+                            await self.threads.give_back_early(thread)
                         await self.send_response(response, send)
                         raise RequestProcessed
                 except* (RequestProcessed, RequestAborted):

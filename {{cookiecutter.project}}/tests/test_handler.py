@@ -16,12 +16,12 @@ from django.db import connections
 from prometheus_client import REGISTRY
 
 from config.asgi import application
+from core import auth, reads
 from core import handler as core_handler
-from core import reads
 from core.handler import ASGIHandler, RequestThreads, close_connections
 from items import store
 from items.schemas import ItemIn
-from tests.asgi import exchange
+from tests.asgi import exchange, next_chunk, open_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -164,6 +164,33 @@ async def test_a_process_runs_sync_code_in_at_most_request_threads(monkeypatch):
     assert len(used) == handler.threads.started == 2
     assert len(handler.threads.idle) == 2
     # Before this handler's threads end with it: SQLite's connections are kept.
+    await asyncio.to_thread(close_connections)
+
+
+async def test_a_stream_gives_its_thread_back_before_its_body(monkeypatch):
+    """An event stream whose request ran sync code (its API key read on SQLite,
+    here on any database) holds no thread while it streams: on a handler of one
+    thread, a write still gets it, and no wait is counted."""
+    handler = ASGIHandler()
+    handler.threads = RequestThreads(limit=1)
+    original = auth.authenticate
+
+    async def authenticate_in_a_thread(authorization):
+        await sync_to_async(threading.get_ident)()
+        return await original(authorization)
+
+    monkeypatch.setattr(auth, "authenticate", authenticate_in_a_thread)
+    stream, start = await open_stream(handler, "/api/items/events")
+    try:
+        assert start["status"] == 200
+        assert await next_chunk(stream)  # retry: the body has started
+        assert (handler.threads.started, len(handler.threads.idle)) == (1, 1)
+        # A write, which runs the ORM in a thread: the stream's.
+        assert (await get(handler, "/api/items/1", "DELETE"))[0] == 404
+        assert list(handler.threads.queue) == []
+    finally:
+        await stream.send_input({"type": "http.disconnect"})
+        await stream.wait(timeout=5)
     await asyncio.to_thread(close_connections)
 
 

@@ -425,6 +425,33 @@ def test_the_probes_answer_as_the_kubelet_asks_them(deployment):
         assert answer == ["200", PROBE_STATUS[probe["path"]]], (probe, answer)
 
 
+def test_the_backup_sidecar_backed_the_database_up_at_the_pods_start(deployment):
+    """SQLite's online backups (backup.enabled, the default): the sidecar's first
+    copy, taken once the pod's init container had migrated, is in /data/backups,
+    passes SQLite's integrity check and holds the app's schema."""
+    assert deployment.database is None, "the default service is on SQLite"
+    check = (
+        "import glob, sqlite3; "
+        "paths = sorted(glob.glob('/data/backups/*.sqlite3')); "
+        "db = sqlite3.connect(f'file:{paths[-1]}?mode=ro', uri=True); "
+        "print(len(paths), db.execute('pragma integrity_check').fetchone()[0], "
+        "db.execute('select count(*) from django_migrations "
+        "where app = ?', ['items']).fetchone()[0])"
+    )
+    pod = deployment.pod
+    backups, integrity, migrations = podman(
+        "exec", f"{pod}-backup", "python", "-c", check
+    ).stdout.split()
+    assert (int(backups), integrity) == (1, "ok")
+    assert int(migrations) >= 1
+    logged = [
+        json.loads(line)
+        for line in podman("logs", f"{pod}-backup").stdout.splitlines()
+        if line.startswith("{")
+    ]
+    assert [line["message"] for line in logged] == ["database backed up"], logged
+
+
 def test_the_app_itself_is_not_published(deployment):
     """Only Nginx's ports leave the pod: nothing on the host reaches 8000."""
     ports, pod = deployment.ports, deployment.pod

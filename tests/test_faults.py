@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -41,6 +42,9 @@ OUTAGE = 4
 # Recovery, once the dependency is back, must take less than this (measured:
 # see the note in each test).
 RECOVERY_BOUND = 10
+# How long the test waits for a client it runs in a thread: longer than the
+# client's own deadlines, which say what was missing.
+WATCH_TIMEOUT = RECOVERY_BOUND * 6
 # systemd's RestartSec of the task worker's unit (the Ansible role).
 RESTART_SECONDS = 2
 # What a write waits for the broker before its task goes to the outbox
@@ -168,6 +172,9 @@ def test_redis_restart_is_cache_misses_and_no_error(
             REDIS_URL=f"{redis.url}/0",
             WEB_CONCURRENCY=str(WORKERS),
         )
+        # Shut down after the clients' connections are closed (cleanup: last in,
+        # first out), which ends whatever its threads still read.
+        clients = cleanup.enter_context(ThreadPoolExecutor(max_workers=2))
         with Load(nginx.port, token=nginx.token) as load:
             time.sleep(3)
             # Opened before the outage, and read all along: the load's writes
@@ -179,8 +186,10 @@ def test_redis_restart_is_cache_misses_and_no_error(
             # Last-Event-ID.
             while events.last_id is None:
                 assert events.next() is not None
-            stream = Watch(read_until_told, events)
-            websocket = Watch(receive_until_closed, open_websocket(cleanup, nginx))
+            stream = clients.submit(timed, read_until_told, events)
+            websocket = clients.submit(
+                timed, receive_until_closed, open_websocket(cleanup, nginx)
+            )
             down = time.monotonic()
             redis.stop()
             time.sleep(OUTAGE / 2)
@@ -188,28 +197,34 @@ def test_redis_restart_is_cache_misses_and_no_error(
             time.sleep(OUTAGE / 2)
             redis.start()
             up = time.monotonic()
-            stream_told = stream.result()
-            websocket_code = websocket.result()
+            stream_told, stream_ended = stream.result(timeout=WATCH_TIMEOUT)
+            websocket_code, websocket_ended = websocket.result(timeout=WATCH_TIMEOUT)
             # Both at once, each timed by itself.
-            new_stream = Watch(
-                stream_reconnects_until_it_gets_a_write, cleanup, nginx, events.last_id
+            new_stream = clients.submit(
+                timed,
+                stream_reconnects_until_it_gets_a_write,
+                cleanup,
+                nginx,
+                events.last_id,
             )
-            new_websocket = Watch(
-                websocket_reconnects_until_it_gets_a_write, cleanup, nginx
+            new_websocket = clients.submit(
+                timed, websocket_reconnects_until_it_gets_a_write, cleanup, nginx
             )
-            stream_attempts = new_stream.result()
-            websocket_attempts = new_websocket.result()
+            stream_attempts, new_stream_ended = new_stream.result(WATCH_TIMEOUT)
+            websocket_attempts, new_websocket_ended = new_websocket.result(
+                WATCH_TIMEOUT
+            )
             time.sleep(3)
         during = load.between(down, up)
         print(
             f"\nRedis down {up - down:.1f} s: {len(failures(during))} of "
             f"{len(during)} answers failed; {len(load.answers)} requests in all; "
-            f"the event stream was told {stream.ended - down:.2f} s after it "
+            f"the event stream was told {stream_ended - down:.2f} s after it "
             f"stopped ({stream_told}), the WebSocket closed with {websocket_code} "
-            f"after {websocket.ended - down:.2f} s; after its return, a reconnected "
-            f"stream got a write's event in {new_stream.ended - up:.2f} s "
+            f"after {websocket_ended - down:.2f} s; after its return, a reconnected "
+            f"stream got a write's event in {new_stream_ended - up:.2f} s "
             f"({stream_attempts} attempt(s)), a reconnected WebSocket in "
-            f"{new_websocket.ended - up:.2f} s ({websocket_attempts} attempt(s))"
+            f"{new_websocket_ended - up:.2f} s ({websocket_attempts} attempt(s))"
         )
         # The cache is a miss and the events are lost; every request succeeds.
         assert failures(load.answers) == []
@@ -226,38 +241,16 @@ def test_redis_restart_is_cache_misses_and_no_error(
         # Told once Redis stopped, not before, and not left waiting: a stream
         # still open would miss every event (the restarted Redis has no groups).
         assert stream_told == "unavailable"
-        assert down < stream.ended < down + RECOVERY_BOUND
+        assert down < stream_ended < down + RECOVERY_BOUND
         assert websocket_code == 1013
-        assert down < websocket.ended < down + RECOVERY_BOUND
-        assert new_stream.ended - up < RECOVERY_BOUND
-        assert new_websocket.ended - up < RECOVERY_BOUND
+        assert down < websocket_ended < down + RECOVERY_BOUND
+        assert new_stream_ended - up < RECOVERY_BOUND
+        assert new_websocket_ended - up < RECOVERY_BOUND
 
 
-class Watch:
-    """Runs `function(*args)` in a thread from now on, and keeps when it returned."""
-
-    def __init__(self, function, *args):
-        self.value, self.error, self.ended = None, None, None
-        self.thread = threading.Thread(
-            target=self._run, args=(function, *args), name=function.__name__
-        )
-        self.thread.daemon = True
-        self.thread.start()
-
-    def _run(self, function, *args) -> None:
-        try:
-            self.value = function(*args)
-        except Exception as error:  # raised again in the test's thread
-            self.error = error
-        self.ended = time.monotonic()
-
-    def result(self):
-        # Longer than the functions' own deadlines, which say what was missing.
-        self.thread.join(timeout=RECOVERY_BOUND * 6)
-        if self.error is not None:
-            raise self.error
-        assert self.ended is not None, f"{self.thread.name} still runs"
-        return self.value
+def timed(function, *args):
+    """function(*args), and when it returned (time.monotonic)."""
+    return function(*args), time.monotonic()
 
 
 class EventStream:
@@ -377,30 +370,29 @@ def stream_reconnects_until_it_gets_a_write(
 
 
 def websocket_reconnects_until_it_gets_a_write(cleanup: ExitStack, nginx: Nginx) -> int:
-    """As a client does once Redis is back: reconnects the WebSocket until it is
-    welcomed rather than closed with 1013, then creates an item, and waits for its
-    event; returns the attempts it took to connect."""
+    """As a client does once Redis is back: connects, creates an item and waits
+    for its event, and reconnects whenever the server closes with 1013 (try
+    again later), before its welcome or after it: a channel-layer connection
+    that Redis' restart left stale fails once; returns the attempts it took."""
     deadline = time.monotonic() + RECOVERY_BOUND * 3
-    attempts = 0
-    while True:
-        attempts += 1
+    for attempt in itertools.count(1):
         try:
             websocket = open_websocket(cleanup, nginx)
+            # Welcomed once in the group: every event published from now on
+            # reaches it.
+            name = create_item(nginx)
+            while True:
+                assert time.monotonic() < deadline, "the write's message did not come"
+                message = json.loads(websocket.recv(timeout=RECOVERY_BOUND))
+                created = message.get("event") == "item.created"
+                if created and message["data"]["name"] == name:
+                    return attempt
         except ConnectionClosed as closed:
             refused = closed.rcvd
-        else:
-            break
         assert refused is not None
         assert refused.code == 1013, refused
-        assert time.monotonic() < deadline, "no WebSocket opened after the return"
+        assert time.monotonic() < deadline, "no WebSocket got an event after the return"
         time.sleep(0.5)
-    # Welcomed once in the group: every event published from now on reaches it.
-    name = create_item(nginx)
-    while True:
-        assert time.monotonic() < deadline, "the write's message did not come"
-        message = json.loads(websocket.recv(timeout=RECOVERY_BOUND))
-        if message.get("event") == "item.created" and message["data"]["name"] == name:
-            return attempts
 
 
 @pytest.mark.parametrize("combination", params(each_queue(broker="redis")))

@@ -334,6 +334,46 @@ def request(
     return response, content
 
 
+class EventStream:
+    """An event stream (SSE) of an app or through Nginx, read one event at a
+    time. Like a browser's EventSource, it keeps the last event id it got.
+    `timeout`: longer than the keep-alive comments' interval (15 s), as a
+    stream that says nothing for this long has hung."""
+
+    def __init__(
+        self, server: App | Nginx, last_event_id: str | None = None, timeout: float = 30
+    ):
+        headers = bearer(server.token)
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        self.connection = http.client.HTTPConnection(
+            "127.0.0.1", server.port, timeout=timeout
+        )
+        self.connection.request("GET", "/api/items/events", headers=headers)
+        self.response = self.connection.getresponse()
+        self.buffer = b""
+        self.last_id = last_event_id
+
+    def next(self) -> dict | None:
+        """The next event's fields ("retry" alone for the first), None once the
+        stream has ended."""
+        if self.response.status != 200:
+            return None
+        while b"\n\n" not in self.buffer:
+            chunk = self.response.read1()
+            if not chunk:
+                return None
+            self.buffer += chunk
+        block, self.buffer = self.buffer.split(b"\n\n", 1)
+        lines = block.decode().splitlines()
+        fields = dict(line.split(": ", 1) for line in lines if line[:1] != ":")
+        self.last_id = fields.get("id", self.last_id)
+        return fields or self.next()  # a keep-alive comment is no event
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 def wait_until_ok(url: str | urllib.request.Request, seconds: float = 60) -> None:
     """Until a GET of url (or of a Request, with its headers) answers 200."""
     deadline = time.monotonic() + seconds

@@ -11,7 +11,6 @@ core.followups, core.outbox, core.sse, items.consumers), the same on every
 server. The numbers go to the test's output (pytest -s).
 """
 
-import http.client
 import itertools
 import json
 import os
@@ -29,7 +28,16 @@ from load import Load, acknowledged_writes_kept_once, failures
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from edge import ORIGIN, App, Nginx, Worker, bearer, request, serve, serve_instances
+from edge import (
+    ORIGIN,
+    App,
+    EventStream,
+    Nginx,
+    Worker,
+    request,
+    serve,
+    serve_instances,
+)
 from matrix import each_queue, params, production
 from services import MariaDB, PostgreSQL, Redis, create_database, psql
 
@@ -179,7 +187,7 @@ def test_redis_restart_is_cache_misses_and_no_error(
             time.sleep(3)
             # Opened before the outage, and read all along: the load's writes
             # publish events to them.
-            events = EventStream(nginx)
+            events = EventStream(nginx, timeout=RECOVERY_BOUND * 2)
             cleanup.callback(events.close)
             assert events.next() == {"retry": "3000"}
             # An item's event shows it subscribed; its id is the reconnection's
@@ -253,44 +261,6 @@ def timed(function, *args):
     return function(*args), time.monotonic()
 
 
-class EventStream:
-    """An event stream (SSE) through Nginx, read one event at a time. Like a
-    browser's EventSource, it keeps the last event id it got."""
-
-    def __init__(self, nginx: Nginx, last_event_id: str | None = None):
-        headers = bearer(nginx.token)
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = last_event_id
-        # Longer than the keep-alive comments' interval (15 s): a stream
-        # that says nothing for this long has hung.
-        self.connection = http.client.HTTPConnection(
-            "127.0.0.1", nginx.port, timeout=RECOVERY_BOUND * 2
-        )
-        self.connection.request("GET", "/api/items/events", headers=headers)
-        self.response = self.connection.getresponse()
-        self.buffer = b""
-        self.last_id = last_event_id
-
-    def next(self) -> dict | None:
-        """The next event's fields ("retry" alone for the first), None once the
-        stream has ended."""
-        if self.response.status != 200:
-            return None
-        while b"\n\n" not in self.buffer:
-            chunk = self.response.read1()
-            if not chunk:
-                return None
-            self.buffer += chunk
-        block, self.buffer = self.buffer.split(b"\n\n", 1)
-        lines = block.decode().splitlines()
-        fields = dict(line.split(": ", 1) for line in lines if line[:1] != ":")
-        self.last_id = fields.get("id", self.last_id)
-        return fields or self.next()  # a keep-alive comment is no event
-
-    def close(self) -> None:
-        self.connection.close()
-
-
 def read_until_told(stream: EventStream) -> str:
     """Reads the stream until it ends; returns how: with the "unavailable" event
     the service sends, or "ended" without it."""
@@ -347,7 +317,7 @@ def stream_reconnects_until_it_gets_a_write(
     rather than "unavailable"; returns the attempts it took."""
     deadline = time.monotonic() + RECOVERY_BOUND * 3
     for attempt in itertools.count(1):
-        stream = EventStream(nginx, last_event_id)
+        stream = EventStream(nginx, last_event_id, timeout=RECOVERY_BOUND * 2)
         cleanup.callback(stream.close)
         # 200 while Redis is down too: the stream itself says "unavailable".
         assert stream.response.status == 200, stream.response.status

@@ -6,12 +6,17 @@ The deeper edge tests (Nginx in front, slow clients, restarts) build on this.
 import http.client
 import json
 import signal
+import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
-from edge import App, bearer, request
+from edge import ORIGIN, App, EventStream, bearer, request
 from matrix import each_server, params
 
 
@@ -164,3 +169,147 @@ def test_a_stray_env_file_does_not_configure_the_server(
         app.stop()
     assert response.status == 301, app.output()
     assert response.getheader("Location").startswith("https://"), app.output()
+
+
+# The reconnect delay a stopping worker gives each client: 1 s to
+# RECONNECT_SPREAD_SECONDS (core.shutdown).
+SPREAD_SECONDS = 1.5
+
+
+@pytest.mark.parametrize("combination", params(each_server()))
+def test_workers_over_their_memory_limit_drain_and_their_clients_miss_no_event(
+    combination, generated, redis_database, tmp_path
+):
+    """Each worker is over a 1 MiB limit from its start, so each is recycled
+    after 2 s (by Granian's supervisor, or by itself) over and over while items
+    are created. The event streams and WebSockets of a recycled worker are told
+    to reconnect after a delay, and do, with the id of the last event they got:
+    every client gets every item's event once and in order, and every write
+    succeeds."""
+    app = App(
+        generated(combination),
+        tmp_path,
+        "server",
+        WEB_CONCURRENCY="2",
+        REDIS_URL=redis_database(),
+        WORKER_MAX_RSS_MB="1",
+        WORKER_MAX_RSS_SECONDS="2",
+        RECONNECT_SPREAD_SECONDS=str(SPREAD_SECONDS),
+    )
+    app.migrate()
+    app.start()
+    created = []
+    with ExitStack() as held:
+        held.callback(app.stop)
+        pool = held.enter_context(ThreadPoolExecutor(6))
+        ready = threading.Barrier(7, timeout=60)
+        last = "the-last-item"
+        # Both workers replaced twice; each cycle takes a few seconds.
+        deadline = time.monotonic() + 90
+        followers = [follow_stream] * 3 + [follow_websocket] * 3
+        clients = [pool.submit(f, app, ready, last, deadline + 60) for f in followers]
+        ready.wait()
+        while workers_started(app) < 6:
+            assert time.monotonic() < deadline, app.output()
+            created.append(create_item(app, f"item-{len(created)}"))
+            time.sleep(0.1)
+        created.append(create_item(app, last))
+        received = [client.result() for client in clients]
+    for names, delays in received:
+        assert names == created
+        # Each client was on a worker that was recycled, and told when to come back.
+        assert delays, "a client was never told to reconnect"
+        assert all(1000 <= delay <= SPREAD_SECONDS * 1000 for delay in delays), delays
+
+
+def create_item(app: App, name: str) -> str:
+    """Creates an item; returns its name. A connection that a stopping worker
+    had queued is reset (Granian without the tcp_migrate_req sysctl): the write
+    is sent again with the same Idempotency-Key, as the API asks of clients."""
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    body = {"name": name, "category": "c", "price": "1"}
+    for _ in range(5):
+        try:
+            response, content = request(app, "POST", "/api/items", body, headers)
+        except ConnectionError:
+            time.sleep(0.2)
+            continue
+        assert response.status == 201, content
+        return name
+    pytest.fail(f"the write of {name} was reset 5 times")
+
+
+def follow_stream(app: App, ready: threading.Barrier, last: str, deadline: float):
+    """A client of the items' event stream, as EventSource is: it reconnects
+    after the last `retry` the stream sent, with Last-Event-ID, until it gets the
+    `last` item (before `deadline`). Returns the names of the items created, in
+    the order received, and the delays that the streams which ended gave it."""
+    names, delays, last_id, subscribed = [], [], None, False
+    while True:
+        assert time.monotonic() < deadline, f"no {last} after {names}"
+        try:
+            stream = EventStream(app, last_id)
+        except ConnectionError:
+            time.sleep(0.2)  # as create_item()
+            continue
+        assert stream.response.status == 200, stream.response.status
+        retry = None
+        try:
+            while (event := stream.next()) is not None:
+                if not subscribed:
+                    subscribed = True
+                    ready.wait()  # its first `retry` came: the first write may too
+                if "retry" in event:
+                    retry = int(event["retry"])
+                last_id = stream.last_id
+                if event.get("event") == "item.created":
+                    names.append(json.loads(event["data"])["name"])
+                    if names[-1] == last:
+                        return names, delays
+        finally:
+            stream.close()
+        # Ended by its worker, which sent the delay last (the first `retry`, 3 s,
+        # is for a connection lost).
+        assert retry != 3000, "a stream ended without a reconnect delay"
+        delays.append(retry)
+        time.sleep(retry / 1000)
+
+
+def follow_websocket(app: App, ready: threading.Barrier, last: str, deadline: float):
+    """A client of the items' WebSocket: told to reconnect (a "reconnect"
+    message, then 1001), it does after `retry_ms`, with `last_event_id`, until it
+    gets the `last` item. Returns as follow_stream() does."""
+    names, delays, last_id, welcomed = [], [], None, False
+    while True:
+        assert time.monotonic() < deadline, f"no {last} after {names}"
+        query = f"?last_event_id={last_id}" if last_id else ""
+        retry_ms = None
+        try:
+            with connect(
+                f"ws://127.0.0.1:{app.port}/ws/items{query}",
+                additional_headers=ORIGIN,
+                open_timeout=10,
+            ) as websocket:
+                while True:
+                    message = json.loads(websocket.recv(timeout=30))
+                    if message["type"] == "welcome" and not welcomed:
+                        welcomed = True
+                        ready.wait()
+                    elif message["type"] == "reconnect":
+                        retry_ms = message["retry_ms"]
+                    elif message["type"] == "event":
+                        last_id = message["id"]
+                        if message["event"] == "item.created":
+                            names.append(message["data"]["name"])
+                            if names[-1] == last:
+                                return names, delays
+        except ConnectionClosed as closed:
+            close = closed.rcvd
+        except ConnectionError:
+            time.sleep(0.2)  # as create_item()
+            continue
+        assert retry_ms is not None, f"closed without a reconnect delay: {close}"
+        assert close is not None
+        assert close.code == 1001, close
+        delays.append(retry_ms)
+        time.sleep(retry_ms / 1000)

@@ -204,6 +204,16 @@ SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
 # stops receiving events without a word.
 SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=1000)
 SSE_MAX_SECONDS = env.float("SSE_MAX_SECONDS", default=3600.0)
+# When a worker stops (a deploy, or its recycling), each of its event streams and
+# WebSockets is told to reconnect after a random delay of up to this long
+# (core.shutdown): its clients come back to the other workers spread out, not
+# all at once.
+RECONNECT_SPREAD_SECONDS = env.float("RECONNECT_SPREAD_SECONDS", default=5.0)
+# A worker whose resident memory stays at or over WORKER_MAX_RSS_MB for
+# WORKER_MAX_RSS_SECONDS stops itself as a deploy would stop it, and its server
+# starts a new one (core.recycling); 0 turns it off. bin/serve sets it.
+WORKER_MAX_RSS_MB = env.int("WORKER_MAX_RSS_MB", default=0)
+WORKER_MAX_RSS_SECONDS = env.int("WORKER_MAX_RSS_SECONDS", default=30)
 # Events of each group kept for streams that reconnect with Last-Event-ID
 # (core.events): in Redis when REDIS_URL is set, in memory otherwise.
 SSE_REPLAY_EVENTS = env.int("SSE_REPLAY_EVENTS", default=1000)

@@ -38,7 +38,8 @@ _RECENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _NEXT_ID = count(1)
 
 
-def _order(event_id: str) -> tuple[int, int]:
+def order(event_id: str) -> tuple[int, int]:
+    """An id's place among its group's events: ids grow as events are recorded."""
     milliseconds, sequence = event_id.split("-")
     return int(milliseconds), int(sequence)
 
@@ -91,7 +92,7 @@ async def replay(group: str, after: str) -> list[dict]:
             for event_id, fields in entries
         ]
     kept = _RECENT.get(layer, {}).get(group, ())
-    return [event for event in kept if _order(event["id"]) > _order(after)]
+    return [event for event in kept if order(event["id"]) > order(after)]
 
 
 async def publish(group: str, event: str, data: dict) -> None:

@@ -45,6 +45,11 @@ WORKER_STARTS = Counter("django_worker_starts", "Worker processes started.")
 WORKER_STOPS = Counter(
     "django_worker_stops", "Worker processes that finished a graceful shutdown."
 )
+WORKER_RECYCLES = Counter(
+    "django_worker_recycles",
+    "Workers that stopped themselves to be replaced, by reason (core.recycling).",
+    ["reason"],
+)
 PROCESS_CPU = Counter(
     "django_process_cpu_seconds", "CPU time (user and system) used by workers."
 )

@@ -1,5 +1,5 @@
 """Samples each worker's event-loop lag, CPU time, memory and database pools, once
-a second.
+a second; the memory sample also decides the worker's recycling (core.recycling).
 
 The lag is how much later than asked a one-second sleep wakes up: time the loop
 spent running something else, usually blocking code in a coroutine. It runs as a
@@ -10,7 +10,7 @@ import asyncio
 import os
 import time
 
-from core import database, metrics, reads
+from core import database, metrics, reads, recycling
 
 INTERVAL_SECONDS = 1.0
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -31,7 +31,9 @@ async def run() -> None:
         metrics.EVENT_LOOP_LAG.observe(max(0.0, loop.time() - due))
         cpu, previous = time.process_time(), cpu
         metrics.PROCESS_CPU.inc(cpu - previous)
-        metrics.PROCESS_MEMORY.set(_resident_bytes())
+        resident = _resident_bytes()
+        metrics.PROCESS_MEMORY.set(resident)
+        recycling.observe(resident, INTERVAL_SECONDS)
         sample_pools()
 
 

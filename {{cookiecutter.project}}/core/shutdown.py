@@ -5,14 +5,19 @@ graceful timeout, then cut what is left. WebSockets they close themselves with
 1012 (Uvicorn) or by dropping the connection (Granian); event streams never end
 on their own. This module lets the service go first: WebSocket clients get 1001
 (going away), event streams end with their last chunk, and readiness turns 503,
-so that clients reconnect elsewhere at once; the server's own handler runs once
-the WebSockets are closed.
+so that clients reconnect elsewhere; the server's own handler runs once the
+WebSockets are closed. Each client is told when to reconnect
+(reconnect_delay_ms): a deploy or a recycled worker (core.recycling) sends its
+clients back to the other workers spread out, not all at once.
 """
 
 import asyncio
 import os
+import random
 import signal
 from collections.abc import Awaitable, Callable
+
+from django.conf import settings
 
 # How long the server's own SIGTERM handler waits for the service's WebSockets to
 # close with 1001: Uvicorn fails every WebSocket still open with 1012 within one tick
@@ -84,6 +89,15 @@ async def stopped() -> None:
     if _stopping is None:
         await asyncio.Future()
     await _stopping.wait()
+
+
+def reconnect_delay_ms() -> int:
+    """How long a client of this stopping worker waits before it reconnects: at
+    least a second, by when this worker no longer accepts connections (its
+    server's handler has run), and at most RECONNECT_SPREAD_SECONDS."""
+    spread = max(1.0, settings.RECONNECT_SPREAD_SECONDS)
+    # Spreads reconnections out; nothing here is a secret.
+    return round(1000 * random.uniform(1.0, spread))  # noqa: S311
 
 
 def close_on_stop(close: Callable[[], Awaitable]) -> asyncio.Task:

@@ -65,7 +65,10 @@ async def _stream(group: str, slot: Slot, last_event_id: str | None):
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if stopped in done:
-                    return  # the response ends cleanly; clients reconnect elsewhere
+                    # The response ends cleanly; its client reconnects elsewhere,
+                    # after the delay given here (EventSource honours `retry`).
+                    yield f"retry: {shutdown.reconnect_delay_ms()}\n\n"
+                    return
                 if message in done:
                     data, message = message.result(), None
                     if data["id"] in replayed:

@@ -1,9 +1,12 @@
 """WebSocket: live item changes for every client, direct messages between users.
 
 Every connection joins the items group and receives each change broadcast by the
-API. A caller with a bearer token (or a signed-in user) can also send a message
-to one other connection, named by the id it was given on connecting. Messages
-are JSON objects with a "type".
+API, with its event id. A client that reconnects with `?last_event_id=<id>`
+first gets the events it missed, of the last SSE_REPLAY_EVENTS (core.events), as
+an event stream does with Last-Event-ID; an id this API did not send closes the
+connection with 4400. A caller with a bearer token (or a signed-in user) can
+also send a message to one other connection, named by the id it was given on
+connecting. Messages are JSON objects with a "type".
 
 The token (core.auth) comes in `Authorization: Bearer <token>`, or, from a
 browser, which cannot set that header, as the subprotocols `bearer, <token>`
@@ -16,18 +19,22 @@ A worker holds at most WEBSOCKET_MAX_CONNECTIONS (core.connections): one more is
 denied before it is accepted, which servers answer with HTTP 403. (A 503 needs
 the ASGI "websocket.http.response" extension, which not every server supports.)
 Each connection is closed with 4000 after WEBSOCKET_MAX_SECONDS, before
-channels_redis's group_expiry silently drops it from the group.
+channels_redis's group_expiry silently drops it from the group. When its worker
+stops (a deploy, or recycling), it gets {"type": "reconnect", "retry_ms": N} and
+is closed with 1001: the client reconnects after N ms, with the id of the last
+event it got (core.shutdown).
 """
 
 import asyncio
 import json
 import logging
 import time
+from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from core import auth, shutdown
+from core import auth, events, shutdown
 from core.connections import WEBSOCKETS
 from core.events import LAYER_ERRORS
 from items.changes import EVENTS_GROUP
@@ -40,6 +47,8 @@ TRY_AGAIN_LATER = 1013
 # Private codes (4000-4999). The connection reached WEBSOCKET_MAX_SECONDS, and
 # the client reconnects at once:
 LIFETIME_REACHED = 4000
+# Its last_event_id is not an event id (HTTP's 400).
+INVALID_REQUEST = 4400
 # Its token is not valid, or no longer (HTTP's 401): reconnect with a new one.
 TOKEN_NOT_VALID = 4401
 
@@ -56,6 +65,14 @@ def authorization_of(scope: dict) -> tuple[str | None, str | None]:
     if len(offered) == 2 and offered[0] == "bearer":
         return f"Bearer {offered[1]}", "bearer"
     return None, None
+
+
+def last_event_id_of(scope: dict) -> str | None:
+    """The `last_event_id` of a WebSocket's query string (a browser cannot set a
+    Last-Event-ID header on one)."""
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    values = query.get("last_event_id")
+    return values[-1] if values else None
 
 
 class ItemsConsumer(AsyncJsonWebsocketConsumer):
@@ -90,9 +107,16 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
     _token_watch = None
     accepted = False
     principal = None
+    # The id of the last event replayed on connecting: a broadcast up to it was
+    # sent already (event ids grow in the order they are recorded).
+    _replayed_up_to = None
 
     async def connect(self) -> None:
         authorization, subprotocol = authorization_of(self.scope)
+        last_event_id = last_event_id_of(self.scope)
+        if last_event_id is not None and not events.EVENT_ID.fullmatch(last_event_id):
+            await self._refuse(INVALID_REQUEST, subprotocol)
+            return
         try:
             self.principal = await auth.authenticate(authorization)
         except auth.Unauthorized:
@@ -112,15 +136,23 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
         if self._slot is None:
             await self.close()  # before accept: the handshake is denied
             return
-        self._close_on_shutdown = shutdown.close_on_stop(self._going_away)
         await self.accept(subprotocol)
         self.accepted = True
+        # Once accepted, as it sends a message before it closes: a stop that came
+        # meanwhile closes the connection at once.
+        self._close_on_shutdown = shutdown.close_on_stop(self._going_away)
         self._lifetime = asyncio.create_task(self._expire())
         if self.principal is not None:
             self._token_watch = asyncio.create_task(self._watch_token())
         await self.send_json(
             {"type": "welcome", "connection": self.channel_name, "user": self._who()}
         )
+        if last_event_id is not None:
+            # Read once in the group (Channels joins it before connect()): an
+            # event published meanwhile comes both ways, and is sent once.
+            for event in await events.replay(EVENTS_GROUP, last_event_id):
+                await self._send_event(event)
+                self._replayed_up_to = event["id"]
 
     def _who(self) -> str | None:
         """The token's subject, or the signed-in user's name."""
@@ -157,6 +189,9 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
             self._close_on_shutdown.cancel()
 
     async def _going_away(self) -> None:
+        await self.send_json(
+            {"type": "reconnect", "retry_ms": shutdown.reconnect_delay_ms()}
+        )
         await self.close(code=GOING_AWAY)
 
     async def _expire(self) -> None:
@@ -230,8 +265,19 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
 
     async def events_broadcast(self, message: dict) -> None:
         """Receives what core.events.publish sends to the group."""
+        replayed = self._replayed_up_to
+        if replayed and events.order(message["id"]) <= events.order(replayed):
+            return
+        await self._send_event(message)
+
+    async def _send_event(self, event: dict) -> None:
         await self.send_json(
-            {"type": "event", "event": message["event"], "data": message["data"]}
+            {
+                "type": "event",
+                "id": event["id"],
+                "event": event["event"],
+                "data": event["data"],
+            }
         )
 
     async def _error(self, code: str, message: str) -> None:

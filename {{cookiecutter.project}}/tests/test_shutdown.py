@@ -1,5 +1,6 @@
 """On SIGTERM the service goes first: WebSockets close with 1001, event streams
-end cleanly, and readiness turns 503, before the server's own handler runs."""
+end cleanly, each told when to reconnect, and readiness turns 503, before the
+server's own handler runs."""
 
 import asyncio
 import os
@@ -106,27 +107,63 @@ async def test_a_close_that_never_ends_holds_the_server_back_a_bounded_time(
     never.cancel()
 
 
-async def test_event_streams_end_with_their_last_chunk(server_handler):
-    communicator, _ = await open_stream(application, "/api/items/events")
-    await next_chunk(communicator)
+def reconnect_delay(milliseconds: int, spread_seconds: float) -> int:
+    """The delay, checked to be within the range core.shutdown gives."""
+    assert 1000 <= milliseconds <= spread_seconds * 1000
+    return milliseconds
+
+
+async def test_event_streams_end_with_a_reconnect_delay(server_handler, settings):
+    """EventSource waits the last `retry` it got before it reconnects: each
+    stream gets its own, so that they do not all come back at once."""
+    settings.RECONNECT_SPREAD_SECONDS = 60
+    delays, streams = set(), []
+    for _ in range(2):
+        communicator, _ = await open_stream(application, "/api/items/events")
+        await next_chunk(communicator)
+        streams.append(communicator)
     sigterm()
-    while (message := await communicator.receive_output(timeout=5)).get("more_body"):
-        assert message["body"] in (b"", b": keep-alive\n\n")
-    await communicator.wait(timeout=5)
+    for communicator in streams:
+        chunks = []
+        while (message := await communicator.receive_output(timeout=5)).get(
+            "more_body"
+        ):
+            chunks.append(message["body"])
+        await communicator.wait(timeout=5)
+        said = [chunk for chunk in chunks if chunk not in (b"", b": keep-alive\n\n")]
+        *before, last = said
+        assert before == []
+        field, _, value = last.decode().rstrip("\n").partition(": ")
+        assert field == "retry"
+        delays.add(reconnect_delay(int(value), 60))
+    assert len(delays) == 2
 {%- if cookiecutter.websockets == "yes" %}
 
 
-async def test_websockets_close_with_going_away(server_handler):
-    communicator = WebsocketCommunicator(
-        application,
-        "/ws/items",
-        headers=[(b"origin", b"https://{{ cookiecutter.domain }}")],
-    )
-    assert (await communicator.connect(timeout=5))[0]
-    await communicator.receive_json_from(timeout=5)
+async def test_websockets_are_told_when_to_reconnect_then_close_with_going_away(
+    server_handler, settings
+):
+    settings.RECONNECT_SPREAD_SECONDS = 60
+    communicators = []
+    for _ in range(2):
+        communicator = WebsocketCommunicator(
+            application,
+            "/ws/items",
+            headers=[(b"origin", b"https://{{ cookiecutter.domain }}")],
+        )
+        assert (await communicator.connect(timeout=5))[0]
+        await communicator.receive_json_from(timeout=5)
+        communicators.append(communicator)
     sigterm()
-    assert await communicator.receive_output(timeout=5) == {
-        "type": "websocket.close",
-        "code": 1001,
-    }
+    delays = set()
+    for communicator in communicators:
+        told = await communicator.receive_json_from(timeout=5)
+        assert told.keys() == {"type", "retry_ms"}
+        assert told["type"] == "reconnect"
+        delays.add(reconnect_delay(told["retry_ms"], 60))
+        assert await communicator.receive_output(timeout=5) == {
+            "type": "websocket.close",
+            "code": 1001,
+        }
+    assert len(delays) == 2
 {%- endif %}

@@ -15,6 +15,7 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from config.asgi import application
+from core import events
 from core.models import ApiKey
 from tests import tokens
 
@@ -85,10 +86,63 @@ async def test_anonymous_connection_gets_item_broadcasts(item_payload):
         message = await communicator.receive_json_from(timeout=5)
         assert message == {
             "type": "event",
+            "id": message["id"],
             "event": "item.created",
             "data": response.json(),
         }
+        assert events.EVENT_ID.fullmatch(message["id"])
         await communicator.disconnect()
+
+
+async def next_event(communicator: WebsocketCommunicator) -> dict:
+    message = await communicator.receive_json_from(timeout=5)
+    assert message["type"] == "event", message
+    return message
+
+
+async def test_a_connection_that_reconnects_with_last_event_id_misses_nothing(
+    monkeypatch,
+):
+    """As an event stream with Last-Event-ID: a client that comes back with the
+    last id it got gets the events published while it was away, once each (one
+    published while they are read comes both ways), then live ones."""
+    communicator, _ = await connect()
+    await events.publish("items", "item.deleted", {"id": 1})
+    first = await next_event(communicator)
+    await communicator.disconnect()
+
+    await events.publish("items", "item.deleted", {"id": 2})
+    replay = events.replay
+
+    async def replay_while_one_is_published(group, after):
+        # In the group already: this one is both broadcast and replayed.
+        await events.publish("items", "item.deleted", {"id": 3})
+        return await replay(group, after)
+
+    monkeypatch.setattr(events, "replay", replay_while_one_is_published)
+    communicator = WebsocketCommunicator(
+        application, f"/ws/items?last_event_id={first['id']}", headers=[ORIGIN]
+    )
+    assert (await communicator.connect(timeout=5))[0]
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    missed = [await next_event(communicator) for _ in range(2)]
+    assert [event["data"]["id"] for event in missed] == [2, 3]
+    await events.publish("items", "item.deleted", {"id": 4})
+    assert (await next_event(communicator))["data"] == {"id": 4}
+    assert await communicator.receive_nothing(timeout=0.2)
+    await communicator.disconnect()
+
+
+@pytest.mark.parametrize("last_event_id", ["x", "1-2-3", "9" * 30 + "-0"])
+async def test_a_last_event_id_not_of_this_api_closes_with_4400(last_event_id):
+    communicator = WebsocketCommunicator(
+        application, f"/ws/items?last_event_id={last_event_id}", headers=[ORIGIN]
+    )
+    assert (await communicator.connect(timeout=5))[0]
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 4400,
+    }
 
 
 async def test_idle_connection_still_gets_broadcasts(item_payload):

@@ -182,19 +182,48 @@ def test_workers_over_their_memory_limit_drain_and_their_clients_miss_no_event(
 ):
     """Each worker is over a 1 MiB limit from its start, so each is recycled
     after 2 s (by Granian's supervisor, or by itself) over and over while items
-    are created. The event streams and WebSockets of a recycled worker are told
-    to reconnect after a delay, and do, with the id of the last event they got:
-    every client gets every item's event once and in order, and every write
-    succeeds."""
-    app = App(
+    are created: see recycled_under_writes()."""
+    recycled_under_writes(
         generated(combination),
         tmp_path,
-        "server",
-        WEB_CONCURRENCY="2",
         REDIS_URL=redis_database(),
         WORKER_MAX_RSS_MB="1",
         WORKER_MAX_RSS_SECONDS="2",
+    )
+
+
+# Granian recycles by age (WORKERS_LIFETIME, at least 60 s), not request count.
+@pytest.mark.parametrize(
+    "combination",
+    params([c for c in each_server() if c["server"] != "granian"]),
+)
+def test_workers_at_their_request_count_drain_and_their_clients_miss_no_event(
+    combination, generated, redis_database, tmp_path
+):
+    """Each worker is recycled after 25 requests (MAX_REQUESTS), over and over
+    while items are created: see recycled_under_writes()."""
+    recycled_under_writes(
+        generated(combination),
+        tmp_path,
+        REDIS_URL=redis_database(),
+        MAX_REQUESTS="25",
+        MAX_REQUESTS_JITTER="5",
+    )
+
+
+def recycled_under_writes(project, tmp_path, **env) -> None:
+    """Two workers, recycled as `env` says, at least twice each while items are
+    created. The event streams and WebSockets of a recycled worker are told to
+    reconnect after a delay, and do, with the id of the last event they got:
+    every client gets every item's event once and in order, and every write
+    succeeds."""
+    app = App(
+        project,
+        tmp_path,
+        "server",
+        WEB_CONCURRENCY="2",
         RECONNECT_SPREAD_SECONDS=str(SPREAD_SECONDS),
+        **env,
     )
     app.migrate()
     app.start()
@@ -204,7 +233,7 @@ def test_workers_over_their_memory_limit_drain_and_their_clients_miss_no_event(
         pool = held.enter_context(ThreadPoolExecutor(6))
         ready = threading.Barrier(7, timeout=60)
         last = "the-last-item"
-        # Both workers replaced twice; each cycle takes a few seconds.
+        # Each cycle takes a few seconds.
         deadline = time.monotonic() + 90
         followers = [follow_stream] * 3 + [follow_websocket] * 3
         clients = [pool.submit(f, app, ready, last, deadline + 60) for f in followers]

@@ -209,9 +209,12 @@ SSE_MAX_SECONDS = env.float("SSE_MAX_SECONDS", default=3600.0)
 # (core.shutdown): its clients come back to the other workers spread out, not
 # all at once.
 RECONNECT_SPREAD_SECONDS = env.float("RECONNECT_SPREAD_SECONDS", default=5.0)
-# A worker whose resident memory stays at or over WORKER_MAX_RSS_MB for
-# WORKER_MAX_RSS_SECONDS stops itself as a deploy would stop it, and its server
-# starts a new one (core.recycling); 0 turns it off. bin/serve sets it.
+# A worker that has served MAX_REQUESTS (plus up to MAX_REQUESTS_JITTER), or whose
+# resident memory stays at or over WORKER_MAX_RSS_MB for WORKER_MAX_RSS_SECONDS,
+# stops itself as a deploy would stop it, and its server starts a new one
+# (core.recycling); 0 turns each off. bin/serve sets them.
+MAX_REQUESTS = env.int("MAX_REQUESTS", default=0)
+MAX_REQUESTS_JITTER = env.int("MAX_REQUESTS_JITTER", default=0)
 WORKER_MAX_RSS_MB = env.int("WORKER_MAX_RSS_MB", default=0)
 WORKER_MAX_RSS_SECONDS = env.int("WORKER_MAX_RSS_SECONDS", default=30)
 # Events of each group kept for streams that reconnect with Last-Event-ID

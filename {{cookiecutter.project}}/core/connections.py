@@ -1,5 +1,6 @@
 """Counts ASGI connections as they open and close, around the whole application,
-and caps the long-lived ones of each worker process (Slots).
+and caps the long-lived ones of each worker process (Slots); each one counts
+toward the worker's recycling (core.recycling).
 
 HTTP exchanges are counted until their response ends, so streams are included;
 an exchange whose response is an event stream (text/event-stream) counts as "sse"
@@ -12,7 +13,7 @@ import time
 
 from django.conf import settings
 
-from core import metrics
+from core import metrics, recycling
 
 EVENT_STREAM = b"text/event-stream"
 # Bound once: labels() takes a lock and a lookup, twice per request otherwise.
@@ -27,8 +28,10 @@ MESSAGES_OUT = metrics.WEBSOCKET_MESSAGES.labels("out")
 def count_connections(application):
     async def counted(scope, receive, send):
         if scope["type"] == "http":
+            recycling.count_request()
             await _http(application, scope, receive, send)
         elif scope["type"] == "websocket":
+            recycling.count_request()
             await _websocket(application, scope, receive, send)
         else:
             await application(scope, receive, send)

@@ -35,7 +35,7 @@ from charts import (
     values_files,
 )
 from edge import trusted_proxies_conf, without_comments
-from harness import check_steps, generate_service
+from harness import check_steps, generate_service, run
 from matrix import CHOICES
 from options import TASK_BROKER
 
@@ -433,6 +433,33 @@ def test_a_database_servers_url_and_port_are_its_own(database, service, renders)
         "secret.databaseUrl (DATABASE_URL of the database server) is required"
         in message
     ), message
+
+
+@pytest.mark.parametrize("database", DATABASE_SERVERS)
+def test_the_schema_takes_every_url_scheme_of_the_services_engine(database, service):
+    """django-environ, which reads DATABASE_URL in the service, names each
+    engine by several schemes (postgres://, pgsql://, mysql2://...): the schema
+    takes every one that selects the service's engine, and refuses the others of
+    those databases (PostGIS, MySQL Connector/Python, django-prometheus)."""
+    project = service(DATABASE_SERVERS[database])
+    # The django-environ of the service's own lock.
+    command = ["uv", "run", "--locked", "--no-dev", "python", "-c", DB_SCHEMES]
+    schemes = json.loads(run(command, project).stdout)
+    engine = f"django.db.backends.{database}"
+    assert engine in schemes.values()
+    for scheme, scheme_engine in schemes.items():
+        if not ("postg" in scheme_engine or "mysql" in scheme_engine):
+            continue
+        sets = [f"secret.databaseUrl={scheme}://app:ci-only@db:5432/app"]
+        if scheme_engine == engine:
+            template(project, default_values(project), sets=sets)
+        else:
+            message = template_error(project, default_values(project), sets=sets)
+            assert "databaseUrl" in message, (scheme, message)
+
+
+# The schemes django-environ knows, and the engine each one selects.
+DB_SCHEMES = "import environ, json; print(json.dumps(environ.Env.DB_SCHEMES))"
 
 
 def test_nginx_prometheus_and_grafana_come_from_their_components(service, renders):

@@ -19,7 +19,8 @@ host's database), and bin/smoke and the tests' own writes send it.
 The role's tracing and auth variables are checked without hosts: its environment
 file and units rendered by ansible-playbook on the controller alone.
 
-test_ansible_mysql.py deploys a MySQL service to one more host with these helpers
+test_ansible_mysql.py deploys a MySQL service, and test_ansible_sqlite.py an SQLite
+one whose backup unit it runs, each to one more host with these helpers
 (deployment_to, deploy_twice, smoke_passes...).
 """
 

@@ -38,11 +38,36 @@ from bench.scenarios import (
     Settings,
     run_all,
 )
+from matrix import TEMPLATE_DIR
 from services import create_database, mariadb, postgresql, redis
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FULL = Settings(seconds=10, warmup=2, websockets=10_000, sse_clients=100)
-QUICK = Settings(seconds=3, warmup=1, websockets=1_000, sse_clients=20)
+FULL = Settings(
+    seconds=10,
+    warmup=2,
+    sse_clients=100,
+    idle_counts=(1_000, 10_000),
+    idle_most=50_000,
+    idle_cpu_seconds=20,
+    broadcast_websockets=10_000,
+    broadcast_streams=1_000,
+    broadcast_events=20,
+    # 10,000 WebSockets cost each of two workers about 2 s of CPU per event
+    # (tests/bench/notes.md): at 1 s apart the events would queue.
+    broadcast_spacing=3.0,
+)
+QUICK = Settings(
+    seconds=3,
+    warmup=1,
+    sse_clients=20,
+    idle_counts=(100, 1_000),
+    idle_most=2_000,
+    idle_cpu_seconds=3,
+    broadcast_websockets=1_000,
+    broadcast_streams=200,
+    broadcast_events=5,
+    broadcast_spacing=1.0,
+)
 # The throwaway server of each database of DATABASES (tests/services.py): each
 # yields the URL of a user that may create databases.
 DATABASE_SERVERS = {"postgresql": postgresql, "mysql": mariadb}
@@ -96,6 +121,23 @@ def machine(projects: dict) -> dict:
     }
 
 
+def template_state() -> dict:
+    """The commit the services were generated from, and the service's files that
+    differed from it then: the bench generates from this checkout as it is."""
+    git = ["git", "-C", str(TEMPLATE_DIR)]
+    status = subprocess.run(
+        [*git, "status", "--porcelain", "--", "{{cookiecutter.project}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {
+        "commit": _output([*git, "rev-parse", "--short", "HEAD"]),
+        # Each line: two status letters, a space, the path.
+        "uncommitted": [line[3:] for line in status.splitlines()],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short cells, few clients")
@@ -116,6 +158,9 @@ def main() -> None:
     require_wrk()
     settings = QUICK if args.quick else FULL
     began, load_before = time.time(), os.getloadavg()
+    # Before the services are generated from it: the checkout may change during
+    # the run.
+    template = template_state()
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         logdir = workdir / "logs"
@@ -180,6 +225,7 @@ def main() -> None:
             "load_before": load_before,
             "load_after": os.getloadavg(),
             "machine": machine(projects),
+            "template": template,
             "rows": cells.rows,
         }
     args.out.mkdir(parents=True, exist_ok=True)

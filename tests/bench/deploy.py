@@ -4,6 +4,7 @@ service's own Nginx in front, an Nginx answering by itself, the slow upstream.
 Everything listens on 127.0.0.1."""
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -38,12 +39,15 @@ ASGI_PATCHES = (
 # Each run measures the request path, not worker recycling (bin/serve recycles
 # after 10 000 requests, which a 10 s run at 5 000 req/s would hit), and the
 # capacity scenario what a server holds, not the service's per-worker caps on
-# WebSockets and event streams (core/connections.py).
+# WebSockets and event streams (core/connections.py). Nor is a worker recycled
+# for its memory (bin/serve's WORKER_MAX_RSS_MB): Granian's worker passes its 1 GiB
+# with about 5,000 idle WebSockets, and the idle curve holds more.
 STEADY = {
     "MAX_REQUESTS": "1000000000",
     "GRACEFUL_TIMEOUT": "5",
     "WEBSOCKET_MAX_CONNECTIONS": "1000000",
     "SSE_MAX_STREAMS": "1000000",
+    "WORKER_MAX_RSS_MB": "0",
 }
 
 
@@ -302,6 +306,43 @@ def listening_pid(port: int) -> int:
         except OSError:
             continue
     raise LookupError(f"no process listens on 127.0.0.1:{port}")
+
+
+def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
+    """How many established connections to 127.0.0.1:`port` each process holds
+    (a server's workers share its listening socket)."""
+    local = f"0100007F:{port:04X}"
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        # 01: ESTABLISHED.
+        if fields[1] == local and fields[3] == "01":
+            inodes.add(f"socket:[{fields[9]}]")
+    held = {}
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        held[pid] = sum(link in inodes for link in links)
+    return held
+
+
+def file_room(pid: int) -> int:
+    """How many more files the process may open: its soft RLIMIT_NOFILE less the
+    descriptors it holds."""
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    limit = int(re.search(r"^Max open files\s+(\d+)", limits, re.M).group(1))
+    return limit - len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process:
+    the other work on a shared host too), from /proc/stat."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal: all but idle and iowait.
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def resident_bytes(pids: list[int]) -> int:

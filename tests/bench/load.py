@@ -3,6 +3,7 @@ asyncio clients for WebSockets and Server-Sent Events."""
 
 import asyncio
 import json
+import multiprocessing
 import re
 import shutil
 import statistics
@@ -10,12 +11,17 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections import Counter
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import websockets
 
 from bench.deploy import cpu_by_process
 
+# The Origin the WebSocket clients show (the bench's service allows 127.0.0.1).
+ORIGIN = "http://127.0.0.1"
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
@@ -168,75 +174,227 @@ def wrk(
 
 async def _open_many(open_one, count: int, errors: tuple, concurrency: int = 200):
     """Awaits `open_one()` `count` times, `concurrency` at once; returns what it
-    opened and how many failed with one of `errors`."""
+    opened, and how many failed with one of `errors` by reason."""
     semaphore = asyncio.Semaphore(concurrency)
-    failed = 0
+    failed = Counter()
 
     async def guarded():
-        nonlocal failed
         async with semaphore:
             try:
                 return await open_one()
-            except errors:
-                failed += 1
+            except errors as exc:
+                failed[f"{type(exc).__name__}: {exc}"[:120]] += 1
                 return None
 
     opened = await asyncio.gather(*(guarded() for _ in range(count)))
-    return [c for c in opened if c is not None], failed
+    return [c for c in opened if c is not None], dict(failed)
 
 
-async def hold_websockets(url: str, count: int, origin: str):
-    """Opens `count` idle WebSockets (each reads its welcome message); returns the
-    open ones and the number that failed."""
+# The event the broadcast scenario publishes (POST /api/items), by the id of the
+# item it carries.
+CREATED = "item.created"
 
-    async def open_one():
+
+class WebSocket:
+    """A subscriber on a WebSocket (/ws/items): when each item.created came.
+    It sends no pings, as browsers do not; the server pings it."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.got: dict[int, float] = {}
+        self.reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, url: str):
         connection = await websockets.connect(
-            url, origin=origin, compression=None, open_timeout=30
+            url, origin=ORIGIN, compression=None, open_timeout=30, ping_interval=None
         )
-        await asyncio.wait_for(connection.recv(), 30)
-        return connection
+        await asyncio.wait_for(connection.recv(), 30)  # its welcome
+        return cls(connection)
 
-    errors = (OSError, TimeoutError, websockets.WebSocketException)
-    return await _open_many(open_one, count, errors)
-
-
-async def close_websockets(connections) -> None:
-    await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
-
-
-class Stream:
-    """An idle event stream on a raw socket, open once its first chunk (`retry:`)
-    came: what a browser's EventSource holds between events."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
+    async def _read(self) -> None:
+        with suppress(websockets.ConnectionClosed):
+            async for text in self.connection:
+                now = time.time()
+                message = json.loads(text)
+                if message.get("type") == "event" and message.get("event") == CREATED:
+                    self.got.setdefault(message["data"]["id"], now)
 
     @property
     def open(self) -> bool:
-        return not self.reader.at_eof()
+        return not self.reader.done()
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+class Stream:
+    """A subscriber on an event stream (GET /api/items/events) on a raw socket,
+    what a browser's EventSource holds: when each item.created came. Open once
+    its first chunk (`retry:`) came."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.writer = writer
+        self.got: dict[int, float] = {}
+        self.reader = asyncio.ensure_future(self._read(reader))
+
+    @classmethod
+    async def connect(cls, url: str):
+        port = urlsplit(url).port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/items/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await asyncio.wait_for(reader.readuntil(b"retry:"), 30)
+        return cls(reader, writer)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        buffer = b""
+        # A stream that ended closes its socket: it is no longer open, nor held
+        # by the worker.
+        with suppress(OSError), closing(self.writer):
+            while chunk := await reader.read(65536):
+                now = time.time()
+                # Events end with a blank line; the chunked encoding's size lines
+                # between them have no "name: value" field, and are skipped.
+                *events, buffer = (buffer + chunk).split(b"\n\n")
+                for event in events:
+                    fields = dict(
+                        line.split(b": ", 1)
+                        for line in event.split(b"\n")
+                        if b": " in line
+                    )
+                    if fields.get(b"event") == CREATED.encode():
+                        self.got.setdefault(json.loads(fields[b"data"])["id"], now)
+                if buffer.endswith(b"\r\n0\r\n\r\n"):
+                    # The response's last chunk: the stream ended (the service
+                    # ends it when its channel layer fails).
+                    return
+
+    @property
+    def open(self) -> bool:
+        return not self.reader.done()
 
     async def close(self) -> None:
         self.writer.close()
-        await self.writer.wait_closed()
+        with suppress(OSError):
+            await self.writer.wait_closed()
 
 
-async def hold_streams(port: int, count: int):
-    """Opens `count` idle event streams (GET /api/items/events); returns the open
-    ones and the number that failed."""
-    request = b"GET /api/items/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-    async def open_one():
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request)
-        await asyncio.wait_for(reader.readuntil(b"retry:"), 30)
-        return Stream(reader, writer)
-
-    errors = (OSError, TimeoutError, asyncio.IncompleteReadError)
-    return await _open_many(open_one, count, errors)
+KINDS = {"websockets": WebSocket, "streams": Stream}
+OPEN_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncio.IncompleteReadError,
+    websockets.WebSocketException,
+)
 
 
-async def close_streams(streams) -> None:
-    await asyncio.gather(*(s.close() for s in streams), return_exceptions=True)
+def subscriber_process(kind: str, url: str, pipe) -> None:
+    """The body of a Subscribers process: holds subscribers of `kind` (KINDS) to
+    `url`, as `pipe` asks, until the pipe closes."""
+    asyncio.run(_subscribe(KINDS[kind], url, pipe))
+
+
+async def _subscribe(kind, url: str, pipe) -> None:
+    loop = asyncio.get_running_loop()
+    held = []
+    while True:
+        try:
+            command, argument = await loop.run_in_executor(None, pipe.recv)
+        except EOFError:
+            return
+        if command == "open":
+            opened, failed = await _open_many(
+                lambda: kind.connect(url), argument, OPEN_ERRORS
+            )
+            held += opened
+            pipe.send(failed)
+        elif command == "count":
+            # Those closed since they opened are dropped: they would wait for
+            # events in vain.
+            held = [subscriber for subscriber in held if subscriber.open]
+            pipe.send(len(held))
+        elif command == "collect":
+            pipe.send(await _arrivals(held, *argument))
+        elif command == "close":
+            await asyncio.gather(*(s.close() for s in held), return_exceptions=True)
+            held = []
+            pipe.send(None)
+
+
+async def _arrivals(held: list, ids: list[int], seconds: float) -> dict:
+    """When each subscriber got each of the events `ids`, once all have them all
+    or after `seconds`: {id: [time, ...]}, the time of each subscriber that got it."""
+    wanted = len(held) * len(ids)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if sum(len(s.got.keys() & ids) for s in held) >= wanted:
+            break
+        await asyncio.sleep(0.2)
+    return {i: [s.got[i] for s in held if i in s.got] for i in ids}
+
+
+class Subscribers:
+    """Subscribers of one kind (KINDS) spread over `processes` client processes of
+    their own: one process cannot hold 20,000 sockets (the file-descriptor limit),
+    nor read 10,000 events fast enough alone. Each process's clock is the same
+    time.time()."""
+
+    def __init__(self, kind: str, url: str, processes: int):
+        context = multiprocessing.get_context("spawn")
+        self.pipes, self.processes = [], []
+        for _ in range(processes):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=subscriber_process, args=(kind, url, theirs), daemon=True
+            )
+            process.start()
+            theirs.close()
+            self.pipes.append(ours)
+            self.processes.append(process)
+
+    def _ask(self, commands: list) -> list:
+        for pipe, command in zip(self.pipes, commands, strict=True):
+            pipe.send(command)
+        return [pipe.recv() for pipe in self.pipes]
+
+    def open(self, count: int) -> dict[str, int]:
+        """Opens `count` more, shared among the processes; returns how many failed,
+        by reason."""
+        shares = [count // len(self.pipes)] * len(self.pipes)
+        shares[0] += count - sum(shares)
+        failed = Counter()
+        for part in self._ask([("open", share) for share in shares]):
+            failed.update(part)
+        return dict(failed)
+
+    def count(self) -> int:
+        """How many are open; forgets those closed."""
+        return sum(self._ask([("count", None)] * len(self.pipes)))
+
+    def collect(self, ids: list[int], seconds: float) -> dict:
+        """When each subscriber got each event (_arrivals), over all processes."""
+        arrivals = {i: [] for i in ids}
+        for part in self._ask([("collect", (ids, seconds))] * len(self.pipes)):
+            for i, times in part.items():
+                arrivals[i] += times
+        return arrivals
+
+    def close(self) -> None:
+        self._ask([("close", None)] * len(self.pipes))
+
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pipe in self.pipes:
+            pipe.close()
+        for process in self.processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
 
 
 async def _read_events(port: int, client: int, ready: asyncio.Event, stop, seen: list):

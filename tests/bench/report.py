@@ -25,6 +25,8 @@ HTTP_SCENARIOS = {
 WSGI = ("wsgi-sync", "wsgi-gthread")
 # The idle-connection scenarios, and what they hold.
 IDLE = {"websockets": "WebSockets", "idle-streams": "event streams"}
+# The broadcast's subscribers, by kind.
+BROADCAST = {"websockets": "WebSockets", "streams": "event streams"}
 SERVERS = ("uvicorn", "granian", "gunicorn-uvicorn")
 # The service generated from the template before its native data path.
 BEFORE = "before-uvicorn"
@@ -237,12 +239,18 @@ def targets(rows: list) -> list[tuple]:
         out += _tracing_targets(rows)
     for row in rows:
         if row["scenario"] in IDLE and "failed" not in row:
-            met = row["held"] >= 10_000 and row["kib_per_connection"] <= 20
+            # At 10,000 connections, or at the most a quick run holds.
+            point = next(
+                (p for p in row["points"] if p["connections"] == 10_000),
+                row["points"][-1],
+            )
+            met = point["held"] >= 10_000 and point["kib_per_connection"] <= 20
             out.append(
                 (
                     f">= 10 000 idle {IDLE[row['scenario']]} per worker at <= 20 KiB "
                     f"each ({row['config']})",
-                    f"{row['held']:,} held, {row['kib_per_connection']:.1f} KiB each",
+                    f"{point['held']:,} held, {point['kib_per_connection']:.1f} KiB "
+                    "each",
                     "",
                     met,
                     LIMITS[row["scenario"]],
@@ -425,18 +433,61 @@ def plot_http(rows: list, scenario: str, path: Path) -> None:
 
 
 def plot_idle(rows: list, scenario: str, path: Path) -> None:
+    """Memory per connection and idle CPU against connections held, per server."""
     shown = [r for r in rows if r["scenario"] == scenario and "failed" not in r]
-    figure, axes = plt.subplots(figsize=(7, 2.5))
-    axes.barh(
-        [r["config"] for r in shown],
-        [r["kib_per_connection"] for r in shown],
-        color="#6a9a58",
-    )
-    axes.axvline(20, color="#b04040", linestyle="--", label="target: 20 KiB")
-    axes.set_xlabel(
-        f"server memory per idle {IDLE[scenario][:-1]}, KiB (lower is better)"
-    )
-    axes.legend()
+    figure, (memory, cpu) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for row in shown:
+        held = [p["held"] for p in row["points"]]
+        server = row["config"].removeprefix("service-")
+        memory.plot(
+            held, [p["kib_per_connection"] for p in row["points"]], "o-", label=server
+        )
+        cpu.plot(
+            held, [p["idle_cpu_cores"] * 100 for p in row["points"]], "o-", label=server
+        )
+    memory.axhline(20, color="#b04040", linestyle="--", label="target: 20 KiB")
+    memory.set_ylabel("KiB per connection (lower is better)")
+    cpu.set_ylabel("server CPU while idle, % of a core")
+    for axes in (memory, cpu):
+        axes.set_xlabel(f"idle {IDLE[scenario]} held by one worker")
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle(f"Idle {IDLE[scenario]}, one worker", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def broadcast_label(row: dict) -> str:
+    server = row["config"].removeprefix("service-")
+    return f"{row['subscribers']:,} {BROADCAST[row['kind']]}, {server}"
+
+
+def plot_broadcast(rows: list, spacing: float, path: Path) -> None:
+    """The distribution of delivery times over subscribers and events, and each
+    event's time to its last subscriber."""
+    shown = [r for r in rows if r["scenario"] == "broadcast" and "failed" not in r]
+    figure, (spread, lasts) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for row in shown:
+        spread.plot(row["delay_percentiles_ms"], range(101), label=broadcast_label(row))
+        lasts.plot(
+            range(1, len(row["events"]) + 1),
+            [e["last_ms"] for e in row["events"]],
+            "o-",
+            markersize=3,
+            label=broadcast_label(row),
+        )
+    spread.set_xlabel("ms from the publishing request to the subscriber")
+    spread.set_ylabel("% of deliveries (subscribers x events)")
+    lasts.set_xlabel(f"event ({spacing:g} s apart)")
+    lasts.set_ylabel("ms to its last subscriber (lower is better)")
+    for axes in (spread, lasts):
+        axes.set_xlim(left=0)
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.suptitle("One event to many subscribers, 2 workers, Redis", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -450,6 +501,10 @@ def write(run: dict, out: Path) -> None:
     for scenario in IDLE:
         if _ran(rows, scenario):
             plot_idle(rows, scenario, out / f"{scenario}.png")
+    if _ran(rows, "broadcast"):
+        plot_broadcast(
+            rows, run["settings"]["broadcast_spacing"], out / "broadcast.png"
+        )
     s = run["settings"]
     lines = [
         "# Benchmark results",
@@ -459,6 +514,7 @@ def write(run: dict, out: Path) -> None:
         f"{s['seconds']} s measured with wrk (2 threads) on the same machine. Load "
         f"average before the run {_load(run['load_before'])}, after "
         f"{_load(run['load_after'])}. Scenarios: {', '.join(run['scenarios'])}.",
+        *_template_line(run),
         "",
         "## Machine",
         "",
@@ -520,6 +576,8 @@ def write(run: dict, out: Path) -> None:
             lines += _idle_section(rows, scenario, s)
     if _ran(rows, "sse"):
         lines += _sse_section(rows, s)
+    if _ran(rows, "broadcast"):
+        lines += _broadcast_section(rows, s)
     notes = Path(__file__).with_name("notes.md")
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
@@ -529,25 +587,85 @@ def write(run: dict, out: Path) -> None:
 def _idle_section(rows: list, scenario: str, s: dict) -> list[str]:
     lines = [
         "",
-        f"## Idle {IDLE[scenario]}, one worker ({s['websockets']:,} wanted)",
+        f"## Idle {IDLE[scenario]}, one worker: the curve",
         "",
         f"![{scenario}]({scenario}.png)",
         "",
-        "| configuration | held | errors | seconds to open | RSS before MiB "
-        "| RSS held MiB | RSS after closing MiB | KiB per connection |",
+        "Held at each count, added to those before; the worker's CPU measured "
+        f"over {s['idle_cpu_seconds']} s once all were held, memory 2 s after. "
+        "The last count is the most the worker's file descriptors leave room for "
+        f"(up to {s['idle_most']:,}).",
+        "",
+        "| configuration | connections | held | errors | seconds to open these "
+        "| RSS MiB | KiB per connection | server CPU while idle, % of a core |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in rows:
-        if row["scenario"] != scenario:
-            continue
+    shown = [row for row in rows if row["scenario"] == scenario]
+    for row in shown:
         if "failed" in row:
             lines.append(f"| {row['config']} | failed: {row['failed']} |||||||")
             continue
+        for p in row["points"]:
+            lines.append(
+                f"| {row['config']} | {p['connections']:,} | {p['held']:,} "
+                f"| {p['errors']} | {p['open_seconds']:.1f} | {p['rss_mib']:.1f} "
+                f"| {p['kib_per_connection']:.1f} | {p['idle_cpu_cores'] * 100:.2f} |"
+            )
+    lines += [
+        "",
+        "| configuration | RSS before MiB | RSS with the most held MiB "
+        "| RSS after closing them all MiB | worker's file-descriptor room |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in shown:
+        if "failed" not in row:
+            lines.append(
+                f"| {row['config']} | {row['rss_before_mib']:.1f} "
+                f"| {row['points'][-1]['rss_mib']:.1f} "
+                f"| {row['rss_after_close_mib']:.1f} | {row['file_room']:,} |"
+            )
+    return lines
+
+
+def _broadcast_section(rows: list, s: dict) -> list[str]:
+    lines = [
+        "",
+        "## Broadcast: one event to many subscribers, two workers, through Redis",
+        "",
+        "![broadcast](broadcast.png)",
+        "",
+        f"{s['broadcast_events']} events, {s['broadcast_spacing']:g} s apart, each "
+        "an item created by `POST /api/items` (each request sent on time, "
+        "answered or not); a delivery's time runs from just before that request "
+        "to the subscriber reading the event (time.time() in every process). CPU "
+        "from the first request until the last subscriber had the last event (or "
+        "gave up), per event. Subscribers the service refused while they opened "
+        "were opened again, as clients reconnect (refused).",
+        "",
+        "| subscribers | held (per worker) | refused while opening | lost "
+        "| delivery p50 ms | p99 ms | last subscriber, p50 / max ms "
+        "| publishing request p50 ms | CPU s per event: workers | Redis "
+        "| client processes, cores | machine busy, cores |",
+        "|---|---|---:|---:|---:|---:|---|---:|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row["scenario"] != "broadcast":
+            continue
+        if "failed" in row:
+            lines.append(
+                f"| {broadcast_label(row)} | failed: {row['failed']} |||||||||||"
+            )
+            continue
+        held = " + ".join(f"{w['subscribers']:,}" for w in row["workers"])
+        cpu = " + ".join(f"{w['cpu_s_per_event']:.3f}" for w in row["workers"])
+        refused = sum(row["refused"].values()) + row["closed_once_open"]
         lines.append(
-            f"| {row['config']} | {row['held']:,} | {row['errors']} "
-            f"| {row['open_seconds']:.1f} | {row['rss_before_mib']:.1f} "
-            f"| {row['rss_held_mib']:.1f} | {row['rss_after_close_mib']:.1f} "
-            f"| {row['kib_per_connection']:.1f} |"
+            f"| {broadcast_label(row)} | {row['held']:,} ({held}) | {refused:,} "
+            f"| {row['lost']:,} | {_n(row['p50_ms'])} | {_n(row['p99_ms'])} "
+            f"| {_n(row['last_p50_ms'])} / {_n(row['last_max_ms'])} "
+            f"| {_n(row['publish_p50_ms'], 1)} | {cpu} "
+            f"| {row['redis_cpu_s_per_event']:.3f} "
+            f"| {row['clients_cpu_cores']:.2f} | {row['machine_busy_cores']:.2f} |"
         )
     return lines
 
@@ -573,6 +691,18 @@ def _sse_section(rows: list, s: dict) -> list[str]:
             f"| {row['cpu_cores']:.2f} |"
         )
     return lines
+
+
+def _template_line(run: dict) -> list[str]:
+    """What the services were generated from (runs since it was recorded)."""
+    if "template" not in run:
+        return []
+    template = run["template"]
+    changed = template["uncommitted"]
+    line = f"The services were generated from commit {template['commit']}"
+    if changed:
+        line += f", with uncommitted changes to {', '.join(changed)}"
+    return ["", line + "."]
 
 
 def _load(average: list) -> str:

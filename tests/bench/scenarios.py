@@ -4,18 +4,27 @@ and the run goes on."""
 
 import asyncio
 import json
-import operator
+import math
 import time
 import traceback
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench import load
 from bench.deploy import (
     DATABASES,
     Upstream,
     asgi_server,
+    busy_seconds,
+    connections_by_process,
+    cpu_by_process,
     cpu_seconds,
+    file_room,
+    listening_pid,
     nginx_alone,
     process_tree,
     project_name,
@@ -24,12 +33,12 @@ from bench.deploy import (
     wsgi_server,
 )
 from edge import Nginx, bearer
+from services import redis
 
 SERVERS = ("uvicorn", "granian", "gunicorn-uvicorn")
 WSGI = ("wsgi-sync", "wsgi-gthread")
 # The service before its native data path, generated from BEFORE_COMMIT.
 BEFORE = "before-uvicorn"
-ORIGIN = "http://127.0.0.1"
 # What the API serves without a token; every other method shows the bench's key.
 PUBLIC_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -48,8 +57,46 @@ class Database:
 class Settings:
     seconds: float
     warmup: float
-    websockets: int
     sse_clients: int
+    # The idle curve: these counts of connections, then the most a worker holds
+    # up to idle_most; its CPU measured over idle_cpu_seconds at each.
+    idle_counts: tuple[int, ...]
+    idle_most: int
+    idle_cpu_seconds: float
+    # The broadcast: subscribers of each kind, events, seconds between them.
+    broadcast_websockets: int
+    broadcast_streams: int
+    broadcast_events: int
+    broadcast_spacing: float
+
+
+# Client processes holding the idle curve's connections: each holds at most
+# 20,000 file descriptors, as the worker does.
+IDLE_CLIENTS = 2
+# File descriptors a worker keeps free of the idle curve's connections, for what
+# it opens beside them (its database and Redis connections, logs).
+FILE_MARGIN = 50
+# Client processes of the broadcast: one Python process reading 10,000
+# WebSockets would measure its own lag more than the server's.
+BROADCAST_CLIENTS = {"websockets": 4, "streams": 2}
+# Rounds of opening the broadcast's subscribers, each opening those missing.
+OPEN_ROUNDS = 5
+# How long the broadcast waits for the last events after the last was published.
+DRAIN_SECONDS = 30
+
+
+def subscribe_url(kind: str, port: int) -> str:
+    """Where a subscriber of `kind` (load.KINDS) connects."""
+    if kind == "websockets":
+        return f"ws://127.0.0.1:{port}/ws/items"
+    return f"http://127.0.0.1:{port}/api/items/events"
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """The nearest-rank `q`th percentile of sorted values; None for none."""
+    if not ordered:
+        return None
+    return ordered[max(0, math.ceil(len(ordered) * q / 100) - 1)]
 
 
 class Cells:
@@ -235,28 +282,22 @@ class Cells:
 
     def idle(self, scenario: str, server: str):
         """Idle connections held by one worker, WebSockets ("websockets") or event
-        streams ("idle-streams"): how many, and memory per connection."""
-        row = {"scenario": scenario, "config": f"service-{server}", "via": "direct"}
-        _, app = self.server(f"service-{server}", WEB_CONCURRENCY="1")
+        streams ("idle-streams"), on the in-memory channel layer: the worker's
+        memory per connection and its CPU while they idle, at each count of
+        Settings.idle_counts and at the most its file descriptors allow (up to
+        Settings.idle_most); then its memory once all are closed."""
+        config = f"service-{server}"
+        row = {"scenario": scenario, "config": config, "via": "direct"}
+        _, app = self.server(config, WEB_CONCURRENCY="1")
         app.start()
-        if scenario == "websockets":
-            url = f"ws://127.0.0.1:{app.port}/ws/items"
-
-            async def hold(count):
-                return await load.hold_websockets(url, count, ORIGIN)
-
-            close, is_open = load.close_websockets, lambda c: c.close_code is None
-        else:
-
-            async def hold(count):
-                return await load.hold_streams(app.port, count)
-
-            close, is_open = load.close_streams, operator.attrgetter("open")
+        kind = "websockets" if scenario == "websockets" else "streams"
         try:
-            # The first connections load code.
-            asyncio.run(self._hold_and_close(hold, close, 10))
-            before = resident_bytes(app.pids())
-            row.update(asyncio.run(self._measure(hold, close, is_open, app, before)))
+            url = subscribe_url(kind, app.port)
+            with load.Subscribers(kind, url, IDLE_CLIENTS) as clients:
+                # The first connections load code.
+                clients.open(10)
+                clients.close()
+                row.update(self._curve(app, clients))
         except Exception as exc:
             row["failed"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
@@ -265,32 +306,184 @@ class Cells:
         print(f"bench: {row}", flush=True)
         self.rows.append(row)
 
-    async def _hold_and_close(self, hold, close, count):
-        connections, _ = await hold(count)
-        await close(connections)
-
-    async def _measure(self, hold, close, is_open, app, before: int) -> dict:
-        wanted = self.settings.websockets
-        started = time.monotonic()
-        connections, failed = await hold(wanted)
-        opening = time.monotonic() - started
-        await asyncio.sleep(2)
-        held = resident_bytes(app.pids())
-        # Still open after the wait: none was dropped while idle.
-        still_open = sum(1 for c in connections if is_open(c))
-        await close(connections)
-        await asyncio.sleep(3)
-        after = resident_bytes(app.pids())
+    def _curve(self, app, clients: load.Subscribers) -> dict:
+        s = self.settings
+        before = resident_bytes(app.pids())
+        # Each connection is a file descriptor in the worker, which cannot raise
+        # its limit (RLIMIT_NOFILE, 20,000 here): that bounds the last count.
+        room = min(file_room(pid) for pid in app.pids()) - FILE_MARGIN
+        most = min(s.idle_most, room)
+        points, opened = [], 0
+        for count in sorted({*(c for c in s.idle_counts if c < most), most}):
+            started = time.monotonic()
+            refused = clients.open(count - opened)
+            opening, opened = time.monotonic() - started, count
+            time.sleep(2)
+            rss = resident_bytes(app.pids())
+            cpu, began = cpu_seconds(app.pids()), time.monotonic()
+            # Long enough to take in every periodic task of each connection once:
+            # Uvicorn's WebSocket ping (20 s) and the streams' keep-alive (15 s).
+            time.sleep(s.idle_cpu_seconds)
+            cores = (cpu_seconds(app.pids()) - cpu) / (time.monotonic() - began)
+            # Still open after the wait: none was dropped while idle.
+            held = clients.count()
+            points.append(
+                {
+                    "connections": count,
+                    "held": held,
+                    "errors": count - held,
+                    "refused": refused,
+                    "open_seconds": opening,
+                    "rss_mib": rss / 2**20,
+                    "kib_per_connection": (rss - before) / 1024 / max(held, 1),
+                    "idle_cpu_cores": cores,
+                }
+            )
+            print(f"bench: {points[-1]}", flush=True)
+        clients.close()
+        time.sleep(3)
         return {
-            "wanted": wanted,
-            "held": still_open,
-            "errors": failed + len(connections) - still_open,
-            "open_seconds": opening,
+            "file_room": room + FILE_MARGIN,
             "rss_before_mib": before / 2**20,
-            "rss_held_mib": held / 2**20,
-            "rss_after_close_mib": after / 2**20,
-            "kib_per_connection": (held - before) / 1024 / max(still_open, 1),
+            "rss_after_close_mib": resident_bytes(app.pids()) / 2**20,
+            "points": points,
         }
+
+    def broadcast(self, kind: str, server: str) -> None:
+        """Settings.broadcast_events events, one at a time, each to every one of
+        many subscribers of `kind` ("websockets" or "streams") spread over two
+        workers, through a Redis of its own (the channel layer is
+        channels_redis): when each subscriber got each event, what was lost, and
+        the CPU of the workers, of Redis and of the client processes."""
+        s = self.settings
+        count = s.broadcast_websockets if kind == "websockets" else s.broadcast_streams
+        config = f"service-{server}"
+        row = {
+            "scenario": "broadcast",
+            "config": config,
+            "via": "direct",
+            "kind": kind,
+            "subscribers": count,
+        }
+        try:
+            with redis() as redis_url:
+                redis_pid = listening_pid(urlsplit(redis_url).port)
+                # BENCH_POLL_CHECK: the service's pool check fails in a worker
+                # holding more than about 1,000 sockets (overlay/bench_app.py).
+                _, app = self.server(
+                    config,
+                    WEB_CONCURRENCY="2",
+                    REDIS_URL=f"{redis_url}/0",
+                    BENCH_POLL_CHECK="1",
+                )
+                app.start()
+                try:
+                    url = subscribe_url(kind, app.port)
+                    processes = BROADCAST_CLIENTS[kind]
+                    with load.Subscribers(kind, url, processes) as clients:
+                        row.update(self._broadcast(app, redis_pid, clients, count))
+                finally:
+                    app.stop()
+        except Exception as exc:
+            row["failed"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        print(f"bench: {row}", flush=True)
+        self.rows.append(row)
+
+    def _broadcast(self, app, redis_pid: int, clients, count: int) -> dict:
+        s = self.settings
+        started, refused, opened = time.monotonic(), Counter(), 0
+        # A subscriber refused, or closed once open, is tried again as a client
+        # would reconnect: the service closes it while its Redis connection pool
+        # is exhausted (WebSockets with 1013, streams with an "unavailable" event).
+        for _ in range(OPEN_ROUNDS):
+            wanted = count - clients.count()
+            if not wanted:
+                break
+            failed = clients.open(wanted)
+            refused.update(failed)
+            opened += wanted - sum(failed.values())
+        opening = time.monotonic() - started
+        time.sleep(2)
+        held = clients.count()
+        # The workers are the server's processes that hold the subscribers.
+        workers = connections_by_process(app.pids(), app.port)
+        workers = {pid: n for pid, n in workers.items() if n > 0}
+        watched = [*workers, redis_pid, *clients.pids()]
+        before, busy, began = cpu_by_process(watched), busy_seconds(), time.monotonic()
+        published = self._publish(app.port, s.broadcast_events, s.broadcast_spacing)
+        arrivals = clients.collect([e["id"] for e in published], DRAIN_SECONDS)
+        elapsed = time.monotonic() - began
+        after, busy = cpu_by_process(watched), busy_seconds() - busy
+        used = {pid: after.get(pid, 0.0) - before.get(pid, 0.0) for pid in watched}
+        events, delays = [], []
+        for event in published:
+            times = sorted((t - event["sent"]) * 1e3 for t in arrivals[event["id"]])
+            delays += times
+            events.append(
+                {
+                    "publish_ms": (event["answered"] - event["sent"]) * 1e3,
+                    "got": len(times),
+                    "first_ms": times[0] if times else None,
+                    "last_ms": times[-1] if times else None,
+                }
+            )
+        delays.sort()
+        lasts = sorted(e["last_ms"] for e in events if e["last_ms"] is not None)
+        return {
+            "held": held,
+            "open_seconds": opening,
+            "refused": dict(refused),
+            "closed_once_open": opened - held,
+            "events": events,
+            "delivered": len(delays),
+            "lost": held * len(published) - len(delays),
+            # Every percentile, 0 to 100, for the plot of their distribution.
+            "delay_percentiles_ms": [percentile(delays, q) for q in range(101)],
+            "p50_ms": percentile(delays, 50),
+            "p99_ms": percentile(delays, 99),
+            "last_p50_ms": percentile(lasts, 50),
+            "last_max_ms": lasts[-1] if lasts else None,
+            "publish_p50_ms": percentile(sorted(e["publish_ms"] for e in events), 50),
+            "window_seconds": elapsed,
+            # By subscribers held, the most first.
+            "workers": sorted(
+                (
+                    {"subscribers": n, "cpu_s_per_event": used[pid] / len(events)}
+                    for pid, n in workers.items()
+                ),
+                key=lambda worker: -worker["subscribers"],
+            ),
+            "redis_cpu_s_per_event": used[redis_pid] / len(events),
+            "clients_cpu_cores": sum(used[pid] for pid in clients.pids()) / elapsed,
+            "machine_busy_cores": busy / elapsed,
+        }
+
+    def _publish(self, port: int, events: int, spacing: float) -> list[dict]:
+        """Creates `events` items by the API, `spacing` seconds apart, each request
+        sent on time whether the one before was answered or not (a slow answer
+        does not space the events out); the service sends each one's
+        item.created to the items group. Returns each item's id, and when its
+        request was sent and answered (time.time())."""
+        headers = {
+            "Content-Type": "application/json",
+            **bearer(self.databases[DATABASES[0]].token),
+        }
+        url = f"http://127.0.0.1:{port}/api/items"
+
+        def create() -> dict:
+            request = urllib.request.Request(url, NEW_ITEM.encode(), headers)
+            sent = time.time()
+            with urllib.request.urlopen(request, timeout=30) as response:
+                item = json.load(response)
+            return {"id": item["id"], "sent": sent, "answered": time.time()}
+
+        first, requests = time.monotonic(), []
+        with ThreadPoolExecutor(events) as pool:
+            for n in range(events):
+                time.sleep(max(0.0, first + n * spacing - time.monotonic()))
+                requests.append(pool.submit(create))
+        return [request.result() for request in requests]
 
     def sse(self, via: str = ""):
         """Event fan-out from one worker (the in-memory channel layer) to N streams."""
@@ -503,6 +696,12 @@ def sse(cells: Cells) -> None:
     cells.sse(via="nginx")
 
 
+def broadcast(cells: Cells) -> None:
+    for server in ("uvicorn", "granian"):
+        for kind in ("websockets", "streams"):
+            cells.broadcast(kind, server)
+
+
 # Every scenario in the order a run takes them (python -m bench --only picks some).
 SCENARIOS = {
     "tiny-json": tiny_json,
@@ -514,6 +713,7 @@ SCENARIOS = {
     "idle-streams": idle_streams,
     "sse": sse,
     "tracing": tracing,
+    "broadcast": broadcast,
 }
 # The scenarios that run before-uvicorn: the project from BEFORE_COMMIT is only
 # generated for them.

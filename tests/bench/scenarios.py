@@ -368,13 +368,8 @@ class Cells:
         try:
             with redis() as redis_url:
                 redis_pid = listening_pid(urlsplit(redis_url).port)
-                # BENCH_POLL_CHECK: the service's pool check fails in a worker
-                # holding more than about 1,000 sockets (overlay/bench_app.py).
                 _, app = self.server(
-                    config,
-                    WEB_CONCURRENCY="2",
-                    REDIS_URL=f"{redis_url}/0",
-                    BENCH_POLL_CHECK="1",
+                    config, WEB_CONCURRENCY="2", REDIS_URL=f"{redis_url}/0"
                 )
                 app.start()
                 try:

@@ -62,9 +62,12 @@ def dropped(connection) -> bool:
     """Whether the server may have dropped this idle connection: it then has
     its error message or the end of the stream waiting to be read, where a live
     idle connection has nothing. One system call, not a round trip per checkout
-    (the reads of a request borrow a connection for each statement)."""
-    readable, _, _ = select.select([connection.fileno()], [], [], 0)
-    return bool(readable)
+    (the reads of a request borrow a connection for each statement). poll(), not
+    select(): a worker holding a thousand WebSockets or streams has descriptors
+    above select()'s 1023, and select() refuses them."""
+    poller = select.poll()
+    poller.register(connection.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def unavailable(exc: BaseException) -> str | None:

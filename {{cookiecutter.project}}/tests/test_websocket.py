@@ -5,6 +5,7 @@ import asyncio
 import datetime
 import io
 
+import channels.consumer
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -91,6 +92,38 @@ async def test_anonymous_connection_gets_item_broadcasts(item_payload):
             "data": response.json(),
         }
         assert events.EVENT_ID.fullmatch(message["id"])
+        await communicator.disconnect()
+
+
+async def test_messages_that_read_no_database_skip_channels_thread_hop(
+    monkeypatch, item_payload
+):
+    """Channels closes stale database connections in a thread before each
+    message a consumer handles; a broadcast, a direct message and a received
+    message read no database, so they skip it. Connecting does not."""
+    hops = []
+
+    async def close_old_connections():
+        hops.append(1)
+
+    monkeypatch.setattr(
+        channels.consumer, "aclose_old_connections", close_old_connections
+    )
+    sender, _ = await signed_in("alice")
+    receiver, welcome = await signed_in("bob")
+    connected = len(hops)
+    assert connected == 2
+    await events.publish("items", "item.deleted", {"id": 1})
+    for communicator in (sender, receiver):
+        assert (await next_event(communicator))["data"] == {"id": 1}
+    await sender.send_json_to({"type": "ping"})
+    assert await sender.receive_json_from(timeout=5) == {"type": "pong"}
+    to = welcome["connection"]
+    await sender.send_json_to({"type": "direct", "to": to, "text": "hi"})
+    assert (await sender.receive_json_from(timeout=5))["type"] == "sent"
+    assert (await receiver.receive_json_from(timeout=5))["text"] == "hi"
+    assert len(hops) == connected
+    for communicator in (sender, receiver):
         await communicator.disconnect()
 
 

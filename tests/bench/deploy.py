@@ -289,16 +289,26 @@ def tree_cpu_seconds(root: int) -> float:
     return total / ticks
 
 
-def listening_pid(port: int) -> int:
-    """The process that listens on 127.0.0.1:`port` (a database server started by
-    tests/services.py, which hands out its URL alone)."""
+# The states of /proc/net/tcp's `st` column used here.
+LISTEN, ESTABLISHED = "0A", "01"
+
+
+def _sockets(port: int, state: str) -> set[str]:
+    """The sockets on 127.0.0.1:`port` in `state`, as their descriptors' links
+    read ("socket:[inode]")."""
     local = f"0100007F:{port:04X}"
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        # 0A: LISTEN.
-        if fields[1] == local and fields[3] == "0A":
+        if fields[1] == local and fields[3] == state:
             inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def listening_pid(port: int) -> int:
+    """The process that listens on 127.0.0.1:`port` (a database server started by
+    tests/services.py, which hands out its URL alone)."""
+    inodes = _sockets(port, LISTEN)
     for fd in Path("/proc").glob("[0-9]*/fd/*"):
         try:
             if os.readlink(fd) in inodes:
@@ -311,13 +321,7 @@ def listening_pid(port: int) -> int:
 def connections_by_process(pids: list[int], port: int) -> dict[int, int]:
     """How many established connections to 127.0.0.1:`port` each process holds
     (a server's workers share its listening socket)."""
-    local = f"0100007F:{port:04X}"
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        # 01: ESTABLISHED.
-        if fields[1] == local and fields[3] == "01":
-            inodes.add(f"socket:[{fields[9]}]")
+    inodes = _sockets(port, ESTABLISHED)
     held = {}
     for pid in pids:
         try:

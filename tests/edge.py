@@ -19,6 +19,9 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
+
 from harness import service_env
 from services import free_port, wait_for_port
 
@@ -372,6 +375,19 @@ class EventStream:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def receive_until_closed(
+    websocket: ClientConnection, timeout: float = 30
+) -> tuple[list[dict], int | None]:
+    """The JSON messages a WebSocket receives until the server closes it, and the
+    close code it sent (None: none came); `timeout` bounds each wait."""
+    messages = []
+    try:
+        while True:
+            messages.append(json.loads(websocket.recv(timeout=timeout)))
+    except ConnectionClosed as closed:
+        return messages, None if closed.rcvd is None else closed.rcvd.code
 
 
 def wait_until_ok(url: str | urllib.request.Request, seconds: float = 60) -> None:

@@ -10,10 +10,18 @@ import time
 from contextlib import ExitStack
 
 import pytest
-from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, Nginx, bearer, readable_tempdir, request, serve_instances
+from edge import (
+    ORIGIN,
+    App,
+    Nginx,
+    bearer,
+    readable_tempdir,
+    receive_until_closed,
+    request,
+    serve_instances,
+)
 from matrix import each_server, params
 
 SERVERS = params(each_server())
@@ -76,11 +84,16 @@ def test_sigterm_finishes_requests_and_closes_streams_cleanly(
         in_flight.join(timeout=30)
         assert statuses == [201]
 
-        with pytest.raises(ConnectionClosed) as closed:
-            websocket.recv(timeout=10)
-        assert closed.value.rcvd.code == 1001
-        # The stream ends with its last chunk: read() raises IncompleteRead otherwise.
-        stream.read()
+        messages, code = receive_until_closed(websocket, timeout=10)
+        assert code == 1001
+        # Told when to reconnect, last (the write's event may come before).
+        assert messages[-1]["type"] == "reconnect", messages
+        assert messages[-1]["retry_ms"] >= 1000
+        # The stream ends with its last chunk (read() raises IncompleteRead
+        # otherwise): the delay its client reconnects after.
+        last = stream.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        assert last.startswith(b"retry: "), last
+        assert int(last.removeprefix(b"retry: ")) >= 1000
         assert stream.isclosed()
         assert app.process.wait(timeout=30) in STOPPED_GRACEFULLY, app.output()
 

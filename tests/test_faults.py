@@ -34,6 +34,7 @@ from edge import (
     EventStream,
     Nginx,
     Worker,
+    receive_until_closed,
     request,
     serve,
     serve_instances,
@@ -196,7 +197,10 @@ def test_redis_restart_is_cache_misses_and_no_error(
                 assert events.next() is not None
             stream = clients.submit(timed, read_until_told, events)
             websocket = clients.submit(
-                timed, receive_until_closed, open_websocket(cleanup, nginx)
+                timed,
+                receive_until_closed,
+                open_websocket(cleanup, nginx),
+                RECOVERY_BOUND * 2,
             )
             down = time.monotonic()
             redis.stop()
@@ -206,7 +210,9 @@ def test_redis_restart_is_cache_misses_and_no_error(
             redis.start()
             up = time.monotonic()
             stream_told, stream_ended = stream.result(timeout=WATCH_TIMEOUT)
-            websocket_code, websocket_ended = websocket.result(timeout=WATCH_TIMEOUT)
+            (_, websocket_code), websocket_ended = websocket.result(
+                timeout=WATCH_TIMEOUT
+            )
             # Both at once, each timed by itself.
             new_stream = clients.submit(
                 timed,
@@ -288,15 +294,6 @@ def open_websocket(cleanup: ExitStack, nginx: Nginx) -> ClientConnection:
     )
     assert json.loads(websocket.recv(timeout=10))["type"] == "welcome"
     return websocket
-
-
-def receive_until_closed(websocket: ClientConnection) -> int | None:
-    """Receives until the server closes the connection; returns its close code."""
-    try:
-        while True:
-            websocket.recv(timeout=RECOVERY_BOUND * 2)
-    except ConnectionClosed as closed:
-        return None if closed.rcvd is None else closed.rcvd.code
 
 
 def create_item(nginx: Nginx) -> str:

@@ -50,6 +50,7 @@ WORKER_RECYCLES = Counter(
     "Workers that stopped themselves to be replaced, by reason (core.recycling).",
     ["reason"],
 )
+RECYCLE_REASONS = ("requests", "memory")
 PROCESS_CPU = Counter(
     "django_process_cpu_seconds", "CPU time (user and system) used by workers."
 )
@@ -326,6 +327,9 @@ def worker_started() -> None:
     TEMPLATE_COMMIT_TIMESTAMP.set(template.TIMESTAMP)
     WORKERS.set(1)
     WORKER_STARTS.inc()
+    # Exposed at 0 from the start: a recycle then shows as an increase.
+    for reason in RECYCLE_REASONS:
+        WORKER_RECYCLES.labels(reason)
 
 
 def worker_stopped() -> None:

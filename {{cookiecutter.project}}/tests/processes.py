@@ -6,8 +6,10 @@ children (the server's workers, the task library's processes) die with it."""
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 
 @contextmanager
@@ -29,3 +31,23 @@ def terminate(process: subprocess.Popen, timeout: float) -> int:
     process.send_signal(signal.SIGTERM)
     with killed_on_failure(process):
         return process.wait(timeout=timeout)
+
+
+def abort_with_stacks(process: subprocess.Popen) -> None:
+    """SIGABRT to `process` and its descendants, started with PYTHONFAULTHANDLER=1:
+    faulthandler writes each one's Python stack, every thread's, to its output
+    before it dies. For a test that fails because a process hangs. One at a time,
+    the children first, so that stacks written to one file do not interleave."""
+    for pid in [*_descendants(process.pid), process.pid]:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGABRT)
+        time.sleep(0.5)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The deepest first."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [d for child in map(int, children) for d in [*_descendants(child), child]]

@@ -24,7 +24,7 @@ from websockets.sync.client import connect as websocket_connect
 from items.models import Category, Item
 from tests import tokens
 from tests.otlp import Receiver
-from tests.processes import killed_on_failure, terminate
+from tests.processes import abort_with_stacks, killed_on_failure, terminate
 
 # A W3C traceparent as Nginx or a calling service would send it.
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -85,6 +85,7 @@ def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
                 # Production settings: the test's requests name 127.0.0.1, which
                 # only DEBUG allows by default.
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+                "PYTHONFAULTHANDLER": "1",  # tests.processes.abort_with_stacks
 {%- if cookiecutter.websockets == "yes" %}
                 "DJANGO_WEBSOCKET_ALLOWED_ORIGINS": "127.0.0.1",
 {%- endif %}
@@ -97,15 +98,27 @@ def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
     base = f"http://127.0.0.1:{port}"
     with killed_on_failure(server):
         # 30 s for the server to start, by the clock: a server that accepts and
-        # never answers costs each try its 10 s timeout.
+        # never answers costs each try its 10 s timeout. The failure says what
+        # each try got, refused or unanswered, and where each process was.
         deadline = time.monotonic() + 30
+        tries = []
         while time.monotonic() < deadline and server.poll() is None:
+            started = time.monotonic()
             try:
-                if call(f"{base}/healthz")[0] == 200:
-                    return server, base
-            except OSError:
-                time.sleep(0.1)
-        pytest.fail(f"bin/serve did not answer within 30 s:\n{log.read_text()}")
+                status = call(f"{base}/healthz")[0]
+            except OSError as error:
+                status = repr(error)
+            if status == 200:
+                return server, base
+            tries.append(f"{time.monotonic() - started:.2f} s: {status}")
+            time.sleep(0.1)
+        status = server.poll()
+        if status is None:
+            abort_with_stacks(server)
+        pytest.fail(
+            f"bin/serve did not answer within 30 s (exit status {status}); "
+            f"the last tries: {tries[-5:]}\n{log.read_text()}"
+        )
 
 
 def stop(server: subprocess.Popen) -> None:

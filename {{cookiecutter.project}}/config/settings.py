@@ -217,6 +217,10 @@ MAX_REQUESTS = env.int("MAX_REQUESTS", default=0)
 MAX_REQUESTS_JITTER = env.int("MAX_REQUESTS_JITTER", default=0)
 WORKER_MAX_RSS_MB = env.int("WORKER_MAX_RSS_MB", default=0)
 WORKER_MAX_RSS_SECONDS = env.int("WORKER_MAX_RSS_SECONDS", default=30)
+# The garbage collector's thresholds in each worker (core.collector): the first
+# is higher than Python's, so that a worker holding many connections stops less
+# often for a full collection.
+GC_THRESHOLDS = env.str("GC_THRESHOLDS", default="10000,10,10")
 # Events of each group kept for streams that reconnect with Last-Event-ID
 # (core.events): in Redis when REDIS_URL is set, in memory otherwise.
 SSE_REPLAY_EVENTS = env.int("SSE_REPLAY_EVENTS", default=1000)

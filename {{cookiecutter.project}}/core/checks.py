@@ -12,7 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.deprecation import MiddlewareMixin
 from django.utils.module_loading import import_string
 
-from core import auth, handler, openapi
+from core import auth, collector, handler, openapi
 from core.middleware import InlineHooksMixin
 
 # Hooks Django wraps in sync_to_async, on every request, when they are not coroutines.
@@ -177,6 +177,16 @@ def check_caps_are_positive(app_configs, **kwargs):
         for name in CAPS
         if getattr(settings, name) < 1
     ]
+
+
+@register()
+def check_gc_thresholds(app_configs, **kwargs):
+    """A worker would refuse to start with them (core.collector)."""
+    try:
+        collector.thresholds()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), id="core.E005")]
+    return []
 
 
 @register(Tags.security)

@@ -11,6 +11,7 @@ from django.conf import settings
 
 from core import (
     cache,
+    collector,
     handler,
     health,
     metrics,
@@ -33,6 +34,7 @@ async def _startup() -> None:
     # First, so that what startup does is traced; here, in the worker process
     # the server has forked or spawned (core.tracing).
     tracing.setup()
+    collector.configure()
     get_channel_layer()  # fails here, not on the first request, if misconfigured
     shutdown.install()
     _sampling = asyncio.create_task(sampler.run(), name="metrics-sampler")

@@ -64,6 +64,12 @@ EVENT_LOOP_LAG = Histogram(
     "How late the event loop ran a callback that was due.",
     buckets=LAG_BUCKETS,
 )
+GC_PAUSE = Histogram(
+    "django_worker_gc_pause_seconds",
+    "How long each garbage collection stopped the worker (core.collector).",
+    ["generation"],
+    buckets=LAG_BUCKETS,
+)
 
 HTTP_REQUESTS = Counter(
     "django_http_requests",

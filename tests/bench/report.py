@@ -461,7 +461,10 @@ def plot_idle(rows: list, scenario: str, path: Path) -> None:
 
 def broadcast_label(row: dict) -> str:
     server = row["config"].removeprefix("service-")
-    return f"{row['subscribers']:,} {BROADCAST[row['kind']]}, {server}"
+    label = f"{row['subscribers']:,} {BROADCAST[row['kind']]}, {server}"
+    if row.get("gc_thresholds"):
+        label += f", Python's GC thresholds ({row['gc_thresholds']})"
+    return label
 
 
 def plot_broadcast(rows: list, spacing: float, path: Path) -> None:

@@ -3,6 +3,7 @@ servers, warms up, measures, stops them; a cell that fails is recorded as such
 and the run goes on."""
 
 import asyncio
+import gc
 import json
 import math
 import time
@@ -79,6 +80,8 @@ FILE_MARGIN = 50
 # Client processes of the broadcast: one Python process reading 10,000
 # WebSockets would measure its own lag more than the server's.
 BROADCAST_CLIENTS = {"websockets": 4, "streams": 2}
+# Python's own thresholds (the services run on the bench's Python).
+PYTHON_GC_THRESHOLDS = ",".join(map(str, gc.get_threshold()))
 # Rounds of opening the broadcast's subscribers, each opening those missing.
 OPEN_ROUNDS = 5
 # How long the broadcast waits for the last events after the last was published.
@@ -349,12 +352,13 @@ class Cells:
             "points": points,
         }
 
-    def broadcast(self, kind: str, server: str) -> None:
+    def broadcast(self, kind: str, server: str, gc_thresholds: str = "") -> None:
         """Settings.broadcast_events events, one at a time, each to every one of
         many subscribers of `kind` ("websockets" or "streams") spread over two
         workers, through a Redis of its own (the channel layer is
         channels_redis): when each subscriber got each event, what was lost, and
-        the CPU of the workers, of Redis and of the client processes."""
+        the CPU of the workers, of Redis and of the client processes. The
+        workers' GC_THRESHOLDS are the service's default unless given."""
         s = self.settings
         count = s.broadcast_websockets if kind == "websockets" else s.broadcast_streams
         config = f"service-{server}"
@@ -364,12 +368,17 @@ class Cells:
             "via": "direct",
             "kind": kind,
             "subscribers": count,
+            "gc_thresholds": gc_thresholds,
         }
+        thresholds = {"GC_THRESHOLDS": gc_thresholds} if gc_thresholds else {}
         try:
             with redis() as redis_url:
                 redis_pid = listening_pid(urlsplit(redis_url).port)
                 _, app = self.server(
-                    config, WEB_CONCURRENCY="2", REDIS_URL=f"{redis_url}/0"
+                    config,
+                    WEB_CONCURRENCY="2",
+                    REDIS_URL=f"{redis_url}/0",
+                    **thresholds,
                 )
                 app.start()
                 try:
@@ -692,9 +701,12 @@ def sse(cells: Cells) -> None:
 
 
 def broadcast(cells: Cells) -> None:
+    """Each server and kind with the service's garbage-collector thresholds, and
+    the WebSockets with Python's own too (core/collector.py says why they differ)."""
     for server in ("uvicorn", "granian"):
         for kind in ("websockets", "streams"):
             cells.broadcast(kind, server)
+        cells.broadcast("websockets", server, PYTHON_GC_THRESHOLDS)
 
 
 # Every scenario in the order a run takes them (python -m bench --only picks some).

@@ -10,7 +10,8 @@ import shutil
 import signal
 import sys
 import tempfile
-from contextlib import contextmanager
+import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from cookiecutter.main import cookiecutter
@@ -147,6 +148,17 @@ class Server(Process):
         """The server's process and all its descendants."""
         return process_tree(self.process.pid)
 
+    def abort_with_stacks(self) -> str:
+        """SIGABRT to each of the server's workers, one at a time: faulthandler
+        (PYTHONFAULTHANDLER) writes where each one's threads were to the log, which
+        is returned. For a cell that fails because a worker stopped answering."""
+        for pid in self.pids()[1:]:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGABRT)
+            time.sleep(0.5)
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(line for line in lines if not line.startswith("{"))
+
 
 def base_env(project: Path, logdir: Path, **extra: str) -> dict:
     return service_env(
@@ -165,6 +177,8 @@ def base_env(project: Path, logdir: Path, **extra: str) -> dict:
         DJANGO_ALLOWED_HOSTS="127.0.0.1",
         DJANGO_WEBSOCKET_ALLOWED_ORIGINS="127.0.0.1",
         METRICS_DIR=str(logdir / f"metrics-{free_port()}"),
+        # Server.abort_with_stacks(); costs nothing until a fatal signal.
+        PYTHONFAULTHANDLER="1",
         **STEADY,
         **extra,
     )

@@ -386,6 +386,9 @@ class Cells:
                     processes = BROADCAST_CLIENTS[kind]
                     with load.Subscribers(kind, url, processes) as clients:
                         row.update(self._broadcast(app, redis_pid, clients, count))
+                except Exception:
+                    print(f"bench: the workers' stacks:\n{app.abort_with_stacks()}")
+                    raise
                 finally:
                     app.stop()
         except Exception as exc:

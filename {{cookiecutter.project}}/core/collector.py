@@ -11,10 +11,16 @@ start a full collection. Young collections that run less often find fewer of
 them alive, hence the higher first threshold (Python's: 2000 on 3.13, 700
 before). The other two stay Python's: a full collection still runs once the
 oldest generation has grown by a quarter, so cyclic garbage is still freed.
+
+A collection can start inside any allocation, prometheus_client's included,
+while it holds the lock of its multiprocess values: the callback that times the
+collections must not take that lock, or the worker waits for itself forever.
+So it only keeps each pause, and core.sampler records them once a second.
 """
 
 import gc
 import time
+from collections import deque
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -22,6 +28,10 @@ from django.core.exceptions import ImproperlyConfigured
 from core import metrics
 
 _collection_started: float | None = None
+# (generation, seconds) of the collections not recorded yet; a deque, as the
+# sampler takes them in the event loop's thread while a collection in another
+# thread adds one.
+_pauses: deque = deque()
 
 
 def thresholds() -> tuple[int, int, int]:
@@ -46,6 +56,13 @@ def configure() -> None:
         gc.callbacks.append(_timed)
 
 
+def record() -> None:
+    """Records the pauses kept since the last call (core.sampler)."""
+    while _pauses:
+        generation, seconds = _pauses.popleft()
+        metrics.GC_PAUSE.labels(str(generation)).observe(seconds)
+
+
 def _timed(phase: str, info: dict) -> None:
     # Collections never overlap (the collector holds the GIL), so one start time
     # is enough, whichever thread triggered the collection.
@@ -53,7 +70,5 @@ def _timed(phase: str, info: dict) -> None:
     if phase == "start":
         _collection_started = time.perf_counter()
     elif _collection_started is not None:
-        metrics.GC_PAUSE.labels(str(info["generation"])).observe(
-            time.perf_counter() - _collection_started
-        )
+        _pauses.append((info["generation"], time.perf_counter() - _collection_started))
         _collection_started = None

@@ -1,5 +1,6 @@
 """Samples each worker's event-loop lag, CPU time, memory and database pools, once
-a second; the memory sample also decides the worker's recycling (core.recycling).
+a second, and records its garbage collector's pauses (core.collector); the memory
+sample also decides the worker's recycling (core.recycling).
 
 The lag is how much later than asked a one-second sleep wakes up: time the loop
 spent running something else, usually blocking code in a coroutine. It runs as a
@@ -10,7 +11,7 @@ import asyncio
 import os
 import time
 
-from core import database, metrics, reads, recycling
+from core import collector, database, metrics, reads, recycling
 
 INTERVAL_SECONDS = 1.0
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -35,6 +36,7 @@ async def run() -> None:
         metrics.PROCESS_MEMORY.set(resident)
         recycling.observe(resident, INTERVAL_SECONDS)
         sample_pools()
+        collector.record()
 
 
 def sample_pools() -> None:

@@ -1,5 +1,6 @@
 """Each worker's garbage collector (core.collector): its thresholds come from
-GC_THRESHOLDS at lifespan startup, and each collection's pause is timed."""
+GC_THRESHOLDS at lifespan startup, and each collection's pause is timed, then
+recorded by the sampler."""
 
 import gc
 
@@ -45,6 +46,7 @@ async def test_lifespan_startup_sets_the_thresholds_and_times_each_collection(se
         for generation in (0, 1, 2):
             before = pauses(generation)
             gc.collect(generation)
+            collector.record()
             assert pauses(generation) == before + 1
     finally:
         await communicator.send_input({"type": "lifespan.shutdown"})
@@ -56,9 +58,24 @@ def test_collections_are_timed_once_however_often_it_is_configured():
     collector.configure()
     collector.configure()
     assert gc.callbacks.count(collector._timed) == 1
+    collector.record()
     before = pauses(0)
     gc.collect(0)
+    collector.record()
     assert pauses(0) == before + 1
+
+
+def test_a_collection_takes_no_metrics_lock_its_pause_waits_for_the_sampler():
+    """A collection can start inside prometheus_client, while it holds the lock of
+    its values: a callback that took it then would wait for itself forever (it
+    did, in the broadcast benchmark)."""
+    collector.configure()
+    collector.record()
+    before = pauses(2)
+    gc.collect()
+    assert pauses(2) == before
+    collector.record()
+    assert pauses(2) == before + 1
 
 
 def test_the_default_collects_young_objects_less_often_than_python():

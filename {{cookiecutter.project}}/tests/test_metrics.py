@@ -2,6 +2,7 @@
 adding up several worker processes, dead ones included."""
 
 import asyncio
+import gc
 import os
 import platform
 import subprocess
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from config import template
 from config.asgi import application
-from core import exposition, metrics, sampler
+from core import collector, exposition, metrics, sampler
 from items import store
 from tests import tokens
 from tests.asgi import next_chunk, open_stream
@@ -220,14 +221,22 @@ def test_the_template_date_is_a_utc_time_or_unknown():
     assert template.VERSION
 
 
-async def test_sampler_measures_loop_lag_cpu_and_memory(monkeypatch):
+async def test_sampler_measures_loop_lag_cpu_memory_and_gc_pauses(monkeypatch):
     monkeypatch.setattr(sampler, "INTERVAL_SECONDS", 0.01)
     lags = sample("django_event_loop_lag_seconds_count")
-    task = asyncio.ensure_future(sampler.run())
-    await asyncio.sleep(0.1)
-    task.cancel()
+    full = "django_worker_gc_pause_seconds_count"
+    collections = sample(full, generation="2")
+    gc.callbacks.append(collector._timed)  # as core.collector.configure() does
+    try:
+        gc.collect()
+        task = asyncio.ensure_future(sampler.run())
+        await asyncio.sleep(0.1)
+        task.cancel()
+    finally:
+        gc.callbacks.remove(collector._timed)
     assert sample("django_event_loop_lag_seconds_count") > lags
     assert sample("django_process_resident_memory_bytes") > 10 * 2**20
+    assert sample(full, generation="2") == collections + 1
 
 
 async def test_metrics_endpoint_serves_the_text_format(async_client):

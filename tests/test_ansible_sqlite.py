@@ -1,5 +1,6 @@
 """deploy/ansible/ deploys an SQLite service (database=sqlite) to a real systemd
-host, and the backup timer's unit backs its database up there.
+host, the backup timer's unit backs its database up there, and the service
+README's restore, run as written, brings the database back to a backup.
 
 One host (the role refuses SQLite on more: its database is the host's file), from
 test_ansible.py's Debian 13 image, its PostgreSQL unused. The backup unit runs
@@ -11,11 +12,15 @@ The hosts, the inventory and the playbook runs are test_ansible.py's; this modul
 is an xdist group of its own, so it runs beside that one's deploys.
 """
 
+import base64
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 
-from test_ansible import PROJECT, Host, deployment_to
+from test_ansible import INSTANCE_PORTS, PROJECT, Host, deployment_to
 
 pytestmark = pytest.mark.xdist_group("ansible-sqlite")
 
@@ -23,6 +28,10 @@ OPTIONS = {"database": "sqlite", "tasks": "none"}
 DATABASE = f"/var/lib/{PROJECT}/db.sqlite3"
 BACKUPS = f"/var/backups/{PROJECT}"
 UNIT = f"{PROJECT}-backup"
+# The README's restore on a VM: the commands after "On a VM:", and the backup they
+# name as an example.
+README_RESTORE = re.compile(r"On a VM:\n\n```sh\n(.*?)```", re.DOTALL)
+EXAMPLE_BACKUP = re.compile(rf"{BACKUPS}/db-\d{{8}}T\d{{6}}Z\.sqlite3")
 
 
 def sqlite_database(host: Host, password: str) -> str:
@@ -81,3 +90,66 @@ def test_the_backup_timer_is_on_and_its_unit_makes_a_checked_copy(deployed):
     lines = [json.loads(line) for line in journal.splitlines() if line.startswith("{")]
     said = [line for line in lines if line["message"] == "database backed up"]
     assert (DATABASE, backup) in [(line["database"], line["backup"]) for line in said]
+
+
+def backed_up(host) -> str:
+    """A new backup, made as the timer makes one: its path."""
+    before = set(host.run(f"ls {BACKUPS}").stdout.split())
+    started = host.run(f"systemctl start {UNIT}.service")
+    assert started.rc == 0, host.run(f"journalctl -u {UNIT} --no-pager").stdout
+    [backup] = set(host.run(f"ls {BACKUPS}").stdout.split()) - before
+    return f"{BACKUPS}/{backup}"
+
+
+def readme_restore(project: Path, backup: str) -> str:
+    """The README's restore commands for a VM, naming `backup`; as root already,
+    without their sudo."""
+    [commands] = README_RESTORE.findall((project / "README.md").read_text())
+    assert EXAMPLE_BACKUP.search(commands), commands
+    commands = EXAMPLE_BACKUP.sub(backup, commands)
+    return re.sub(r"^sudo ", "", commands, flags=re.MULTILINE)
+
+
+def test_the_readmes_restore_takes_the_database_back_to_a_backup(deployed):
+    host = deployed.hosts[0].testinfra
+    backup = backed_up(host)
+    # A write after the backup, which the restore takes back.
+    created = host.run(
+        f"/opt/{PROJECT}/bin/manage shell -c "
+        "\"from items.models import Category; Category.objects.create(name='later')\""
+    )
+    assert created.rc == 0, created.stderr
+    written = "SELECT COUNT(*) FROM items_category WHERE name = 'later'"
+    assert sqlite(host, DATABASE, written) == [[1]]
+
+    script = readme_restore(deployed.project, backup)
+    encoded = base64.b64encode(script.encode()).decode()
+    restored = host.run(f"echo {encoded} | base64 -d | sh -eux")
+    assert restored.rc == 0, f"{script}\n{restored.stdout}\n{restored.stderr}"
+    assert f"restored from {backup}" in restored.stdout
+
+    assert sqlite(host, DATABASE, written) == [[0]]
+    assert sqlite(host, DATABASE, "PRAGMA integrity_check") == [["ok"]]
+    assert host.file(DATABASE).user == PROJECT
+    # The instances it stopped are ready again, on the restored database.
+    for port in INSTANCE_PORTS:
+        assert ready(host, port), host.run(f"journalctl -u {PROJECT}@* -n 50").stdout
+    assert host.service(f"{UNIT}.timer").is_running
+
+
+def ready(host, port: int) -> bool:
+    """Whether the instance on `port` answers /readyz with 200 within 60 s, asked
+    from inside the host (instances listen on its 127.0.0.1 only)."""
+    script = (
+        "import sys, time, urllib.request\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline:\n"
+        "    try:\n"
+        "        urllib.request.urlopen(sys.argv[1], timeout=5)\n"
+        "        sys.exit(0)\n"
+        "    except OSError:\n"
+        "        time.sleep(0.5)\n"
+        "sys.exit(1)\n"
+    )
+    url = f"http://127.0.0.1:{port}/readyz"
+    return host.run(f"python3 -c {shlex.quote(script)} {url}").rc == 0

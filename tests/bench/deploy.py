@@ -148,6 +148,19 @@ class Server(Process):
         """The server's process and all its descendants."""
         return process_tree(self.process.pid)
 
+    def workers(self) -> list[int]:
+        """The server's worker processes: its descendants but Uvicorn's
+        multiprocessing resource tracker."""
+        workers = []
+        for pid in self.pids()[1:]:
+            try:
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"resource_tracker" not in command:
+                workers.append(pid)
+        return workers
+
     def abort_with_stacks(self) -> str:
         """SIGABRT to each of the server's workers, one at a time: faulthandler
         (PYTHONFAULTHANDLER) writes where each one's threads were to the log, which

@@ -581,6 +581,8 @@ def write(run: dict, out: Path) -> None:
         lines += _sse_section(rows, s)
     if _ran(rows, "broadcast"):
         lines += _broadcast_section(rows, s)
+    if _ran(rows, "recycling"):
+        lines += _recycling_section(rows)
     notes = Path(__file__).with_name("notes.md")
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
@@ -669,6 +671,44 @@ def _broadcast_section(rows: list, s: dict) -> list[str]:
             f"| {_n(row['publish_p50_ms'], 1)} | {cpu} "
             f"| {row['redis_cpu_s_per_event']:.3f} "
             f"| {row['clients_cpu_cores']:.2f} | {row['machine_busy_cores']:.2f} |"
+        )
+    return lines
+
+
+def _recycling_section(rows: list) -> list[str]:
+    lines = [
+        "",
+        "## Memory given back: workers recycled by their memory limit",
+        "",
+        "Idle WebSockets opened on two workers whose limit (`WORKER_MAX_RSS_MB`, "
+        "for `WORKER_MAX_RSS_SECONDS`) is below what they then hold. Each "
+        "worker's resident memory before and 2 s after they were opened, the "
+        "seconds from the first opening until the server had replaced each "
+        "worker, and the new workers' memory 5 s after the last was replaced. "
+        "The clients do not reconnect here.",
+        "",
+        "| server | WebSockets held (refused while opening) | limit "
+        "| RSS before, MiB | RSS held | replaced after, s | new workers' RSS "
+        "| still open |",
+        "|---|---|---|---|---|---|---|---:|",
+    ]
+    for row in rows:
+        if row["scenario"] != "recycling":
+            continue
+        server = row["config"].removeprefix("service-")
+        if "failed" in row:
+            lines.append(f"| {server} | failed: {row['failed']} ||||||")
+            continue
+
+        def each(values, digits=0):
+            return " + ".join(f"{v:,.{digits}f}" for v in values) or "none"
+
+        lines.append(
+            f"| {server} | {row['held']:,} ({sum(row['refused'].values()):,}) "
+            f"| {row['limit_mib']} MiB, {row['limit_seconds']} s "
+            f"| {each(row['rss_before_mib'])} | {each(row['rss_held_mib'])} "
+            f"| {each(row['replaced_after_seconds'], 1)} "
+            f"| {each(row['rss_new_mib'])} | {row['still_open']:,} |"
         )
     return lines
 

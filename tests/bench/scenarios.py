@@ -86,6 +86,12 @@ PYTHON_GC_THRESHOLDS = ",".join(map(str, gc.get_threshold()))
 OPEN_ROUNDS = 5
 # How long the broadcast waits for the last events after the last was published.
 DRAIN_SECONDS = 30
+# The recycling cell: idle WebSockets over two workers, whose memory limit is the
+# chart's (server.workerMaxRssMiB) and bin/serve's time over it; 5,000 WebSockets
+# take a worker above it on either server (the idle cells: 38 and 167 KiB each).
+RECYCLE_WEBSOCKETS = 10_000
+RECYCLE_LIMIT_MIB = 200
+RECYCLE_SECONDS = 30
 
 
 def subscribe_url(kind: str, port: int) -> str:
@@ -352,6 +358,96 @@ class Cells:
             "points": points,
         }
 
+    def recycling(self, server: str) -> None:
+        """RECYCLE_WEBSOCKETS idle WebSockets over two workers, more than their
+        memory limit (RECYCLE_LIMIT_MIB for RECYCLE_SECONDS) lets them hold: each
+        worker's resident memory before and while they are held, when the server
+        replaced each worker, and its new workers' memory. The idle cells show
+        that a worker keeps its memory once its connections close; this is how
+        the service gives it back. The clients do not reconnect here (the
+        service's drain and the clients' reconnection are tests/test_serve.py's)."""
+        config = f"service-{server}"
+        row = {
+            "scenario": "recycling",
+            "config": config,
+            "via": "direct",
+            "subscribers": RECYCLE_WEBSOCKETS,
+            "limit_mib": RECYCLE_LIMIT_MIB,
+            "limit_seconds": RECYCLE_SECONDS,
+        }
+        try:
+            with redis() as redis_url:
+                _, app = self.server(
+                    config,
+                    WEB_CONCURRENCY="2",
+                    REDIS_URL=f"{redis_url}/0",
+                    WORKER_MAX_RSS_MB=str(RECYCLE_LIMIT_MIB),
+                    WORKER_MAX_RSS_SECONDS=str(RECYCLE_SECONDS),
+                )
+                app.start()
+                try:
+                    url = subscribe_url("websockets", app.port)
+                    processes = BROADCAST_CLIENTS["websockets"]
+                    with load.Subscribers("websockets", url, processes) as clients:
+                        row.update(self._recycling(app, clients))
+                except Exception:
+                    print(f"bench: the workers' stacks:\n{app.abort_with_stacks()}")
+                    raise
+                finally:
+                    app.stop()
+        except Exception as exc:
+            row["failed"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        print(f"bench: {row}", flush=True)
+        self.rows.append(row)
+
+    def _recycling(self, app, clients) -> dict:
+        old = app.workers()
+        before = [resident_bytes([pid]) / 2**20 for pid in old]
+        started = time.monotonic()
+        refused, _ = self._open(clients, RECYCLE_WEBSOCKETS)
+        opening = time.monotonic() - started
+        time.sleep(2)
+        held = clients.count()
+        held_mib = [resident_bytes([pid]) / 2**20 for pid in old]
+        # Until each old worker has gone, and 5 s more for its replacement.
+        replaced: dict[int, float] = {}
+        deadline = time.monotonic() + RECYCLE_SECONDS + 120
+        while len(replaced) < len(old) and time.monotonic() < deadline:
+            alive = set(app.workers())
+            for pid in old:
+                if pid not in alive and pid not in replaced:
+                    replaced[pid] = time.monotonic() - started
+            time.sleep(0.5)
+        time.sleep(5)
+        new = [pid for pid in app.workers() if pid not in old]
+        return {
+            "refused": dict(refused),
+            "open_seconds": opening,
+            "held": held,
+            "rss_before_mib": before,
+            "rss_held_mib": held_mib,
+            "replaced_after_seconds": sorted(replaced.values()),
+            "rss_new_mib": [resident_bytes([pid]) / 2**20 for pid in new],
+            "still_open": clients.count(),
+        }
+
+    def _open(self, clients, count: int) -> tuple[Counter, int]:
+        """Opens `count` subscribers, in rounds: one refused, or closed once open,
+        is tried again as a client would reconnect (the service does either while
+        its Redis connection pool is exhausted: WebSockets with 1013, streams with
+        an "unavailable" event). Returns how many were refused, by reason, and
+        how many opened."""
+        refused, opened = Counter(), 0
+        for _ in range(OPEN_ROUNDS):
+            wanted = count - clients.count()
+            if not wanted:
+                break
+            failed = clients.open(wanted)
+            refused.update(failed)
+            opened += wanted - sum(failed.values())
+        return refused, opened
+
     def broadcast(self, kind: str, server: str, gc_thresholds: str = "") -> None:
         """Settings.broadcast_events events, one at a time, each to every one of
         many subscribers of `kind` ("websockets" or "streams") spread over two
@@ -399,17 +495,8 @@ class Cells:
 
     def _broadcast(self, app, redis_pid: int, clients, count: int) -> dict:
         s = self.settings
-        started, refused, opened = time.monotonic(), Counter(), 0
-        # A subscriber refused, or closed once open, is tried again as a client
-        # would reconnect: the service closes it while its Redis connection pool
-        # is exhausted (WebSockets with 1013, streams with an "unavailable" event).
-        for _ in range(OPEN_ROUNDS):
-            wanted = count - clients.count()
-            if not wanted:
-                break
-            failed = clients.open(wanted)
-            refused.update(failed)
-            opened += wanted - sum(failed.values())
+        started = time.monotonic()
+        refused, opened = self._open(clients, count)
         opening = time.monotonic() - started
         time.sleep(2)
         held = clients.count()
@@ -703,6 +790,11 @@ def sse(cells: Cells) -> None:
     cells.sse(via="nginx")
 
 
+def recycling(cells: Cells) -> None:
+    for server in ("uvicorn", "granian"):
+        cells.recycling(server)
+
+
 def broadcast(cells: Cells) -> None:
     """Each server and kind with the service's garbage-collector thresholds, and
     the WebSockets with Python's own too (core/collector.py says why they differ)."""
@@ -724,6 +816,7 @@ SCENARIOS = {
     "sse": sse,
     "tracing": tracing,
     "broadcast": broadcast,
+    "recycling": recycling,
 }
 # The scenarios that run before-uvicorn: the project from BEFORE_COMMIT is only
 # generated for them.

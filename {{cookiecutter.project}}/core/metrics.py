@@ -70,6 +70,7 @@ GC_PAUSE = Histogram(
     ["generation"],
     buckets=LAG_BUCKETS,
 )
+GC_GENERATIONS = ("0", "1", "2")
 
 HTTP_REQUESTS = Counter(
     "django_http_requests",
@@ -333,9 +334,12 @@ def worker_started() -> None:
     TEMPLATE_COMMIT_TIMESTAMP.set(template.TIMESTAMP)
     WORKERS.set(1)
     WORKER_STARTS.inc()
-    # Exposed at 0 from the start: a recycle then shows as an increase.
+    # Exposed at 0 from the start: a recycle then shows as an increase, and a
+    # worker that has not collected yet shows that it has not.
     for reason in RECYCLE_REASONS:
         WORKER_RECYCLES.labels(reason)
+    for generation in GC_GENERATIONS:
+        GC_PAUSE.labels(generation)
 
 
 def worker_stopped() -> None:

@@ -273,9 +273,11 @@ sys.stdin.readline()
 """
 
 
-def start_worker(directory: Path, requests: int) -> subprocess.Popen:
+def start_worker(
+    directory: Path, requests: int, script: str = WORKER
+) -> subprocess.Popen:
     worker = subprocess.Popen(  # noqa: S603  (this interpreter, our own script)
-        [sys.executable, "-c", WORKER, str(requests)],
+        [sys.executable, "-c", script, str(requests)],
         cwd=settings.BASE_DIR,
         env={
             **os.environ,
@@ -301,6 +303,30 @@ def scrape(directory: Path) -> dict:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def test_a_started_worker_exposes_its_recycles_and_gc_pauses_at_zero(tmp_path):
+    """Before either happens: dashboards and rules then see a series from the
+    start, and a recycle or a pause as an increase."""
+    started = WORKER.replace(
+        'metrics.HTTP_REQUESTS.labels("healthz", "GET", "200").inc(int(sys.argv[1]))',
+        "metrics.worker_started()",
+    )
+    worker = start_worker(tmp_path, 0, started)
+    try:
+        text = exposition.render(str(tmp_path)).decode()
+    finally:
+        stop(worker)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    for reason in ("requests", "memory"):
+        assert samples[("django_worker_recycles_total", (("reason", reason),))] == 0
+    for generation in ("0", "1", "2"):
+        count = ("django_worker_gc_pause_seconds_count", (("generation", generation),))
+        assert samples[count] == 0
 
 
 def test_workers_add_up_and_dead_workers_neither_linger_nor_subtract(tmp_path):

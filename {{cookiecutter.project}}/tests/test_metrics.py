@@ -225,6 +225,7 @@ async def test_sampler_measures_loop_lag_cpu_memory_and_gc_pauses(monkeypatch):
     monkeypatch.setattr(sampler, "INTERVAL_SECONDS", 0.01)
     lags = sample("django_event_loop_lag_seconds_count")
     full = "django_worker_gc_pause_seconds_count"
+    collector.record()  # those of collections before this test's
     collections = sample(full, generation="2")
     gc.callbacks.append(collector._timed)  # as core.collector.configure() does
     gc.disable()  # one full collection: the test's own

@@ -192,8 +192,7 @@ def base_env(project: Path, logdir: Path, **extra: str) -> dict:
         METRICS_DIR=str(logdir / f"metrics-{free_port()}"),
         # Server.abort_with_stacks(); costs nothing until a fatal signal.
         PYTHONFAULTHANDLER="1",
-        **STEADY,
-        **extra,
+        **{**STEADY, **extra},
     )
 
 

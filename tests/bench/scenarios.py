@@ -366,40 +366,24 @@ class Cells:
         that a worker keeps its memory once its connections close; this is how
         the service gives it back. The clients do not reconnect here (the
         service's drain and the clients' reconnection are tests/test_serve.py's)."""
-        config = f"service-{server}"
         row = {
             "scenario": "recycling",
-            "config": config,
+            "config": f"service-{server}",
             "via": "direct",
             "subscribers": RECYCLE_WEBSOCKETS,
             "limit_mib": RECYCLE_LIMIT_MIB,
             "limit_seconds": RECYCLE_SECONDS,
         }
-        try:
-            with redis() as redis_url:
-                _, app = self.server(
-                    config,
-                    WEB_CONCURRENCY="2",
-                    REDIS_URL=f"{redis_url}/0",
-                    WORKER_MAX_RSS_MB=str(RECYCLE_LIMIT_MIB),
-                    WORKER_MAX_RSS_SECONDS=str(RECYCLE_SECONDS),
-                )
-                app.start()
-                try:
-                    url = subscribe_url("websockets", app.port)
-                    processes = BROADCAST_CLIENTS["websockets"]
-                    with load.Subscribers("websockets", url, processes) as clients:
-                        row.update(self._recycling(app, clients))
-                except Exception:
-                    print(f"bench: the workers' stacks:\n{app.abort_with_stacks()}")
-                    raise
-                finally:
-                    app.stop()
-        except Exception as exc:
-            row["failed"] = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-        print(f"bench: {row}", flush=True)
-        self.rows.append(row)
+        limit = {
+            "WORKER_MAX_RSS_MB": str(RECYCLE_LIMIT_MIB),
+            "WORKER_MAX_RSS_SECONDS": str(RECYCLE_SECONDS),
+        }
+        self._subscribed(
+            row,
+            "websockets",
+            limit,
+            lambda app, _, clients: self._recycling(app, clients),
+        )
 
     def _recycling(self, app, clients) -> dict:
         old = app.workers()
@@ -467,21 +451,35 @@ class Cells:
             "gc_thresholds": gc_thresholds,
         }
         thresholds = {"GC_THRESHOLDS": gc_thresholds} if gc_thresholds else {}
+        self._subscribed(
+            row,
+            kind,
+            thresholds,
+            lambda app, redis_pid, clients: self._broadcast(
+                app, redis_pid, clients, count
+            ),
+        )
+
+    def _subscribed(self, row: dict, kind: str, env: dict, measure) -> None:
+        """The cell of `row`: its server with two workers, through a Redis of its
+        own, and `env`, with subscribers of `kind` that measure(app, redis_pid,
+        clients) opens and measures into the row. A cell that fails says why, and
+        where each worker was."""
         try:
             with redis() as redis_url:
                 redis_pid = listening_pid(urlsplit(redis_url).port)
                 _, app = self.server(
-                    config,
+                    row["config"],
                     WEB_CONCURRENCY="2",
                     REDIS_URL=f"{redis_url}/0",
-                    **thresholds,
+                    **env,
                 )
                 app.start()
                 try:
                     url = subscribe_url(kind, app.port)
                     processes = BROADCAST_CLIENTS[kind]
                     with load.Subscribers(kind, url, processes) as clients:
-                        row.update(self._broadcast(app, redis_pid, clients, count))
+                        row.update(measure(app, redis_pid, clients))
                 except Exception:
                     print(f"bench: the workers' stacks:\n{app.abort_with_stacks()}")
                     raise

@@ -8,6 +8,7 @@ are moved (to free high ports), so that runs in parallel do not collide.
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
@@ -82,6 +83,28 @@ class Process:
     def output(self) -> str:
         return self.log.read_text()
 
+    def abort_with_stacks(self) -> str:
+        """SIGABRT to each of the process's descendants (a server's workers), the
+        deepest first, one at a time: faulthandler (PYTHONFAULTHANDLER) writes where
+        each one's threads were to the log, whose lines other than JSON are
+        returned. For a test that fails because a worker stopped answering."""
+        if self.process is not None:
+            for pid in descendants(self.process.pid):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)
+                time.sleep(0.5)
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(line for line in lines if not line.startswith("{"))
+
+
+def descendants(pid: int) -> list[int]:
+    """The deepest first."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [d for child in map(int, children) for d in [*descendants(child), child]]
+
 
 class App(Process):
     """The service's web process, started by its own bin/serve, on a free port or,
@@ -108,6 +131,8 @@ class App(Process):
             HOST="127.0.0.1",
             PORT=str(self.port),
             GRANIAN_METRICS_PORT=str(self.granian_metrics_port),
+            # Process.abort_with_stacks(); costs nothing until a fatal signal.
+            PYTHONFAULTHANDLER="1",
             **{
                 "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
                 "DJANGO_READ_DOT_ENV": "true",

@@ -10,8 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from cookiecutter.main import cookiecutter
@@ -161,17 +160,6 @@ class Server(Process):
                 workers.append(pid)
         return workers
 
-    def abort_with_stacks(self) -> str:
-        """SIGABRT to each of the server's workers, one at a time: faulthandler
-        (PYTHONFAULTHANDLER) writes where each one's threads were to the log, which
-        is returned. For a cell that fails because a worker stopped answering."""
-        for pid in self.pids()[1:]:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGABRT)
-            time.sleep(0.5)
-        lines = self.log.read_text(errors="replace").splitlines()
-        return "\n".join(line for line in lines if not line.startswith("{"))
-
 
 def base_env(project: Path, logdir: Path, **extra: str) -> dict:
     return service_env(
@@ -190,7 +178,7 @@ def base_env(project: Path, logdir: Path, **extra: str) -> dict:
         DJANGO_ALLOWED_HOSTS="127.0.0.1",
         DJANGO_WEBSOCKET_ALLOWED_ORIGINS="127.0.0.1",
         METRICS_DIR=str(logdir / f"metrics-{free_port()}"),
-        # Server.abort_with_stacks(); costs nothing until a fatal signal.
+        # edge.Process.abort_with_stacks(); costs nothing until a fatal signal.
         PYTHONFAULTHANDLER="1",
         **{**STEADY, **extra},
     )

@@ -261,6 +261,13 @@ class MariaDB:
             }
             shutil.chown(workdir, mysql.pw_uid, mysql.pw_gid)
         self.data = workdir / "data"
+        # Its own directory for temporary tables: at startup MariaDB deletes
+        # every `#sql*` file in its tmpdir, so a server starting beside it in a
+        # shared /tmp would delete the tables this one's queries are using.
+        self.tmp = workdir / "tmp"
+        self.tmp.mkdir(exist_ok=True)
+        if self.as_mysql:
+            shutil.chown(self.tmp, mysql.pw_uid, mysql.pw_gid)
         self.log = workdir / "mariadbd.log"
         # root over TCP, with a password: the user a service's URL names, and
         # the one Django's test runner creates its test databases as. No other
@@ -282,6 +289,7 @@ class MariaDB:
             installed = subprocess.run(
                 [
                     *(install_db, "--no-defaults", f"--datadir={self.data}"),
+                    f"--tmpdir={self.tmp}",  # passed to its server
                     *("--auth-root-authentication-method=normal", "--skip-test-db"),
                     *("--skip-name-resolve", f"--extra-file={init}"),
                     # Its server shuts down cleanly: nothing is lost unforced.
@@ -306,6 +314,7 @@ class MariaDB:
             "--bind-address=127.0.0.1",
             f"--socket={self.socket}",
             f"--pid-file={workdir / 'mariadbd.pid'}",
+            f"--tmpdir={self.tmp}",
             f"--log-error={self.log}",
             # Accounts by address alone, with no DNS lookup of each client.
             "--skip-name-resolve",

@@ -6,9 +6,10 @@ graceful timeout, then cut what is left. WebSockets they close themselves with
 on their own. This module lets the service go first: WebSocket clients get 1001
 (going away), event streams end with their last chunk, and readiness turns 503,
 so that clients reconnect elsewhere; the server's own handler runs once the
-WebSockets are closed. Each client is told when to reconnect
-(reconnect_delay_ms): a deploy or a recycled worker (core.recycling) sends its
-clients back to the other workers spread out, not all at once.
+WebSockets are closed{% if cookiecutter.websockets == "yes" %} and the handshakes under way answered{% endif %}.
+Each client is told when to reconnect (reconnect_delay_ms): a deploy or a
+recycled worker (core.recycling) sends its clients back to the other workers
+spread out, not all at once.
 """
 
 import asyncio
@@ -42,8 +43,10 @@ def install() -> None:
 
     async def stop(signum, frame):
         _stopping.set()
-        if _closing:
-            await asyncio.wait(set(_closing), timeout=HANDOVER_SECONDS)
+        # Until nothing is left to close: what is added meanwhile counts too.
+        deadline = loop.time() + HANDOVER_SECONDS
+        while _closing and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(_closing), timeout=left)
         to_server(signum, frame)
 
     def begin(signum, frame):
@@ -113,3 +116,44 @@ def close_on_stop(close: Callable[[], Awaitable]) -> asyncio.Task:
     _closing.add(task)
     task.add_done_callback(_closing.discard)
     return task
+{%- if cookiecutter.websockets == "yes" %}
+
+
+# What ends a WebSocket's handshake: the application accepted or denied it.
+_ANSWERS = frozenset(
+    {"websocket.accept", "websocket.close", "websocket.http.response.start"}
+)
+
+
+def answering_handshakes_first(application):
+    """ASGI middleware for WebSockets: a handshake under way when the server is
+    told to stop holds the server's own shutdown until the application has
+    answered it (HANDOVER_SECONDS at most), so that the connection is accepted
+    and told when to reconnect like the others. Uvicorn answers a handshake still
+    open when its handler runs with a 500 (a worker recycled under clients that
+    reconnect: tests/test_serve.py of the platform template)."""
+
+    async def answering(scope, receive, send):
+        loop = asyncio.get_running_loop()
+        answered = loop.create_future()
+        _closing.add(answered)
+
+        def done() -> None:
+            _closing.discard(answered)
+            if not answered.done():
+                answered.set_result(None)
+
+        async def answering_send(message):
+            await send(message)
+            # Before the application goes on: it adds its close_on_stop() then,
+            # and stop() must find that before this handshake leaves the set.
+            if message["type"] in _ANSWERS:
+                done()
+
+        try:
+            await application(scope, receive, answering_send)
+        finally:
+            done()
+
+    return answering
+{%- endif %}

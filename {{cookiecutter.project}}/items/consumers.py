@@ -95,13 +95,25 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
     async def __call__(self, scope, receive, send):
         """A channel layer that fails (Redis down), on connecting or later, closes
         the connection with 1013, Try Again Later: a client that kept it open
-        would miss events without knowing."""
+        would miss events without knowing. A client that has gone is not one of
+        these: sending to it raises an OSError too (the ASGI spec's), and there is
+        nothing left to tell it."""
+
+        async def sending(message):
+            try:
+                await send(message)
+            except OSError:
+                self._client_gone = True
+                raise
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, sending)
         except LAYER_ERRORS:
-            logger.warning("WebSocket closed: the channel layer failed", exc_info=True)
             if self._close_on_shutdown is not None:
                 self._close_on_shutdown.cancel()
+            if self._client_gone:
+                return
+            logger.warning("WebSocket closed: the channel layer failed", exc_info=True)
             if self.accepted:
                 await send({"type": "websocket.close", "code": TRY_AGAIN_LATER})
             else:
@@ -116,6 +128,7 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
                     task.cancel()
 
     _close_on_shutdown = None
+    _client_gone = False
     _slot = None
     _lifetime = None
     _token_watch = None

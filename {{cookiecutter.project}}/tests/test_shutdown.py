@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 {%- endif %}
 
 from config.asgi import application
-from core import shutdown
+from core import {% if cookiecutter.websockets == "yes" %}auth, {% endif %}shutdown
 from tests.asgi import next_chunk, open_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -166,4 +166,43 @@ async def test_websockets_are_told_when_to_reconnect_then_close_with_going_away(
             "code": 1001,
         }
     assert len(delays) == 2
+
+
+async def test_a_handshake_under_way_is_answered_before_the_server_handler_runs(
+    server_handler, settings, monkeypatch
+):
+    """Uvicorn answers a handshake still open when its handler runs with a 500:
+    the service answers it first, and tells that client when to reconnect too."""
+    settings.RECONNECT_SPREAD_SECONDS = 60
+    reached, release = asyncio.Event(), asyncio.Event()
+    authenticate = auth.authenticate
+
+    async def slow_authenticate(authorization):
+        reached.set()
+        await release.wait()
+        return await authenticate(authorization)
+
+    monkeypatch.setattr(auth, "authenticate", slow_authenticate)
+    communicator = WebsocketCommunicator(
+        application,
+        "/ws/items",
+        headers=[(b"origin", b"https://{{ cookiecutter.domain }}")],
+    )
+    connecting = asyncio.create_task(communicator.connect(timeout=5))
+    await asyncio.wait_for(reached.wait(), timeout=5)
+    sigterm()
+    await shutdown.stopped()
+    await asyncio.sleep(0.2)
+    assert server_handler == []
+    release.set()
+    assert (await connecting)[0]
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    told = await communicator.receive_json_from(timeout=5)
+    assert told["type"] == "reconnect"
+    reconnect_delay(told["retry_ms"], 60)
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 1001,
+    }
+    assert await eventually(lambda: server_handler == [signal.SIGTERM])
 {%- endif %}

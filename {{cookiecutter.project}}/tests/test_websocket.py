@@ -4,6 +4,7 @@ checks, broadcasts from the API, direct messages, and message limits."""
 import asyncio
 import datetime
 import io
+import logging
 
 import channels.consumer
 import pytest
@@ -176,6 +177,27 @@ async def test_a_last_event_id_not_of_this_api_closes_with_4400(last_event_id):
         "type": "websocket.close",
         "code": 4400,
     }
+
+
+async def test_a_client_gone_while_sent_to_ends_its_connection_quietly(caplog):
+    """Sending to a client that has gone raises an OSError (the ASGI spec's;
+    Uvicorn's ClientDisconnected): the channel layer did not fail, and there is
+    nothing to close."""
+    sent = []
+
+    async def send(message):
+        if message["type"] == "websocket.send":
+            raise ConnectionResetError("the client has gone")
+        sent.append(message)
+
+    received = asyncio.Queue()
+    received.put_nowait({"type": "websocket.connect"})
+    scope = WebsocketCommunicator(application, "/ws/items", headers=[ORIGIN]).scope
+    with caplog.at_level(logging.INFO):
+        await asyncio.wait_for(application(scope, received.get, send), timeout=5)
+    assert [message["type"] for message in sent] == ["websocket.accept"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == []
 
 
 async def test_idle_connection_still_gets_broadcasts(item_payload):

@@ -17,7 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
@@ -95,6 +95,18 @@ class Process:
                 time.sleep(0.5)
         lines = self.log.read_text(errors="replace").splitlines()
         return "\n".join(line for line in lines if not line.startswith("{"))
+
+    @contextmanager
+    def stacks_on_failure(self):
+        """Around a test's steps that need the process answering: when one fails,
+        prints where each of its workers was (abort_with_stacks), and the
+        failure goes on."""
+        try:
+            yield
+        except BaseException:
+            print(f"where the workers of {self.log.name} were:")
+            print(self.abort_with_stacks())
+            raise
 
 
 def descendants(pid: int) -> list[int]:

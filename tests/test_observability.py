@@ -223,13 +223,10 @@ def observed(generated, redis_database, tmp_path_factory):
                 GRANIAN_METRICS_SCRAPE_INTERVAL="1",
             )
             traffic = Traffic(stack.nginx)
-            try:
+            with stack.app.stacks_on_failure():
                 drive_requests(traffic, workdir / "db.sqlite3")
                 connections = drive_connections(traffic, stack.prometheus)
                 crash = crash_a_worker(stack.app, stack.metrics_dir, stack.prometheus)
-            except Exception:
-                print(f"where the app's workers were:\n{stack.app.abort_with_stacks()}")
-                raise
             runs[server] = {
                 "project": project,
                 "app": stack.app,

@@ -56,21 +56,22 @@ def test_entry_script_serves_and_stops_gracefully(
     app.migrate()
     app.start()
     try:
-        # Both workers up before the stop: one still starting when the server
-        # stops is killed, not stopped (Granian's supervisor).
-        deadline = time.monotonic() + 60
-        while workers_started(app) < 2:
-            assert time.monotonic() < deadline, app.output()
-            time.sleep(0.1)
-        assert get_json(app, "GET", "/readyz") == (
-            200,
-            {"status": "ready", "checks": {"database": "ok", "redis": "ok"}},
-        )
-        status, item = get_json(
-            app, "POST", "/api/items", {"name": "a", "category": "b", "price": "2"}
-        )
-        assert status == 201
-        assert get_json(app, "GET", f"/api/items/{item['id']}") == (200, item)
+        with app.stacks_on_failure():
+            # Both workers up before the stop: one still starting when the server
+            # stops is killed, not stopped (Granian's supervisor).
+            deadline = time.monotonic() + 60
+            while workers_started(app) < 2:
+                assert time.monotonic() < deadline, app.output()
+                time.sleep(0.1)
+            assert get_json(app, "GET", "/readyz") == (
+                200,
+                {"status": "ready", "checks": {"database": "ok", "redis": "ok"}},
+            )
+            status, item = get_json(
+                app, "POST", "/api/items", {"name": "a", "category": "b", "price": "2"}
+            )
+            assert status == 201
+            assert get_json(app, "GET", f"/api/items/{item['id']}") == (200, item)
     finally:
         code = app.stop()
     messages = log_messages(app)
@@ -102,6 +103,7 @@ def test_a_worker_holding_its_streams_still_answers_and_refuses_the_next(
     app.start()
     with ExitStack() as held:
         held.callback(app.stop)
+        held.enter_context(app.stacks_on_failure())
 
         def stream() -> http.client.HTTPResponse:
             connection = http.client.HTTPConnection("127.0.0.1", app.port, timeout=10)
@@ -230,6 +232,7 @@ def recycled_under_writes(project, tmp_path, **env) -> None:
     created = []
     with ExitStack() as held:
         held.callback(app.stop)
+        held.enter_context(app.stacks_on_failure())
         pool = held.enter_context(ThreadPoolExecutor(6))
         ready = threading.Barrier(7, timeout=60)
         last = "the-last-item"

@@ -144,14 +144,26 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # processes) and the cache. Without it both stay inside one process.
 REDIS_URL = env.str("REDIS_URL", default="")
 CACHE_TIMEOUT = env.float("CACHE_TIMEOUT", default=0.5)
+# Per worker: one is the layer's blocking read; the rest serve group joins and
+# sends, which wait up to the timeout for a free one (core.layers).
+CHANNEL_LAYER_MAX_CONNECTIONS = env.int("CHANNEL_LAYER_MAX_CONNECTIONS", default=50)
+CHANNEL_LAYER_POOL_TIMEOUT = env.float("CHANNEL_LAYER_POOL_TIMEOUT", default=5.0)
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "core.layers.RedisChannelLayer",
             "CONFIG": {
-                # The layer waits on Redis with blocking pops of a few seconds;
-                # redis-py 8 would otherwise time out every read after 5 s.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # The layer waits on Redis with blocking pops of a few
+                        # seconds; redis-py 8 would otherwise time out every
+                        # read after 5 s.
+                        "socket_timeout": None,
+                        "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
+                        "timeout": CHANNEL_LAYER_POOL_TIMEOUT,
+                    }
+                ],
                 "prefix": f"{SERVICE_NAME}:asgi",
             },
         }

@@ -180,6 +180,22 @@ def check_caps_are_positive(app_configs, **kwargs):
 
 
 @register()
+def check_channel_layer_pool(app_configs, **kwargs):
+    """The layer's blocking read holds one of the pool's connections (core.layers):
+    with one in all, every group join and send would wait for it in vain."""
+    size = settings.CHANNEL_LAYER_MAX_CONNECTIONS
+    if size >= 2:
+        return []
+    return [
+        Error(
+            f"CHANNEL_LAYER_MAX_CONNECTIONS is {size}: it must be at least 2"
+            " (one is the channel layer's blocking read).",
+            id="core.E006",
+        )
+    ]
+
+
+@register()
 def check_gc_thresholds(app_configs, **kwargs):
     """A worker would refuse to start with them (core.collector)."""
     try:

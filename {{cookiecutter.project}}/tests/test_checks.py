@@ -20,6 +20,7 @@ from core.checks import (
     CAPS,
     check_api_is_documented,
     check_caps_are_positive,
+    check_channel_layer_pool,
     check_middleware_stays_async,
     check_oidc_settings,
     check_request_signals_stay_async,
@@ -259,6 +260,13 @@ def test_a_cap_below_one_is_an_error(settings, name):
     [error] = check_caps_are_positive(None)
     assert error.id == "core.E003"
     assert error.msg == f"{name} is 0: it must be at least 1."
+
+
+def test_a_channel_layer_pool_of_one_connection_is_an_error(settings):
+    assert check_channel_layer_pool(None) == []
+    settings.CHANNEL_LAYER_MAX_CONNECTIONS = 1
+    [error] = check_channel_layer_pool(None)
+    assert error.id == "core.E006"
 
 
 @needs_mysql_if_generated_for_it

@@ -23,9 +23,6 @@ from granian.utils.proxies import wrap_asgi_with_proxy_headers
 
 from core.connections import count_connections
 from core.lifespan import lifespan
-{%- if cookiecutter.websockets == "yes" %}
-from core.shutdown import answering_handshakes_first
-{%- endif %}
 from core.tracing import wrap as traced
 {%- if cookiecutter.websockets == "yes" %}
 from items.routing import websocket_urlpatterns
@@ -40,14 +37,12 @@ application = count_connections(
 {%- if cookiecutter.websockets == "yes" %}
             # Browsers send Origin; refusing foreign origins stops cross-site
             # WebSocket hijacking of a signed-in user's session.
-            "websocket": answering_handshakes_first(
-                traced(
-                    OriginValidator(
-                        AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
-                        settings.WEBSOCKET_ALLOWED_ORIGINS,
-                    ),
-                    websocket_routes=websocket_urlpatterns,
-                )
+            "websocket": traced(
+                OriginValidator(
+                    AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+                    settings.WEBSOCKET_ALLOWED_ORIGINS,
+                ),
+                websocket_routes=websocket_urlpatterns,
             ),
 {%- endif %}
             "lifespan": lifespan,

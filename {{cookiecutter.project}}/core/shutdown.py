@@ -13,6 +13,9 @@ spread out, not all at once.
 """
 
 import asyncio
+{%- if cookiecutter.websockets == "yes" %}
+import contextlib
+{%- endif %}
 import os
 import random
 import signal
@@ -27,9 +30,15 @@ from django.conf import settings
 # answers cannot hold the shutdown back.
 HANDOVER_SECONDS = 2.0
 
-_stopping: asyncio.Event | None = None
-# What close_on_stop() runs; each task leaves the set when done or cancelled.
-_closing: set[asyncio.Task] = set()
+# Done once the server is told to stop: one future that every connection waits
+# on, none of them with a task of its own.
+_stopped: asyncio.Future | None = None
+# The closes close_on_stop() runs once the server is told to stop: a callable
+# each, not a task waiting, which an idle connection would hold for its life.
+_waiting: set["OnStop"] = set()
+# What the handover waits for: the closes under way (each task leaves the set
+# when done or cancelled){% if cookiecutter.websockets == "yes" %}, and the handshakes held (held()){% endif %}.
+_closing: set[asyncio.Future] = set()
 # The task that hands the signal on to the server, kept so that it is not collected.
 _handover: asyncio.Task | None = None
 
@@ -37,12 +46,15 @@ _handover: asyncio.Task | None = None
 def install() -> None:
     """Chains a SIGTERM handler before the server's; called at lifespan startup, in
     each worker, once the server has installed its own."""
-    global _stopping
+    global _stopped
     loop = asyncio.get_running_loop()
-    _stopping = asyncio.Event()
+    _stopped = loop.create_future()
 
     async def stop(signum, frame):
-        _stopping.set()
+        if not _stopped.done():
+            _stopped.set_result(None)
+        for waiting in list(_waiting):
+            waiting.start()
         # Until nothing is left to close: what is added meanwhile counts too.
         deadline = loop.time() + HANDOVER_SECONDS
         while _closing and (left := deadline - loop.time()) > 0:
@@ -84,14 +96,20 @@ def install() -> None:
 
 
 def is_stopping() -> bool:
-    return _stopping is not None and _stopping.is_set()
+    return _stopped is not None and _stopped.done()
 
 
 async def stopped() -> None:
     """Returns when the server is stopping; never, where install() did not run."""
-    if _stopping is None:
-        await asyncio.Future()
-    await _stopping.wait()
+    await asyncio.shield(stop_signal())
+
+
+def stop_signal() -> asyncio.Future:
+    """A future done once the server is told to stop (never, where install() did
+    not run), shared: wait on it beside others (asyncio.wait), never cancel it."""
+    if _stopped is None:
+        return asyncio.get_running_loop().create_future()
+    return _stopped
 
 
 def reconnect_delay_ms() -> int:
@@ -103,57 +121,54 @@ def reconnect_delay_ms() -> int:
     return round(1000 * random.uniform(1.0, spread))  # noqa: S311
 
 
-def close_on_stop(close: Callable[[], Awaitable]) -> asyncio.Task:
-    """Runs `close` once the server is told to stop, and holds the server's own
-    shutdown until it is done (HANDOVER_SECONDS at most). Cancel the task when the
-    connection ends first."""
+class OnStop:
+    """A close that close_on_stop() runs once the server is told to stop."""
 
-    async def when_stopped():
-        await stopped()
-        await close()
+    __slots__ = ("close", "task")
 
-    task = asyncio.create_task(when_stopped())
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
-    return task
+    def __init__(self, close: Callable[[], Awaitable]):
+        self.close = close
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        _waiting.discard(self)
+        self.task = asyncio.ensure_future(self.close())
+        _closing.add(self.task)
+        self.task.add_done_callback(_closing.discard)
+
+    def cancel(self) -> None:
+        """The connection ended first: the close is not run, or is stopped."""
+        _waiting.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+
+
+def close_on_stop(close: Callable[[], Awaitable]) -> OnStop:
+    """Runs `close` once the server is told to stop (at once, if it is stopping),
+    and holds the server's own shutdown until it is done (HANDOVER_SECONDS at
+    most). Cancel it when the connection ends first."""
+    on_stop = OnStop(close)
+    if is_stopping():
+        on_stop.start()
+    else:
+        _waiting.add(on_stop)
+    return on_stop
 {%- if cookiecutter.websockets == "yes" %}
 
 
-# What ends a WebSocket's handshake: the application accepted or denied it.
-_ANSWERS = frozenset(
-    {"websocket.accept", "websocket.close", "websocket.http.response.start"}
-)
-
-
-def answering_handshakes_first(application):
-    """ASGI middleware for WebSockets: a handshake under way when the server is
-    told to stop holds the server's own shutdown until the application has
-    answered it (HANDOVER_SECONDS at most), so that the connection is accepted
-    and told when to reconnect like the others. Uvicorn answers a handshake still
-    open when its handler runs with a 500 (a worker recycled under clients that
-    reconnect: tests/test_serve.py of the platform template)."""
-
-    async def answering(scope, receive, send):
-        loop = asyncio.get_running_loop()
-        answered = loop.create_future()
-        _closing.add(answered)
-
-        def done() -> None:
-            _closing.discard(answered)
-            if not answered.done():
-                answered.set_result(None)
-
-        async def answering_send(message):
-            await send(message)
-            # Before the application goes on: it adds its close_on_stop() then,
-            # and stop() must find that before this handshake leaves the set.
-            if message["type"] in _ANSWERS:
-                done()
-
-        try:
-            await application(scope, receive, answering_send)
-        finally:
-            done()
-
-    return answering
+@contextlib.asynccontextmanager
+async def held():
+    """Holds the server's own shutdown until the block ends (HANDOVER_SECONDS at
+    most): for a WebSocket's handshake, which Uvicorn answers with a 500 if it is
+    still under way when its handler runs (a worker recycled under clients that
+    reconnect: tests/test_serve.py of the platform template). Answered, the
+    connection is told when to reconnect like the others."""
+    handshake = asyncio.get_running_loop().create_future()
+    _closing.add(handshake)
+    try:
+        yield
+    finally:
+        # After the block: a connection accepted in it has added its close.
+        _closing.discard(handshake)
+        handshake.set_result(None)
 {%- endif %}

@@ -33,7 +33,7 @@ def format_event(event: str, data: dict, event_id: str | None = None) -> str:
 async def _stream(group: str, slot: Slot, last_event_id: str | None):
     loop = asyncio.get_running_loop()
     ends = loop.time() + settings.SSE_MAX_SECONDS
-    stopped = asyncio.ensure_future(shutdown.stopped())
+    stopped = shutdown.stop_signal()
     message = None
     metrics.SSE_STREAMS.inc()
     retry = f"retry: {RETRY_MILLISECONDS}\n\n"
@@ -88,7 +88,6 @@ async def _stream(group: str, slot: Slot, last_event_id: str | None):
     finally:
         # Also when the client left and Django cancelled the stream mid-wait.
         slot.give_back()
-        stopped.cancel()
         if message is not None:
             message.cancel()
 

@@ -92,6 +92,11 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
             return
         await super().dispatch(message)
 
+    async def websocket_connect(self, message):
+        # A stop that comes meanwhile waits for the answer (shutdown.held).
+        async with shutdown.held():
+            await super().websocket_connect(message)
+
     async def __call__(self, scope, receive, send):
         """A channel layer that fails (Redis down), on connecting or later, closes
         the connection with 1013, Try Again Later: a client that kept it open
@@ -123,9 +128,10 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
         finally:
             if self._slot is not None:
                 self._slot.give_back()
-            for task in (self._lifetime, self._token_watch):
-                if task is not None:
-                    task.cancel()
+            # Whatever ended the connection: nothing of it is left to run.
+            for pending in (self._close_on_shutdown, self._lifetime, self._token_watch):
+                if pending is not None:
+                    pending.cancel()
 
     _close_on_shutdown = None
     _client_gone = False
@@ -168,7 +174,10 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
         # Once accepted, as it sends a message before it closes: a stop that came
         # meanwhile closes the connection at once.
         self._close_on_shutdown = shutdown.close_on_stop(self._going_away)
-        self._lifetime = asyncio.create_task(self._expire())
+        # A timer, not a task sleeping: an idle connection holds less.
+        self._lifetime = asyncio.get_running_loop().call_later(
+            settings.WEBSOCKET_MAX_SECONDS, self._expire
+        )
         if self.principal is not None:
             self._token_watch = asyncio.create_task(self._watch_token())
         await self.send_json(
@@ -221,9 +230,8 @@ class ItemsConsumer(AsyncJsonWebsocketConsumer):
         )
         await self.close(code=GOING_AWAY)
 
-    async def _expire(self) -> None:
-        await asyncio.sleep(settings.WEBSOCKET_MAX_SECONDS)
-        await self.close(code=LIFETIME_REACHED)
+    def _expire(self) -> None:
+        self._lifetime = asyncio.ensure_future(self.close(code=LIFETIME_REACHED))
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         if text_data is None:

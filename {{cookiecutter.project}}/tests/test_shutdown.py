@@ -23,7 +23,8 @@ async def server_handler(monkeypatch):
     """Stands in for the server's own SIGTERM handler, as if at lifespan startup."""
     calls = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
-    monkeypatch.setattr(shutdown, "_stopping", None)
+    monkeypatch.setattr(shutdown, "_stopped", None)
+    monkeypatch.setattr(shutdown, "_waiting", set())
     monkeypatch.setattr(shutdown, "_closing", set())
     shutdown.install()
     yield calls
@@ -74,7 +75,8 @@ async def loop_server_handler(monkeypatch):
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, calls.append, signum)
-    monkeypatch.setattr(shutdown, "_stopping", None)
+    monkeypatch.setattr(shutdown, "_stopped", None)
+    monkeypatch.setattr(shutdown, "_waiting", set())
     monkeypatch.setattr(shutdown, "_closing", set())
     shutdown.install()
     yield calls

@@ -30,10 +30,17 @@ def format_event(event: str, data: dict, event_id: str | None = None) -> str:
     return text if event_id is None else f"id: {event_id}\n{text}"
 
 
+async def _done(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def _stream(group: str, slot: Slot, last_event_id: str | None):
     loop = asyncio.get_running_loop()
     ends = loop.time() + settings.SSE_MAX_SECONDS
-    stopped = shutdown.stop_signal()
+    # Done once the server is told to stop (a future, not a task waiting).
+    stopped = loop.create_future()
+    on_stop = shutdown.close_on_stop(lambda: _done(stopped))
     message = None
     metrics.SSE_STREAMS.inc()
     retry = f"retry: {RETRY_MILLISECONDS}\n\n"
@@ -88,6 +95,7 @@ async def _stream(group: str, slot: Slot, last_event_id: str | None):
     finally:
         # Also when the client left and Django cancelled the stream mid-wait.
         slot.give_back()
+        on_stop.cancel()
         if message is not None:
             message.cancel()
 

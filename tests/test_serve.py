@@ -6,6 +6,8 @@ The deeper edge tests (Nginx in front, slow clients, restarts) build on this.
 import http.client
 import json
 import signal
+import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -16,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, EventStream, bearer, request
+from edge import ORIGIN, App, EventStream, Process, bearer, request
 from matrix import each_server, params
 
 
@@ -171,6 +173,37 @@ def test_a_stray_env_file_does_not_configure_the_server(
         app.stop()
     assert response.status == 301, app.output()
     assert response.getheader("Location").startswith("https://"), app.output()
+
+
+@pytest.mark.parametrize(
+    "combination",
+    params([each for each in each_server() if each["server"] == "granian"]),
+)
+def test_granian_is_not_started_on_a_port_another_server_listens_on(
+    combination, generated, tmp_path
+):
+    """Granian's workers listen with SO_REUSEPORT, so a second server on a taken
+    port would start and share its traffic. The other server here is a socket
+    listening with SO_REUSEPORT, as another Granian's workers do."""
+    app = App(generated(combination), tmp_path, "server", WEB_CONCURRENCY="1")
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", app.port))
+        other.listen()
+        Process.start(app)
+        try:
+            code = app.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"started on a taken port:\n{app.output()}")
+        finally:
+            app.stop()
+    assert code == 1, app.output()
+    assert log_messages(app) == [
+        (
+            "bin.serve",
+            f"127.0.0.1:{app.port} is taken (Address already in use): not started",
+        )
+    ]
 
 
 # The reconnect delay a stopping worker gives each client: 1 s to

@@ -1,5 +1,7 @@
 """deploy/ansible/ deploys a MySQL service (database=mysql) to a real systemd host.
 
+The service runs on Granian, the one Ansible host of the suite that does.
+
 One host, from containers.SYSTEMD_MYSQL_HOST: test_ansible.py's Debian 13 VM with
 Debian's MariaDB in PostgreSQL's stead, on 127.0.0.1, standing in for a team's
 MySQL or MariaDB server. The service runs Django Tasks, whose queue is that
@@ -30,7 +32,8 @@ pytestmark = pytest.mark.xdist_group("ansible-mysql")
 
 IMAGE = "localhost/django-asgi-platform/debian-systemd-mysql:trixie"
 # The database is the task queue: no Redis broker (Redis still carries the events).
-OPTIONS = {"database": "mysql", "tasks": "django"}
+# Granian: test_ansible.py's hosts run the default server.
+OPTIONS = {"database": "mysql", "tasks": "django", "server": "granian"}
 
 
 def create_mysql_database(host: Host, password: str) -> str:
@@ -104,3 +107,16 @@ def test_smoke_and_a_task_through_nginx(deployed):
     for host in deployment.hosts:
         smoke_passes(deployment, host)
         a_task_runs(deployment, host)
+
+
+def test_a_recycled_granian_worker_hands_its_waiting_connections_on(deployed):
+    """Granian's workers each listen with SO_REUSEPORT: the role sets
+    net.ipv4.tcp_migrate_req, so the connections waiting on a recycled worker go to
+    another one instead of being reset. Granian checks it as it starts two workers
+    with a lifetime, and warns without it."""
+    deployment, _, _ = deployed
+    host = deployment.hosts[0].testinfra
+    assert host.check_output("cat /proc/sys/net/ipv4/tcp_migrate_req") == "1"
+    journal = host.check_output(f"journalctl --no-pager --unit '{PROJECT}@*'")
+    assert "Spawning worker-2" in journal, journal
+    assert "tcp_migrate_req" not in journal, journal

@@ -91,6 +91,16 @@ PROBES = {
     # next interval, which a restart would not do better.
     "backup": set(),
 }
+# The sysctls Pod Security "baseline" (and so "restricted") allows: Kubernetes'
+# safe set (pod-security-admission's policy/check_sysctls.go, 1.32).
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
+}  # fmt: skip
 # The Nginx file that the chart writes from nginx.trustedProxies.
 TRUSTED_PROXIES = "trusted-proxies.conf"
 # Every container of ours gets a writable /tmp on a read-only root.
@@ -238,6 +248,9 @@ def test_every_pod_meets_the_restricted_pod_security_standard(key, renders):
             for flag in ("hostNetwork", "hostPID", "hostIPC"):
                 if spec.get(flag):
                     problems.append(f"{where}: {flag}")
+            for sysctl in pod.get("sysctls", []):
+                if sysctl["name"] not in SAFE_SYSCTLS:
+                    problems.append(f"{where}: sysctl {sysctl['name']}")
             for volume in spec.get("volumes", []):
                 kinds = set(volume) - {"name"}
                 if not kinds <= RESTRICTED_VOLUMES:
@@ -272,6 +285,26 @@ def test_every_pod_meets_the_restricted_pod_security_standard(key, renders):
                 ):
                     problems.append(f"{label}: no writable /tmp")
     assert problems == []
+
+
+def test_granians_pods_may_hand_a_recycled_workers_connections_on(service, tmp_path):
+    """server.migrateWaitingConnections sets net.ipv4.tcp_migrate_req in the app's
+    pods, and only there; off by default, as Pod Security "baseline" refuses it."""
+    project = service("granian-postgresql")
+    values = tmp_path / "migrate-values.yaml"
+    values.write_text(yaml.safe_dump({"server": {"migrateWaitingConnections": True}}))
+    for given, expected in (
+        ((), None),
+        ((values,), [{"name": "net.ipv4.tcp_migrate_req", "value": "1"}]),
+    ):
+        objects = template(project, default_values(project), *given)
+        web = web_objects(objects)["Deployment"]
+        web_name = f"Deployment/{web['metadata']['name']}"
+        for name, spec in pod_specs(objects):
+            wanted = expected if name == web_name else None
+            assert spec["securityContext"].get("sysctls") == wanted, name
+        for version in KUBERNETES_VERSIONS:
+            validate_builtin(web, version)
 
 
 @pytest.mark.parametrize("key", SERVICES)

@@ -182,6 +182,56 @@ def test_renovate_config_matches_renovates_schema(service):
     run([*command, service / "renovate.json"], service)
 
 
+def renovate_patterns(patterns: list[str]) -> re.Pattern:
+    """Renovate's managerFilePatterns (/regex/) as one Python pattern."""
+    return re.compile("|".join(f"(?:{p.strip('/')})" for p in patterns))
+
+
+def test_renovate_finds_every_pin_of_uv_and_moves_them_as_one(service):
+    """uv is pinned in requirements/uv.txt, with its hashes (the pip_requirements
+    manager rewrites them), and in each workflow's setup-uv (a regex manager):
+    every pin is one Renovate reads, in one group."""
+    config = json.loads((service / "renovate.json").read_text())
+    files = {
+        path.relative_to(service).as_posix(): path.read_text()
+        for path in service.rglob("*")
+        if path.is_file() and ".venv" not in path.parts
+    }
+    assert "pip_requirements" in config["enabledManagers"]
+    requirements = renovate_patterns(config["pip_requirements"]["managerFilePatterns"])
+    assert [name for name in files if requirements.search(name)] == [
+        "requirements/uv.txt"
+    ]
+    (pinned,) = re.findall(r"^uv==(\S+) ", files["requirements/uv.txt"], re.M)
+
+    # Each setup-uv step's version, as the regex managers for uv read them.
+    setup_uv = re.compile(r"astral-sh/setup-uv@\S+ # \S+\s+with:\s+version: ")
+    found = []
+    for manager in config["customManagers"]:
+        if manager.get("depNameTemplate") != "uv":
+            continue
+        names = renovate_patterns(manager["managerFilePatterns"])
+        for name, text in files.items():
+            if not names.search(name):
+                continue
+            for match_string in manager["matchStrings"]:
+                # JavaScript's named groups, in Python's spelling.
+                pattern = match_string.replace("(?<", "(?P<")
+                found += [(name, m["currentValue"]) for m in re.finditer(pattern, text)]
+    steps = [
+        name
+        for name, text in files.items()
+        if name.startswith(".github/workflows/")
+        for _ in setup_uv.finditer(text)
+    ]
+    assert sorted(name for name, _ in found) == sorted(steps)
+    assert {version for _, version in found} == {pinned}
+    assert any(
+        rule.get("matchPackageNames") == ["uv"] and rule.get("groupName")
+        for rule in config["packageRules"]
+    )
+
+
 def test_renovate_pins_the_dockerfiles_base_image_by_digest(service):
     """The Dockerfile names its base by tag (the tests build it on local
     stand-ins, README "Layout"); Renovate's first update pins it."""

@@ -511,6 +511,29 @@ async def test_celery_dead_letters_a_task_that_kills_its_worker_every_time(worke
         "--drop", "all"
     )
     assert await asyncio.to_thread(delivery, job) is None
+
+
+def test_celery_hands_a_dead_workers_task_out_again_after_its_limits_not_an_hour(
+    monkeypatch,
+):
+    """kombu's Redis transport hands an unacknowledged task out again after its
+    visibility timeout, an hour unless set: bin/worker's worker sets it from the
+    declared tasks' limits (queue.redelivery_after), above the longest a task's
+    message may stay unacknowledged while its worker lives."""
+    started = []
+    # bin/worker's environment.
+    monkeypatch.setenv("WORKER_CONCURRENCY", "2")
+    monkeypatch.setattr(queue.app, "start", lambda argv: started.append(argv) or 0)
+    options = dict(queue.app.conf.broker_transport_options)
+    monkeypatch.setitem(queue.app.conf, "broker_transport_options", options)
+    assert queue.main() == 0
+    assert started, "the worker was not started"
+    timeout = queue.app.conf.broker_transport_options["visibility_timeout"]
+    ours = [t for name, t in queue.app.tasks.items() if not name.startswith("celery.")]
+    assert {record_change.name, build_report.name} <= {t.name for t in ours}
+    longest = max(t.time_limit + tasks.retry_delay(max(t.max_retries, 1)) for t in ours)
+    assert timeout == queue.redelivery_after() == longest
+    assert timeout < 3600
 {%- endif %}
 
 

@@ -3,6 +3,7 @@ API_AUTH_READS need a bearer token, an API key of this service or an access
 token of the configured OIDC issuer (a local JWKS endpoint here); every token
 that is not valid is refused with 401 and nothing is written."""
 
+import asyncio
 import base64
 import datetime
 import functools
@@ -11,9 +12,13 @@ import hmac
 import io
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import jwt
@@ -21,6 +26,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from prometheus_client import REGISTRY
@@ -393,6 +399,53 @@ async def test_an_issuer_that_cannot_be_reached_is_a_503_not_a_401(
     assert (status, body["error"]) == (503, "issuer_unavailable")
     assert headers["retry-after"]
     assert await items_written() == 0
+
+
+SERVICE_DIR = Path(__file__).resolve().parent.parent
+# Another worker or pod of the service: three requests of one caller, 20 s into
+# the window the test uses too.
+ANOTHER_PROCESS = """
+import asyncio, sys
+from types import SimpleNamespace
+import django
+django.setup()
+from django.conf import settings
+from core import ratelimit
+from core.auth import Principal
+settings.API_RATE_LIMIT_REQUESTS = 3
+settings.API_RATE_LIMIT_SECONDS = 60
+ratelimit.time = SimpleNamespace(time=lambda: 6000.0 + 20)
+caller = Principal("api_key", sys.argv[1], None)
+async def send_three():
+    for _ in range(3):
+        assert await ratelimit.wait_before(caller) is None
+asyncio.run(send_three())
+"""
+
+
+@pytest.mark.skipif(
+    not django_settings.REDIS_URL,
+    reason="needs Redis (REDIS_URL): the count is in-process",
+)
+async def test_a_callers_requests_count_in_every_process_through_redis(
+    settings, monkeypatch
+):
+    """One count per caller for every worker and pod: after another process sent
+    the caller's three requests, this one refuses its fourth."""
+    settings.API_RATE_LIMIT_REQUESTS = 3
+    settings.API_RATE_LIMIT_SECONDS = 60
+    monkeypatch.setattr(ratelimit, "time", SimpleNamespace(time=lambda: 6000.0 + 20))
+    subject = f"shared-{uuid.uuid4()}"
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", ANOTHER_PROCESS, subject],
+        cwd=SERVICE_DIR,
+        check=True,
+    )
+    assert await ratelimit.wait_before(auth.Principal("api_key", subject, None)) == 40
+    # Another caller's count is its own.
+    other = auth.Principal("api_key", f"{subject}-2", None)
+    assert await ratelimit.wait_before(other) is None
 
 
 async def test_a_token_over_its_rate_limit_gets_429_until_its_window_ends(

@@ -10,10 +10,18 @@ worker, and a command waits up to CHANNEL_LAYER_POOL_TIMEOUT for one: a burst
 queues, and only a Redis that stays busy that long fails it (a RedisError, which
 core.events counts as the layer failing). channels_redis takes no pool class;
 create_pool() is the hook it has.
+
+A connection Redis closed (a restart, a proxy's idle timeout) stays in the pool
+until it is next used: that command is sent again, once, on a new connection,
+instead of failing a WebSocket or stream that opens just after Redis came back.
+While Redis is down, the second try fails at once too.
 """
 
 from channels_redis.core import RedisChannelLayer as ChannelsRedisLayer
 from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 
 class RedisChannelLayer(ChannelsRedisLayer):
@@ -21,4 +29,9 @@ class RedisChannelLayer(ChannelsRedisLayer):
         """A host is {"address": URL, ...}: the rest, `max_connections` and
         `timeout` among them, goes to the pool (config/settings.py)."""
         host = dict(self.hosts[index])
-        return BlockingConnectionPool.from_url(host.pop("address"), **host)
+        return BlockingConnectionPool.from_url(
+            host.pop("address"),
+            retry=Retry(NoBackoff(), retries=1),
+            retry_on_error=[RedisConnectionError],
+            **host,
+        )

@@ -74,3 +74,24 @@ async def test_a_join_that_waits_past_the_timeout_fails_as_the_layer_failing():
     finally:
         await busy.flush()
         await busy.close_pools()
+
+
+async def test_a_connection_redis_dropped_is_replaced_not_failed():
+    """Redis restarted, or a proxy dropped the pool's idle connections: the next
+    command on one is sent again on a new connection, once, instead of failing (a
+    WebSocket that comes back right after a Redis restart would get 1013)."""
+    name = f"test-layers-{uuid.uuid4().hex}"
+    dropped = layer(max_connections=4, timeout=5, name=name)
+    try:
+        channel = await dropped.new_channel()
+        await dropped.group_add("dropped", channel)
+        with redis.Redis.from_url(settings.REDIS_URL) as server:
+            ids = [c["id"] for c in server.client_list() if c["name"] == name]
+            assert ids
+            for client_id in ids:
+                server.client_kill_filter(_id=client_id)
+        await dropped.group_send("dropped", {"type": "hello"})
+        assert (await dropped.receive(channel))["type"] == "hello"
+    finally:
+        await dropped.flush()
+        await dropped.close_pools()

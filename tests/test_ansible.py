@@ -148,9 +148,12 @@ class Deployment:
 
 
 def deploy_under_load(deployment, playbook: str) -> None:
-    """Runs the playbook while a client loop calls every host: no request of the
-    loop fails, and no host is unreachable or failed."""
-    clients = ClientLoop(deployment.hosts)
+    """Runs the playbook while a client loop reads from and writes to every host:
+    no request of the loop fails (Nginx retries a read on the other instance, never
+    a write), every item it created is there afterwards, and no host is
+    unreachable or failed."""
+    keys = {host.name: api_key(deployment, host) for host in deployment.hosts}
+    clients = ClientLoop(deployment.hosts, keys)
     clients.start()
     try:
         output = deployment.deploy(playbook)
@@ -158,7 +161,19 @@ def deploy_under_load(deployment, playbook: str) -> None:
         clients.stopped.set()
         clients.join(timeout=30)
     assert clients.sent > 50, f"the loop did not run during {playbook}"
-    assert clients.failures == []
+    failed_hosts = {name for name, _ in clients.failures}
+    assert clients.failures == [], {
+        name: host.testinfra.check_output(
+            f"journalctl --no-pager --lines=40 --unit {PROJECT}-nginx"
+        )
+        for host in deployment.hosts
+        if (name := host.name) in failed_hosts
+    }
+    assert len(clients.created) > 20, clients.created
+    for host, item_id in clients.created:
+        assert api_status(host, f"/api/items/{item_id}") == 200, (host.name, item_id)
+        # Under Nginx's limit of 50 requests a second per client address.
+        time.sleep(0.025)
     for name, counts in recap(output).items():
         assert counts[2:] == (0, 0), name
 
@@ -721,13 +736,15 @@ def build_versions(host: Host) -> set:
 
 
 class ClientLoop(threading.Thread):
-    """GETs through each host's Nginx, a few a second, until stopped or bounded."""
+    """Through each host's Nginx, a few a second until stopped or bounded: GETs,
+    and every other request a POST of a new item (with the host's API key in
+    `keys`), whose (host, id) it keeps in `created`."""
 
-    def __init__(self, hosts: list, seconds: float = 600, limit: int = 6000):
+    def __init__(self, hosts: list, keys: dict, seconds: float = 600, limit=6000):
         super().__init__(daemon=True)
-        self.hosts, self.seconds, self.limit = hosts, seconds, limit
+        self.hosts, self.keys, self.seconds, self.limit = hosts, keys, seconds, limit
         self.stopped = threading.Event()
-        self.sent, self.failures = 0, []
+        self.sent, self.failures, self.created = 0, [], []
 
     def run(self) -> None:
         deadline = time.monotonic() + self.seconds
@@ -735,17 +752,36 @@ class ClientLoop(threading.Thread):
             if self.sent >= self.limit:
                 break
             host = self.hosts[self.sent % len(self.hosts)]
-            request = urllib.request.Request(
-                host.url(PUBLIC, "/api/items?limit=1"),
-                headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
-            )
+            writes = (self.sent // len(self.hosts)) % 2 == 1
+            headers = {"Host": DOMAIN, "X-Forwarded-Proto": "https"}
+            if writes:
+                item = {"name": f"loop-{self.sent}", "category": "loop", "price": "1"}
+                request = urllib.request.Request(
+                    host.url(PUBLIC, "/api/items"),
+                    data=json.dumps(item).encode(),
+                    method="POST",
+                    headers={
+                        **headers,
+                        "Content-Type": "application/json",
+                        "Authorization": f"Bearer {self.keys[host.name]}",
+                    },
+                )
+            else:
+                request = urllib.request.Request(
+                    host.url(PUBLIC, "/api/items?limit=1"), headers=headers
+                )
             self.sent += 1
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
-                    if response.status != 200:
+                    if response.status != (201 if writes else 200):
                         self.failures.append((host.name, response.status))
+                    elif writes:
+                        self.created.append((host, json.load(response)["id"]))
+            except urllib.error.HTTPError as error:
+                answer = (request.method, error.code, error.read()[:300], time.time())
+                self.failures.append((host.name, answer))
             except (urllib.error.URLError, OSError) as error:
-                self.failures.append((host.name, repr(error)))
+                self.failures.append((host.name, (request.method, repr(error))))
             time.sleep(0.1)
 
 
@@ -764,10 +800,10 @@ def invocations(host: Host) -> dict:
     }
 
 
-def api_status(host: Host) -> int:
+def api_status(host: Host, path: str = "/api/items?limit=1") -> int:
     """The status of a read of the API through the host's Nginx."""
     request = urllib.request.Request(
-        host.url(PUBLIC, "/api/items?limit=1"),
+        host.url(PUBLIC, path),
         headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
     )
     with urllib.request.urlopen(request, timeout=10) as response:

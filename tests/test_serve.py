@@ -179,31 +179,30 @@ def test_a_stray_env_file_does_not_configure_the_server(
     "combination",
     params([each for each in each_server() if each["server"] == "granian"]),
 )
+@pytest.mark.parametrize("taken", ["port", "granian_metrics_port"])
 def test_granian_is_not_started_on_a_port_another_server_listens_on(
-    combination, generated, tmp_path
+    combination, taken, generated, tmp_path
 ):
     """Granian's workers listen with SO_REUSEPORT, so a second server on a taken
-    port would start and share its traffic. The other server here is a socket
+    port would start and share its traffic; with its exporter's port taken, its
+    workers would start and never answer. The other server here is a socket
     listening with SO_REUSEPORT, as another Granian's workers do."""
     app = App(generated(combination), tmp_path, "server", WEB_CONCURRENCY="1")
+    port = getattr(app, taken)
     with socket.socket() as other:
         other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        other.bind(("127.0.0.1", app.port))
+        other.bind(("127.0.0.1", port))
         other.listen()
         Process.start(app)
         try:
             code = app.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"started on a taken port:\n{app.output()}")
+            pytest.fail(f"started with a taken port:\n{app.output()}")
         finally:
             app.stop()
     assert code == 1, app.output()
-    assert log_messages(app) == [
-        (
-            "bin.serve",
-            f"127.0.0.1:{app.port} is taken (Address already in use): not started",
-        )
-    ]
+    message = f"127.0.0.1:{port} is taken (Address already in use): not started"
+    assert log_messages(app) == [("bin.serve", message)]
 
 
 # The reconnect delay a stopping worker gives each client: 1 s to

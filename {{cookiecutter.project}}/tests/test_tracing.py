@@ -79,6 +79,9 @@ def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
                 **os.environ,
                 "PATH": f"{bin_dir}:{os.environ['PATH']}",
                 "PORT": str(port),
+                # Granian's exporter: one port per server (its default, 9400,
+                # would be shared by every suite running at once).
+                "GRANIAN_METRICS_PORT": str(free_port()),
                 "WEB_CONCURRENCY": "1",
                 "DATABASE_URL": database_url(),
                 "DJANGO_SETTINGS_MODULE": "config.settings",

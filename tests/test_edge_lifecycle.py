@@ -60,9 +60,13 @@ def test_sigterm_finishes_requests_and_closes_streams_cleanly(
     combination, started, tmp_path
 ):
     (app,), nginx = started(combination, 1, WEB_CONCURRENCY="2", GRACEFUL_TIMEOUT="10")
-    with connect(
-        f"ws://127.0.0.1:{nginx.port}/ws/items", additional_headers=ORIGIN
-    ) as websocket:
+    # A worker that never answers: where its threads were is printed.
+    with (
+        app.stacks_on_failure(),
+        connect(
+            f"ws://127.0.0.1:{nginx.port}/ws/items", additional_headers=ORIGIN
+        ) as websocket,
+    ):
         assert json.loads(websocket.recv(timeout=10))["type"] == "welcome"
         events = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=30)
         events.request("GET", "/api/items/events")

@@ -18,7 +18,6 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import SimpleNamespace
 
 import jwt
@@ -401,7 +400,6 @@ async def test_an_issuer_that_cannot_be_reached_is_a_503_not_a_401(
     assert await items_written() == 0
 
 
-SERVICE_DIR = Path(__file__).resolve().parent.parent
 # Another worker or pod of the service: three requests of one caller, 20 s into
 # the window the test uses too.
 ANOTHER_PROCESS = """
@@ -439,7 +437,7 @@ async def test_a_callers_requests_count_in_every_process_through_redis(
     await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", ANOTHER_PROCESS, subject],
-        cwd=SERVICE_DIR,
+        cwd=django_settings.BASE_DIR,
         check=True,
     )
     assert await ratelimit.wait_before(auth.Principal("api_key", subject, None)) == 40

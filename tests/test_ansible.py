@@ -595,26 +595,28 @@ def api_key(deployment: Deployment, host: Host) -> str:
     return deployment.api_keys[host.name]
 
 
-def a_task_runs(deployment: Deployment, host: Host) -> None:
-    """An item POSTed through the host's Nginx: its change is recorded by a task
-    (items.record_change), which the host's worker runs within seconds."""
-    before = tasks_succeeded(host)
-    request = urllib.request.Request(
+def item_post(host: Host, key: str, name: str) -> urllib.request.Request:
+    """A POST of a new item named `name` through the host's Nginx, with `key`."""
+    item = {"name": name, "category": "ansible", "price": "1.00"}
+    return urllib.request.Request(
         host.url(PUBLIC, "/api/items"),
-        data=json.dumps(
-            {
-                "name": f"ansible-{uuid.uuid4().hex[:12]}",
-                "category": "ansible",
-                "price": "1.00",
-            }
-        ).encode(),
+        data=json.dumps(item).encode(),
         method="POST",
         headers={
             "Host": DOMAIN,
             "X-Forwarded-Proto": "https",
             "Content-Type": "application/json",
-            "Authorization": f"Bearer {api_key(deployment, host)}",
+            "Authorization": f"Bearer {key}",
         },
+    )
+
+
+def a_task_runs(deployment: Deployment, host: Host) -> None:
+    """An item POSTed through the host's Nginx: its change is recorded by a task
+    (items.record_change), which the host's worker runs within seconds."""
+    before = tasks_succeeded(host)
+    request = item_post(
+        host, api_key(deployment, host), f"ansible-{uuid.uuid4().hex[:12]}"
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 201
@@ -753,22 +755,12 @@ class ClientLoop(threading.Thread):
                 break
             host = self.hosts[self.sent % len(self.hosts)]
             writes = (self.sent // len(self.hosts)) % 2 == 1
-            headers = {"Host": DOMAIN, "X-Forwarded-Proto": "https"}
             if writes:
-                item = {"name": f"loop-{self.sent}", "category": "loop", "price": "1"}
-                request = urllib.request.Request(
-                    host.url(PUBLIC, "/api/items"),
-                    data=json.dumps(item).encode(),
-                    method="POST",
-                    headers={
-                        **headers,
-                        "Content-Type": "application/json",
-                        "Authorization": f"Bearer {self.keys[host.name]}",
-                    },
-                )
+                request = item_post(host, self.keys[host.name], f"loop-{self.sent}")
             else:
                 request = urllib.request.Request(
-                    host.url(PUBLIC, "/api/items?limit=1"), headers=headers
+                    host.url(PUBLIC, "/api/items?limit=1"),
+                    headers={"Host": DOMAIN, "X-Forwarded-Proto": "https"},
                 )
             self.sent += 1
             try:

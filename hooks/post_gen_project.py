@@ -24,15 +24,20 @@ sys.path.insert(0, str(TEMPLATE_DIR))
 COMPONENTS = ("nginx", "helm", "ansible", "prometheus", "grafana")
 
 # Files that exist only for some values of an option, or of a fact derived from
-# the options (cookiecutter.json's __ variables).
+# the options (cookiecutter.json's __ variables). A file under several keys is
+# kept only where each of them holds.
 FILES_OF_CHOICE = {
     ("websockets", ("yes",)): [
         "items/consumers.py",
         "items/routing.py",
         "tests/test_websocket.py",
+        "config/uvicorn_ws.py",
     ],
     ("server", ("gunicorn-uvicorn",)): ["config/gunicorn_worker_class.py"],
-    ("server", ("uvicorn", "gunicorn-uvicorn")): ["config/uvicorn_http.py"],
+    ("server", ("uvicorn", "gunicorn-uvicorn")): [
+        "config/uvicorn_http.py",
+        "config/uvicorn_ws.py",
+    ],
     ("server", ("granian",)): ["deploy/grafana/dashboards/granian.json"],
     # A worker killed mid-task, for the libraries whose redelivery needs a worker
     # of the test's own (Celery's is immediate: its tests are in test_tasks.py).
@@ -106,7 +111,7 @@ def remove_files_of_other_choices() -> None:
     for (option, choices), paths in FILES_OF_CHOICE.items():
         if CONTEXT[option] not in choices:
             for path in paths:
-                (SERVICE_DIR / path).unlink()
+                (SERVICE_DIR / path).unlink(missing_ok=True)
 
 
 # Modules chosen by an option: (package, module) is the chosen one of

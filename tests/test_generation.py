@@ -215,6 +215,7 @@ def test_disabled_websockets_leave_no_websocket_code(tmp_path):
     project = generate_service({"websockets": "no"}, tmp_path)
     assert not (project / "items" / "consumers.py").exists()
     assert not (project / "tests" / "test_websocket.py").exists()
+    assert not (project / "config" / "uvicorn_ws.py").exists()
     assert '"websocket"' not in (project / "config" / "asgi.py").read_text()
     settings = (project / "config" / "settings.py").read_text()
     assert "WEBSOCKET_MAX_MESSAGE_BYTES" not in settings

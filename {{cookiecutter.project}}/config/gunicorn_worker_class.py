@@ -4,7 +4,9 @@ UvicornWorker with this service's Uvicorn settings.
 Gunicorn hands Uvicorn the bind, keep-alive, backlog, worker recycling and
 trusted proxies from its own flags (bin/serve); the settings below have no
 Gunicorn flag, and uvicorn-worker applies CONFIG_KWARGS last. The HTTP protocol
-is httptools' with a JSON 400 for requests it cannot parse (config/uvicorn_http.py).
+is httptools' with a JSON 400 for requests it cannot parse (config/uvicorn_http.py){% if cookiecutter.websockets == "yes" %};
+the WebSocket one lets the service answer a handshake under way at shutdown
+(config/uvicorn_ws.py){% endif %}.
 """
 
 import logging
@@ -13,6 +15,9 @@ import os
 from uvicorn_worker import UvicornWorker
 
 from config.uvicorn_http import ServiceHttpToolsProtocol
+{%- if cookiecutter.websockets == "yes" %}
+from config.uvicorn_ws import ServiceWebSocketProtocol
+{%- endif %}
 
 
 class ServiceUvicornWorker(UvicornWorker):
@@ -23,7 +28,7 @@ class ServiceUvicornWorker(UvicornWorker):
         "server_header": False,
         "timeout_graceful_shutdown": int(os.environ.get("GRACEFUL_TIMEOUT", "30")),
 {%- if cookiecutter.websockets == "yes" %}
-        "ws": "websockets-sansio",
+        "ws": ServiceWebSocketProtocol,
         "ws_max_size": int(os.environ.get("WEBSOCKET_MAX_MESSAGE_BYTES", "16384")),
         "ws_ping_interval": float(os.environ.get("WEBSOCKET_PING_INTERVAL", "20")),
         "ws_per_message_deflate": False,

@@ -3,15 +3,29 @@ end cleanly, each told when to reconnect, and readiness turns 503, before the
 server's own handler runs."""
 
 import asyncio
+{%- if cookiecutter.websockets == "yes" and cookiecutter.server != "granian" %}
+import json
+{%- endif %}
 import os
 import signal
+{%- if cookiecutter.websockets == "yes" and cookiecutter.server != "granian" %}
+import socket
+{%- endif %}
 
 import pytest
 {%- if cookiecutter.websockets == "yes" %}
 from channels.testing import WebsocketCommunicator
 {%- endif %}
+{%- if cookiecutter.websockets == "yes" and cookiecutter.server != "granian" %}
+from uvicorn import Config, Server
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+{%- endif %}
 
 from config.asgi import application
+{%- if cookiecutter.websockets == "yes" and cookiecutter.server != "granian" %}
+from config.uvicorn_ws import ServiceWebSocketProtocol
+{%- endif %}
 from core import {% if cookiecutter.websockets == "yes" %}auth, {% endif %}shutdown
 from tests.asgi import next_chunk, open_stream
 
@@ -207,4 +221,56 @@ async def test_a_handshake_under_way_is_answered_before_the_server_handler_runs(
         "code": 1001,
     }
     assert await eventually(lambda: server_handler == [signal.SIGTERM])
+{%- if cookiecutter.server != "granian" %}
+
+
+async def test_a_handshake_that_comes_after_the_handover_is_answered_too(
+    server_handler, settings, monkeypatch
+):
+    """A connection that comes in once the server's handler has run, before
+    Uvicorn stops accepting: Uvicorn would answer it 500 when it shuts its
+    connections down; its protocol (config/uvicorn_ws.py) leaves it to the
+    service, which tells that client when to reconnect like the others."""
+    settings.RECONNECT_SPREAD_SECONDS = 60
+    reached, release = asyncio.Event(), asyncio.Event()
+    authenticate = auth.authenticate
+
+    async def slow_authenticate(authorization):
+        reached.set()
+        await release.wait()
+        return await authenticate(authorization)
+
+    monkeypatch.setattr(auth, "authenticate", slow_authenticate)
+    sigterm()
+    assert await eventually(lambda: server_handler == [signal.SIGTERM])
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        config = Config(
+            application, ws=ServiceWebSocketProtocol, lifespan="off", log_config=None
+        )
+        server = Server(config)
+        serving = asyncio.create_task(server.serve(sockets=[listening]))
+        assert await eventually(lambda: server.started)
+        port = listening.getsockname()[1]
+        opening = connect(
+            f"ws://127.0.0.1:{port}/ws/items",
+            origin="https://{{ cookiecutter.domain }}",
+            open_timeout=10,
+        )
+        connecting = asyncio.ensure_future(opening)
+        await asyncio.wait_for(reached.wait(), timeout=5)
+        server.should_exit = True
+        # Stopped accepting, then told each connection to shut down: at once.
+        assert await eventually(lambda: not server.servers[0].is_serving())
+        release.set()
+        async with await connecting as websocket:
+            assert json.loads(await websocket.recv())["type"] == "welcome"
+            told = json.loads(await websocket.recv())
+            assert told["type"] == "reconnect"
+            reconnect_delay(told["retry_ms"], 60)
+            with pytest.raises(ConnectionClosed) as closed:
+                await websocket.recv()
+        assert closed.value.rcvd.code == 1001
+        await asyncio.wait_for(serving, timeout=10)
+{%- endif %}
 {%- endif %}

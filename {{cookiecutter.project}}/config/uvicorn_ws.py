@@ -1,0 +1,36 @@
+"""Uvicorn's WebSocket protocol (websockets' sans-I/O one) letting the service
+answer a handshake that is under way when the worker shuts down, instead of
+Uvicorn's 500.
+
+At shutdown Uvicorn answers every handshake the app has not answered yet with a
+500, and fails every open WebSocket with 1012. The service's SIGTERM handler
+holds Uvicorn's own until the handshakes under way are answered
+(core.shutdown.held()), but a connection can still come in after that and
+before Uvicorn stops accepting (up to a tick of its loop, 0.1 s): a recycled
+worker under clients that reconnect gets some (tests/test_serve.py of the
+platform template). Such a handshake is left to the app, which answers it and,
+as the worker is stopping, tells the client when to reconnect and closes with
+1001 (core.shutdown.close_on_stop()); Uvicorn waits for the connection to end
+(its graceful timeout at most). No setting of Uvicorn or uvicorn-worker changes
+this answer, so this subclass does. bin/serve (Uvicorn's --ws) and
+config/gunicorn_worker_class.py name it.
+"""
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from core.shutdown import HANDOVER_SECONDS
+
+
+class ServiceWebSocketProtocol(WebSocketsSansIOProtocol):
+    # Called by Uvicorn's Server.shutdown() for each connection, once it has
+    # stopped accepting.
+    def shutdown(self) -> None:
+        if self.disconnected:
+            return
+        if not self.handshake_complete:
+            # Once the app has answered, as for any open WebSocket: by then the
+            # service has closed it (Uvicorn then only drops the connection), or,
+            # for a WebSocket that is not told, Uvicorn closes it with 1012.
+            self.loop.call_later(HANDOVER_SECONDS, self.shutdown)
+            return
+        super().shutdown()

@@ -13,12 +13,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from edge import ORIGIN, App, EventStream, Process, bearer, request
+from edge import ORIGIN, App, EventStream, Process, bearer, descendants, request
 from matrix import each_server, params
 
 
@@ -203,6 +204,34 @@ def test_granian_is_not_started_on_a_port_another_server_listens_on(
     assert code == 1, app.output()
     message = f"127.0.0.1:{port} is taken (Address already in use): not started"
     assert log_messages(app) == [("bin.serve", message)]
+
+
+@pytest.mark.parametrize(
+    "combination",
+    params([each for each in each_server() if each["server"] == "granian"]),
+)
+def test_granian_starts_its_workers_by_spawn_not_by_fork(
+    combination, generated, tmp_path
+):
+    """A worker forked while Granian's main process ran its metrics thread could
+    wait forever on what that thread held, listening and never accepting
+    (bin/serve): each worker is a new interpreter (multiprocessing's spawn), not a
+    copy of the main process."""
+    app = App(generated(combination), tmp_path, "server", WEB_CONCURRENCY="1")
+    with ExitStack() as held:
+        held.callback(app.stop)
+        app.start()
+        main = app.process.pid
+        [worker] = [
+            int(line["message"].rpartition(" ")[2])
+            for line in map(json.loads, app.output().splitlines())
+            if line["message"].startswith("Spawning worker-1 with PID")
+        ]
+        assert worker in descendants(main)
+        command = Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0")
+        assert command != Path(f"/proc/{main}/cmdline").read_bytes().split(b"\0")
+        assert b"--multiprocessing-fork" in command, command
+        assert any(b"spawn_main" in part for part in command), command
 
 
 # The reconnect delay a stopping worker gives each client: 1 s to

@@ -25,14 +25,11 @@ logger = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 2.0
 
 
-async def run(step: str, followup: Awaitable) -> bool:
-    """Awaits `followup` ("publish", or "enqueue" for a task whose request fails
-    without it); False if it failed."""
+async def run(step: str, followup: Awaitable) -> None:
+    """Awaits `followup` ("publish"); a failure is counted and logged, never raised."""
     try:
         async with asyncio.timeout(TIMEOUT_SECONDS):
             await followup
     except Exception:
         metrics.FOLLOWUPS_FAILED.labels(step).inc()
         logger.warning("follow-up failed", extra={"step": step}, exc_info=True)
-        return False
-    return True

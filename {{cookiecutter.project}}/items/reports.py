@@ -1,16 +1,24 @@
 """Stock reports, built in the background: POST /api/reports answers 202 at once,
 the worker (items.tasks.build_report) fills the report in, GET /api/reports/<id>
-shows how far it got. config/urls.py includes the routes below."""
+shows how far it got. config/urls.py includes the routes below.
+
+A report's task is sent as an item's change is (core.outbox): right after the
+report has committed, or, with the broker down, later by the task worker's
+relay. So a report that was answered 202 is built, late at worst, and the
+answer never depends on the broker. A create takes an Idempotency-Key: a client
+that retries gets the first report, not a second one built too."""
 
 from datetime import datetime
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.db import transaction
 from django.http import JsonResponse
 from django.urls import path
 
 import items.urls  # noqa: F401  (registers the item_id converter of the routes below)
-from core import followups, reads
-from core.api import Answer, ApiError, ApiView, operation, unavailable
+from core import idempotency, outbox, reads
+from core.api import Answer, ApiError, ApiView, operation
 from items.models import Report
 from items.schemas import CategoryName, Schema
 from items.tasks import build_report
@@ -60,20 +68,25 @@ def report_data(report: dict) -> dict:
 class ReportCollection(ApiView):
     """A stock report is built by the worker: 202 now, the result at its URL."""
 
-    @operation({202: ReportOut}, body=ReportIn)
-    async def post(self, request, body: ReportIn):
-        report = await Report.objects.acreate(category=body.category or "")
-        if not await followups.run("enqueue", build_report.enqueue(report.id)):
-            # No task, no report: one left queued would never be built. A task
-            # that did reach the broker finds its report gone and does nothing.
-            await Report.objects.filter(pk=report.id).adelete()
-            raise unavailable(
-                "queue_unavailable", "the task queue is not available, retry"
-            )
-        values = {field: getattr(report, field) for field in FIELDS}
-        response = JsonResponse(report_data(values), status=202)
-        response["Location"] = f"/api/reports/{report.id}"
+    @operation({202: ReportOut}, body=ReportIn, idempotent=True)
+    async def post(self, request, body: ReportIn, idempotency_key):
+        report = await _create_report(body.category or "", idempotency_key)
+        await outbox.enqueue(build_report, report["id"])
+        response = JsonResponse(report, status=202)
+        response["Location"] = f"/api/reports/{report['id']}"
         return response
+
+
+@sync_to_async
+def _create_report(category: str, key: idempotency.Key | None) -> dict:
+    """The new report's JSON form; with an Idempotency-Key, its answer commits
+    with the report."""
+    with transaction.atomic():
+        report = Report.objects.create(category=category)
+        created = report_data({field: getattr(report, field) for field in FIELDS})
+        if key:
+            idempotency.remember(key, 202, created)
+        return created
 
 
 class ReportDetail(ApiView):

@@ -30,8 +30,9 @@ async def build_report(report_id: int) -> None:
     """Enqueued by POST /api/reports. A category that does not exist (yet) fails
     the attempt: it is tried again, in case the category is created meanwhile."""
     report = await Report.objects.filter(pk=report_id).afirst()
-    if report is None:
-        # Withdrawn: its request could not enqueue this task in time (reports.py).
+    if report is None or report.status == Report.Status.DONE:
+        # Built already: this is a second delivery. None: withdrawn by an older
+        # release, whose request deleted a report it could not enqueue.
         return
     report.attempts += 1
     items = Item.objects.all()

@@ -37,7 +37,7 @@ from core.models import PendingTask
 {%- endif %}
 from items.models import Item{% if cookiecutter.tasks != "none" %}, Report{% endif %}
 {%- if cookiecutter.tasks != "none" %}
-from items.tasks import record_change
+from items.tasks import build_report, record_change
 {%- endif %}
 from tests.asgi import next_chunk, open_stream, request
 
@@ -234,16 +234,28 @@ async def test_the_workers_relay_sends_on_one_event_loop_and_closes_it(monkeypat
     assert not await PendingTask.objects.aexists()
 
 
-async def test_a_report_that_cannot_be_enqueued_is_withdrawn_with_503(monkeypatch):
+async def test_a_report_the_broker_refuses_is_accepted_and_its_task_relayed(
+    monkeypatch,
+):
+    """The report's answer does not depend on the broker: its task is kept, as an
+    item's is, and sent once the broker is back."""
     broker(monkeypatch, refused)
-    status, headers, body = await request(application, "POST", "/api/reports", {})
-    assert (status, body["error"], headers["retry-after"]) == (
-        503,
-        "queue_unavailable",
-        "1",
-    )
-    # No report is left queued that no task would ever build.
-    assert not await Report.objects.aexists()
+    status, headers, report = await request(application, "POST", "/api/reports", {})
+    assert (status, report["status"]) == (202, "queued")
+    assert headers["location"] == f"/api/reports/{report['id']}"
+    assert await Report.objects.filter(pk=report["id"]).aexists()
+    (kept,) = [task async for task in PendingTask.objects.all()]
+    assert (kept.task, kept.args) == (build_report.name, [report["id"]])
+
+    sent = []
+
+    async def accepted(task, *args):
+        sent.append([task.name, *args])
+
+    broker(monkeypatch, accepted)
+    assert await sync_to_async(relay_round)() == 1
+    assert sent == [[build_report.name, report["id"]]]
+    assert not await PendingTask.objects.aexists()
 {%- endif %}
 
 

@@ -9,7 +9,8 @@ import pytest
 from config.asgi import application
 from core.models import IdempotentRequest
 from core.openapi import document
-from items.models import Item
+from items.models import Item{% if cookiecutter.tasks != "none" %}, Report
+from items.tasks import build_report{% endif %}
 from tests.asgi import exchange
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -35,6 +36,29 @@ async def test_a_retry_gets_the_first_answer_and_creates_nothing(item_payload):
     assert again[1]["idempotent-replayed"] == "true"
     assert "idempotent-replayed" not in first[1]
     assert await Item.objects.acount() == 1
+
+
+{%- if cookiecutter.tasks != "none" %}
+
+
+async def test_a_retried_report_is_the_first_one_and_its_task_is_sent_once(
+    monkeypatch,
+):
+    sent = []
+
+    async def accepted(task, *args):
+        sent.append([task.name, *args])
+
+    # On the adapter's Task class: some libraries' task objects are frozen.
+    monkeypatch.setattr(type(build_report), "enqueue", accepted)
+    first = await post("/api/reports", {"category": "tools"})
+    again = await post("/api/reports", {"category": "tools"})
+    assert first[0] == again[0] == 202
+    assert again[2] == first[2]
+    assert again[1]["idempotent-replayed"] == "true"
+    assert await Report.objects.acount() == 1
+    assert sent == [[build_report.name, first[2]["id"]]]
+{%- endif %}
 
 
 async def test_the_same_key_with_another_body_is_refused(item_payload):
@@ -94,4 +118,10 @@ def test_the_document_declares_the_key_on_the_creates_only():
         for method, operation in operations.items()
         if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))
     }
-    assert declared == {("/api/items", "post"), ("/api/items/bulk", "post")}
+    assert declared == {
+        ("/api/items", "post"),
+        ("/api/items/bulk", "post"),
+{%- if cookiecutter.tasks != "none" %}
+        ("/api/reports", "post"),
+{%- endif %}
+    }

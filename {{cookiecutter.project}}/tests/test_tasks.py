@@ -233,6 +233,20 @@ async def test_a_report_is_built_by_the_worker(worker, async_client, item_payloa
     assert report["error"] is None
 
 
+async def test_a_report_delivered_again_is_not_built_again(worker, async_client):
+    def succeeded() -> float:
+        task = (("task", build_report.name),)
+        return worker.samples().get(("django_tasks_succeeded_total", task), 0)
+
+    report = await request_report(async_client, {})
+    built = await finished_report(async_client, report["id"])
+    before = await asyncio.to_thread(succeeded)
+    await build_report.enqueue(report["id"])  # as after a worker killed mid-task
+    await eventually(lambda: asyncio.to_thread(lambda: succeeded() > before or None))
+    again = await async_client.get(f"/api/reports/{report['id']}")
+    assert again.json() == built
+
+
 async def test_a_failing_task_is_retried_then_reported_failed(worker, async_client):
     def counts() -> dict:
         samples = worker.samples()

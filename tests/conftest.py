@@ -83,5 +83,14 @@ def mysql_checks_url(mysql_url):
 def redis_database():
     """A function that gives the URL of a database of this worker's Redis server that
     no other use has had: tests choose no database numbers by hand."""
-    with services.redis(REDIS_DATABASES) as url:
-        yield services.RedisDatabases(url, REDIS_DATABASES).new
+    with services.redis(REDIS_DATABASES) as server:
+        yield services.RedisDatabases(server.url, REDIS_DATABASES).new
+
+
+@pytest.fixture(scope="session")
+def secure_redis(tmp_path_factory):
+    """This worker's Redis with TLS only and an ACL user (services.Redis): hand out
+    its databases with RedisDatabases, as redis_database does."""
+    with services.redis(tls_in=tmp_path_factory.mktemp("redis-tls")) as server:
+        server.databases_left = services.RedisDatabases(server.url, server.databases)
+        yield server

@@ -17,7 +17,9 @@ import subprocess
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
+
+import trustme
 
 
 def free_port() -> int:
@@ -412,9 +414,21 @@ class Redis:
     """A Redis server with this many databases (Redis's default is 16), which a
     test may stop and start again (its port stays). It keeps nothing on disk,
     unless `durable_in` names a directory: then every write is in its append-only
-    file before Redis answers, as a task broker's Redis must keep its queue."""
+    file before Redis answers, as a task broker's Redis must keep its queue.
 
-    def __init__(self, databases: int = 16, durable_in: Path | None = None):
+    With `tls_in` (a directory), it is a Redis as the service's README asks for in
+    production: TLS only, with a certificate from a CA of the test's own (trustme;
+    its file is `ca_file`), and one ACL user, whose name and password need
+    percent-encoding in a URL; the default user is off."""
+
+    ACL_USER, ACL_PASSWORD = "svc@team", "p:w/d"
+
+    def __init__(
+        self,
+        databases: int = 16,
+        durable_in: Path | None = None,
+        tls_in: Path | None = None,
+    ):
         self.executable = shutil.which("redis-server")
         if self.executable is None:
             raise RuntimeError("redis-server not found: apt-get install redis-server")
@@ -425,17 +439,40 @@ class Redis:
                 *("--save", "", "--dir", str(durable_in)),
                 *("--appendonly", "yes", "--appendfsync", "always"),
             ]
+        self.listening = ["--port", str(self.port)]
+        self.tls = tls_in is not None
+        if self.tls:
+            self.ca_file = tls_in / "ca.pem"
+            ca = trustme.CA()
+            ca.cert_pem.write_to_path(self.ca_file)
+            issued = ca.issue_cert("127.0.0.1")
+            issued.private_key_and_cert_chain_pem.write_to_path(tls_in / "server.pem")
+            self.listening = [
+                *("--port", "0", "--tls-port", str(self.port)),
+                *("--tls-cert-file", str(tls_in / "server.pem")),
+                *("--tls-key-file", str(tls_in / "server.pem")),
+                *("--tls-auth-clients", "no"),
+                *("--user", "default", "off"),
+                *("--user", self.ACL_USER, "on", f">{self.ACL_PASSWORD}"),
+                *("~*", "&*", "+@all"),
+            ]
         self.process = None
 
     @property
     def url(self) -> str:
         """Its URL, without a database."""
+        if self.tls:
+            user, password = (
+                quote(self.ACL_USER, safe=""),
+                quote(self.ACL_PASSWORD, safe=""),
+            )
+            return f"rediss://{user}:{password}@127.0.0.1:{self.port}"
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                *(self.executable, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *(self.executable, *self.listening, "--bind", "127.0.0.1"),
                 *self.persistence,
                 *("--databases", str(self.databases)),
             ],
@@ -449,12 +486,12 @@ class Redis:
 
 
 @contextmanager
-def redis(databases: int = 16):
-    """A Redis server; yields its URL, without a database."""
-    server = Redis(databases)
+def redis(databases: int = 16, tls_in: Path | None = None):
+    """A Redis server; yields it (its `url` is without a database)."""
+    server = Redis(databases, tls_in=tls_in)
     server.start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()
 

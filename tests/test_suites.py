@@ -10,11 +10,12 @@ Every row of the covering set gets the cheap checks (test_generation.py).
 """
 
 import re
+import subprocess
 
 import pytest
 
-from harness import check_steps, service_env
-from matrix import name, params, suite_combinations
+from harness import check_steps, run, service_env
+from matrix import TASK_BROKER, name, params, suite_combinations
 from services import create_database
 
 # The session fixture of each database server (conftest.py), asked for only by
@@ -56,3 +57,58 @@ def test_suite_passes_on_embedded_defaults(combination, generated):
     assert "database: sqlite" in output
     assert "channel layer: InMemoryChannelLayer" in output
     assert " passed" in output
+
+
+def one_per_redis_broker() -> list[dict]:
+    """A suite combination on PostgreSQL for each task library whose broker is Redis."""
+    rows = {}
+    for combination in suite_combinations():
+        tasks = combination["tasks"]
+        on_postgresql = combination["database"] == "postgresql"
+        if TASK_BROKER.get(tasks) == "redis" and on_postgresql:
+            rows.setdefault(tasks, combination)
+    return list(rows.values())
+
+
+def commands_processed(server) -> int:
+    info = subprocess.run(
+        [
+            *("redis-cli", "--tls", "--cacert", str(server.ca_file)),
+            *("-h", "127.0.0.1", "-p", str(server.port)),
+            *("--user", server.ACL_USER, "--pass", server.ACL_PASSWORD),
+            *("--no-auth-warning", "info", "stats"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(re.search(r"total_commands_processed:(\d+)", info)[1])
+
+
+@pytest.mark.parametrize("combination", params(one_per_redis_broker()))
+def test_redis_is_reached_with_tls_and_an_acl_user(
+    combination, generated, secure_redis, postgres_url
+):
+    """REDIS_URL as the service's README tells a team to set it: rediss://, an ACL
+    user of the service's own (name and password percent-encoded), the server's
+    certificate from a private CA the service trusts through SSL_CERT_FILE. The
+    service's tests that use Redis, the cache, the channel layer, readiness, and
+    the task broker with its worker, pass on that Redis, which takes nothing else."""
+    project = generated(combination)
+    database = re.sub(r"\W", "_", name(combination)) + "_redis_tls"
+    env = service_env(
+        REDIS_URL=secure_redis.databases_left.new(),
+        SSL_CERT_FILE=str(secure_redis.ca_file),
+        DATABASE_URL=create_database(postgres_url, database),
+    )
+    before = commands_processed(secure_redis)
+    tests = ["tests/test_cache.py", "tests/test_layers.py", "tests/test_health.py"]
+    output = run(
+        ["uv", "run", "--locked", "pytest", *tests, "tests/test_tasks.py", "-q"],
+        project,
+        env=env,
+        timeout=900,
+    ).stdout
+    assert " passed" in output
+    assert " skipped" not in output, output
+    assert commands_processed(secure_redis) > before

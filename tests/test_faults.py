@@ -258,8 +258,8 @@ def test_redis_restart_is_cache_misses_and_no_error(
         assert down < stream_ended < down + RECOVERY_BOUND
         assert websocket_code == 1013
         assert down < websocket_ended < down + RECOVERY_BOUND
-        # Once Redis is back, the first reconnection works: the layer's pools
-        # replace a connection that the restart left stale (core/layers.py).
+        # Once Redis is back, the first reconnection works: no connection that the
+        # restart left stale fails a client.
         assert (stream_attempts, websocket_attempts) == (1, 1)
         assert new_stream_ended - up < RECOVERY_BOUND
         assert new_websocket_ended - up < RECOVERY_BOUND

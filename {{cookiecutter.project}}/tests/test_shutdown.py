@@ -184,12 +184,10 @@ async def test_websockets_are_told_when_to_reconnect_then_close_with_going_away(
     assert len(delays) == 2
 
 
-async def test_a_handshake_under_way_is_answered_before_the_server_handler_runs(
-    server_handler, settings, monkeypatch
-):
-    """Uvicorn answers a handshake still open when its handler runs with a 500:
-    the service answers it first, and tells that client when to reconnect too."""
-    settings.RECONNECT_SPREAD_SECONDS = 60
+@pytest.fixture
+def authentication_held(monkeypatch):
+    """A handshake waits in its authentication until `release` is set; `reached`
+    is set once one got there."""
     reached, release = asyncio.Event(), asyncio.Event()
     authenticate = auth.authenticate
 
@@ -199,6 +197,16 @@ async def test_a_handshake_under_way_is_answered_before_the_server_handler_runs(
         return await authenticate(authorization)
 
     monkeypatch.setattr(auth, "authenticate", slow_authenticate)
+    return reached, release
+
+
+async def test_a_handshake_under_way_is_answered_before_the_server_handler_runs(
+    server_handler, settings, authentication_held
+):
+    """Uvicorn answers a handshake still open when its handler runs with a 500:
+    the service answers it first, and tells that client when to reconnect too."""
+    settings.RECONNECT_SPREAD_SECONDS = 60
+    reached, release = authentication_held
     communicator = WebsocketCommunicator(
         application,
         "/ws/items",
@@ -225,22 +233,14 @@ async def test_a_handshake_under_way_is_answered_before_the_server_handler_runs(
 
 
 async def test_a_handshake_that_comes_after_the_handover_is_answered_too(
-    server_handler, settings, monkeypatch
+    server_handler, settings, authentication_held
 ):
     """A connection that comes in once the server's handler has run, before
     Uvicorn stops accepting: Uvicorn would answer it 500 when it shuts its
     connections down; its protocol (config/uvicorn_ws.py) leaves it to the
     service, which tells that client when to reconnect like the others."""
     settings.RECONNECT_SPREAD_SECONDS = 60
-    reached, release = asyncio.Event(), asyncio.Event()
-    authenticate = auth.authenticate
-
-    async def slow_authenticate(authorization):
-        reached.set()
-        await release.wait()
-        return await authenticate(authorization)
-
-    monkeypatch.setattr(auth, "authenticate", slow_authenticate)
+    reached, release = authentication_held
     sigterm()
     assert await eventually(lambda: server_handler == [signal.SIGTERM])
     with socket.socket() as listening:

@@ -19,8 +19,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-import trustme
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -442,6 +440,10 @@ class Redis:
         self.listening = ["--port", str(self.port)]
         self.tls = tls_in is not None
         if self.tls:
+            # Here, not at the top: tests/test_bootstrap.py imports this module
+            # with a bare Debian's Python, which has the standard library only.
+            import trustme
+
             self.ca_file = tls_in / "ca.pem"
             ca = trustme.CA()
             ca.cert_pem.write_to_path(self.ca_file)

@@ -53,6 +53,10 @@ async def _startup() -> None:
 async def _shutdown() -> None:
     if _sampling is not None:
         _sampling.cancel()
+    # First, while they still have their pools and clients: the requests still
+    # running end (a bounded wait, for their spans; Granian can get here before
+    # the app has returned for a client that had gone).
+    await tracing.spans_ended()
     layer = get_channel_layer()
     if hasattr(layer, "close_pools"):
         await layer.close_pools()
@@ -68,8 +72,8 @@ async def _shutdown() -> None:
     await sync_to_async(close_databases)()
     metrics.worker_stopped()
     logger.info("stopped", extra={"pid": os.getpid()})
-    # Last, once the requests still open at shutdown have ended: their spans are
-    # exported too. In a thread, as the export is a blocking HTTP request.
+    # Last: the requests' spans have ended (above). In a thread, as the export
+    # is a blocking HTTP request.
     await asyncio.to_thread(tracing.shutdown)
 
 

@@ -51,7 +51,9 @@ polling of its broker (a Redis command or SQL statement every second or so) is
 not recorded.
 {%- endif %}
 """
-{% if cookiecutter.tasks != "none" %}
+
+import asyncio
+{%- if cookiecutter.tasks != "none" %}
 import contextlib
 {%- endif %}
 import os
@@ -75,6 +77,14 @@ ENABLED = _enabled()
 UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 _provider = None
+# Server spans started and not yet ended in this process (Traced): lifespan
+# shutdown waits for them before the export (spans_ended()), on an event that
+# the last of them sets.
+_open_spans = 0
+_spans_ended: asyncio.Event | None = None
+# How long it waits at most: a request that never returns must not hold the
+# worker's exit back.
+SPANS_END_SECONDS = 2.0
 
 if ENABLED:
     # Imported only when on: a service without an endpoint does not need it.
@@ -151,6 +161,7 @@ class Traced:
         return scope["method"], None
 
     async def __call__(self, scope, receive, send):
+        global _open_spans
         if scope["path"] in UNTRACED_PATHS:
             return await self.application(scope, receive, send)
         carrier = {
@@ -162,6 +173,7 @@ class Traced:
         span = self.tracer.start_span(
             name, context=propagate.extract(carrier), kind=SpanKind.SERVER
         )
+        _open_spans += 1
         token = context.attach(trace.set_span_in_context(span))
         recording = span.is_recording()
         try:
@@ -196,6 +208,9 @@ class Traced:
         finally:
             context.detach(token)
             span.end()
+            _open_spans -= 1
+            if not _open_spans and _spans_ended is not None:
+                _spans_ended.set()
 
 
 def request_attributes(scope, route: str | None) -> dict:
@@ -299,6 +314,22 @@ def setup() -> None:
         MySQLClientInstrumentor().instrument()
         database_server.trace_statements(trace.get_tracer(__name__))
 {%- endif %}
+
+
+async def spans_ended(seconds: float = SPANS_END_SECONDS) -> None:
+    """Returns once every server span of this process has ended, or after
+    `seconds`. Uvicorn and Gunicorn run lifespan shutdown once every request has
+    returned; Granian once its connections are closed, which can be before the
+    app has returned for a client that had already gone (an event stream ending
+    at the stop): that span would end after the export, and be lost."""
+    global _spans_ended
+    if not _open_spans:
+        return
+    _spans_ended = asyncio.Event()
+    try:
+        await asyncio.wait_for(_spans_ended.wait(), seconds)
+    except TimeoutError:
+        return
 
 
 def shutdown() -> None:

@@ -267,12 +267,13 @@ def test_a_long_lived_connection_is_one_span(receiver, tmp_path):
         stop(server)
 
     servers = [s for _, s in receiver.spans if s.kind == Span.SPAN_KIND_SERVER]
+    # The server's log, for a failure: its export, its shutdown.
     assert sorted(s.name for s in servers) == [
         "GET api/items/events",
 {%- if cookiecutter.websockets == "yes" %}
         "WEBSOCKET ws/items",
 {%- endif %}
-    ]
+    ], (tmp_path / "server.log").read_text()
     # No span per message (the instrumentation's "send" and "receive" spans):
     # only the channel layer's Redis commands, on Redis, beside the connections.
     assert {s.kind for _, s in receiver.spans} <= {
@@ -334,6 +335,64 @@ async def main():
 
 asyncio.run(main())
 """
+
+
+# In a process of its own: core.tracing reads the environment when imported.
+OPEN_SPANS = """
+import asyncio, json, django
+django.setup()
+from core import tracing
+
+async def main():
+    release = asyncio.Event()
+
+    async def returns_when_released(scope, receive, send):
+        await release.wait()
+
+    async def never_returns(scope, receive, send):
+        await asyncio.Event().wait()
+
+    scope = {"type": "http", "method": "GET", "path": "/api/items", "headers": []}
+    request = asyncio.ensure_future(
+        tracing.Traced(returns_when_released)(scope, None, None)
+    )
+    await asyncio.sleep(0.05)
+    waiting = asyncio.ensure_future(tracing.spans_ended(10))
+    await asyncio.sleep(0.5)
+    held = not waiting.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(waiting, request), 5)
+    asyncio.ensure_future(tracing.Traced(never_returns)(scope, None, None))
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await tracing.spans_ended(0.3)
+    print(json.dumps({"held": held, "bounded": loop.time() - started < 5}))
+
+asyncio.run(main())
+"""
+
+
+def test_lifespan_shutdown_waits_for_the_spans_still_open_a_bounded_time():
+    """Granian runs lifespan shutdown once its connections are closed, which can
+    be before the app has returned for a client already gone: the export waits
+    for such a request's span (core.tracing.spans_ended), and for one that never
+    returns, a bounded time."""
+    result = subprocess.run(  # noqa: S603  (this interpreter, our own script)
+        [sys.executable, "-c", OPEN_SPANS],
+        cwd=settings.BASE_DIR,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            # On, with nothing exported: no TracerProvider is set up here.
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(result.stdout.splitlines()[-1]) == {"held": True, "bounded": True}
 
 
 def test_without_an_endpoint_nothing_of_opentelemetry_is_loaded():

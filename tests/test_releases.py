@@ -98,7 +98,8 @@ def test_a_release_that_adds_a_column_rolls_out_under_load_failing_no_request(
             f"\n{len(on_new_schema)} requests served by the previous release on the "
             f"new schema, {len(load.answers)} in all through the rollout"
         )
-        assert failures(load.answers) == []
+        # Nginx's log says why a request failed (its errors go to stderr).
+        assert failures(load.answers) == [], nginx.output()[-5000:]
         assert len([a for a in on_new_schema if a.method == "POST"]) >= 5
         acknowledged_writes_kept_once(load, database_url)
         # Both instances run from the new release.

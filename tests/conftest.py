@@ -89,8 +89,12 @@ def redis_database():
 
 @pytest.fixture(scope="session")
 def secure_redis(tmp_path_factory):
-    """This worker's Redis with TLS only and an ACL user (services.Redis): hand out
-    its databases with RedisDatabases, as redis_database does."""
+    """This worker's Redis with TLS only and an ACL user (services.Redis)."""
     with services.redis(tls_in=tmp_path_factory.mktemp("redis-tls")) as server:
-        server.databases_left = services.RedisDatabases(server.url, server.databases)
         yield server
+
+
+@pytest.fixture(scope="session")
+def secure_redis_database(secure_redis):
+    """As redis_database, on secure_redis."""
+    return services.RedisDatabases(secure_redis.url, secure_redis.databases).new

@@ -87,7 +87,7 @@ def commands_processed(server) -> int:
 
 @pytest.mark.parametrize("combination", params(one_per_redis_broker()))
 def test_redis_is_reached_with_tls_and_an_acl_user(
-    combination, generated, secure_redis, postgres_url
+    combination, generated, secure_redis, secure_redis_database, postgres_url
 ):
     """REDIS_URL as the service's README tells a team to set it: rediss://, an ACL
     user of the service's own (name and password percent-encoded), the server's
@@ -97,7 +97,7 @@ def test_redis_is_reached_with_tls_and_an_acl_user(
     project = generated(combination)
     database = re.sub(r"\W", "_", name(combination)) + "_redis_tls"
     env = service_env(
-        REDIS_URL=secure_redis.databases_left.new(),
+        REDIS_URL=secure_redis_database(),
         SSL_CERT_FILE=str(secure_redis.ca_file),
         DATABASE_URL=create_database(postgres_url, database),
     )

@@ -109,13 +109,17 @@ class Process:
             raise
 
 
-def descendants(pid: int) -> list[int]:
-    """The deepest first."""
+def children(pid: int) -> list[int]:
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        listed = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
         return []
-    return [d for child in map(int, children) for d in [*descendants(child), child]]
+    return list(map(int, listed.split()))
+
+
+def descendants(pid: int) -> list[int]:
+    """The deepest first."""
+    return [d for child in children(pid) for d in [*descendants(child), child]]
 
 
 class App(Process):
@@ -252,13 +256,7 @@ class Nginx(Process):
                 PUBLIC_LISTEN, f"listen 127.0.0.1:{port} default_server;"
             ).replace(STATUS_LISTEN, f"listen 127.0.0.1:{status_port};")
         )
-        # A refused instance is skipped for 1 s: rolling restarts here take seconds.
-        (conf / "upstream.conf").write_text(
-            "".join(
-                f"server {app.upstream} max_fails=1 fail_timeout=1s;\n"
-                for app in upstreams
-            )
-        )
+        (conf / "upstream.conf").write_text(upstream_conf(upstreams))
         (prefix / STATIC_ROOT / "static").mkdir(parents=True)
         (conf / "trusted-proxies.conf").write_text(
             trusted_proxies_conf(trusted_proxies)
@@ -269,6 +267,22 @@ class Nginx(Process):
         nginx = cls(prefix, port, status_port)
         nginx.upstreams = tuple(upstreams)
         return nginx
+
+    def drain(self, *apps: "App") -> None:
+        """Sends no new request to `apps` (none: to every upstream again), as the
+        Ansible rollout does before it restarts an instance: upstream.conf
+        rewritten and reloaded. Returns once the workers of the old configuration
+        have finished the requests they held and exited: from then on, nothing
+        is on its way to `apps`."""
+        old = set(children(self.process.pid))
+        (self.cwd / "conf" / "upstream.conf").write_text(
+            upstream_conf(self.upstreams, drained=apps)
+        )
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while old & set(children(self.process.pid)):
+            assert time.monotonic() < deadline, self.output()[-3000:]
+            time.sleep(0.05)
 
     @property
     def token(self) -> str | None:
@@ -290,6 +304,17 @@ class Nginx(Process):
         code = super().stop(sig, timeout)
         shutil.rmtree(self.cwd)
         return code
+
+
+def upstream_conf(upstreams, drained=()) -> str:
+    """upstream.conf of deploy/nginx/ for these apps, those in `drained` marked
+    down, as the Ansible role's edge/tasks/upstream.yml writes it."""
+    # A refused instance is skipped for 1 s: rolling restarts here take seconds.
+    return "".join(
+        f"server {app.upstream} max_fails=1 fail_timeout=1s"
+        f"{' down' if app in drained else ''};\n"
+        for app in upstreams
+    )
 
 
 def trusted_proxies_conf(addresses: tuple[str, ...]) -> str:

@@ -6,12 +6,14 @@ core.openapi builds the published document from the same declarations.
 """
 
 import functools
+import json
 from dataclasses import dataclass
 from http import HTTPStatus
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -199,13 +201,15 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 class Operation:
     """One handler's contract: its success answers by status (a model, a Stream,
     or None for no body), the models of its body and query, the other error
-    statuses it answers, and whether it takes an Idempotency-Key."""
+    statuses it answers, whether it takes an Idempotency-Key, and the URL name of
+    the resource its success answer says is at `Location`."""
 
     responses: dict[int, type[BaseModel] | Stream | None]
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     idempotent: bool = False
+    location: str | None = None
 
     def error_statuses(self) -> list[int]:
         statuses = {*self.errors, UNAUTHORIZED, RATE_LIMITED, UNAVAILABLE}
@@ -216,12 +220,17 @@ class Operation:
         return sorted(statuses)
 
 
-def operation(responses, *, body=None, query=None, errors=(), idempotent=False):
+def operation(
+    responses, *, body=None, query=None, errors=(), idempotent=False, location=None
+):
     """Declares an ApiView handler's contract (Operation) and enforces its input
     side: the handler gets `body=` and `query=` already validated by those models.
     An `idempotent` create takes an Idempotency-Key (core.idempotency): the
     handler gets `idempotency_key=` to store its answer with, in its transaction,
-    and a retry with the same key gets the first answer without calling it."""
+    and a retry with the same key gets the first answer without calling it.
+    A create with a `location` (a URL name taking the new resource's id) says
+    where the resource is in its success answer's Location header, a replayed
+    answer too: it is set here from the answer's `id`, not stored with it."""
 
     def declare(handler):
         @functools.wraps(handler)
@@ -231,19 +240,24 @@ def operation(responses, *, body=None, query=None, errors=(), idempotent=False):
             if body is not None:
                 kwargs["body"] = parse_body(request, body)
             if not idempotent:
-                return await handler(self, request, *args, **kwargs)
-            # Imported here: core.idempotency builds on this module.
-            from core import idempotency
+                response = await handler(self, request, *args, **kwargs)
+            else:
+                # Imported here: core.idempotency builds on this module.
+                from core import idempotency
 
-            return await idempotency.answer_once(
-                request,
-                lambda key: handler(
-                    self, request, *args, idempotency_key=key, **kwargs
-                ),
-            )
+                response = await idempotency.answer_once(
+                    request,
+                    lambda key: handler(
+                        self, request, *args, idempotency_key=key, **kwargs
+                    ),
+                )
+            if location is not None and response.status_code in responses:
+                created = json.loads(response.content)["id"]
+                response["Location"] = reverse(location, args=[created])
+            return response
 
         validated.operation = Operation(
-            responses, body, query, tuple(errors), idempotent
+            responses, body, query, tuple(errors), idempotent, location
         )
         return validated
 

@@ -57,6 +57,14 @@ _REPLAYED = {
     }
 }
 
+# What a create with a `location` answers (core.api.operation).
+_LOCATION = {
+    "Location": {
+        "description": "The path of the resource this request created.",
+        "schema": {"type": "string"},
+    }
+}
+
 
 def api_routes() -> list[tuple[str, dict, type[ApiView]]]:
     """(route, converters by parameter name, view class) of each ApiView under
@@ -169,10 +177,16 @@ def _operation(converters: dict, view, method: str, handler, refs: dict) -> dict
     ]
     if declared.query is not None:
         parameters += _query_parameters(declared.query)
+    for status in declared.responses:
+        headers = {}
+        if declared.idempotent:
+            headers.update(_REPLAYED)
+        if declared.location is not None:
+            headers.update(_LOCATION)
+        if headers:
+            entry["responses"][str(status)]["headers"] = headers
     if declared.idempotent:
         parameters.append(_IDEMPOTENCY_KEY)
-        for status in declared.responses:
-            entry["responses"][str(status)]["headers"] = _REPLAYED
     if parameters:
         entry["parameters"] = parameters
     if declared.body is not None:

@@ -43,7 +43,7 @@ class ItemCollection(ApiView):
             {"total": total, "items": items, "next": next_link(request, cursor)}
         )
 
-    @operation({201: Item}, body=ItemIn, idempotent=True)
+    @operation({201: Item}, body=ItemIn, idempotent=True, location="item")
     async def post(self, request, body: ItemIn, idempotency_key):
         item = await store.create_item(body, idempotency_key)
         await notify("item.created", item)

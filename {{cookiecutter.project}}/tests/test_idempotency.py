@@ -35,6 +35,9 @@ async def test_a_retry_gets_the_first_answer_and_creates_nothing(item_payload):
     assert again[2] == first[2]
     assert again[1]["idempotent-replayed"] == "true"
     assert "idempotent-replayed" not in first[1]
+    # The replay says where the item is, as the first answer did.
+    location = f"/api/items/{first[2]['id']}"
+    assert first[1]["location"] == again[1]["location"] == location
     assert await Item.objects.acount() == 1
 
 
@@ -56,6 +59,8 @@ async def test_a_retried_report_is_the_first_one_and_its_task_is_sent_once(
     assert first[0] == again[0] == 202
     assert again[2] == first[2]
     assert again[1]["idempotent-replayed"] == "true"
+    location = f"/api/reports/{first[2]['id']}"
+    assert first[1]["location"] == again[1]["location"] == location
     assert await Report.objects.acount() == 1
     assert sent == [[build_report.name, first[2]["id"]]]
 {%- endif %}
@@ -123,5 +128,21 @@ def test_the_document_declares_the_key_on_the_creates_only():
         ("/api/items/bulk", "post"),
 {%- if cookiecutter.tasks != "none" %}
         ("/api/reports", "post"),
+{%- endif %}
+    }
+
+
+def test_the_document_declares_where_a_create_answers_its_resource_is():
+    declared = {
+        (path, method, status)
+        for path, operations in document()["paths"].items()
+        for method, operation in operations.items()
+        for status, response in operation["responses"].items()
+        if "Location" in response.get("headers", {})
+    }
+    assert declared == {
+        ("/api/items", "post", "201"),
+{%- if cookiecutter.tasks != "none" %}
+        ("/api/reports", "post", "202"),
 {%- endif %}
     }

@@ -245,8 +245,8 @@ def test_a_service_without_tasks_has_no_task_code(tmp_path):
     assert not list((project / "items" / "migrations").glob("0002_*"))
     assert "TASK_QUEUE" not in (project / "config" / "settings.py").read_text()
     assert "items.reports" not in (project / "config" / "urls.py").read_text()
-    assert "item_changed" not in (project / "items" / "views.py").read_text()
-    assert "item_changed" not in (project / "items" / "changes.py").read_text()
+    for module in ("changes.py", "store.py", "views.py"):
+        assert "outbox" not in (project / "items" / module).read_text(), module
     assert "django_tasks" not in (project / "core" / "metrics.py").read_text()
 
 

@@ -192,7 +192,7 @@ CACHE_REQUESTS = Counter(
 FOLLOWUPS_FAILED = Counter(
     "django_followups_failed",
     "What a committed write sets off (core.followups) that failed, by step "
-    "(publish, enqueue): the write was answered as a success all the same.",
+    "(publish): the write was answered as a success all the same.",
     ["step"],
 )
 CACHE_ERRORS = Counter(

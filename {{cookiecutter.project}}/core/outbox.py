@@ -1,20 +1,26 @@
-"""The tasks a committed write calls for reach the broker, even when it is down.
+"""The tasks a write calls for reach the broker once it has committed, even when
+the broker is down or the web process dies just after the commit: a
+transactional outbox.
 
-A write's task is enqueued right after its commit (items.signals). If the broker
-does not take it within ENQUEUE_TIMEOUT_SECONDS, the task is kept in the database
-(core.PendingTask) and the task worker's relay (core.task_worker) sends it again
-every OUTBOX_RELAY_SECONDS until the broker takes it: an acknowledged write gets
-its task eventually, and a write that did not commit never sends one.
+A write keeps each task it calls for (keep()) in its own transaction, as a row
+(core.PendingTask): the task and the write commit together or not at all. Once
+the transaction has committed, the process that wrote it sends the task to the
+broker at once (within ENQUEUE_TIMEOUT_SECONDS) and deletes the row. What it does
+not send, the task worker's relay (core.task_worker) sends every
+OUTBOX_RELAY_SECONDS until the broker takes it: at once when the broker refused
+it, after HANDOFF when the process that kept it died before sending it. So a
+write that committed gets its task eventually, acknowledged or not (a client's
+retry with its Idempotency-Key gets the first answer, and the task runs all the
+same), and a write that did not commit never sends one.
 
-Why not a full transactional outbox, every task written in its write's
-transaction and sent by the relay alone: that costs every write an insert and
-every task a relay's delay, to close a narrow gap this design leaves open: a web
-process that dies between a commit and its enqueue loses that task.
+The cost: an insert in the write's transaction and a delete after it, per task.
+The narrower design this replaced (a row only when the broker refused the task)
+lost the task of a process killed between its commit and its enqueue.
 
-Duplicates: an enqueue that timed out may still have reached the broker, and the
-relay then sends it once more. Tasks are idempotent for that, as they must be
-anyway (a worker killed mid-task gets its task again): items.tasks.record_change
-records one row per change id.
+Duplicates: a task the broker took may be sent again, when its row's delete
+failed or its enqueue timed out but arrived. Tasks are idempotent for that, as
+they must be anyway (a worker killed mid-task gets its task again):
+items.tasks.record_change records one row per change id.
 
 Traces (core.tracing): a kept task keeps the trace context of the request that
 kept it (PendingTask.trace), and the relay sends it within that context, so that
@@ -25,9 +31,11 @@ request.
 
 import asyncio
 import contextvars
+import functools
 import logging
 from datetime import timedelta
 
+from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -37,40 +45,68 @@ from core.models import PendingTask
 
 logger = logging.getLogger(__name__)
 
-# What the request waits for the broker before it keeps the task for the relay:
-# a refused connection fails at once; a first publish on a loaded host can take
+# What the writer waits for the broker before it leaves the task to the relay: a
+# refused connection fails at once; a first publish on a loaded host can take
 # over a second, and each that times out but still arrives is a second delivery.
 ENQUEUE_TIMEOUT_SECONDS = 5.0
+# How long the relay leaves a kept task to the process that wrote it: past this,
+# that process died between its commit and its send, and the relay sends it.
+HANDOFF = timedelta(seconds=30)
 # Tasks a relay sends per round, and how long it holds them: another relay (one
 # runs in each task worker) takes over what a dead one held once this is past.
 BATCH = 100
 LEASE = timedelta(minutes=2)
 
 
-async def enqueue(task: queueing.Task, *args) -> None:
-    """Enqueues `task`, or keeps it for the relay; never raises: the write it
-    follows has committed. Lost only if the database is down too (counted in
-    django_followups_failed_total{step="enqueue"} and logged)."""
-    try:
-        await _enqueue_within_timeout(task, list(args))
-        return
-    except Exception as exc:
-        error = exc
-    try:
-        await PendingTask.objects.acreate(
-            task=task.name,
-            args=list(args),
-            last_error=repr(error)[:1000],
-            trace=tracing.carrier(),
-        )
-    except Exception:
-        metrics.FOLLOWUPS_FAILED.labels("enqueue").inc()
-        logger.exception("task lost", extra={"task": task.name})
-        return
-    metrics.TASKS_DEFERRED.labels(task.name).inc()
-    logger.warning(
-        "task kept for the relay", extra={"task": task.name, "error": repr(error)}
+def keep(task: queueing.Task, *args) -> None:
+    """Keeps `task` with `args` for the write under way: call inside its
+    transaction (synchronous). Once it commits, this process sends the task.
+    Outside a transaction, the relay sends it."""
+    connection = transaction.get_connection()
+    kept = PendingTask.objects.create(
+        task=task.name,
+        args=list(args),
+        trace=tracing.carrier(),
+        claimed_until=timezone.now() + HANDOFF if connection.in_atomic_block else None,
     )
+    if connection.in_atomic_block:
+        transaction.on_commit(
+            functools.partial(_send_committed, kept.pk, task, list(args)), robust=True
+        )
+
+
+def _send_committed(pk: int, task: queueing.Task, args: list) -> None:
+    # On the thread of the write's transaction (sync_to_async): the send runs on
+    # the event loop that thread was called from, the request's.
+    async_to_sync(_send)(pk, task, args)
+
+
+async def _send(pk: int, task: queueing.Task, args: list) -> None:
+    """Sends a committed kept task and deletes its row, or leaves it to the relay
+    at once; never raises: the write it follows has committed."""
+    try:
+        await _enqueue_within_timeout(task, args)
+    except Exception as exc:
+        metrics.TASKS_DEFERRED.labels(task.name).inc()
+        logger.warning(
+            "task kept for the relay", extra={"task": task.name, "error": repr(exc)}
+        )
+        try:
+            await PendingTask.objects.filter(pk=pk).aupdate(
+                claimed_until=None, last_error=repr(exc)[:1000]
+            )
+        except Exception:
+            # Still kept: the relay sends it once HANDOFF has passed.
+            logger.exception(
+                "kept task not released to the relay", extra={"task": task.name}
+            )
+        return
+    try:
+        await PendingTask.objects.filter(pk=pk).adelete()
+    except Exception:
+        # Sent, and still kept: the relay sends it once more, which a task is
+        # idempotent for.
+        logger.exception("sent task still kept", extra={"task": task.name})
 
 
 def _claim() -> list[PendingTask]:

@@ -2,11 +2,12 @@
 the worker (items.tasks.build_report) fills the report in, GET /api/reports/<id>
 shows how far it got. config/urls.py includes the routes below.
 
-A report's task is sent as an item's change is (core.outbox): right after the
-report has committed, or, with the broker down, later by the task worker's
-relay. So a report that was answered 202 is built, late at worst, and the
-answer never depends on the broker. A create takes an Idempotency-Key: a client
-that retries gets the first report, not a second one built too."""
+A report's task is sent as an item's change is (core.outbox): kept in the
+report's own transaction, sent right after it has committed, or, with the broker
+down or this process dead since, later by the task worker's relay. So a report
+that was answered 202 is built, late at worst, and the answer never depends on
+the broker. A create takes an Idempotency-Key: a client that retries gets the
+first report, not a second one built too."""
 
 from datetime import datetime
 from typing import Any
@@ -68,24 +69,22 @@ def report_data(report: dict) -> dict:
 class ReportCollection(ApiView):
     """A stock report is built by the worker: 202 now, the result at its URL."""
 
-    @operation({202: ReportOut}, body=ReportIn, idempotent=True)
+    @operation({202: ReportOut}, body=ReportIn, idempotent=True, location="report")
     async def post(self, request, body: ReportIn, idempotency_key):
         report = await _create_report(body.category or "", idempotency_key)
-        await outbox.enqueue(build_report, report["id"])
-        response = JsonResponse(report, status=202)
-        response["Location"] = f"/api/reports/{report['id']}"
-        return response
+        return JsonResponse(report, status=202)
 
 
 @sync_to_async
 def _create_report(category: str, key: idempotency.Key | None) -> dict:
-    """The new report's JSON form; with an Idempotency-Key, its answer commits
-    with the report."""
+    """The new report's JSON form. Its task, and with an Idempotency-Key its
+    answer, commit with the report."""
     with transaction.atomic():
         report = Report.objects.create(category=category)
         created = report_data({field: getattr(report, field) for field in FIELDS})
         if key:
             idempotency.remember(key, 202, created)
+        outbox.keep(build_report, report.pk)
         return created
 
 

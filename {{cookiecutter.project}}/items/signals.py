@@ -1,23 +1,20 @@
-"""item_changed: sent with `asend` after every write of one item through the API
-has committed.
+"""The receivers of items.changes.item_changed, connected by items.apps.
 
-Its receiver hands the change to the worker (items.tasks.record_change), so that
-what the change sets off runs outside the request; core.outbox keeps the task for
-the relay if the broker does not take it.
+Each write of an item keeps its change's task (items.tasks.record_change) in the
+write's own transaction (core.outbox), so that what the change sets off runs in
+the worker, once the write has committed and even if the broker is down or this
+process dies right after the commit.
 """
 
-from django.dispatch import Signal, receiver
+from django.dispatch import receiver
 
 from core import outbox
+from items.changes import item_changed
 from items.tasks import record_change
-
-# Keyword arguments: item_id (int), event ("item.created", "item.updated", ...),
-# change_id (str: a UUID, one per change, whatever its deliveries).
-item_changed = Signal()
 
 
 @receiver(item_changed)
-async def record_change_in_the_background(
+def record_change_in_the_background(
     sender, item_id: int, event: str, change_id: str, **kwargs
 ):
-    await outbox.enqueue(record_change, item_id, event, change_id)
+    outbox.keep(record_change, item_id, event, change_id)

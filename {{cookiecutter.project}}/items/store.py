@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import Avg, Count, Sum
 
 from core import idempotency, pages, reads
+from items.changes import changed
 from items.models import Category, Item, Tag
 from items.schemas import CategoryQuery, ItemIn, ItemPatch, ItemQuery, Restock
 
@@ -125,6 +126,7 @@ def create_item(data: ItemIn, key: idempotency.Key | None = None) -> dict:
         created = _read_sync(_items().filter(pk=item.pk))[0]
         if key:
             idempotency.remember(key, 201, created)
+        changed(item.pk, "item.created")
         return created
 
 
@@ -159,6 +161,7 @@ def _update_item(item_id: int, patch: ItemPatch) -> dict | None:
         item.save(update_fields=[*fields, "updated_at"])
         if patch.tags is not None:
             item.tags.set(_tags(patch.tags))
+        changed(item_id, "item.updated")
         return _read_sync(_items().filter(pk=item_id))[0]
 
 
@@ -169,11 +172,20 @@ async def update_item(item_id: int, patch: ItemPatch) -> dict | None:
     return data
 
 
-async def delete_item(item_id: int) -> bool:
-    # One call: Django deletes the item and its tag links in one transaction.
-    deleted, _ = await Item.objects.filter(pk=item_id).adelete()
-    await cache.adelete(_cache_key(item_id))
+@sync_to_async
+def _delete_item(item_id: int) -> bool:
+    with transaction.atomic():
+        # The item and its tag links.
+        deleted, _ = Item.objects.filter(pk=item_id).delete()
+        if deleted:
+            changed(item_id, "item.deleted")
     return deleted > 0
+
+
+async def delete_item(item_id: int) -> bool:
+    deleted = await _delete_item(item_id)
+    await cache.adelete(_cache_key(item_id))
+    return deleted
 
 
 @sync_to_async

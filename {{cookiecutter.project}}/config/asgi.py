@@ -10,7 +10,6 @@ from core.handler import get_asgi_application
 http_application = get_asgi_application()
 
 {% if cookiecutter.websockets == "yes" -%}
-from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
 from channels.security.websocket import OriginValidator
 from django.conf import settings
@@ -25,6 +24,7 @@ from core.connections import count_connections
 from core.lifespan import lifespan
 from core.tracing import wrap as traced
 {%- if cookiecutter.websockets == "yes" %}
+from core.websocket_sessions import sessions_when_sent
 from items.routing import websocket_urlpatterns
 {%- endif %}
 
@@ -39,7 +39,7 @@ application = count_connections(
             # WebSocket hijacking of a signed-in user's session.
             "websocket": traced(
                 OriginValidator(
-                    AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+                    sessions_when_sent(URLRouter(websocket_urlpatterns)),
                     settings.WEBSOCKET_ALLOWED_ORIGINS,
                 ),
                 websocket_routes=websocket_urlpatterns,

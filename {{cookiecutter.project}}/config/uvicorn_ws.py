@@ -1,6 +1,13 @@
-"""Uvicorn's WebSocket protocol (websockets' sans-I/O one) letting the service
-answer a handshake that is under way when the worker shuts down, instead of
-Uvicorn's 500.
+"""Uvicorn's WebSocket protocol (websockets' sans-I/O one) with two changes: the
+service answers a handshake that is under way when the worker shuts down,
+instead of Uvicorn's 500; and an open WebSocket no longer keeps its handshake.
+
+Uvicorn keeps the handshake's request and response, with their parsed headers,
+for as long as the connection is open, though nothing reads them once the
+response is sent (the app has its scope): 4.5 KiB of each idle WebSocket's
+36 (measured with tracemalloc). They are dropped once the WebSocket is open, and
+the request's headers emptied: websockets' parser, a generator that runs for the
+whole connection, keeps the request in a local variable.
 
 At shutdown Uvicorn answers every handshake the app has not answered yet with a
 500, and fails every open WebSocket with 1012. The service's SIGTERM handler
@@ -34,3 +41,9 @@ class ServiceWebSocketProtocol(WebSocketsSansIOProtocol):
             self.loop.call_later(HANDOVER_SECONDS, self.shutdown)
             return
         super().shutdown()
+
+    async def send(self, message) -> None:
+        await super().send(message)
+        if self.handshake_complete and self.response is not None:
+            self.request.headers.clear()
+            self.request = self.response = None

@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from config.asgi import application
 from core import events
 from core.models import ApiKey
+from core.websocket_sessions import sessions_when_sent
 from tests import tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,6 +46,31 @@ async def signed_in(username: str) -> tuple[WebsocketCommunicator, dict]:
     await client.aforce_login(user)
     cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
     return await connect(headers=(ORIGIN, (b"cookie", cookie)))
+
+
+async def test_only_a_connection_that_sends_the_session_cookie_loads_a_session():
+    """core.websocket_sessions: Channels' session stack only for the cookie."""
+    scopes = []
+
+    async def inner(scope, receive, send):
+        scopes.append(scope)
+
+    application = sessions_when_sent(inner)
+    websocket = {"type": "websocket", "path": "/ws/items"}
+    for headers in ([], [(b"cookie", b"theme=dark")], [(b"x", b"sessionid=1")]):
+        await application({**websocket, "headers": headers}, None, None)
+    await application(
+        {**websocket, "headers": [(b"cookie", b"theme=dark; sessionid=nope")]},
+        None,
+        None,
+    )
+    *without, sent = scopes
+    for scope in without:
+        assert "session" not in scope
+        assert not scope["user"].is_authenticated
+    # A session cookie that names no session: Channels' anonymous user.
+    assert "session" in sent
+    assert not await sync_to_async(lambda: sent["user"].is_authenticated)()
 
 
 async def test_foreign_origin_is_refused():

@@ -72,6 +72,25 @@ def worker_database_url() -> str:
     )
 
 
+def run_web_process(script: str, *args: str, check: bool = True, **env: str):
+    """Runs `script` (Python) in a process of its own with the service's test
+    settings on the test database, as another web process; `env` adds to its
+    environment. Returns the finished process (subprocess.CompletedProcess)."""
+    return subprocess.run(  # noqa: S603  (this interpreter, our own scripts)
+        [sys.executable, "-c", script, *args],
+        cwd=BASE_DIR,
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": worker_database_url(),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -359,17 +378,7 @@ async def test_a_write_whose_process_died_before_sending_its_task_gets_it(
     writer's HANDOFF has passed, and the client's retry is answered the first
     answer, so that the acknowledged write has its task, once."""
     died = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", KILLED_AFTER_COMMIT, json.dumps(item_payload)],
-        cwd=BASE_DIR,
-        env={
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "DATABASE_URL": worker_database_url(),
-        },
-        capture_output=True,
-        text=True,
-        check=False,
+        run_web_process, KILLED_AFTER_COMMIT, json.dumps(item_payload), check=False
     )
     assert died.returncode == -signal.SIGKILL, died.stdout + died.stderr
     (item_id,) = [pk async for pk in Item.objects.values_list("pk", flat=True)]

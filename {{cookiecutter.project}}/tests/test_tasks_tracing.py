@@ -8,9 +8,6 @@ seen here arrived because its processes flushed them as they stopped.
 """
 
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -22,7 +19,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from core.models import PendingTask
 from items.models import ItemChange
 from tests.otlp import Receiver
-from tests.test_tasks import WAIT, start_worker, stop_worker, worker_database_url
+from tests.test_tasks import (
+    WAIT,
+    run_web_process,
+    start_worker,
+    stop_worker,
+    worker_database_url,
+)
 from tests.test_tracing import (
     PARENT_SPAN_ID,
     TRACE_ID,
@@ -251,19 +254,7 @@ with open(sys.argv[2], "w") as result:
 def test_a_task_the_outbox_kept_continues_its_requests_trace(receiver, tmp_path):
     change_id = str(uuid.uuid4())
     result_file = tmp_path / "request.json"
-    subprocess.run(  # noqa: S603  (this interpreter, our own script)
-        [sys.executable, "-c", BROKER_DOWN, change_id, str(result_file)],
-        cwd=settings.BASE_DIR,
-        env={
-            **os.environ,
-            **exporting_to(receiver),
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "DATABASE_URL": worker_database_url(),
-        },
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    run_web_process(BROKER_DOWN, change_id, str(result_file), **exporting_to(receiver))
     request = json.loads(result_file.read_text())
     try:
         [kept] = PendingTask.objects.all()

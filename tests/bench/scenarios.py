@@ -796,7 +796,7 @@ def recycling(cells: Cells) -> None:
 def broadcast(cells: Cells) -> None:
     """Each server and kind with the service's garbage-collector thresholds, and
     the WebSockets with Python's own too (core/collector.py says why they differ)."""
-    for server in ("uvicorn", "granian"):
+    for server in SERVERS:
         for kind in ("websockets", "streams"):
             cells.broadcast(kind, server)
         cells.broadcast("websockets", server, PYTHON_GC_THRESHOLDS)

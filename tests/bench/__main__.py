@@ -181,7 +181,7 @@ def main() -> None:
             with template_at(BEFORE_COMMIT) as template:
                 projects[BEFORE] = generate("uvicorn", workdir, template, BEFORE)
         with ExitStack() as stack:
-            redis_url = stack.enter_context(redis())
+            redis_url = stack.enter_context(redis()).url
             served = {}
             for database in databases:
                 # Not under workdir: that one is private to root, and each

@@ -466,7 +466,8 @@ class Cells:
         clients) opens and measures into the row. A cell that fails says why, and
         where each worker was."""
         try:
-            with redis() as redis_url:
+            with redis() as server:
+                redis_url = server.url
                 redis_pid = listening_pid(urlsplit(redis_url).port)
                 _, app = self.server(
                     row["config"],

@@ -471,7 +471,10 @@ def plot_broadcast(rows: list, spacing: float, path: Path) -> None:
     """The distribution of delivery times over subscribers and events, and each
     event's time to its last subscriber."""
     shown = [r for r in rows if r["scenario"] == "broadcast" and "failed" not in r]
-    figure, (spread, lasts) = plt.subplots(1, 2, figsize=(10, 3.8))
+    # One legend under both panels: one per panel would hide their lines.
+    figure, (spread, lasts) = plt.subplots(
+        1, 2, figsize=(10, 3.8 + 0.2 * len(shown) / 2)
+    )
     for row in shown:
         spread.plot(row["delay_percentiles_ms"], range(101), label=broadcast_label(row))
         lasts.plot(
@@ -479,7 +482,6 @@ def plot_broadcast(rows: list, spacing: float, path: Path) -> None:
             [e["last_ms"] for e in row["events"]],
             "o-",
             markersize=3,
-            label=broadcast_label(row),
         )
     spread.set_xlabel("ms from the publishing request to the subscriber")
     spread.set_ylabel("% of deliveries (subscribers x events)")
@@ -489,9 +491,9 @@ def plot_broadcast(rows: list, spacing: float, path: Path) -> None:
         axes.set_xlim(left=0)
         axes.set_ylim(bottom=0)
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+    figure.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
     figure.suptitle("One event to many subscribers, 2 workers, Redis", fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.06 + 0.045 * len(shown) / 2, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
 

@@ -62,14 +62,14 @@ def keep(task: queueing.Task, *args) -> None:
     """Keeps `task` with `args` for the write under way: call inside its
     transaction (synchronous). Once it commits, this process sends the task.
     Outside a transaction, the relay sends it."""
-    connection = transaction.get_connection()
+    in_transaction = transaction.get_connection().in_atomic_block
     kept = PendingTask.objects.create(
         task=task.name,
         args=list(args),
         trace=tracing.carrier(),
-        claimed_until=timezone.now() + HANDOFF if connection.in_atomic_block else None,
+        claimed_until=timezone.now() + HANDOFF if in_transaction else None,
     )
-    if connection.in_atomic_block:
+    if in_transaction:
         transaction.on_commit(
             functools.partial(_send_committed, kept.pk, task, list(args)), robust=True
         )

@@ -183,7 +183,7 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "core.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "core.cache.LocMemCache"}}
 
 {% if cookiecutter.tasks != "none" -%}

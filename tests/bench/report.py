@@ -52,12 +52,18 @@ LIMITS = {
     "tracing": "each request starts a span, sampled or not (ids, the sampler's "
     "decision, the context switch), and a sampled one is ended, queued and "
     "encoded to protobuf by the exporter's thread under the GIL.",
-    "websockets": "each idle connection costs the server's protocol objects, the "
-    "Channels consumer with its tasks, and the channel layer's group membership.",
+    # Found with tracemalloc on one worker (tests/bench/notes.md).
+    "websockets": "each idle WebSocket holds three asyncio tasks (the server's "
+    "running the app, Channels' two receives: the client's and the channel "
+    "layer's), the server's protocol with websockets' parser and its ping timer, "
+    "and the consumer with its scope copies and lifetime timer; a bare ASGI app "
+    "under Uvicorn holds about 16 KiB of that. On Granian, tungstenite's 128 KiB "
+    "read buffer, which no option changes.",
     "idle-streams": "each idle stream is a request that never ends: the server's "
-    "protocol objects, Django's request and streaming response, the stream's "
-    "generator with its channel-layer subscription, its metrics and access-log "
-    "context.",
+    "protocol with its flow-control events, Django's request and streaming "
+    "response, the stream's generator with its channel-layer receive task and "
+    "its wait, its metrics and access-log context; a bare ASGI app under "
+    "Uvicorn holds about 9 KiB of that.",
     # These four are read from the code paths, not yet from profiles.
     "tiny-wsgi": "Gunicorn's workers answer in a plain blocking loop, with "
     "Django's stock middleware and no metrics or access log; the ASGI server adds "

@@ -212,8 +212,9 @@ READINESS_TIMEOUT = env.float("READINESS_TIMEOUT", default=2.0)
 SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
 # Event streams a worker process serves at once; more are refused with 503
 # (core.connections). Each one ends after SSE_MAX_SECONDS, and its client
-# reconnects: below channels_redis's group_expiry (24 h), after which a member
-# stops receiving events without a word.
+# reconnects; the worker's one channel in the group joins it again once that old
+# (core.events): below channels_redis's group_expiry (24 h), after which a
+# member stops receiving events without a word.
 SSE_MAX_STREAMS = env.int("SSE_MAX_STREAMS", default=1000)
 SSE_MAX_SECONDS = env.float("SSE_MAX_SECONDS", default=3600.0)
 # When a worker stops (a deploy, or its recycling), each of its event streams and

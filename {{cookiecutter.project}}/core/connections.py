@@ -116,9 +116,10 @@ class Slot:
 
 class Slots:
     """A worker process's cap on its long-lived connections of one kind, the
-    setting named `setting`: each holds a subscription to the channel layer, its
-    buffers and a socket until the client leaves, so a worker takes no more than
-    it can serve. A worker runs one event loop: a plain count is exact."""
+    setting named `setting`: each holds its share of the worker's subscriptions
+    to the channel layer, its buffers and a socket until the client leaves, so a
+    worker takes no more than it can serve. A worker runs one event loop: a
+    plain count is exact."""
 
     def __init__(self, kind: str, setting: str):
         self.setting = setting

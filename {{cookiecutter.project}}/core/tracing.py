@@ -53,9 +53,7 @@ not recorded.
 """
 
 import asyncio
-{%- if cookiecutter.tasks != "none" %}
 import contextlib
-{%- endif %}
 import os
 
 from django.conf import settings
@@ -247,6 +245,20 @@ def current_ids() -> tuple[str, str] | None:
 def current_trace_id() -> str | None:
     ids = current_ids() if ENABLED else None
     return ids[0] if ids else None
+
+
+@contextlib.contextmanager
+def untraced():
+    """No span is recorded inside: a worker's own work that no request waits for
+    (core.events' reader of a group), whose every Redis command would otherwise
+    start a trace of its own."""
+    if not ENABLED:
+        yield
+        return
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        yield
 
 
 {% if cookiecutter.tasks != "none" -%}

@@ -99,3 +99,16 @@ async def group_members(group: str) -> list[str]:
         return list(layer.groups.get(group, {}))
     async with layer.connection(layer.consistent_hash(group)) as connection:
         return await connection.zrange(layer._group_key(group), 0, -1)
+
+
+async def group_joined(group: str) -> list[float]:
+    """When each channel of a group joined it (time.time(); its membership
+    expires counting from then), for the in-memory and Redis layers."""
+    layer = get_channel_layer()
+    if hasattr(layer, "groups"):
+        return list(layer.groups.get(group, {}).values())
+    async with layer.connection(layer.consistent_hash(group)) as connection:
+        members = await connection.zrange(
+            layer._group_key(group), 0, -1, withscores=True
+        )
+    return [joined for _, joined in members]

@@ -5,12 +5,14 @@ import asyncio
 import json
 
 import pytest
+from channels.layers import get_channel_layer
 from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config.asgi import application
 from core import events
 from core.events import EVENT_ID
-from tests.asgi import group_members, next_chunk, open_stream
+from tests.asgi import group_joined, group_members, next_chunk, open_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,6 +89,78 @@ async def test_disconnect_ends_the_stream_and_leaves_the_group():
     # Publishing after the client left reaches no one and raises nothing.
     await events.publish("items", "item.deleted", {"id": 1})
     await asyncio.sleep(0)
+
+
+async def open_streams(count: int) -> list:
+    streams = []
+    for _ in range(count):
+        communicator, _ = await open_stream(application, "/api/items/events")
+        assert await next_chunk(communicator) == b"retry: 3000\n\n"
+        streams.append(communicator)
+    return streams
+
+
+async def close_streams(streams: list) -> None:
+    for communicator in streams:
+        await communicator.send_input({"type": "http.disconnect"})
+        await communicator.wait(timeout=5)
+
+
+async def test_a_workers_streams_share_one_place_in_the_group():
+    """Each stream gets each event from the worker's one channel in the group
+    (core.events), which the last stream out takes out of it."""
+    streams = await open_streams(3)
+    assert len(await group_members("items")) == 1
+    await events.publish("items", "item.deleted", {"id": 7})
+    for communicator in streams:
+        assert await next_event(communicator) == {
+            "event": "item.deleted",
+            "data": {"id": 7},
+        }
+    await close_streams(streams[:2])
+    assert len(await group_members("items")) == 1
+    await close_streams(streams[2:])
+    assert await group_members("items") == []
+
+
+async def test_a_worker_joins_its_group_again_before_its_membership_expires(settings):
+    """channels_redis drops a member after its group_expiry: a subscription that
+    comes once the worker's membership is SSE_MAX_SECONDS old joins again."""
+    async with events.subscription("items"):
+        [first] = await group_joined("items")
+        await asyncio.sleep(0.01)
+        async with events.subscription("items"):
+            assert await group_joined("items") == [first]
+        settings.SSE_MAX_SECONDS = 0
+        async with events.subscription("items"):
+            [again] = await group_joined("items")
+    assert again > first
+
+
+async def test_streams_are_told_when_the_layer_fails_after_they_opened(monkeypatch):
+    """The worker's one reader of the group fails: every stream gets its
+    `unavailable` event and ends, and the next one subscribes anew."""
+    layer = get_channel_layer()
+    receive, fail = layer.receive, asyncio.Event()
+
+    async def failing(channel):
+        await fail.wait()
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(layer, "receive", failing)
+    streams = await open_streams(2)
+    fail.set()
+    for communicator in streams:
+        told = await communicator.receive_output(timeout=5)
+        assert told["body"] == b'event: unavailable\ndata: {"retry_ms":3000}\n\n'
+        end = await communicator.receive_output(timeout=5)
+        assert (end.get("body", b""), end.get("more_body", False)) == (b"", False)
+        await communicator.wait(timeout=5)
+    monkeypatch.setattr(layer, "receive", receive)
+    [again] = await open_streams(1)
+    await events.publish("items", "item.deleted", {"id": 8})
+    assert await next_event(again) == {"event": "item.deleted", "data": {"id": 8}}
+    await close_streams([again])
 
 
 def refused_streams() -> float:

@@ -147,7 +147,7 @@ class _Fanout:
         its membership is never twice that old. Subscribers that come meanwhile
         wait for the same join. Raises the layer's error."""
         age = asyncio.get_running_loop().time() - self.joined_at
-        if age < settings.SSE_MAX_SECONDS and self.reader is not None:
+        if age < settings.SSE_MAX_SECONDS:
             return
         if self.joining is None:
             self.joining = asyncio.ensure_future(self._join())

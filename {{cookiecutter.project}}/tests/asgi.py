@@ -92,23 +92,19 @@ async def next_chunk(communicator: ApplicationCommunicator) -> bytes:
     return message["body"]
 
 
-async def group_members(group: str) -> list[str]:
-    """The channels in a channel-layer group, for the in-memory and Redis layers."""
+async def group_membership(group: str) -> dict:
+    """The channels in a channel-layer group, each with when it joined
+    (time.time(); its membership expires counting from then), for the in-memory
+    and Redis layers."""
     layer = get_channel_layer()
     if hasattr(layer, "groups"):
-        return list(layer.groups.get(group, {}))
+        return dict(layer.groups.get(group, {}))
     async with layer.connection(layer.consistent_hash(group)) as connection:
-        return await connection.zrange(layer._group_key(group), 0, -1)
-
-
-async def group_joined(group: str) -> list[float]:
-    """When each channel of a group joined it (time.time(); its membership
-    expires counting from then), for the in-memory and Redis layers."""
-    layer = get_channel_layer()
-    if hasattr(layer, "groups"):
-        return list(layer.groups.get(group, {}).values())
-    async with layer.connection(layer.consistent_hash(group)) as connection:
-        members = await connection.zrange(
-            layer._group_key(group), 0, -1, withscores=True
+        return dict(
+            await connection.zrange(layer._group_key(group), 0, -1, withscores=True)
         )
-    return [joined for _, joined in members]
+
+
+async def group_members(group: str) -> list:
+    """The names of the channels in a channel-layer group."""
+    return list(await group_membership(group))

@@ -272,6 +272,15 @@ class ApiView(View):
     # Reads of this view need a token even when API_AUTH_READS is off.
     reads_need_token = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # HEAD is answered by get, as Django answers it, but from the class:
+        # View.setup would store the bound method self.get on each instance, a
+        # reference cycle that keeps the view and its request for the garbage
+        # collector instead of freeing them with the response.
+        if hasattr(cls, "get") and not hasattr(cls, "head"):
+            cls.head = cls.get
+
     @classmethod
     def as_view(cls, **initkwargs):
         # Only a bearer token authenticates, never a cookie: nothing a browser

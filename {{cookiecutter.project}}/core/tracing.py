@@ -95,6 +95,10 @@ if ENABLED:
         format_trace_id,
     )
 
+    # The parent of a request that carries no trace context: none (a Context is
+    # immutable).
+    _NO_PARENT = context.Context()
+
 
 {% if cookiecutter.websockets == "yes" -%}
 def wrap(application, websocket_routes=()):
@@ -168,9 +172,10 @@ class Traced:
             if name in self.fields
         }
         name, route = self.span_details(scope)
-        span = self.tracer.start_span(
-            name, context=propagate.extract(carrier), kind=SpanKind.SERVER
-        )
+        # Most requests carry no trace: the propagators would make the same empty
+        # context from their empty carrier, at a dozen calls a request.
+        parent = propagate.extract(carrier) if carrier else _NO_PARENT
+        span = self.tracer.start_span(name, context=parent, kind=SpanKind.SERVER)
         _open_spans += 1
         token = context.attach(trace.set_span_in_context(span))
         recording = span.is_recording()

@@ -1,7 +1,8 @@
 """The request path through core.handler: no thread and no thread hop unless the
 request runs sync code (a write; a read on SQLite), database reads on PostgreSQL
 and cache reads without either, database connections closed in the thread that
-opened them, and exceptions still logged and counted."""
+opened them, no garbage left for the collector, and exceptions still logged and
+counted."""
 
 import asyncio
 import gc

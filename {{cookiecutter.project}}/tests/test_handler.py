@@ -15,6 +15,8 @@ from asgiref.sync import sync_to_async
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler as StockASGIHandler
 from django.db import connections
+from django.http import HttpResponseNotFound
+from django.urls.resolvers import URLResolver
 from prometheus_client import REGISTRY
 
 from config.asgi import application
@@ -255,19 +257,51 @@ async def test_a_request_leaves_no_garbage_for_the_collector(item_payload):
     # a request that made some would pay for them on every request (the handler's
     # docstring). Counted with the collector off, as the objects it finds.
     created = await store.create_item(ItemIn(**item_payload))
-    paths = ("/healthz", "/api/items", f"/api/items/{created['id']}")
-    for path in paths:
-        assert (await get(application, path))[0] == 200
+    answers = {
+        "/healthz": 200,
+        "/api/items": 200,
+        f"/api/items/{created['id']}": 200,
+        "/nowhere": 404,
+    }
+    for path, status in answers.items():
+        assert (await get(application, path))[0] == status
     gc.collect()
     gc.disable()
     try:
         for _ in range(10):
-            for path in paths:
-                assert (await get(application, path))[0] == 200
+            for path, status in answers.items():
+                assert (await get(application, path))[0] == status
         found = gc.collect()
     finally:
         gc.enable()
     assert found == 0
+
+
+async def test_error_answers_stay_in_the_event_loop(thread_use, caplog):
+    status, body = await get(application, "/nowhere")
+    assert (status, json.loads(body)["error"]) == (404, "not_found")
+    start, _ = await exchange(application, "POST", "/api/items", token=None)
+    assert start["status"] == 401
+    assert thread_use == {"threads": 0, "hops": 0}
+    # Each logged once, by its access line.
+    logged = [
+        (record.name, getattr(record, "status", None)) for record in caplog.records
+    ]
+    assert logged == [("core.access", 404), ("core.access", 401)]
+
+
+async def test_a_projects_own_404_handler_still_runs_in_a_thread(
+    thread_use, monkeypatch
+):
+    # It may render a template or query the database, which the loop must not.
+    def project_404(request, exception=None):
+        return HttpResponseNotFound(b"the project's own")
+
+    monkeypatch.setattr(
+        URLResolver, "resolve_error_handler", lambda resolver, status: project_404
+    )
+    assert await get(application, "/nowhere") == (404, b"the project's own")
+    assert thread_use["hops"] == 1
 
 
 async def test_unhandled_exceptions_are_logged_and_counted(monkeypatch, caplog):

@@ -1,5 +1,6 @@
 """results.md and the plots, from one run's results (results.json)."""
 
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -19,8 +20,7 @@ HTTP_SCENARIOS = {
     "write-restock": "A transactional bulk update of 10 items "
     "(POST /api/items/restock with an API key), 64 connections",
     "tracing": "Tiny JSON on a traced path (GET /bench/tiny), uvicorn, tracing off "
-    "and sampling 0%, 10% and 100% of requests, 64 connections; each row is the "
-    "median of 5 rounds, the configurations in turn",
+    "and sampling 0%, 10% and 100% of requests, 64 connections",
 }
 WSGI = ("wsgi-sync", "wsgi-gthread")
 # The idle-connection scenarios, and what they hold.
@@ -113,9 +113,43 @@ def find(rows, scenario, config, via="direct", on=DEFAULT_DATABASE):
 
 
 def ratio(a, b) -> float | None:
+    """a's throughput over b's: of cells measured in rounds (scenarios.in_rounds),
+    the median of the rounds' ratios."""
     if a is None or b is None or not b.get("req_s"):
         return None
-    return a["req_s"] / b["req_s"]
+    return _paired(a, b, "rounds_req_s") or a["req_s"] / b["req_s"]
+
+
+def _paired(a: dict, b: dict, key: str) -> float | None:
+    """The median of a's and b's ratios round by round (`key`: their rounds'
+    figures), over the rounds both measured; None unless both ran in the same
+    rounds."""
+    ratios = _round_ratios(a, b, key)
+    return statistics.median(ratios) if ratios else None
+
+
+def _round_ratios(a: dict, b: dict, key: str) -> list[float]:
+    """a's figure over b's in each round both measured (none if either has no
+    rounds, or another count of them)."""
+    ours, theirs = a.get(key), b.get(key)
+    if not ours or not theirs or len(ours) != len(theirs):
+        return []
+    return [x / y for x, y in zip(ours, theirs, strict=True) if x and y]
+
+
+def spread(a: dict | None, b: dict | None, cost: bool = False) -> str:
+    """The lowest and highest of a's throughput over b's among the rounds (with
+    `cost`, of what a costs against b), for the targets' table; "" without
+    rounds."""
+    if a is None or b is None:
+        return ""
+    ratios = _round_ratios(a, b, "rounds_req_s")
+    if len(ratios) < 2:
+        return ""
+    if cost:
+        costs = [1 - r for r in ratios]
+        return f" (rounds {min(costs):.0%} to {max(costs):.0%})"
+    return f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
 
 
 def _x(value: float | None) -> str:
@@ -177,10 +211,14 @@ def _percent(value: float | None) -> str:
 
 
 def cpu_ratio(a, b) -> float | None:
-    """How many times less CPU per request a takes than b."""
+    """How many times less CPU per request a takes than b: of cells measured in
+    rounds, the median of the rounds' ratios."""
     if a is None or b is None or not (a["cpu_us_per_req"] and b["cpu_us_per_req"]):
         return None
-    return b["cpu_us_per_req"] / a["cpu_us_per_req"]
+    return (
+        _paired(b, a, "rounds_cpu_us_per_req")
+        or b["cpu_us_per_req"] / a["cpu_us_per_req"]
+    )
 
 
 def _cost(r: float | None) -> float | None:
@@ -286,7 +324,7 @@ def _against_wsgi(
             target += " and no more CPU per request (aim 1.5x)"
         limit = LIMITS["tiny-wsgi" if scenario == "tiny-json" else scenario]
         limit = LIMITS.get(f"{scenario}-{on}", limit)
-        out.append((target, _x(r), _x(by), met, limit))
+        out.append((target, _x(r) + spread(service, base), _x(by), met, limit))
     return out
 
 
@@ -299,7 +337,7 @@ def _tiny_json_targets(rows) -> list[tuple]:
         out.append(
             (
                 f"tiny JSON, service >= 2x stock Django ASGI ({server}; aim 3x)",
-                _x(r),
+                _x(r) + spread(service, stock),
                 _x(cpu_ratio(service, stock)),
                 r is not None and r >= 2,
                 LIMITS["stock"],
@@ -337,7 +375,7 @@ def _cost_targets(rows) -> list[tuple]:
         out.append(
             (
                 "metrics on costs <= 10% (tiny JSON, uvicorn)",
-                _percent(costs[0]),
+                _percent(costs[0]) + spread(on, off, cost=True),
                 _percent(costs[1]),
                 None not in costs and max(costs) <= 0.10,
                 LIMITS["metrics"],
@@ -357,7 +395,7 @@ def _cost_targets(rows) -> list[tuple]:
         out.append(
             (
                 f"Nginx in front costs <= 15% ({scenario}, {server}, {via})",
-                _percent(costs[0]),
+                _percent(costs[0]) + spread(behind, direct, cost=True),
                 _percent(costs[1]),
                 None not in costs and max(costs) <= 0.15,
                 LIMITS["nginx"],
@@ -380,7 +418,13 @@ def _tracing_targets(rows) -> list[tuple]:
             what = f"tracing, {sample} sampled, costs <= {bound:.0%} (tiny JSON)"
             met = None not in costs and max(costs) <= bound
         out.append(
-            (what, _percent(costs[0]), _percent(costs[1]), met, LIMITS["tracing"])
+            (
+                what,
+                _percent(costs[0]) + spread(on, off, cost=True),
+                _percent(costs[1]),
+                met,
+                LIMITS["tracing"],
+            )
         )
     return out
 
@@ -566,6 +610,7 @@ def write(run: dict, out: Path) -> None:
     for scenario, title in http.items():
         lines += ["", f"## {title}", "", f"![{scenario}]({scenario}.png)", ""]
         lines += http_table(rows, scenario)
+        lines += _rounds_lines(rows, scenario)
     for on in DATABASES:
         if on != DEFAULT_DATABASE and any(database(row) == on for row in rows):
             lines += [
@@ -595,6 +640,27 @@ def write(run: dict, out: Path) -> None:
     if notes.exists():
         lines += ["", notes.read_text().rstrip()]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def _rounds_lines(rows: list, scenario: str) -> list[str]:
+    """Of a scenario measured in rounds (scenarios.in_rounds), how its rows and
+    ratios were taken, and every round's throughput."""
+    rounded = [r for r in rows if r["scenario"] == scenario and "rounds_req_s" in r]
+    if not rounded:
+        return []
+    count = len(rounded[0]["rounds_req_s"])
+    lines = [
+        "",
+        f"Measured in {count} rounds, every configuration in turn in each: a row "
+        "is its median round, and a ratio (here and in the targets) the median of "
+        "the rounds' ratios, each round's cells taken minutes apart at most. "
+        "Requests/s of each round:",
+        "",
+    ]
+    for row in rounded:
+        each = " / ".join(_n(v) for v in row["rounds_req_s"])
+        lines.append(f"- {label(row)}: {each}")
+    return lines
 
 
 def _idle_section(rows: list, scenario: str, s: dict) -> list[str]:

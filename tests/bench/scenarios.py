@@ -12,6 +12,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -58,6 +59,8 @@ class Database:
 class Settings:
     seconds: float
     warmup: float
+    # Rounds of the scenarios whose ratios are a few tens of percent (in_rounds).
+    rounds: int
     sse_clients: int
     # The idle curve: these counts of connections, then the most a worker holds
     # up to idle_most; its CPU measured over idle_cpu_seconds at each.
@@ -611,17 +614,27 @@ class Cells:
 
 
 def tiny_json(cells: Cells) -> None:
+    """Nginx alone once (the ceiling), then every configuration a target
+    compares, in rounds (in_rounds)."""
     tiny = load.TINY
     cells.http("tiny-json", "nginx-alone", tiny, 64)
-    for config in WSGI:
-        cells.http("tiny-json", config, tiny, 64)
-    for server in SERVERS:
-        cells.http("tiny-json", f"stock-{server}", tiny, 64)
-        cells.http("tiny-json", f"service-{server}", tiny, 64)
-    cells.http("tiny-json", "service-uvicorn-no-metrics", tiny, 64)
-    cells.http("tiny-json", "service-uvicorn", tiny, 64, via="nginx")
-    cells.http("tiny-json", "service-uvicorn", tiny, 64, via="nginx-uds")
-    cells.http("tiny-json", "service-granian", tiny, 64, via="nginx")
+    configs = (
+        *WSGI,
+        *(f"{kind}-{server}" for server in SERVERS for kind in ("stock", "service")),
+        "service-uvicorn-no-metrics",
+    )
+    measures = [partial(cells.measure_http, "tiny-json", c, tiny, 64) for c in configs]
+    for server, via in (
+        ("uvicorn", "nginx"),
+        ("uvicorn", "nginx-uds"),
+        ("granian", "nginx"),
+    ):
+        measures.append(
+            partial(
+                cells.measure_http, "tiny-json", f"service-{server}", tiny, 64, via=via
+            )
+        )
+    in_rounds(cells, measures)
 
 
 def upstream_50ms(cells: Cells) -> None:
@@ -718,51 +731,69 @@ def write(cells: Cells) -> None:
 # every request starts a span that is never recorded: what tracing costs a
 # request that is not sampled, apart from the export.
 TRACE_SAMPLES = {"0%": "0", "10%": "0.1", "100%": "1.0"}
-# Tracing's cost is a few percent, less than what one cell's throughput varies
-# from one cell to the next on these machines (up to 14% for the same
-# configuration in two runs): each configuration is measured in this many
-# rounds, the configurations in turn, and its row is the median round.
-TRACE_ROUNDS = 5
 
 
 def tracing(cells: Cells) -> None:
     """The cost of traces on the tiny JSON: the service with tracing off, and
     with no request, one in ten and every request sampled, its spans exported to a
     collector's stand-in (bench.upstream answering at once, on the same cores:
-    its CPU is in the row). TRACE_ROUNDS rounds, each row the median."""
+    its CPU is in the row). In rounds (in_rounds)."""
     collector = Upstream(0.0, cells.logdir)
     collector.start()
     try:
-        configurations = {"tracing-off": ({}, None)}
+        measures = [
+            partial(
+                cells.measure_http,
+                "tracing",
+                "service-uvicorn",
+                load.TINY,
+                64,
+                label="tracing-off",
+            )
+        ]
         for name, ratio in TRACE_SAMPLES.items():
             env = {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
                 "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                 "OTEL_TRACES_SAMPLER_ARG": ratio,
             }
-            configurations[f"tracing-{name}"] = (env, collector)
-        rounds = {label: [] for label in configurations}
-        for _ in range(TRACE_ROUNDS):
-            for label, (env, beside) in configurations.items():
-                rounds[label].append(
-                    cells.measure_http(
-                        "tracing",
-                        "service-uvicorn",
-                        load.TINY,
-                        64,
-                        env=env,
-                        label=label,
-                        beside=beside,
-                    )
+            measures.append(
+                partial(
+                    cells.measure_http,
+                    "tracing",
+                    "service-uvicorn",
+                    load.TINY,
+                    64,
+                    env=env,
+                    label=f"tracing-{name}",
+                    beside=collector,
                 )
-        cells.rows.extend(median_round(rows) for rows in rounds.values())
+            )
+        in_rounds(cells, measures)
     finally:
         collector.stop()
 
 
+def in_rounds(cells: Cells, measures: list) -> None:
+    """Each of `measures` (each measuring one cell and returning its row),
+    Settings.rounds times, all of them in turn in each round; one row each, its
+    median round (median_round). The ratios these scenarios are judged on are a
+    few tens of percent, less than what one configuration's throughput varies
+    between runs on these machines (the tiny JSON's gthread baseline: 5,250 and
+    8,508 requests/s in one day): measured in turn, each round's cells share the
+    machine's state of the moment, and the report takes the median of the rounds'
+    ratios (report.ratio)."""
+    rounds = [[] for _ in measures]
+    for _ in range(cells.settings.rounds):
+        for measure, rows in zip(measures, rounds, strict=True):
+            rows.append(measure())
+    cells.rows.extend(median_round(rows) for rows in rounds)
+
+
 def median_round(rows: list[dict]) -> dict:
-    """The round of median throughput, with every round's throughput beside it
-    (`rounds_req_s`); a failed round counts as none."""
+    """The round of median throughput, with every round's throughput and CPU per
+    request beside it (`rounds_req_s`, `rounds_cpu_us_per_req`, in the rounds'
+    order); a failed round counts as none."""
     measured = sorted(
         (row for row in rows if "failed" not in row), key=lambda row: row["req_s"]
     )
@@ -771,6 +802,7 @@ def median_round(rows: list[dict]) -> dict:
     return {
         **measured[(len(measured) - 1) // 2],
         "rounds_req_s": [row.get("req_s") for row in rows],
+        "rounds_cpu_us_per_req": [row.get("cpu_us_per_req") for row in rows],
     }
 
 

@@ -1,6 +1,5 @@
 """results.md and the plots, from one run's results (results.json)."""
 
-import statistics
 from pathlib import Path
 
 import matplotlib
@@ -113,24 +112,14 @@ def find(rows, scenario, config, via="direct", on=DEFAULT_DATABASE):
 
 
 def ratio(a, b) -> float | None:
-    """a's throughput over b's: of cells measured in rounds (scenarios.in_rounds),
-    the median of the rounds' ratios."""
     if a is None or b is None or not b.get("req_s"):
         return None
-    return _paired(a, b, "rounds_req_s") or a["req_s"] / b["req_s"]
-
-
-def _paired(a: dict, b: dict, key: str) -> float | None:
-    """The median of a's and b's ratios round by round (`key`: their rounds'
-    figures), over the rounds both measured; None unless both ran in the same
-    rounds."""
-    ratios = _round_ratios(a, b, key)
-    return statistics.median(ratios) if ratios else None
+    return a["req_s"] / b["req_s"]
 
 
 def _round_ratios(a: dict, b: dict, key: str) -> list[float]:
-    """a's figure over b's in each round both measured (none if either has no
-    rounds, or another count of them)."""
+    """a's figure over b's in each round of Cells.alternate (none if either has
+    no rounds, or another count of them)."""
     ours, theirs = a.get(key), b.get(key)
     if not ours or not theirs or len(ours) != len(theirs):
         return []
@@ -211,14 +200,10 @@ def _percent(value: float | None) -> str:
 
 
 def cpu_ratio(a, b) -> float | None:
-    """How many times less CPU per request a takes than b: of cells measured in
-    rounds, the median of the rounds' ratios."""
+    """How many times less CPU per request a takes than b."""
     if a is None or b is None or not (a["cpu_us_per_req"] and b["cpu_us_per_req"]):
         return None
-    return (
-        _paired(b, a, "rounds_cpu_us_per_req")
-        or b["cpu_us_per_req"] / a["cpu_us_per_req"]
-    )
+    return b["cpu_us_per_req"] / a["cpu_us_per_req"]
 
 
 def _cost(r: float | None) -> float | None:
@@ -643,18 +628,25 @@ def write(run: dict, out: Path) -> None:
 
 
 def _rounds_lines(rows: list, scenario: str) -> list[str]:
-    """Of a scenario measured in rounds (scenarios.in_rounds), how its rows and
-    ratios were taken, and every round's throughput."""
+    """Of a scenario measured by turns (scenarios.Cells.alternate), how, and each
+    round's throughput."""
     rounded = [r for r in rows if r["scenario"] == scenario and "rounds_req_s" in r]
     if not rounded:
         return []
     count = len(rounded[0]["rounds_req_s"])
+    alone = [label(r) for r in rows if r["scenario"] == scenario and r not in rounded]
+    but = f" (but {', '.join(alone)}, in a cell of its own)" if alone else ""
     lines = [
         "",
-        f"Measured in {count} rounds, every configuration in turn in each: a row "
-        "is its median round, and a ratio (here and in the targets) the median of "
-        "the rounds' ratios, each round's cells taken minutes apart at most. "
-        "Requests/s of each round:",
+        f"Measured by turns: every configuration of this table{but} "
+        f"served at once, each loaded for a second at a time, in {count} rounds "
+        "(the order turned each round); a row's throughput is over all its "
+        "seconds, its CPU per request that of its processes from the first round "
+        "to the last over its requests (so that work a request leaves behind, a "
+        "tracing exporter's, counts to it), less their CPU while idle, measured "
+        "before the rounds, for the time they waited for their turns. The targets "
+        "show the lowest and highest ratio among the rounds. Requests/s of each "
+        "round:",
         "",
     ]
     for row in rounded:

@@ -4,15 +4,17 @@ and the run goes on."""
 
 import asyncio
 import gc
+import itertools
 import json
 import math
+import statistics
 import time
 import traceback
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,7 +61,7 @@ class Database:
 class Settings:
     seconds: float
     warmup: float
-    # Rounds of the scenarios whose ratios are a few tens of percent (in_rounds).
+    # Rounds of the scenarios measured by turns (Cells.alternate).
     rounds: int
     sse_clients: int
     # The idle curve: these counts of connections, then the most a worker holds
@@ -72,6 +74,111 @@ class Settings:
     broadcast_streams: int
     broadcast_events: int
     broadcast_spacing: float
+
+
+# How long Cells.alternate loads one configuration at a time, and how long it
+# measures what they take while idle.
+SLOT_SECONDS = 1
+IDLE_SECONDS = 10
+
+
+@dataclass
+class Alternated:
+    """One configuration of Cells.alternate, named as for Cells.measure_http."""
+
+    config: str
+    via: str = ""
+    env: dict = field(default_factory=dict)
+    label: str = ""
+    # A process the app sends to (a collector's stand-in): its CPU during the
+    # configuration's slots is in the row.
+    beside: Upstream | None = None
+    database: str = DATABASES[0]
+
+
+class _Alternation:
+    """A configuration under Cells.alternate: its row, and what its slots and its
+    processes' CPU add up to. Its processes' CPU is counted from the start of
+    the first round to the end of the last, so that work its requests left
+    behind (a tracing exporter's batches) counts to it whichever slot it falls
+    in, less what they take while idle (Uvicorn's tick, Gunicorn's arbiter: 0.5%
+    of a core), measured before the rounds, for the time it waited for its
+    turns."""
+
+    def __init__(self, row: dict, cell: Alternated, served):
+        self.row, self.cell, self.served = row, cell, served
+        self.requests, self.seconds, self.errors = 0, 0.0, 0
+        self.p50s, self.p99s = [], []
+        self.beside_seconds = 0.0
+        # Before and after the idle measurement, then at the end of each round:
+        # (when, CPU seconds by pid, requests and seconds of its slots so far).
+        self.marks = []
+        self.nginx_pids = set()
+
+    def mark(self) -> None:
+        _, pids, front = self.served
+        if front is not None and not self.nginx_pids:
+            self.nginx_pids = set(process_tree(front.process.pid))
+        now = time.monotonic()
+        self.marks.append((now, cpu_by_process(pids()), self.requests, self.seconds))
+
+    def slot(self, path: str, conns: int) -> None:
+        base_url, pids, _ = self.served
+        beside = self.cell.beside
+        before = cpu_seconds([beside.process.pid]) if beside else 0.0
+        measured = load.wrk(base_url, path, conns, SLOT_SECONDS, 0, pids)
+        if beside:
+            self.beside_seconds += cpu_seconds([beside.process.pid]) - before
+        self.requests += measured.requests
+        rate = measured.requests_per_second
+        self.seconds += measured.requests / rate if rate else SLOT_SECONDS
+        self.errors += measured.errors
+        self.p50s.append(measured.p50_ms)
+        self.p99s.append(measured.p99_ms)
+
+    def _used(self, start, end) -> dict[int, float]:
+        """CPU seconds by pid between two marks, less the idle rate's for the
+        time between them outside its slots."""
+        (t0, cpu0, _, sec0), (t1, cpu1, _, sec1) = start, end
+        waited = (t1 - t0) - (sec1 - sec0)
+        return {
+            pid: cpu1[pid] - cpu0.get(pid, 0.0) - self.idle.get(pid, 0.0) * waited
+            for pid in cpu1
+        }
+
+    def finish(self) -> None:
+        """The row, from the slots and the marks."""
+        (t0, cpu0, _, _), (t1, cpu1, _, _) = self.marks[:2]
+        self.idle = {pid: (cpu1[pid] - cpu0.get(pid, 0.0)) / (t1 - t0) for pid in cpu1}
+        rounds = self.marks[1:]
+        used = self._used(rounds[0], rounds[-1])
+        cpu = sum(used.values())
+        rounds_req_s, rounds_cpu = [], []
+        for start, end in itertools.pairwise(rounds):
+            requests, seconds = end[2] - start[2], end[3] - start[3]
+            spent = sum(self._used(start, end).values())
+            rounds_req_s.append(requests / seconds if seconds else None)
+            rounds_cpu.append(spent * 1e6 / requests if requests else None)
+        self.row.update(
+            req_s=self.requests / self.seconds,
+            # The median slot's.
+            p50_ms=statistics.median(self.p50s),
+            p99_ms=statistics.median(self.p99s),
+            errors=self.errors,
+            requests=self.requests,
+            cpu_cores=cpu / self.seconds,
+            cpu_us_per_req=cpu * 1e6 / self.requests if self.requests else None,
+            busiest=sorted((c / self.seconds for c in used.values()), reverse=True)[:2],
+            idle_cpu_cores=sum(self.idle.values()),
+            rounds_req_s=rounds_req_s,
+            rounds_cpu_us_per_req=rounds_cpu,
+        )
+        if self.nginx_pids:
+            self.row["nginx_cpu_cores"] = (
+                sum(used.get(pid, 0.0) for pid in self.nginx_pids) / self.seconds
+            )
+        if self.cell.beside:
+            self.row["beside_cpu_cores"] = self.beside_seconds / self.seconds
 
 
 # Client processes holding the idle curve's connections: each holds at most
@@ -215,7 +322,58 @@ class Cells:
             "via": via or "direct",
             "database": database,
         }
+        try:
+            with self._serving(config, via, env, database) as (base_url, pids, front):
+                s = self.settings
+                upstream_before = cpu_seconds([self.upstream_pid]), time.monotonic()
+                beside_before = cpu_seconds([beside.process.pid]) if beside else 0.0
+                database_pid = self.databases[database].server_pid
+                database_before = tree_cpu_seconds(database_pid)
+                measured = load.wrk(
+                    base_url, path, conns, s.seconds, s.warmup, pids, **request
+                )
+                elapsed = time.monotonic() - upstream_before[1]
+                # Over the warm-up and the measurement, as for the processes beside.
+                row["database_cpu_cores"] = (
+                    tree_cpu_seconds(database_pid) - database_before
+                ) / elapsed
+                if path == "/bench/upstream":
+                    row["upstream_cpu_cores"] = (
+                        cpu_seconds([self.upstream_pid]) - upstream_before[0]
+                    ) / elapsed
+                if beside:
+                    row["beside_cpu_cores"] = (
+                        cpu_seconds([beside.process.pid]) - beside_before
+                    ) / elapsed
+                if via:
+                    row["nginx_cpu_cores"] = sum(
+                        cores
+                        for pid, cores in measured.by_process.items()
+                        if pid in process_tree(front.process.pid)
+                    )
+                row.update(
+                    req_s=measured.requests_per_second,
+                    p50_ms=measured.p50_ms,
+                    p99_ms=measured.p99_ms,
+                    errors=measured.errors,
+                    requests=measured.requests,
+                    cpu_cores=measured.cpu_cores,
+                    cpu_us_per_req=measured.cpu_us_per_request,
+                    busiest=measured.busiest,
+                )
+        except Exception as exc:
+            row["failed"] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        return row
+
+    @contextmanager
+    def _serving(self, config: str, via: str, env: dict, database: str):
+        """`config` started on `database`, behind Nginx with `via` ("nginx", TCP
+        to the app, or "nginx-uds"): yields the URL to load, a function giving
+        the pids of the processes serving it, and Nginx (None without `via`);
+        stops them on leaving. On a failure, the end of each one's log is printed."""
         started = []
+        front = None
         try:
             if config == "nginx-alone":
                 front = nginx_alone()
@@ -243,54 +401,80 @@ class Cells:
                     def pids(app=app, front=front):
                         return app.pids() + process_tree(front.process.pid)
 
-            s = self.settings
-            base_url = f"http://127.0.0.1:{port}"
-            upstream_before = cpu_seconds([self.upstream_pid]), time.monotonic()
-            beside_before = cpu_seconds([beside.process.pid]) if beside else 0.0
-            database_pid = self.databases[database].server_pid
-            database_before = tree_cpu_seconds(database_pid)
-            measured = load.wrk(
-                base_url, path, conns, s.seconds, s.warmup, pids, **request
-            )
-            elapsed = time.monotonic() - upstream_before[1]
-            # Over the warm-up and the measurement, as for the processes beside.
-            row["database_cpu_cores"] = (
-                tree_cpu_seconds(database_pid) - database_before
-            ) / elapsed
-            if path == "/bench/upstream":
-                row["upstream_cpu_cores"] = (
-                    cpu_seconds([self.upstream_pid]) - upstream_before[0]
-                ) / elapsed
-            if beside:
-                row["beside_cpu_cores"] = (
-                    cpu_seconds([beside.process.pid]) - beside_before
-                ) / elapsed
-            if via:
-                row["nginx_cpu_cores"] = sum(
-                    cores
-                    for pid, cores in measured.by_process.items()
-                    if pid in process_tree(front.process.pid)
-                )
-            row.update(
-                req_s=measured.requests_per_second,
-                p50_ms=measured.p50_ms,
-                p99_ms=measured.p99_ms,
-                errors=measured.errors,
-                requests=measured.requests,
-                cpu_cores=measured.cpu_cores,
-                cpu_us_per_req=measured.cpu_us_per_request,
-                busiest=measured.busiest,
-            )
-        except Exception as exc:
-            row["failed"] = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
+            yield f"http://127.0.0.1:{port}", pids, front
+        except Exception:
             for process in started:
                 print(f"bench: the end of {process.log}:\n{process.output()[-3000:]}")
+            raise
         finally:
             for process in reversed(started):
                 if process.process is not None:
                     process.stop()
-        return row
+
+    def alternate(self, scenario: str, path: str, conns: int, cells: list) -> None:
+        """GETs of `path` over `conns` connections to the configurations of
+        `cells` (Alternated), all served at once: each warmed up, their idle CPU
+        measured over IDLE_SECONDS, then each loaded in turn for SLOT_SECONDS at a
+        time, in Settings.rounds rounds of `seconds` slots of every configuration,
+        the order turned by one each round. One row each: its throughput over all
+        its slots, its CPU per request as _Alternation counts it; each round's
+        throughput and CPU per request in `rounds_req_s` and
+        `rounds_cpu_us_per_req`.
+
+        The targets these scenarios are judged on are differences of 10-30%,
+        less than what one configuration's 10-second cell varied from one cell to
+        the next on these machines (CPU per request by up to 40% within a run,
+        throughput by 60% between runs): the machine's speed changes within
+        seconds. Loaded by turns a second at a time, every configuration meets
+        the same changes."""
+        s = self.settings
+        entries = []
+        with ExitStack() as stack:
+            for cell in cells:
+                row = {
+                    "scenario": scenario,
+                    "config": cell.label or cell.config,
+                    "via": cell.via or "direct",
+                    "database": cell.database,
+                }
+                redis_url = f"{self.redis_url}/{DATABASES.index(cell.database)}"
+                env = {"REDIS_URL": redis_url, **cell.env}
+                try:
+                    served = stack.enter_context(
+                        self._serving(cell.config, cell.via, env, cell.database)
+                    )
+                    base_url, pids, _ = served
+                    load.wrk(base_url, path, conns, s.warmup, 0, pids)
+                    load.settle(base_url)
+                except Exception as exc:
+                    row["failed"] = f"{type(exc).__name__}: {exc}"
+                    traceback.print_exc()
+                    served = None
+                entries.append(_Alternation(row, cell, served))
+            running = [entry for entry in entries if entry.served]
+            for entry in running:
+                entry.mark()
+            time.sleep(IDLE_SECONDS)
+            for entry in running:
+                entry.mark()
+            for turn in range(s.rounds):
+                first = turn % len(running) if running else 0
+                for _ in range(int(s.seconds / SLOT_SECONDS)):
+                    for entry in running[first:] + running[:first]:
+                        if "failed" in entry.row:
+                            continue
+                        try:
+                            entry.slot(path, conns)
+                        except Exception as exc:
+                            entry.row["failed"] = f"{type(exc).__name__}: {exc}"
+                            traceback.print_exc()
+                for entry in running:
+                    entry.mark()
+        for entry in entries:
+            if "failed" not in entry.row:
+                entry.finish()
+            print(f"bench: {entry.row}", flush=True)
+            self.rows.append(entry.row)
 
     def idle(self, scenario: str, server: str):
         """Idle connections held by one worker, WebSockets ("websockets") or event
@@ -614,8 +798,8 @@ class Cells:
 
 
 def tiny_json(cells: Cells) -> None:
-    """Nginx alone once (the ceiling), then every configuration a target
-    compares, in rounds (in_rounds)."""
+    """Nginx alone (the ceiling) in a cell of its own, then every configuration
+    a target compares, by turns (Cells.alternate)."""
     tiny = load.TINY
     cells.http("tiny-json", "nginx-alone", tiny, 64)
     configs = (
@@ -623,18 +807,14 @@ def tiny_json(cells: Cells) -> None:
         *(f"{kind}-{server}" for server in SERVERS for kind in ("stock", "service")),
         "service-uvicorn-no-metrics",
     )
-    measures = [partial(cells.measure_http, "tiny-json", c, tiny, 64) for c in configs]
-    for server, via in (
-        ("uvicorn", "nginx"),
-        ("uvicorn", "nginx-uds"),
-        ("granian", "nginx"),
-    ):
-        measures.append(
-            partial(
-                cells.measure_http, "tiny-json", f"service-{server}", tiny, 64, via=via
-            )
-        )
-    in_rounds(cells, measures)
+    fronted = (("uvicorn", "nginx"), ("uvicorn", "nginx-uds"), ("granian", "nginx"))
+    cells.alternate(
+        "tiny-json",
+        tiny,
+        64,
+        [Alternated(config) for config in configs]
+        + [Alternated(f"service-{server}", via=via) for server, via in fronted],
+    )
 
 
 def upstream_50ms(cells: Cells) -> None:
@@ -737,73 +917,28 @@ def tracing(cells: Cells) -> None:
     """The cost of traces on the tiny JSON: the service with tracing off, and
     with no request, one in ten and every request sampled, its spans exported to a
     collector's stand-in (bench.upstream answering at once, on the same cores:
-    its CPU is in the row). In rounds (in_rounds)."""
+    its CPU is in the row). By turns (Cells.alternate)."""
     collector = Upstream(0.0, cells.logdir)
     collector.start()
     try:
-        measures = [
-            partial(
-                cells.measure_http,
-                "tracing",
-                "service-uvicorn",
-                load.TINY,
-                64,
-                label="tracing-off",
-            )
-        ]
+        configurations = [Alternated("service-uvicorn", label="tracing-off")]
         for name, ratio in TRACE_SAMPLES.items():
             env = {
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
                 "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                 "OTEL_TRACES_SAMPLER_ARG": ratio,
             }
-            measures.append(
-                partial(
-                    cells.measure_http,
-                    "tracing",
+            configurations.append(
+                Alternated(
                     "service-uvicorn",
-                    load.TINY,
-                    64,
                     env=env,
                     label=f"tracing-{name}",
                     beside=collector,
                 )
             )
-        in_rounds(cells, measures)
+        cells.alternate("tracing", load.TINY, 64, configurations)
     finally:
         collector.stop()
-
-
-def in_rounds(cells: Cells, measures: list) -> None:
-    """Each of `measures` (each measuring one cell and returning its row),
-    Settings.rounds times, all of them in turn in each round; one row each, its
-    median round (median_round). The ratios these scenarios are judged on are a
-    few tens of percent, less than what one configuration's throughput varies
-    between runs on these machines (the tiny JSON's gthread baseline: 5,250 and
-    8,508 requests/s in one day): measured in turn, each round's cells share the
-    machine's state of the moment, and the report takes the median of the rounds'
-    ratios (report.ratio)."""
-    rounds = [[] for _ in measures]
-    for _ in range(cells.settings.rounds):
-        for measure, rows in zip(measures, rounds, strict=True):
-            rows.append(measure())
-    cells.rows.extend(median_round(rows) for rows in rounds)
-
-
-def median_round(rows: list[dict]) -> dict:
-    """The round of median throughput, with every round's throughput and CPU per
-    request beside it (`rounds_req_s`, `rounds_cpu_us_per_req`, in the rounds'
-    order); a failed round counts as none."""
-    measured = sorted(
-        (row for row in rows if "failed" not in row), key=lambda row: row["req_s"]
-    )
-    if not measured:
-        return rows[0]
-    return {
-        **measured[(len(measured) - 1) // 2],
-        "rounds_req_s": [row.get("req_s") for row in rows],
-        "rounds_cpu_us_per_req": [row.get("cpu_us_per_req") for row in rows],
-    }
 
 
 def websockets(cells: Cells) -> None:

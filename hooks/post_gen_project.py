@@ -34,7 +34,10 @@ FILES_OF_CHOICE = {
         "config/uvicorn_ws.py",
         "core/websocket_sessions.py",
     ],
-    ("server", ("gunicorn-uvicorn",)): ["config/gunicorn_worker_class.py"],
+    ("server", ("gunicorn-uvicorn",)): [
+        "config/gunicorn_worker_class.py",
+        "tests/test_gunicorn_worker.py",
+    ],
     ("server", ("uvicorn", "gunicorn-uvicorn")): [
         "config/uvicorn_http.py",
         "config/uvicorn_ws.py",

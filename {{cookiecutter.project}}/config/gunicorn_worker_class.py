@@ -22,6 +22,11 @@ from config.uvicorn_ws import ServiceWebSocketProtocol
 
 class ServiceUvicornWorker(UvicornWorker):
     CONFIG_KWARGS = {
+        # The service writes its own access line (core.middleware), as bin/serve
+        # tells Uvicorn and Granian (--no-access-log). Uvicorn's default is on:
+        # under Gunicorn it made a log record for every response, which
+        # uvicorn.access, given gunicorn.access's handlers (none), dropped.
+        "access_log": False,
         "loop": "uvloop",
         "http": ServiceHttpToolsProtocol,
         "lifespan": "on",

@@ -54,6 +54,7 @@ not recorded.
 
 import asyncio
 import contextlib
+import contextvars
 import os
 
 from django.conf import settings
@@ -83,6 +84,13 @@ _spans_ended: asyncio.Event | None = None
 # How long it waits at most: a request that never returns must not hold the
 # worker's exit back.
 SPANS_END_SECONDS = 2.0
+# The current request's server span (Traced), whether it is recorded, and its
+# trace and span ids in hex: what core.middleware's naming and every log line of
+# the request read, in one lookup. Through OpenTelemetry's context each read is
+# half a dozen Python calls, and an unsampled request's cost is its calls: the
+# tiny JSON made 968 calls without tracing, 102 more unsampled, 79 with this
+# (counted in one process; tests/bench/notes.md).
+_request_span: contextvars.ContextVar = contextvars.ContextVar("request_span")
 
 if ENABLED:
     # Imported only when on: a service without an endpoint does not need it.
@@ -179,14 +187,15 @@ class Traced:
         _open_spans += 1
         token = context.attach(trace.set_span_in_context(span))
         recording = span.is_recording()
+        current = None
         try:
             if recording:
                 span.set_attributes(request_attributes(scope, route))
             ids = span.get_span_context()
-            traceresponse = (
-                f"00-{format_trace_id(ids.trace_id)}-{format_span_id(ids.span_id)}"
-                f"-{ids.trace_flags:02x}"
-            ).encode()
+            hex_ids = format_trace_id(ids.trace_id), format_span_id(ids.span_id)
+            current = _request_span.set((span, recording, hex_ids))
+            flags = f"{ids.trace_flags:02x}"
+            traceresponse = f"00-{hex_ids[0]}-{hex_ids[1]}-{flags}".encode()
 
             async def traced_send(message):
                 if message["type"] == "http.response.start":
@@ -209,6 +218,8 @@ class Traced:
                 span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             raise
         finally:
+            if current is not None:
+                _request_span.reset(current)
             context.detach(token)
             span.end()
             _open_spans -= 1
@@ -233,14 +244,20 @@ def request_attributes(scope, route: str | None) -> dict:
 
 def name_request(method: str, route: str | None) -> None:
     """Names the current request's span by its URL pattern (core.middleware)."""
-    span = trace.get_current_span()
-    if route is not None and span.is_recording():
+    span, recording, _ = _request_span.get((None, False, None))
+    if route is not None and recording:
         span.update_name(f"{method} {route}")
         span.set_attribute("http.route", route)
 
 
 def current_ids() -> tuple[str, str] | None:
-    """The (trace_id, span_id) of the current span, in hex; None outside one."""
+    """The (trace_id, span_id) in hex of the current request's server span (the
+    one its traceresponse header names), else of the current span (a task's);
+    None outside both. A line logged inside a database or Redis span of a
+    request carries the request's span: those spans hold no code of the
+    service's, which is where lines are logged."""
+    if (current := _request_span.get(None)) is not None:
+        return current[2]
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None

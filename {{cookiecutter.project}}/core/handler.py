@@ -74,7 +74,7 @@ from django.http import Http404
 from django.urls import get_resolver, get_urlconf, set_script_prefix, set_urlconf
 from django.utils.log import log_response
 
-from core import metrics
+from core import metrics, tracing
 
 # Django's own receivers that act on the request's thread (see above).
 STARTED_IN_REQUEST_THREAD = frozenset({close_old_connections, reset_queries})
@@ -257,6 +257,13 @@ class ASGIHandler(asgi.ASGIHandler):
                 request=request,
             )
         return response
+
+    async def send_response(self, response, send):
+        # Every response Django sends, the ones it refuses a request with before
+        # its middleware included.
+        if tracing.ENABLED:
+            tracing.answered(response)
+        await super().send_response(response, send)
 
     async def _get_response_async(self, request):
         try:

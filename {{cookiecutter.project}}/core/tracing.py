@@ -3,10 +3,10 @@
 Off unless OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is
 set (and OTEL_SDK_DISABLED is not true). Off costs nothing on the request path:
 no instrumentation is loaded, no TracerProvider, span processor or exporter is
-made, the ASGI application is not wrapped, and the log filter and the
-middleware test one boolean. (redis-py imports parts of the OpenTelemetry API
-and metrics SDK by itself when they are installed, for metrics of its own that
-stay off.)
+made, the ASGI application is not wrapped, and the log filter, the middleware
+and the handler test one boolean. (redis-py imports parts of the OpenTelemetry
+API and metrics SDK by itself when they are installed, for metrics of its own
+that stay off.)
 
 On, each server worker process sets up its own TracerProvider at ASGI lifespan
 startup (setup(), from core.lifespan), that is after the server has forked or
@@ -84,9 +84,10 @@ _spans_ended: asyncio.Event | None = None
 # How long it waits at most: a request that never returns must not hold the
 # worker's exit back.
 SPANS_END_SECONDS = 2.0
-# The current request's server span (Traced), whether it is recorded, and its
-# trace and span ids in hex: what core.middleware's naming and every log line of
-# the request read, in one lookup. Through OpenTelemetry's context each read is
+# The current request's server span (Traced), whether it is recorded, its trace
+# and span ids in hex and its trace flags: what the response's traceresponse
+# header (answered()), core.middleware's naming and every log line of the
+# request read, in one lookup. Through OpenTelemetry's context each read is
 # half a dozen Python calls, and an unsampled request's cost is its calls: the
 # tiny JSON made 968 calls without tracing, 102 more unsampled, 79 with this
 # (counted in one process; tests/bench/notes.md).
@@ -136,7 +137,8 @@ class Traced:
     the sampler's decision and two context variables; the attributes are set
     only on a span that is recorded. The context comes from the configured
     propagators (OTEL_PROPAGATORS), and every response names its trace in a W3C
-    traceresponse header, which Nginx logs (deploy/nginx/nginx.conf).
+    traceresponse header, which Nginx logs (deploy/nginx/nginx.conf): core.handler
+    adds it as Django sends the response (answered()).
     """
 
 {%- if cookiecutter.websockets == "yes" %}
@@ -193,25 +195,9 @@ class Traced:
                 span.set_attributes(request_attributes(scope, route))
             ids = span.get_span_context()
             hex_ids = format_trace_id(ids.trace_id), format_span_id(ids.span_id)
-            current = _request_span.set((span, recording, hex_ids))
             flags = f"{ids.trace_flags:02x}"
-            traceresponse = f"00-{hex_ids[0]}-{hex_ids[1]}-{flags}".encode()
-
-            async def traced_send(message):
-                if message["type"] == "http.response.start":
-                    headers = [
-                        *message.get("headers", ()),
-                        (b"traceresponse", traceresponse),
-                    ]
-                    message = {**message, "headers": headers}
-                    if recording:
-                        status = message["status"]
-                        span.set_attribute("http.response.status_code", status)
-                        if status >= 500:
-                            span.set_status(Status(StatusCode.ERROR))
-                await send(message)
-
-            await self.application(scope, receive, traced_send)
+            current = _request_span.set((span, recording, hex_ids, flags))
+            await self.application(scope, receive, send)
         except BaseException as error:
             if recording:
                 span.record_exception(error)
@@ -242,9 +228,27 @@ def request_attributes(scope, route: str | None) -> dict:
     return attributes
 
 
+def answered(response) -> None:
+    """Marks a response with the current request's trace, as core.handler sends
+    it: a W3C traceresponse header (which Nginx logs), and on a recorded span the
+    status code. Here and not around the ASGI send: a wrapper there would add a
+    coroutine to each message a request or WebSocket sends, and handle each
+    message's type and headers again (11 µs of the 32 an unsampled request
+    cost the bench's service, measured by turns on its server)."""
+    current = _request_span.get(None)
+    if current is None:
+        return
+    span, recording, (trace_hex, span_hex), flags = current
+    response["traceresponse"] = f"00-{trace_hex}-{span_hex}-{flags}"
+    if recording:
+        span.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+
+
 def name_request(method: str, route: str | None) -> None:
     """Names the current request's span by its URL pattern (core.middleware)."""
-    span, recording, _ = _request_span.get((None, False, None))
+    span, recording, _, _ = _request_span.get((None, False, None, None))
     if route is not None and recording:
         span.update_name(f"{method} {route}")
         span.set_attribute("http.route", route)

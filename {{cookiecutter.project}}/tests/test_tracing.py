@@ -50,6 +50,12 @@ def database_url() -> str:
 
 
 def call(url: str, headers=None, method="GET", body=None) -> tuple[int, dict]:
+    status, _, answer = exchange(url, headers, method, body)
+    return status, answer
+
+
+def exchange(url: str, headers=None, method="GET", body=None) -> tuple:
+    """The status, headers and JSON body of the answer, whatever its status."""
     request = urllib.request.Request(  # noqa: S310
         url,
         method=method,
@@ -62,9 +68,18 @@ def call(url: str, headers=None, method="GET", body=None) -> tuple[int, dict]:
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            return response.status, json.loads(response.read())
+            return response.status, response.headers, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        return error.code, error.headers, json.loads(error.read())
+
+
+def named(headers) -> tuple[str, str, bool]:
+    """The trace id, span id and sampled flag of a traceresponse header (W3C
+    Trace Context: version 00; the SDK may set the random-id flag beside the
+    sampled one)."""
+    version, trace_id, span_id, flags = headers["traceresponse"].split("-")
+    assert version == "00"
+    return trace_id, span_id, bool(int(flags, 16) & 1)
 
 
 def serve(environment: dict, log: Path) -> tuple[subprocess.Popen, str]:
@@ -158,9 +173,13 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
         log,
     )
     try:
-        status, body = call(f"{base}/api/items/{item.pk}", {"traceparent": TRACEPARENT})
+        status, headers, body = exchange(
+            f"{base}/api/items/{item.pk}", {"traceparent": TRACEPARENT}
+        )
         assert (status, body["id"]) == (200, item.pk)
-        missing_status, missing = call(f"{base}/api/items/{item.pk + 1000}")
+        missing_status, missing_headers, missing = exchange(
+            f"{base}/api/items/{item.pk + 1000}"
+        )
         # A write: Django's ORM in the request's thread, not core.reads.
         patched, _ = call(
             f"{base}/api/items/{item.pk}", method="PATCH", body={"quantity": 7}
@@ -180,6 +199,9 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
         (f"GET {ROUTE}", PARENT_SPAN_ID)
     ]
     request = requests[0]
+    # The answer names the request's span, sampled (W3C traceresponse), for
+    # Nginx's access log.
+    assert named(headers) == (TRACE_ID, request.span_id.hex(), True)
     children = [s for s in spans if s.parent_span_id == request.span_id]
     assert all(s.kind == Span.SPAN_KIND_CLIENT for s in children)
     systems = {
@@ -240,6 +262,11 @@ def test_a_request_is_one_trace_with_its_queries_and_redis_commands(receiver, tm
         if s.trace_id.hex() == missing["trace_id"] and s.kind == Span.SPAN_KIND_SERVER
     ]
     assert (missing_span.name, missing_span.parent_span_id) == (f"GET {ROUTE}", b"")
+    assert named(missing_headers) == (
+        missing["trace_id"],
+        missing_span.span_id.hex(),
+        True,
+    )
 
 
 @pytest.mark.django_db(transaction=True)

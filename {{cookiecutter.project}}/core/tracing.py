@@ -90,7 +90,7 @@ SPANS_END_SECONDS = 2.0
 # request read, in one lookup. Through OpenTelemetry's context each read is
 # half a dozen Python calls, and an unsampled request's cost is its calls: the
 # tiny JSON made 968 calls without tracing, 102 more unsampled, 79 with this
-# (counted in one process; tests/bench/notes.md).
+# (counted in one process; tests/bench/notes.md, "Measured by turns").
 _request_span: contextvars.ContextVar = contextvars.ContextVar("request_span")
 
 if ENABLED:
@@ -231,10 +231,10 @@ def request_attributes(scope, route: str | None) -> dict:
 def answered(response) -> None:
     """Marks a response with the current request's trace, as core.handler sends
     it: a W3C traceresponse header (which Nginx logs), and on a recorded span the
-    status code. Here and not around the ASGI send: a wrapper there would add a
-    coroutine to each message a request or WebSocket sends, and handle each
-    message's type and headers again (11 µs of the 32 an unsampled request
-    cost the bench's service, measured by turns on its server)."""
+    status code. Here and not around the ASGI send: a wrapper there adds a
+    coroutine to each message a request or WebSocket sends, and goes over each
+    message's type and headers again (tests/bench/notes.md, "Measured by
+    turns")."""
     current = _request_span.get(None)
     if current is None:
         return

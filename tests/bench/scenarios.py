@@ -113,6 +113,9 @@ class _Alternation:
         # Before and after the idle measurement, then at the end of each round:
         # (when, CPU seconds by pid, requests and seconds of its slots so far).
         self.marks = []
+        # CPU seconds per second by pid while idle (finish(), from the first
+        # two marks).
+        self.idle = {}
         self.nginx_pids = set()
 
     def mark(self) -> None:

@@ -117,10 +117,10 @@ def ratio(a, b) -> float | None:
     return a["req_s"] / b["req_s"]
 
 
-def _round_ratios(a: dict, b: dict, key: str) -> list[float]:
-    """a's figure over b's in each round of Cells.alternate (none if either has
-    no rounds, or another count of them)."""
-    ours, theirs = a.get(key), b.get(key)
+def _round_ratios(a: dict, b: dict) -> list[float]:
+    """a's throughput over b's in each round of Cells.alternate (none if either
+    has no rounds, or another count of them)."""
+    ours, theirs = a.get("rounds_req_s"), b.get("rounds_req_s")
     if not ours or not theirs or len(ours) != len(theirs):
         return []
     return [x / y for x, y in zip(ours, theirs, strict=True) if x and y]
@@ -132,7 +132,7 @@ def spread(a: dict | None, b: dict | None, cost: bool = False) -> str:
     rounds."""
     if a is None or b is None:
         return ""
-    ratios = _round_ratios(a, b, "rounds_req_s")
+    ratios = _round_ratios(a, b)
     if len(ratios) < 2:
         return ""
     if cost:

@@ -14,8 +14,11 @@ must not run code in the worker. Task arguments are ints and strings.
 
 arq's worker ends when Redis goes away under it (a restart, a failover): main()
 then starts a new one in the same process, as soon as Redis answers again, rather
-than leave the task worker down until its supervisor restarts it. The jobs it was
-running are run again once their in-progress keys expire.
+than leave the task worker down until its supervisor restarts it. The jobs the
+lost worker had marked in progress and not finished (marked just before Redis
+went, or finished while it was away) are run by no process any more: main()
+deletes their in-progress keys before the new worker starts, so that they run
+again within seconds of Redis's return, not once the keys expire minutes later.
 
 Traces (core.tracing) are set up in the worker's one process before it starts,
 and flushed once it has stopped.
@@ -27,11 +30,13 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import redis
 from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix
 from arq.worker import Function, Worker, func
 from django.conf import settings
 
@@ -151,12 +156,16 @@ def main() -> None:
     tracing.setup(tasks_only=True)
     stopping = threading.Event()
     failures = 0
+    stranded: dict[str, float] = {}
     while not stopping.is_set():
         asyncio.set_event_loop(loop := asyncio.new_event_loop())
+        worker = _worker()
         try:
-            _worker().run()
+            _release(stranded, worker.in_progress_timeout_s)
+            worker.run()
             break  # stopped by SIGTERM or SIGINT
         except redis.exceptions.RedisError as error:
+            stranded.update(worker.stranded())
             delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
             failures += 1
             logger.warning(
@@ -172,8 +181,55 @@ def main() -> None:
     tracing.shutdown()
 
 
-def _worker() -> Worker:
-    return Worker(
+class _Worker(Worker):
+    """arq's Worker, which also keeps when it marked each job it runs in progress.
+
+    arq leaves a job its worker lost Redis under marked in progress until the mark
+    expires; which jobs those are, and whether their marks are still the ones
+    this worker set, only the worker can tell (arq has no hook for either).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # Job id: a monotonic time no later than arq set the job's mark.
+        self.marked: dict[str, float] = {}
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        before = time.monotonic()
+        await super().start_jobs(job_ids)
+        self.marked = {job: self.marked.get(job, before) for job in self.tasks}
+
+    def stranded(self) -> dict[str, float]:
+        """The jobs marked and not finished: their task failed on a Redis
+        command, or never ended (the loop they ran on is closed after this).
+        A job that ended finished in Redis, whether it succeeded or not."""
+        return {
+            job: self.marked[job]
+            for job, task in self.tasks.items()
+            if not task.done() or task.cancelled() or task.exception() is not None
+        }
+
+
+def _release(stranded: dict[str, float], mark_seconds: float) -> None:
+    """Deletes the in-progress marks of the jobs a lost worker left, while they
+    can only be that worker's own (set less than `mark_seconds` ago): a later mark
+    is another worker's, which runs the job. Keeps `stranded` if Redis fails."""
+    now = time.monotonic()
+    jobs = [job for job, marked in stranded.items() if now < marked + mark_seconds]
+    if jobs:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        try:
+            client.delete(*(in_progress_key_prefix + job for job in jobs))
+        finally:
+            client.close()
+        logger.warning(
+            "jobs the lost worker held run again", extra={"jobs": sorted(jobs)}
+        )
+    stranded.clear()
+
+
+def _worker() -> _Worker:
+    return _Worker(
         functions=_functions,
         queue_name=settings.TASK_QUEUE,
         redis_settings=_redis_settings(),

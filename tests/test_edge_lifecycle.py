@@ -4,10 +4,12 @@ import http.client
 import json
 import shutil
 import signal
+import socket
 import sqlite3
+import struct
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 
 import pytest
 from websockets.sync.client import connect
@@ -104,8 +106,12 @@ def test_sigterm_finishes_requests_and_closes_streams_cleanly(
 
 @pytest.mark.parametrize("combination", SERVERS)
 def test_restarting_instances_one_after_the_other_fails_no_request(
-    combination, started
+    combination, started, tmp_path
 ):
+    """Stopped without being drained at Nginx first: a stopping instance resets
+    the requests it had not read, which Nginx sends to the other instance, a
+    write only when it carries an Idempotency-Key (deploy/nginx/), as the
+    client here does."""
     apps, nginx = started(combination, 2, WEB_CONCURRENCY="1", GRACEFUL_TIMEOUT="10")
     results = []
     done = threading.Event()
@@ -117,17 +123,22 @@ def test_restarting_instances_one_after_the_other_fails_no_request(
             not done.is_set() and time.monotonic() < deadline and len(results) < 20000
         ):
             connection = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=10)
-            # Writes too: Nginx retries a GET on the other instance, not a POST.
             number = len(results)
             try:
                 if number % 2:
                     item = {"name": f"r{number}", "category": "c", "price": "1"}
-                    connection.request("POST", "/api/items", json.dumps(item), headers)
+                    connection.request(
+                        "POST",
+                        "/api/items",
+                        json.dumps(item),
+                        {**headers, "Idempotency-Key": f"r{number}"},
+                    )
                 else:
                     connection.request("GET", "/api/items?limit=1", headers=headers)
-                results.append(connection.getresponse().status)
+                response = connection.getresponse()
+                results.append((number, response.status, response.read()[:200]))
             except OSError as error:
-                results.append(repr(error))
+                results.append((number, repr(error), b""))
             finally:
                 connection.close()
             # Steady, and under Nginx's per-client rate limit (50 r/s).
@@ -146,9 +157,87 @@ def test_restarting_instances_one_after_the_other_fails_no_request(
     finally:
         done.set()
         client.join()
-    failures = [result for result in results if result not in (200, 201)]
-    assert failures == []
-    assert results.count(201) > 25
+    failures = [result for result in results if result[1] not in (200, 201)]
+    assert failures == [], nginx.output()[-3000:]
+    created = [f"r{number}" for number, status, _ in results if status == 201]
+    assert len(created) > 25
+    with closing(sqlite3.connect(tmp_path / "db.sqlite3")) as database:
+        stored = database.execute(
+            "SELECT name, COUNT(*) FROM items_item WHERE name LIKE 'r%' GROUP BY name"
+        ).fetchall()
+    assert dict(stored) == dict.fromkeys(created, 1)
+
+
+class Resetter:
+    """Stands for an instance that stops with requests it had not read: it takes
+    each connection, reads what comes, and resets it."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.upstream = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.resets = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with connection:
+                connection.recv(65536)
+                # Closed with unread data or no linger: an RST, not a FIN.
+                connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            self.resets += 1
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("combination", params(each_server()[:1]))
+def test_a_write_an_instance_reset_is_sent_again_only_with_an_idempotency_key(
+    combination, generated, tmp_path
+):
+    """Nginx sends each request to the resetting instance and the app in turn.
+    A write it reset is answered 503 (the app never saw it), unless it carries
+    an Idempotency-Key: then it goes to the app, and is created once."""
+    with ExitStack() as cleanup:
+        project = generated(combination)
+        app = App(project, tmp_path, "app")
+        app.migrate()
+        cleanup.callback(app.stop)
+        app.start()
+        resetter = Resetter()
+        cleanup.callback(resetter.close)
+        nginx = Nginx.in_front(project, [resetter, app])
+        nginx.start()
+        cleanup.callback(nginx.stop)
+
+        def post(name: str, **headers: str) -> int:
+            item = {"name": name, "category": "c", "price": "1"}
+            response, _ = request(nginx, "POST", "/api/items", item, headers)
+            # Past fail_timeout (1 s), which kept Nginx off the resetter.
+            time.sleep(1.2)
+            return response.status
+
+        keyed = [post(f"keyed-{n}", **{"Idempotency-Key": f"k{n}"}) for n in range(6)]
+        keyed_resets = resetter.resets
+        unkeyed = [post(f"unkeyed-{n}") for n in range(6)]
+        assert keyed == [201] * 6
+        assert keyed_resets > 0, "the resetter took no keyed write"
+        assert set(unkeyed) == {201, 503}
+        # Each 503 is a write the resetter took, which reached no app.
+        assert resetter.resets - keyed_resets == unkeyed.count(503)
+        with closing(sqlite3.connect(tmp_path / "db.sqlite3")) as database:
+            stored = database.execute(
+                "SELECT name, COUNT(*) FROM items_item GROUP BY name"
+            ).fetchall()
+        written = [f"keyed-{n}" for n in range(6)] + [
+            f"unkeyed-{n}" for n, status in enumerate(unkeyed) if status == 201
+        ]
+        assert dict(stored) == dict.fromkeys(written, 1)
 
 
 @pytest.mark.parametrize("combination", SERVERS)

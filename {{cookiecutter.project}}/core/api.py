@@ -239,12 +239,13 @@ def operation(
                 kwargs["query"] = parse_query(request, query)
             if body is not None:
                 kwargs["body"] = parse_body(request, body)
+            # Imported here: core.idempotency builds on this module.
+            from core import idempotency
+
             if not idempotent:
+                idempotency.refuse_key(request)
                 response = await handler(self, request, *args, **kwargs)
             else:
-                # Imported here: core.idempotency builds on this module.
-                from core import idempotency
-
                 response = await idempotency.answer_once(
                     request,
                     lambda key: handler(

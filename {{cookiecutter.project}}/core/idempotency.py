@@ -63,6 +63,19 @@ def key_of(request: HttpRequest) -> Key | None:
     return Key(route, value, hashlib.sha256(body_of(request)).hexdigest())
 
 
+def refuse_key(request: HttpRequest) -> None:
+    """ApiError (400) for a POST that keeps no answers by key and was sent one:
+    its client expects a retry to get the first answer, and Nginx sends a keyed
+    POST that an instance reset to another instance (deploy/nginx/nginx.conf),
+    which is safe only where the key is kept. Refused before anything is done."""
+    if request.method == "POST" and HEADER in request.headers:
+        raise ApiError(
+            400,
+            "idempotency_key_not_supported",
+            f"this operation takes no {HEADER}",
+        )
+
+
 def _cutoff():
     return timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_HOURS)
 

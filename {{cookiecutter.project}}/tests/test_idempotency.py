@@ -41,6 +41,21 @@ async def test_a_retry_gets_the_first_answer_and_creates_nothing(item_payload):
     assert await Item.objects.acount() == 1
 
 
+async def test_a_post_that_takes_no_key_refuses_one_before_it_writes(item_payload):
+    """A restock does not keep answers by key: sent with one, it is refused rather
+    than run as if a retry would get its first answer. Nginx sends a keyed POST
+    that an instance reset to another instance (deploy/nginx/nginx.conf), which
+    is safe only where the key is kept."""
+    status, _, item = await post("/api/items", item_payload, key=None)
+    assert status == 201
+    restock = {"changes": [{"id": item["id"], "quantity": item["quantity"] + 5}]}
+    status, _, body = await post("/api/items/restock", restock, key="k-restock")
+    assert (status, body["error"]) == (400, "idempotency_key_not_supported")
+    assert (await Item.objects.aget(pk=item["id"])).quantity == item["quantity"]
+    status, _, _ = await post("/api/items/restock", restock, key=None)
+    assert status == 200
+    assert (await Item.objects.aget(pk=item["id"])).quantity == item["quantity"] + 5
+
 {%- if cookiecutter.tasks != "none" %}
 
 

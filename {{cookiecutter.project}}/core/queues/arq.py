@@ -196,8 +196,11 @@ class _Worker(Worker):
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         before = time.monotonic()
-        await super().start_jobs(job_ids)
-        self.marked = {job: self.marked.get(job, before) for job in self.tasks}
+        try:
+            await super().start_jobs(job_ids)
+        finally:
+            # Also when Redis failed after some of them were started.
+            self.marked = {job: self.marked.get(job, before) for job in self.tasks}
 
     def stranded(self) -> dict[str, float]:
         """The jobs marked and not finished: their task failed on a Redis

@@ -31,11 +31,23 @@ SERVERS = params(each_server())
 STOPPED_GRACEFULLY = (0, -signal.SIGTERM)
 
 
-def post_item(nginx: Nginx, name: str) -> int:
+def post_item(nginx: Nginx, name: str, **headers: str) -> int:
     response, _ = request(
-        nginx, "POST", "/api/items", {"name": name, "category": "c", "price": "1"}
+        nginx,
+        "POST",
+        "/api/items",
+        {"name": name, "category": "c", "price": "1"},
+        headers,
     )
     return response.status
+
+
+def stored_items(workdir) -> dict[str, int]:
+    """How many items of each name the apps' SQLite database (in `workdir`) has."""
+    with closing(sqlite3.connect(workdir / "db.sqlite3")) as database:
+        return dict(
+            database.execute("SELECT name, COUNT(*) FROM items_item GROUP BY name")
+        )
 
 
 @pytest.fixture
@@ -161,11 +173,8 @@ def test_restarting_instances_one_after_the_other_fails_no_request(
     assert failures == [], nginx.output()[-3000:]
     created = [f"r{number}" for number, status, _ in results if status == 201]
     assert len(created) > 25
-    with closing(sqlite3.connect(tmp_path / "db.sqlite3")) as database:
-        stored = database.execute(
-            "SELECT name, COUNT(*) FROM items_item WHERE name LIKE 'r%' GROUP BY name"
-        ).fetchall()
-    assert dict(stored) == dict.fromkeys(created, 1)
+    # The loop is the only writer of this database.
+    assert stored_items(tmp_path) == dict.fromkeys(created, 1)
 
 
 class Resetter:
@@ -216,11 +225,10 @@ def test_a_write_an_instance_reset_is_sent_again_only_with_an_idempotency_key(
         cleanup.callback(nginx.stop)
 
         def post(name: str, **headers: str) -> int:
-            item = {"name": name, "category": "c", "price": "1"}
-            response, _ = request(nginx, "POST", "/api/items", item, headers)
+            status = post_item(nginx, name, **headers)
             # Past fail_timeout (1 s), which kept Nginx off the resetter.
             time.sleep(1.2)
-            return response.status
+            return status
 
         keyed = [post(f"keyed-{n}", **{"Idempotency-Key": f"k{n}"}) for n in range(6)]
         keyed_resets = resetter.resets
@@ -230,14 +238,10 @@ def test_a_write_an_instance_reset_is_sent_again_only_with_an_idempotency_key(
         assert set(unkeyed) == {201, 503}
         # Each 503 is a write the resetter took, which reached no app.
         assert resetter.resets - keyed_resets == unkeyed.count(503)
-        with closing(sqlite3.connect(tmp_path / "db.sqlite3")) as database:
-            stored = database.execute(
-                "SELECT name, COUNT(*) FROM items_item GROUP BY name"
-            ).fetchall()
         written = [f"keyed-{n}" for n in range(6)] + [
             f"unkeyed-{n}" for n, status in enumerate(unkeyed) if status == 201
         ]
-        assert dict(stored) == dict.fromkeys(written, 1)
+        assert stored_items(tmp_path) == dict.fromkeys(written, 1)
 
 
 @pytest.mark.parametrize("combination", SERVERS)

@@ -233,15 +233,16 @@ def operation(
     answer too: it is set here from the answer's `id`, not stored with it."""
 
     def declare(handler):
+        # Imported once the views declare their handlers: core.idempotency builds
+        # on this module.
+        from core import idempotency
+
         @functools.wraps(handler)
         async def validated(self, request, *args, **kwargs):
             if query is not None:
                 kwargs["query"] = parse_query(request, query)
             if body is not None:
                 kwargs["body"] = parse_body(request, body)
-            # Imported here: core.idempotency builds on this module.
-            from core import idempotency
-
             if not idempotent:
                 idempotency.refuse_key(request)
                 response = await handler(self, request, *args, **kwargs)

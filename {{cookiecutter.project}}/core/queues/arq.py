@@ -144,12 +144,14 @@ def task(name: str, *, retries: int, time_limit: float):
     return declare
 
 
+def _redis() -> redis.Redis:
+    """A client of its own, for a command outside arq's worker and pool."""
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+
+
 def queue_depth() -> int:
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-    try:
+    with _redis() as client:
         return client.zcard(settings.TASK_QUEUE)
-    finally:
-        client.close()
 
 
 def main() -> None:
@@ -220,11 +222,8 @@ def _release(stranded: dict[str, float], mark_seconds: float) -> None:
     now = time.monotonic()
     jobs = [job for job, marked in stranded.items() if now < marked + mark_seconds]
     if jobs:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
-        try:
+        with _redis() as client:
             client.delete(*(in_progress_key_prefix + job for job in jobs))
-        finally:
-            client.close()
         logger.warning(
             "jobs the lost worker held run again", extra={"jobs": sorted(jobs)}
         )

@@ -32,6 +32,7 @@ FILES_OF_CHOICE = {
         "items/routing.py",
         "tests/test_websocket.py",
         "config/uvicorn_ws.py",
+        "core/dispatch.py",
         "core/websocket_sessions.py",
     ],
     ("server", ("gunicorn-uvicorn",)): [

@@ -19,6 +19,7 @@ from edge import (
     ORIGIN,
     App,
     Nginx,
+    bearer,
     request,
     serve,
     trusted_proxies_conf,
@@ -254,6 +255,72 @@ def test_uvicorn_answers_what_it_cannot_parse_in_json(combination, stacks, bad):
     assert {"logger": "uvicorn.error", "message": "Invalid HTTP request received."} in [
         {"logger": line["logger"], "message": line["message"]} for line in lines
     ]
+
+
+def read_responses(sock: socket.socket) -> list[tuple[int, bytes]]:
+    """Each (status, body) the server sends until it closes: answers with a
+    Content-Length, as the service's JSON ones are."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    responses = []
+    while data:
+        head, _, data = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in header_lines)
+        length = int(headers["content-length"])
+        responses.append((int(status_line.split()[1]), data[:length]))
+        data = data[length:]
+    return responses
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_pipelined_requests_are_answered_in_order(combination, stacks):
+    """Three requests in one write, straight to the app (Uvicorn's pipeline is
+    config/uvicorn_http.py's): each answered, in the order sent."""
+    app, _ = stacks(combination)
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        sock.sendall(
+            b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /api/items?limit=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            b"GET /api/nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        (first, healthz), (second, items), (third, _) = read_responses(sock)
+    assert (first, json.loads(healthz)) == (200, {"status": "ok"})
+    assert (second, type(json.loads(items)["items"])) == (200, list)
+    assert third == 404
+
+
+def head_of(size: int) -> bytes:
+    """A GET to /healthz whose request line and headers are `size` bytes, but
+    for the blank line that ends them."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: "
+    return start + b"a" * (size - len(start) - 2) + b"\r\n"
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_a_request_head_over_max_head_bytes_is_refused_with_431(combination, stacks):
+    """Straight to the app, a head a little over MAX_HEAD_BYTES (bin/serve's
+    64 KiB) is answered 431, as one of 40 KiB, more than Nginx passes, is not:
+    a worker never reads an unbounded head."""
+    app, _ = stacks(combination)
+    response, _ = raw_response(app, head_of(40 * 1024) + b"\r\n")
+    assert response.status == 200
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        # Read by the server before the rest comes: the rest, which takes it
+        # over, is then all read, and its close resets nothing unread.
+        head = head_of(65 * 1024)
+        sock.sendall(head[: 63 * 1024])
+        time.sleep(0.5)
+        sock.sendall(head[63 * 1024 :])
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        content = response.read()
+    assert response.status == 431
+    if combination["server"] != "granian":
+        # Granian's own answer has no body (the service's README).
+        assert json.loads(content)["error"] == "headers_too_large"
 
 
 @pytest.mark.parametrize(
@@ -519,6 +586,47 @@ def test_websocket_gets_broadcasts_after_idling_past_nginx_default_timeout(
         )
         message = json.loads(websocket.recv(timeout=10))
         assert (message["event"], message["data"]["name"]) == ("item.created", "late")
+
+
+def messages_until(websocket, wanted: list[dict], limit: int = 20) -> list[dict]:
+    """What the WebSocket receives until it has had every message of `wanted`
+    (other messages, a broadcast of another test's write, may come between)."""
+    received = []
+    while not all(message in received for message in wanted):
+        assert len(received) < limit, received
+        received.append(json.loads(websocket.recv(timeout=10)))
+    return received
+
+
+@pytest.mark.parametrize("combination", SERVERS)
+def test_direct_messages_reach_connections_on_every_worker(combination, stacks):
+    """Six connections over the server's two workers, each sends a direct
+    message to the next: each gets the one sent to it, through Redis from
+    whichever worker (under Uvicorn and Gunicorn each consumer's channel is
+    delivered into the server's queue of its connection: core/dispatch.py)."""
+    _, nginx = stacks(combination)
+    url = f"ws://127.0.0.1:{nginx.port}/ws/items"
+    headers = {**ORIGIN, **bearer(nginx.token)}
+    with ExitStack() as stack:
+        websockets = [
+            stack.enter_context(connect(url, additional_headers=headers))
+            for _ in range(6)
+        ]
+        welcomes = [json.loads(ws.recv(timeout=10)) for ws in websockets]
+        names = [welcome["connection"] for welcome in welcomes]
+        for number, websocket in enumerate(websockets):
+            direct = {"type": "direct", "to": names[(number + 1) % 6]}
+            websocket.send(json.dumps({**direct, "text": f"{number}"}))
+        for number, websocket in enumerate(websockets):
+            sender = (number - 1) % 6
+            direct = {
+                "type": "direct",
+                "from": names[sender],
+                "user": welcomes[sender]["user"],
+                "text": f"{sender}",
+            }
+            sent = {"type": "sent", "to": names[(number + 1) % 6]}
+            messages_until(websocket, [sent, direct])
 
 
 @pytest.mark.parametrize("combination", SERVERS)

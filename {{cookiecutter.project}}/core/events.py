@@ -38,7 +38,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from core import tracing
-from core.inbox import Inbox
+from core.inbox import Failed, Inbox
 
 # Consumers receive a published event in their `events_broadcast` method.
 MESSAGE_TYPE = "events.broadcast"
@@ -121,13 +121,6 @@ async def publish(group: str, event: str, data: dict) -> None:
     )
 
 
-class _Failed:
-    """What a failed subscription hands each subscriber: its receive raises it."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
 class _Fanout:
     """A worker's one channel in a group, for all its subscribers."""
 
@@ -181,7 +174,7 @@ class _Fanout:
             # the next one subscribes anew.
             self._forget()
             for inbox in self.inboxes:
-                inbox.put_nowait(_Failed(error))
+                inbox.put_nowait(Failed(error))
 
     def _forget(self) -> None:
         fanouts = _FANOUTS.get(self.layer, {})
@@ -214,7 +207,7 @@ class _Fanout:
 
 async def _next(inbox: Inbox) -> dict:
     message = await inbox.get()
-    if isinstance(message, _Failed):
+    if isinstance(message, Failed):
         raise message.error
     return message
 

@@ -1,5 +1,5 @@
-"""A connection's queue of incoming messages: asyncio.Queue's interface, without
-asyncio.Queue's memory while it is empty.
+"""What an idle connection waits on, without asyncio's memory while nothing
+comes: a queue of incoming messages (Inbox) and an Event.
 
 Each idle WebSocket waits on two queues, Uvicorn's of the client's messages and
 the channel layer's of its channel's, and each event stream on the second. An
@@ -14,10 +14,22 @@ layers use (config/uvicorn_ws.py, core/layers.py): put_nowait, get, get_nowait,
 empty, full, qsize; no join(), task_done() or shutdown(). asyncio has no queue
 that allocates lazily, and janus, the usual other one, adds a thread-safe side
 to a deque; the waiting below is asyncio.Queue's own.
+
+A server that keeps a connection's messages in an Inbox may offer it to the
+app in the scope's extensions, under RECEIVE_QUEUE (config/uvicorn_ws.py): a
+consumer then has its channel's messages put in the same queue, and waits on
+that one alone (core.dispatch).
+
+Likewise an asyncio.Event allocates a deque for its waiters (0.6 KiB), and
+Uvicorn gives every connection one or two, for flow control and for the
+request's body (config/uvicorn_http.py, config/uvicorn_ws.py).
 """
 
 import asyncio
 from collections import deque
+
+# The scope extension under which a server offers the Inbox its receive() reads.
+RECEIVE_QUEUE = "service.receive_queue"
 
 
 class Inbox:
@@ -76,9 +88,30 @@ class Inbox:
                 raise
         return self.get_nowait()
 
+    def waited_on(self) -> bool:
+        """Whether a get is waiting for a message."""
+        return any(not getter.done() for getter in self._getters)
+
     def _wake_next(self) -> None:
         while self._getters:
             getter = self._getters.pop(0)
             if not getter.done():
                 getter.set_result(None)
                 return
+
+
+class Failed:
+    """What a reader that failed puts in an Inbox for the get waiting on it: its
+    caller raises `error` (core.events' group reader, core.layers' Redis one)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class Event(asyncio.Event):
+    """asyncio.Event with its waiters in a list: asyncio.Event's code, which only
+    appends, iterates and removes them, is unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self._waiters = []

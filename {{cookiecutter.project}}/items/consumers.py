@@ -37,6 +37,7 @@ from django.conf import settings
 
 from core import auth, events, shutdown
 from core.connections import WEBSOCKETS
+from core.dispatch import OneQueueConsumer
 from core.events import LAYER_ERRORS
 from items.changes import EVENTS_GROUP
 
@@ -76,7 +77,7 @@ def last_event_id_of(scope: dict) -> str | None:
     return values[-1] if values else None
 
 
-class ItemsConsumer(AsyncJsonWebsocketConsumer):
+class ItemsConsumer(OneQueueConsumer, AsyncJsonWebsocketConsumer):
     groups = [EVENTS_GROUP]
     # Messages whose handlers read no database. Channels' dispatch hops to a
     # thread before every message to close stale database connections: a third

@@ -6,14 +6,17 @@ counted."""
 
 import asyncio
 import gc
+import io
 import json
 import threading
+import weakref
 
 import pytest
 from asgiref import sync
 from asgiref.sync import sync_to_async
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler as StockASGIHandler
+from django.core.handlers.asgi import ASGIRequest
 from django.db import connections
 from django.http import HttpResponseNotFound
 from django.urls.resolvers import URLResolver
@@ -25,7 +28,7 @@ from core import handler as core_handler
 from core.handler import ASGIHandler, RequestThreads, close_connections
 from items import store
 from items.schemas import ItemIn
-from tests.asgi import exchange, next_chunk, open_stream
+from tests.asgi import exchange, http_scope, next_chunk, open_stream
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -196,6 +199,45 @@ async def test_a_stream_gives_its_thread_back_before_its_body(monkeypatch):
         await stream.send_input({"type": "http.disconnect"})
         await stream.wait(timeout=5)
     await asyncio.to_thread(close_connections)
+
+
+async def test_a_stream_holds_neither_its_request_nor_its_headers(monkeypatch):
+    """Once an event stream's headers are sent, its request (with its META and
+    resolver match) is freed and its response keeps no headers: an idle stream
+    holds only what sends its body."""
+    handler = ASGIHandler()
+    held = {}
+    run_get_response = handler.run_get_response
+
+    async def keeping(request):
+        response = await run_get_response(request)
+        held["request"], held["response"] = weakref.ref(request), response
+        return response
+
+    monkeypatch.setattr(handler, "run_get_response", keeping)
+    stream, start = await open_stream(handler, "/api/items/events")
+    try:
+        assert start["status"] == 200
+        assert (b"Content-Type", b"text/event-stream") in start["headers"]
+        assert await next_chunk(stream)
+        assert held["request"]() is None
+        assert dict(held["response"].headers) == {}
+    finally:
+        await stream.send_input({"type": "http.disconnect"})
+        await stream.wait(timeout=5)
+    await asyncio.to_thread(close_connections)
+
+
+async def test_a_closed_response_closes_its_request_if_still_held(monkeypatch):
+    """The request's closer, which no longer keeps it alive, still closes it
+    (its uploaded files) when something else holds it, as a stream's body may."""
+    closed = []
+    monkeypatch.setattr(ASGIRequest, "close", lambda request: closed.append(request))
+    handler = ASGIHandler()
+    request, _ = handler.create_request(http_scope("/healthz", "GET"), io.BytesIO())
+    response = await handler.get_response_async(request)
+    response.close()
+    assert closed == [request]
 
 
 def test_a_waiting_request_queues_once_for_all_its_sync_calls():

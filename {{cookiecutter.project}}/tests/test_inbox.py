@@ -1,5 +1,6 @@
-"""The Inbox (core.inbox): asyncio.Queue's behaviour where the server and the
-channel layers use it, for a fraction of its memory while it waits empty."""
+"""The Inbox and Event (core.inbox): asyncio.Queue's and asyncio.Event's
+behaviour where the server and the channel layers use them, for a fraction of
+their memory while nothing comes."""
 
 import asyncio
 import gc
@@ -8,7 +9,7 @@ import tracemalloc
 import pytest
 from channels.exceptions import ChannelFull
 
-from core.inbox import Inbox
+from core.inbox import Event, Inbox
 from core.layers import InMemoryChannelLayer, RedisChannelLayer
 
 
@@ -101,6 +102,44 @@ async def test_a_waiting_inbox_holds_a_fraction_of_an_asyncio_queue():
     assert queues - inboxes > 1000 * 2500, (inboxes, queues)
 
 
+async def test_an_event_wakes_every_waiter_and_forgets_a_cancelled_one():
+    event = Event()
+    waiters = [asyncio.ensure_future(event.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()
+    await asyncio.sleep(0)
+    assert len(event._waiters) == 2
+    event.set()
+    assert await asyncio.gather(*waiters[1:]) == [True, True]
+    assert event.is_set()
+    assert await event.wait()
+    event.clear()
+    waiter = asyncio.ensure_future(event.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    event.set()
+    assert await waiter
+
+
+def test_an_unused_event_holds_a_fraction_of_an_asyncio_event():
+    """Uvicorn's two per connection (config/uvicorn_http.py)."""
+
+    def held(make) -> int:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            events = [make() for _ in range(1000)]
+            size = tracemalloc.get_traced_memory()[0] - before
+            events.clear()
+            return size
+        finally:
+            tracemalloc.stop()
+
+    ours, asyncio_events = held(Event), held(asyncio.Event)
+    assert ours < asyncio_events / 3, (ours, asyncio_events)
+
+
 async def test_the_in_memory_layer_keeps_a_channels_messages_in_an_inbox():
     layer = InMemoryChannelLayer(capacity=2)
     channel = await layer.new_channel()
@@ -114,6 +153,36 @@ async def test_the_in_memory_layer_keeps_a_channels_messages_in_an_inbox():
     await layer.group_add("group", channel)
     await layer.group_send("group", {"type": "to the group"})
     assert (await layer.receive(channel))["type"] == "to the group"
+
+
+async def test_the_in_memory_layer_delivers_a_channel_up_to_its_capacity():
+    """deliver(): a channel's messages into a connection's queue (core.dispatch),
+    each a copy, as many unread as the channel's capacity; past it, ChannelFull,
+    which a group's send skips."""
+    layer = InMemoryChannelLayer(capacity=2)
+    channel = await layer.new_channel()
+    inbox = Inbox()
+    delivery = layer.deliver(channel, inbox)
+    message = {"type": "hello", "data": {}}
+    await layer.send(channel, message)
+    await layer.group_add("group", channel)
+    await layer.group_send("group", message)
+    with pytest.raises(ChannelFull):
+        await layer.send(channel, message)
+    await layer.group_send("group", message)
+    received = [inbox.get_nowait() for _ in "12"]
+    assert inbox.empty()
+    assert received == [message, message]
+    assert received[0] is not message
+    assert received[0]["data"] is not received[1]["data"]
+    assert channel not in layer.channels
+    delivery.taken()
+    await layer.send(channel, message)
+    assert inbox.qsize() == 1
+    layer.stop_delivery(channel)
+    await layer.send(channel, message)
+    assert inbox.qsize() == 1
+    assert (await layer.receive(channel)) == message
 
 
 async def test_the_in_memory_layer_still_expires_messages_and_their_channel():

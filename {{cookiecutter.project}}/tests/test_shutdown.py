@@ -131,8 +131,10 @@ def reconnect_delay(milliseconds: int, spread_seconds: float) -> int:
 
 async def test_event_streams_end_with_a_reconnect_delay(server_handler, settings):
     """EventSource waits the last `retry` it got before it reconnects: each
-    stream gets its own, so that they do not all come back at once."""
+    stream gets its own, so that they do not all come back at once. A stream
+    ends at once, not at its next keep-alive."""
     settings.RECONNECT_SPREAD_SECONDS = 60
+    settings.SSE_KEEPALIVE_SECONDS = 60
     delays, streams = set(), []
     for _ in range(2):
         communicator, _ = await open_stream(application, "/api/items/events")

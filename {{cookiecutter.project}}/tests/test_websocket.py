@@ -5,19 +5,24 @@ import asyncio
 import datetime
 import io
 import logging
+import sys
 
 import channels.consumer
+import channels.layers
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.test import AsyncClient
 from django.utils import timezone
 from prometheus_client import REGISTRY
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config.asgi import application
 from core import events
+from core.inbox import RECEIVE_QUEUE, Inbox
 from core.models import ApiKey
 from core.websocket_sessions import sessions_when_sent
 from tests import tokens
@@ -25,6 +30,32 @@ from tests import tokens
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ORIGIN = (b"origin", b"https://{{ cookiecutter.domain }}")
+
+
+class OneQueueCommunicator(WebsocketCommunicator):
+    """A server that offers its receive queue, as the service's Uvicorn does
+    (config/uvicorn_ws.py): the consumer waits on it alone (core.dispatch)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._input_queue = Inbox()
+        self.scope["extensions"] = {RECEIVE_QUEUE: self._input_queue}
+
+    async def send_input(self, message):
+        if self.future.done():
+            self.future.result()
+        self.input_queue.put_nowait(message)
+
+
+@pytest.fixture(autouse=True, params=["two receives", "one queue"])
+def receiving(request, monkeypatch) -> str:
+    """Every test of this module with Channels' own receives (Granian, or any
+    server that offers no queue) and with one queue (Uvicorn)."""
+    if request.param == "one queue":
+        monkeypatch.setattr(
+            sys.modules[__name__], "WebsocketCommunicator", OneQueueCommunicator
+        )
+    return request.param
 
 
 async def connect(headers=(ORIGIN,)) -> tuple[WebsocketCommunicator, dict]:
@@ -237,6 +268,53 @@ async def test_idle_connection_still_gets_broadcasts(item_payload):
     message = await communicator.receive_json_from(timeout=5)
     assert message["event"] == "item.created"
     await communicator.disconnect()
+
+
+async def test_a_connection_waits_on_one_queue_where_the_server_offers_it(
+    receiving, item_payload
+):
+    """Three idle connections: with the server's queue offered, no task of
+    their own beside the app's; with Channels' receives, two more each."""
+    before = len(asyncio.all_tasks())
+    communicators = [(await connect())[0] for _ in range(3)]
+    await asyncio.sleep(0.1)
+    tasks = len(asyncio.all_tasks()) - before
+    # The Redis layer's one reader of the worker's channels, once for all.
+    reader = 1 if settings.REDIS_URL else 0
+    assert tasks == (3 if receiving == "one queue" else 9) + reader
+    await tokens.async_client().post(
+        "/api/items", item_payload, content_type="application/json"
+    )
+    for communicator in communicators:
+        message = await communicator.receive_json_from(timeout=5)
+        assert message["event"] == "item.created"
+        await communicator.disconnect()
+
+
+async def test_a_connection_whose_layer_fails_later_closes_with_1013(
+    receiving, monkeypatch
+):
+    """Redis lost after the connection opened: Channels' receive of its channel
+    raises, or the Redis layer's reader hands its delivery the error."""
+    layer = channels.layers.get_channel_layer()
+    failing = asyncio.Event()
+
+    async def failed_receive(channel):
+        await failing.wait()
+        raise RedisConnectionError("gone")
+
+    monkeypatch.setattr(layer, "receive", failed_receive)
+    communicator, welcome = await connect()
+    if receiving == "one queue":
+        layer.deliveries[welcome["connection"]].fail(RedisConnectionError("gone"))
+    else:
+        failing.set()
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 1013,
+    }
+    await communicator.wait(timeout=5)
+    assert welcome["connection"] not in getattr(layer, "deliveries", {})
 
 
 async def test_ping_pong():

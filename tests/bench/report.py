@@ -52,17 +52,13 @@ LIMITS = {
     "decision, the context switch), and a sampled one is ended, queued and "
     "encoded to protobuf by the exporter's thread under the GIL.",
     # Found with tracemalloc on one worker (tests/bench/notes.md).
-    "websockets": "each idle WebSocket holds three asyncio tasks (the server's "
-    "running the app, Channels' two receives: the client's and the channel "
-    "layer's), the server's protocol with websockets' parser and its ping timer, "
-    "and the consumer with its scope copies and lifetime timer; a bare ASGI app "
-    "under Uvicorn holds about 16 KiB of that. On Granian, tungstenite's 128 KiB "
-    "read buffer, which no option changes.",
-    "idle-streams": "each idle stream is a request that never ends: the server's "
-    "protocol with its flow-control events, Django's request and streaming "
-    "response, the stream's generator with its channel-layer receive task and "
-    "its wait, its metrics and access-log context; a bare ASGI app under "
-    "Uvicorn holds about 9 KiB of that.",
+    "websockets": "Granian itself: tungstenite's 128 KiB read buffer, allocated "
+    "when each WebSocket opens, which no Granian option changes (a bare ASGI app "
+    "holds 147 KiB per WebSocket under Granian 2.8); and Granian offers no receive "
+    "queue, so its consumers wait on Channels' two receives (3 KiB).",
+    "idle-streams": "Granian itself: a bare ASGI app's idle stream holds 27 KiB "
+    "under Granian 2.8 (9.6 under Uvicorn); only --http1-buffer-size 8192 lowers "
+    "it (to 16.5), and that refuses request heads Nginx passes.",
     # These four are read from the code paths, not yet from profiles.
     "tiny-wsgi": "Gunicorn's workers answer in a plain blocking loop, with "
     "Django's stock middleware and no metrics or access log; the ASGI server adds "

@@ -9,6 +9,7 @@ the WebSocket one lets the service answer a handshake under way at shutdown
 (config/uvicorn_ws.py){% endif %}.
 """
 
+import faulthandler
 import logging
 import os
 
@@ -52,3 +53,15 @@ class ServiceUvicornWorker(UvicornWorker):
         uvicorn_error = logging.getLogger("uvicorn.error")
         uvicorn_error.handlers = []
         uvicorn_error.propagate = True
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # uvicorn-worker resets SIGABRT, with Gunicorn's other signals, to the
+        # default action, which ends the process without a word; it also undoes
+        # PYTHONFAULTHANDLER. Gunicorn's arbiter sends SIGABRT to a worker whose
+        # event loop missed its heartbeat for --timeout: faulthandler writes where
+        # each thread was stuck to stderr first, then the worker dies as before.
+        # faulthandler still counts itself enabled: enable() alone would do
+        # nothing.
+        faulthandler.disable()
+        faulthandler.enable(all_threads=True)

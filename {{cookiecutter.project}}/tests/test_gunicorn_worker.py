@@ -3,8 +3,12 @@ worker runs is configured as bin/serve configures Uvicorn on its own."""
 
 import logging
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
+from django.conf import settings
 from gunicorn.config import Config
 from gunicorn.glogging import Logger
 
@@ -50,3 +54,42 @@ def test_uvicorn_writes_neither_an_access_line_nor_a_server_header(worker):
     to Gunicorn's access log, in plain text, beside the service's."""
     assert worker.config.access_log is False
     assert worker.config.server_header is False
+
+
+# A worker process as Gunicorn's arbiter starts one (its signals set up), whose
+# loop is then stuck where the arbiter's SIGABRT (--timeout) finds it.
+STUCK_WORKER = """
+import os, signal
+from gunicorn.config import Config
+from gunicorn.glogging import Logger
+from config.gunicorn_worker_class import ServiceUvicornWorker
+
+cfg = Config()
+worker = ServiceUvicornWorker(
+    age=1, ppid=os.getppid(), sockets=[], app=None, timeout=30, cfg=cfg, log=Logger(cfg)
+)
+worker.init_signals()
+
+def stuck_in_a_blocking_call():
+    os.kill(os.getpid(), signal.SIGABRT)
+
+stuck_in_a_blocking_call()
+"""
+
+
+def test_a_worker_the_arbiter_aborts_writes_where_it_was_stuck():
+    """Gunicorn's arbiter sends SIGABRT to a worker that missed its heartbeat for
+    --timeout (an event loop blocked): its Python stack goes to stderr before it
+    dies, also as bin/serve runs it with PYTHONFAULTHANDLER, which uvicorn-worker's
+    signal reset would otherwise undo."""
+    ended = subprocess.run(  # noqa: S603  (this interpreter, our own script)
+        [sys.executable, "-c", STUCK_WORKER],
+        cwd=settings.BASE_DIR,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ended.returncode == -signal.SIGABRT, ended.stderr
+    assert "Fatal Python error: Aborted" in ended.stderr, ended.stderr
+    assert "in stuck_in_a_blocking_call" in ended.stderr, ended.stderr

@@ -105,19 +105,17 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
     # request. The threads are bounded (core.handler), and so are these.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # A statement running longer is stopped (a 503): on MariaDB every statement,
+    # on MySQL every SELECT (core.database_server.time_limit, set on each new
+    # connection once it is known which of the two the server is).
+    DATABASE_STATEMENT_TIMEOUT = env.float("DATABASE_STATEMENT_TIMEOUT", default=30.0)
     DATABASES["default"]["OPTIONS"] = {
         "charset": "utf8mb4",
         # What Django recommends on MySQL (and MariaDB's default is REPEATABLE READ).
         "isolation_level": "read committed",
         "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=5),
         # Strict mode: a value that does not fit is an error, never truncated.
-        # MariaDB stops a statement after DATABASE_STATEMENT_TIMEOUT seconds (a
-        # 503); MySQL ignores the /*M! ... */ part: its max_execution_time
-        # covers SELECTs only.
-        "init_command": "SET SESSION sql_mode='TRADITIONAL,NO_ENGINE_SUBSTITUTION'"
-        " /*M!100108 , SESSION max_statement_time={:g} */".format(
-            env.float("DATABASE_STATEMENT_TIMEOUT", default=30.0)
-        ),
+        "init_command": "SET SESSION sql_mode='TRADITIONAL,NO_ENGINE_SUBSTITUTION'",
     }
     # core.reads' asyncio pool (asyncmy), one per worker process: its sizes and
     # the wait for a free connection (a 503 with Retry-After after it).

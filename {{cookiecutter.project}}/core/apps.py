@@ -8,6 +8,7 @@ class CoreConfig(AppConfig):
     name = "core"
 
     def ready(self) -> None:
+        from django.conf import settings
         from django.db.backends.signals import connection_created
 
         from core import (
@@ -17,5 +18,9 @@ class CoreConfig(AppConfig):
         from core.database import check_pooled_connections, instrument
 
         connection_created.connect(instrument)
+        if settings.DATABASE_VENDOR == "mysql":
+            from core.database_server import limit_statements
+
+            connection_created.connect(limit_statements)
         check_pooled_connections()
         errors.setup()

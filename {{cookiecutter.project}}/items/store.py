@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Avg, Count, Sum
 
 from core import idempotency, pages, reads
@@ -198,17 +198,23 @@ def bulk_create_items(
         categories = {}
         for name in sorted({item.category for item in new_items}):
             categories[name], _ = Category.objects.get_or_create(name=name)
-        created = Item.objects.bulk_create(
-            [
-                Item(
-                    name=item.name,
-                    category=categories[item.category],
-                    price=item.price,
-                    quantity=item.quantity,
-                )
-                for item in new_items
-            ]
-        )
+        created = [
+            Item(
+                name=item.name,
+                category=categories[item.category],
+                price=item.price,
+                quantity=item.quantity,
+            )
+            for item in new_items
+        ]
+        if connection.features.can_return_rows_from_bulk_insert:
+            Item.objects.bulk_create(created)
+        else:
+            # MySQL gives no ids back from a many-row INSERT (PostgreSQL, MariaDB
+            # and SQLite do), and the tag links need them: one INSERT per item,
+            # in the same transaction (at most BulkItemsIn's 100).
+            for item in created:
+                item.save(force_insert=True)
         tags = {tag.name: tag for tag in _tags(n for i in new_items for n in i.tags)}
         Item.tags.through.objects.bulk_create(
             Item.tags.through(item_id=item.pk, tag_id=tags[name].pk)

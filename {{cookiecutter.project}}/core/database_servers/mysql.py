@@ -15,9 +15,15 @@ asyncmy's pool waits without a bound and has no figures of its own for the
 metrics: Pool adds DATABASE_POOL_TIMEOUT (PoolTimeout, a 503) and counts the
 requests waiting. It checks each connection before lending it (one the server
 closed, seen by the event loop, is replaced), so no request gets a dead one.
+
+MariaDB and MySQL differ where the service relies on them, and which one it
+talks to is known only once connected (VERSION()): the statement time limit
+(time_limit()), and what becomes of a statement whose client left (a
+cancelled read: Pool.borrow()).
 """
 
 import asyncio
+import weakref
 from contextlib import asynccontextmanager
 
 import asyncmy
@@ -36,6 +42,31 @@ CONNECT_KEYS = (
     *("user", "password", "host", "port", "unix_socket", "database"),
     *("charset", "init_command", "connect_timeout"),
 )
+
+
+def is_mariadb(version: str) -> bool:
+    return "mariadb" in version.lower()
+
+
+def time_limit(version: str) -> str:
+    """The statement that stops this session's statements after
+    DATABASE_STATEMENT_TIMEOUT (core.database counts it, the request gets a
+    503): MariaDB's max_statement_time (seconds, every statement) or MySQL's
+    max_execution_time (milliseconds, SELECTs only). Sent once connected, not
+    in init_command: MariaDB runs MySQL's /*!...*/ comments too, and refuses
+    MySQL's variable."""
+    seconds = settings.DATABASE_STATEMENT_TIMEOUT
+    if is_mariadb(version):
+        return f"SET SESSION max_statement_time = {seconds:g}"
+    return f"SET SESSION max_execution_time = {round(seconds * 1000)}"
+
+
+def limit_statements(sender, connection, **kwargs) -> None:
+    """connection_created (core.apps): each of Django's own connections gets
+    time_limit(). Django has asked the server what it is by then."""
+    if connection.vendor == "mysql":
+        with connection.cursor() as cursor:
+            cursor.execute(time_limit(connection.mysql_server_info))
 
 
 class PoolTimeout(Exception):
@@ -69,6 +100,11 @@ class Pool:
         self.server_data = None
         self.waiting = 0
         self._opening = asyncio.Lock()
+        # asyncmy's pool has no hook for a new connection (psycopg_pool's
+        # configure): borrow() gives each its time_limit() at its first loan.
+        self.limited = weakref.WeakSet()
+        # The statements of cancelled reads being ended (end_statement()).
+        self.ending: set[asyncio.Task] = set()
 
     async def open(self) -> None:
         async with self._opening:
@@ -114,9 +150,45 @@ class Pool:
         # A read cancelled half way (the client went away) leaves its result
         # unread: asyncmy closes that connection itself, and the pool drops it.
         try:
+            if self.server_data is not None and connection not in self.limited:
+                async with connection.cursor() as cursor:
+                    await cursor.execute(time_limit(self.server_data["version"]))
+                self.limited.add(connection)
             yield connection
+        except asyncio.CancelledError:
+            self.end_statement(connection.thread_id())
+            raise
         finally:
             self.pool.release(connection)
+
+    def end_statement(self, thread_id: int) -> None:
+        """MySQL runs a statement whose client has gone on to its end, holding
+        its locks and a server thread, and notices only when it sends the result
+        (MariaDB ends it with the session): a connection of its own asks the
+        server to stop it (KILL QUERY), as psycopg cancels a query on
+        PostgreSQL."""
+        if self.server_data is None or is_mariadb(self.server_data["version"]):
+            return
+        task = asyncio.get_running_loop().create_task(self._kill_query(thread_id))
+        self.ending.add(task)
+        task.add_done_callback(self.ending.discard)
+
+    async def _kill_query(self, thread_id: int) -> None:
+        try:
+            # Bounded as a read's wait for a connection is: lifespan shutdown
+            # waits for it (close_pool).
+            async with asyncio.timeout(self.timeout):
+                connection = await asyncmy.connect(**self.kwargs)
+                try:
+                    async with connection.cursor() as cursor:
+                        await cursor.execute("KILL QUERY %s", (thread_id,))
+                finally:
+                    connection.close()
+        except (TimeoutError, OSError, asyncmy.errors.MySQLError):
+            # The server is away or too busy to answer, and will end the
+            # statement once it sends its result; or it has ended already
+            # ("Unknown thread id").
+            pass
 
 
 # What Django's MySQL backend asks the server (DatabaseWrapper.mysql_server_data).
@@ -153,6 +225,7 @@ def is_open(found: Pool) -> bool:
 
 
 async def close_pool(found: Pool) -> None:
+    await asyncio.gather(*found.ending)
     if found.pool is not None:
         found.pool.close()
         await found.pool.wait_closed()

@@ -73,6 +73,14 @@ def mysql_url():
 
 
 @pytest.fixture(scope="session")
+def mysql_itself_url():
+    """A MySQL server (not MariaDB) of this worker, in a container: the URL of a
+    user that may create databases, without a database."""
+    with services.mysql_itself() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def mysql_checks_url(mysql_url):
     """A database on this worker's MariaDB for the static checks of MySQL
     services: Django's checks ask the server its version (bin/check django)."""

@@ -177,6 +177,13 @@ SYSTEMD_MYSQL_HOST = Recipe(
     SYSTEMD_HOST.changes,
 )
 
+# MySQL itself, beside the MariaDB the suites run on (tests/services.py): the
+# two differ where a service relies on them. Debian ships MySQL in unstable only
+# (mysql-9.7 in 2026-12). A test server of its own, not a stand-in for an image
+# a service names.
+MYSQL_SERVER = Recipe("sid", ("mysql-server-core", "mysql-client-core"), (PATH_ENV,))
+MYSQL_SERVER_IMAGE = "localhost/template-tests-mysql:sid"
+
 
 @contextmanager
 def _lock(name: str):

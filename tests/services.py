@@ -1,5 +1,6 @@
-"""Throwaway PostgreSQL, MariaDB and Redis servers from Debian's packages, on
-127.0.0.1.
+"""Throwaway PostgreSQL, MariaDB, MySQL and Redis servers from Debian's
+packages, on 127.0.0.1 (MySQL in a container of Debian unstable, its only
+release of it).
 
 pytest-postgresql cannot be used: CI runs as root and initdb refuses root, so
 the server runs as the `postgres` user that Debian's package creates; MariaDB's
@@ -18,6 +19,8 @@ import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote, urlsplit
+
+import containers
 
 
 def free_port() -> int:
@@ -406,6 +409,64 @@ def mariadb(workdir: Path):
         yield server.url
     finally:
         server.stop("immediate")
+
+
+# mysqld in its container: the data directory made, root@% with the password of
+# $PASSWORD (MySQL 9's only password plugin, caching_sha2_password, which
+# mysqlclient, asyncmy and the mariadb client speak), then the server, with the
+# settings of MariaDB.SETTINGS that MySQL has and nothing forced to disk
+# (MariaDB.FAST). Its X protocol is off and it may read files from nowhere.
+MYSQL_START = """\
+set -e
+mysqld --no-defaults --initialize-insecure --user=root --datadir=/var/lib/mysql
+printf "CREATE USER 'root'@'%%' IDENTIFIED BY '%s';\\n" "$PASSWORD" > /init.sql
+echo "GRANT ALL ON *.* TO 'root'@'%' WITH GRANT OPTION;" >> /init.sql
+exec mysqld --no-defaults --user=root --datadir=/var/lib/mysql --init-file=/init.sql \\
+  --bind-address=0.0.0.0 --socket=/tmp/mysqld.sock --mysqlx=OFF \\
+  --secure-file-priv=NULL --skip-log-bin --innodb-use-native-aio=OFF \\
+  --character-set-server=utf8mb4 --transaction-isolation=READ-COMMITTED \\
+  --max-connections=500 --innodb-flush-log-at-trx-commit=2 --innodb-doublewrite=OFF
+"""
+
+
+@contextmanager
+def mysql_itself(seconds: float = 300):
+    """A MySQL server (not MariaDB) in a container, on 127.0.0.1; yields the URL
+    of a user that may create databases, without a database. Its image is built
+    on first use (containers.MYSQL_SERVER, a few minutes), then kept."""
+    image = containers.stand_in(
+        containers.MYSQL_SERVER_IMAGE, containers.MYSQL_SERVER
+    )
+    port, password = free_port(), secrets.token_hex(16)
+    name = f"template-tests-mysql-{port}"
+    containers.podman(
+        *("run", "--detach", f"--name={name}"),
+        *(f"--publish=127.0.0.1:{port}:3306", f"--env=PASSWORD={password}"),
+        *(image, "sh", "-c", MYSQL_START),
+    )
+    url = f"mysql://root:{password}@127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                version = mariadb_query(url, "SELECT VERSION()").strip()
+                break
+            except MariaDBError as error:
+                running = containers.podman(
+                    *("container", "inspect", "--format={{.State.Running}}", name)
+                ).stdout.strip()
+                if running != "true" or time.monotonic() > deadline:
+                    logs = containers.podman("logs", name, check=False)
+                    raise RuntimeError(
+                        f"MySQL answers no query ({error}), its container "
+                        f"{'stopped' if running != 'true' else f'after {seconds} s'}:"
+                        f"\n{(logs.stdout + logs.stderr)[-3000:]}"
+                    ) from None
+            time.sleep(0.5)
+        assert "mariadb" not in version.lower(), f"not MySQL itself: {version}"
+        yield url
+    finally:
+        containers.podman("rm", "--force", "--time=0", name, check=False)
 
 
 class Redis:

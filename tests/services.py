@@ -433,10 +433,8 @@ exec mysqld --no-defaults --user=root --datadir=/var/lib/mysql --init-file=/init
 def mysql_itself(seconds: float = 300):
     """A MySQL server (not MariaDB) in a container, on 127.0.0.1; yields the URL
     of a user that may create databases, without a database. Its image is built
-    on first use (containers.MYSQL_SERVER, a few minutes), then kept."""
-    image = containers.stand_in(
-        containers.MYSQL_SERVER_IMAGE, containers.MYSQL_SERVER
-    )
+    on first use (containers.MYSQL_SERVER, about 90 s), then kept."""
+    image = containers.stand_in(containers.MYSQL_SERVER_IMAGE, containers.MYSQL_SERVER)
     port, password = free_port(), secrets.token_hex(16)
     name = f"template-tests-mysql-{port}"
     containers.podman(

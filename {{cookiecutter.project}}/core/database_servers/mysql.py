@@ -156,7 +156,11 @@ class Pool:
                 self.limited.add(connection)
             yield connection
         except asyncio.CancelledError:
-            self.end_statement(connection.thread_id())
+            # Cut mid-statement only if asyncmy closed the connection: one still
+            # open ran no statement, and goes back to the pool for another read,
+            # which a KILL QUERY of its thread would stop.
+            if not connection.connected:
+                self.end_statement(connection.thread_id())
             raise
         finally:
             self.pool.release(connection)

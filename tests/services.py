@@ -9,6 +9,7 @@ runs as its `mysql` user for the same reason.
 
 import os
 import pwd
+import random
 import resource
 import secrets
 import shutil
@@ -20,13 +21,27 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
-import containers
-
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port nothing listens on, for a server a test starts, chosen outside the
+    kernel's ephemeral range. A port bound as ("127.0.0.1", 0) comes from that
+    range, which the source ports of outgoing connections come from too: one
+    made in the meantime could take it before the server binds it (seen in CI:
+    "Address already in use")."""
+    low, high = map(
+        int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    )
+    ports = [port for port in range(10000, 65536) if not low <= port <= high]
+    assert ports, f"the ephemeral range {low}-{high} leaves no port to listen on"
+    for _ in range(100):
+        port = random.choice(ports)  # noqa: S311  (a port, not a secret)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken
+        return port
+    raise RuntimeError("no free port found in 100 tries")
 
 
 def wait_for_port(port: int, seconds: float = 30) -> None:
@@ -434,6 +449,10 @@ def mysql_itself(seconds: float = 300):
     """A MySQL server (not MariaDB) in a container, on 127.0.0.1; yields the URL
     of a user that may create databases, without a database. Its image is built
     on first use (containers.MYSQL_SERVER, about 90 s), then kept."""
+    # Imported here: this module also runs where only Debian's Python is, with
+    # no pytest, which containers imports (tests/test_bootstrap.py).
+    import containers
+
     image = containers.stand_in(containers.MYSQL_SERVER_IMAGE, containers.MYSQL_SERVER)
     port, password = free_port(), secrets.token_hex(16)
     name = f"template-tests-mysql-{port}"

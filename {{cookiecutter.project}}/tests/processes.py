@@ -1,10 +1,13 @@
 """The processes the tests start (bin/serve, bin/worker): none outlives a test
 that fails, or that its timeout interrupts, while starting or stopping one.
 Each is started in a session of its own (start_new_session=True), so that its
-children (the server's workers, the task library's processes) die with it."""
+children (the server's workers, the task library's processes) die with it.
+free_port() gives each the port it listens on."""
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -51,3 +54,25 @@ def _descendants(pid: int) -> list[int]:
     except FileNotFoundError:
         return []
     return [d for child in map(int, children) for d in [*_descendants(child), child]]
+
+
+def free_port() -> int:
+    """A port nothing listens on, for a server a test starts, chosen outside the
+    kernel's ephemeral range. A port bound as ("127.0.0.1", 0) comes from that
+    range, which the source ports of outgoing connections come from too: one
+    made in the meantime could take it before the server binds it (seen in CI:
+    "Address already in use")."""
+    low, high = map(
+        int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    )
+    ports = [port for port in range(10000, 65536) if not low <= port <= high]
+    assert ports, f"the ephemeral range {low}-{high} leaves no port to listen on"
+    for _ in range(100):
+        port = random.choice(ports)  # noqa: S311  (a port, not a secret)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken
+        return port
+    raise RuntimeError("no free port found in 100 tries")

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,7 +40,7 @@ from core.models import PendingTask, TaskDelivery
 from items.models import Item, ItemChange
 from items.tasks import build_report, record_change
 from tests.asgi import exchange
-from tests.processes import killed_on_failure, terminate
+from tests.processes import free_port, killed_on_failure, terminate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,12 +88,6 @@ def run_web_process(script: str, *args: str, check: bool = True, **env: str):
         text=True,
         check=check,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Worker:

@@ -5,7 +5,6 @@ OpenTelemetry loads."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,19 +23,13 @@ from websockets.sync.client import connect as websocket_connect
 from items.models import Category, Item
 from tests import tokens
 from tests.otlp import Receiver
-from tests.processes import abort_with_stacks, killed_on_failure, terminate
+from tests.processes import abort_with_stacks, free_port, killed_on_failure, terminate
 
 # A W3C traceparent as Nginx or a calling service would send it.
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
 ROUTE = "api/items/<item_id:item_id>"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def database_url() -> str:

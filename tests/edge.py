@@ -17,6 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
@@ -80,8 +81,25 @@ class Process:
             self.process.kill()
             raise
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def output(self) -> str:
         return self.log.read_text()
+
+    @contextmanager
+    def told_if_silent(self):
+        """Around waiting for a process just started to answer: when it does
+        not, the failure says whether it exited and ends with its output."""
+        try:
+            yield
+        except (OSError, TimeoutError) as error:
+            status = self.process.poll()
+            raise AssertionError(
+                f"{self.log.name}: no answer ({error}), "
+                f"{'still running' if status is None else f'exit status {status}'}; "
+                f"its output ends:\n{self.output()[-3000:]}"
+            ) from error
 
     def abort_with_stacks(self) -> str:
         """SIGABRT to each of the process's descendants (a server's workers), the
@@ -190,10 +208,11 @@ class App(Process):
 
     def start(self) -> None:
         super().start()
-        if self.socket is None:
-            wait_until_ok(f"http://127.0.0.1:{self.port}/healthz")
-        else:
-            wait_for_socket(self.socket)
+        with self.told_if_silent():
+            if self.socket is None:
+                wait_until_ok(f"http://127.0.0.1:{self.port}/healthz", alive=self.alive)
+            else:
+                wait_for_socket(self.socket, alive=self.alive)
 
 
 class Worker(Process):
@@ -212,7 +231,10 @@ class Worker(Process):
 
     def start(self) -> None:
         super().start()
-        wait_until_ok(f"http://127.0.0.1:{self.port}/healthz", self.seconds)
+        with self.told_if_silent():
+            wait_until_ok(
+                f"http://127.0.0.1:{self.port}/healthz", self.seconds, alive=self.alive
+            )
 
 
 class Nginx(Process):
@@ -452,8 +474,14 @@ def receive_until_closed(
         return messages, None if closed.rcvd is None else closed.rcvd.code
 
 
-def wait_until_ok(url: str | urllib.request.Request, seconds: float = 60) -> None:
-    """Until a GET of url (or of a Request, with its headers) answers 200."""
+def wait_until_ok(
+    url: str | urllib.request.Request,
+    seconds: float = 60,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
+    """Until a GET of url (or of a Request, with its headers) answers 200; the
+    last error is raised after `seconds`, or as soon as `alive()` is false (the
+    server meant to answer has exited)."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -461,12 +489,14 @@ def wait_until_ok(url: str | urllib.request.Request, seconds: float = 60) -> Non
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or not alive():
                 raise
         time.sleep(0.2)
 
 
-def wait_for_socket(path: Path, seconds: float = 60) -> None:
+def wait_for_socket(
+    path: Path, seconds: float = 60, alive: Callable[[], bool] = lambda: True
+) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -474,6 +504,6 @@ def wait_for_socket(path: Path, seconds: float = 60) -> None:
                 sock.connect(str(path))
                 return
         except OSError:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or not alive():
                 raise
         time.sleep(0.2)

@@ -28,6 +28,12 @@ def run_suite(project, env):
     return check_steps(project, "test", env=env).stdout
 
 
+def database_for(combination: dict, server_url: str) -> str:
+    """One database per combination, made as in production: the suite's test
+    database is Django's own, but its deploy checks open this one."""
+    return create_database(server_url, re.sub(r"\W", "_", name(combination)))
+
+
 @pytest.mark.parametrize("combination", params(suite_combinations()))
 def test_suite_passes_on_real_servers(combination, generated, redis_database, request):
     project = generated(combination)
@@ -35,10 +41,7 @@ def test_suite_passes_on_real_servers(combination, generated, redis_database, re
     expected_database = combination["database"]
     if expected_database in SERVER_URLS:
         server_url = request.getfixturevalue(SERVER_URLS[expected_database])
-        # One database per combination, made as in production: the suite's test
-        # database is Django's own, but its deploy checks open this one.
-        database = re.sub(r"\W", "_", name(combination))
-        env["DATABASE_URL"] = create_database(server_url, database)
+        env["DATABASE_URL"] = database_for(combination, server_url)
     output = run_suite(project, env)
     assert f"database: {expected_database}" in output
     assert "channel layer: RedisChannelLayer" in output
@@ -58,13 +61,11 @@ def test_suite_passes_on_mysql_itself(
     """database=mysql is MariaDB or MySQL: the suites above run on MariaDB, one
     runs again on MySQL, where the two differ (ids from a many-row INSERT, the
     statement time limit, a statement whose client left)."""
-    project = generated(combination)
-    database = re.sub(r"\W", "_", name(combination))
     env = service_env(
         REDIS_URL=redis_database(),
-        DATABASE_URL=create_database(mysql_itself_url, database),
+        DATABASE_URL=database_for(combination, mysql_itself_url),
     )
-    output = run_suite(project, env)
+    output = run_suite(generated(combination), env)
     assert "database: mysql" in output
     assert " passed" in output
     assert " skipped" not in output

@@ -1005,7 +1005,8 @@ def role_files(tmp_path_factory):
     """Renders the service role's environment file and units on the controller
     alone, as a deploy would for the host `app-1.internal` (the role's defaults and
     fixed variables, the playbook's group_vars, the given variables on top),
-    after the role's tracing, Sentry and auth checks: no host, a few seconds a run. The
+    after the role's secret key, tracing, Sentry and auth checks: no host, a few
+    seconds a run. The
     service is generated with OPTIONS, or the options given. Returns {file name:
     text}, or the failed run."""
     workdir = tmp_path_factory.mktemp("role-files")
@@ -1046,7 +1047,12 @@ def role_files(tmp_path_factory):
                 "tasks": [
                     *(
                         {"ansible.builtin.import_tasks": str(role / "tasks" / checks)}
-                        for checks in ("tracing.yml", "sentry.yml", "auth.yml")
+                        for checks in (
+                            "secret_key.yml",
+                            "tracing.yml",
+                            "sentry.yml",
+                            "auth.yml",
+                        )
                     ),
                     *(
                         {
@@ -1265,6 +1271,37 @@ def test_who_may_call_the_api_is_set_in_the_environment_file(role_files):
     )
     assert variables["OIDC_JWKS_URL"] == "http://127.0.0.1:8443/keys"
     assert variables["OIDC_LEEWAY_SECONDS"] == "0"
+
+
+def test_earlier_secret_keys_reach_the_env_file_joined(role_files):
+    """DJANGO_SECRET_KEY_FALLBACKS (config/settings.py reads it as a comma
+    separated list) only while a rotation keeps earlier keys."""
+    assert "DJANGO_SECRET_KEY_FALLBACKS" not in env_file(role_files({})["env"])
+    earlier = ["k" * 50, "j" * 60]
+    variables = env_file(role_files({"service_secret_key_fallbacks": earlier})["env"])
+    assert variables["DJANGO_SECRET_KEY_FALLBACKS"] == ",".join(earlier)
+
+
+@pytest.mark.parametrize(
+    "fallbacks",
+    [
+        # Django's own minimum (security.W009, the service's core.E002).
+        ["k" * 49],
+        ["k" * 50, ""],
+        # The keys are joined by commas into one variable.
+        ["k" * 30 + "," + "j" * 30],
+        # One key, not a list: it would be joined letter by letter.
+        "k" * 50,
+    ],
+    ids=["short", "empty", "comma", "string"],
+)
+def test_the_role_refuses_bad_secret_key_fallbacks(fallbacks, role_files):
+    result = role_files({"service_secret_key_fallbacks": fallbacks})
+    assert isinstance(result, subprocess.CompletedProcess), fallbacks
+    assert "TASK [Check the secret key's fallbacks]" in result.stdout, result.stdout
+    # The keys are secrets: the failure says which task, never what it was given.
+    assert "fatal: [app-1.internal]: FAILED!" in result.stdout, result.stdout
+    assert "k" * 30 not in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize(

@@ -348,6 +348,12 @@ def test_containers_have_resources_probes_and_pinned_images(key, renders):
         ("nginx.trustedProxies={example.com}", "trustedProxies"),
         # Django's own minimum (security.W009, core.E002).
         (f"secret.secretKey={'k' * 49}", "secretKey"),
+        (f"secret.secretKeyFallbacks={{{'k' * 49}}}", "secretKeyFallbacks/0"),
+        # Joined by commas into one variable (DJANGO_SECRET_KEY_FALLBACKS).
+        (
+            f"secret.secretKeyFallbacks={{{'k' * 30}\\,{'j' * 30}}}",
+            "secretKeyFallbacks/0",
+        ),
         # SQLite is one pod's file.
         ("replicaCount=2", "replicaCount"),
         ("autoscaling.enabled=true", "enabled"),
@@ -394,6 +400,25 @@ def test_the_values_schema_refuses_wrong_values(setting, error, service):
     message = template_error(project, default_values(project), sets=[setting])
     assert "values don't meet the specifications of the schema" in message, message
     assert error in message, message
+
+
+def test_earlier_secret_keys_are_in_the_secret_joined(service):
+    """DJANGO_SECRET_KEY_FALLBACKS (config/settings.py reads it as a comma
+    separated list) only while a rotation keeps earlier keys."""
+    project = service("uvicorn-sqlite")
+
+    def secret(*sets) -> dict:
+        (found,) = [
+            obj
+            for obj in template(project, default_values(project), sets=sets)
+            if obj["kind"] == "Secret"
+        ]
+        return found["stringData"]
+
+    assert "DJANGO_SECRET_KEY_FALLBACKS" not in secret()
+    earlier = ["k" * 50, "j" * 60]
+    fallbacks = secret(f"secret.secretKeyFallbacks={{{','.join(earlier)}}}")
+    assert fallbacks["DJANGO_SECRET_KEY_FALLBACKS"] == ",".join(earlier)
 
 
 def test_the_chart_refuses_what_the_schema_cannot_express(service):

@@ -8,9 +8,10 @@ from django.core.cache import cache
 from django.db import connections
 from django.db.models import FETCH_RAISE
 
+from core import auth, handler, health, reads
 from core import cache as cache_backends
-from core import handler, health, reads
 from tests import tokens
+from tests.issuer import AUDIENCE, Issuer
 from tests.otlp import Receiver
 
 
@@ -88,6 +89,24 @@ def receiver():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def issuer(settings):
+    """A local OIDC issuer (tests.issuer) that the service trusts."""
+    server = Issuer()
+    # A short poll: shutdown() waits for it.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    settings.OIDC_ISSUER = server.url
+    settings.OIDC_AUDIENCE = AUDIENCE
+    auth.KEYS.forget()
+    yield server
+    auth.KEYS.forget()
     server.shutdown()
     server.server_close()
 

@@ -6,6 +6,7 @@ import datetime
 import io
 import logging
 import sys
+import time
 
 import channels.consumer
 import channels.layers
@@ -547,6 +548,23 @@ async def test_a_key_that_expires_closes_its_connection_then(settings):
     )
     communicator, _, _ = await with_token(tokens.TOKEN)
     assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    assert await communicator.receive_output(timeout=5) == {
+        "type": "websocket.close",
+        "code": 4401,
+    }
+
+
+async def test_an_access_token_that_expires_closes_its_connection_then(
+    issuer, settings
+):
+    """An OIDC access token is valid until its exp (core.auth): the connection it
+    opened stays open until then, and is closed then."""
+    settings.WEBSOCKET_TOKEN_CHECK_SECONDS = 3600
+    token = issuer.token(exp=int(time.time()) + 3)
+    communicator, connected, _ = await with_token(token)
+    assert connected
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "welcome"
+    assert await communicator.receive_nothing(timeout=1)
     assert await communicator.receive_output(timeout=5) == {
         "type": "websocket.close",
         "code": 4401,

@@ -34,9 +34,11 @@ from config.asgi import application
 from core import database{% if cookiecutter.tasks != "none" %}, outbox, task_worker{% endif %}
 {%- if cookiecutter.tasks != "none" %}
 from core.models import PendingTask
+from items import store
 {%- endif %}
 from items.models import Item{% if cookiecutter.tasks != "none" %}, Report{% endif %}
 {%- if cookiecutter.tasks != "none" %}
+from items.schemas import ItemPatch
 from items.tasks import build_report, record_change
 {%- endif %}
 from tests.asgi import next_chunk, open_stream, request
@@ -201,6 +203,36 @@ async def test_a_task_the_broker_refuses_is_kept_and_relayed(item_payload, monke
     assert sent == [[record_change.name, *kept.args], [record_change.name, *later.args]]
     assert not await PendingTask.objects.aexists()
     assert await sync_to_async(relay_round)() == 0
+
+
+async def test_a_write_that_rolls_back_keeps_and_sends_no_task(
+    item_payload, monkeypatch
+):
+    """A task is kept in its write's transaction (core.outbox): a write that fails
+    after its change was recorded (here, reading the item back) keeps no task,
+    and the broker gets none, from the writer or from the relay."""
+    sent = []
+
+    async def accepted(task, *args):
+        sent.append([task.name, *args])
+
+    broker(monkeypatch, accepted)
+    status, _, created = await request(application, "POST", "/api/items", item_payload)
+    assert status == 201
+    assert [task[:3] for task in sent] == [
+        [record_change.name, created["id"], "item.created"]
+    ]
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(store, "_read_sync", fail)
+    with pytest.raises(RuntimeError):
+        await store.update_item(created["id"], ItemPatch(name="renamed"))
+    assert not await PendingTask.objects.aexists()
+    assert await sync_to_async(relay_round)() == 0
+    assert len(sent) == 1
+    assert (await Item.objects.aget(pk=created["id"])).name == item_payload["name"]
 
 
 async def test_the_workers_relay_sends_on_one_event_loop_and_closes_it(monkeypatch):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_ansible import INSTANCE_PORTS, PROJECT, Host, deployment_to
+from test_ansible import INSTANCE_PORTS, PROJECT, Host, deployment_to, exposure
 
 pytestmark = pytest.mark.xdist_group("ansible-sqlite")
 
@@ -90,6 +90,13 @@ def test_the_backup_timer_is_on_and_its_unit_makes_a_checked_copy(deployed):
     lines = [json.loads(line) for line in journal.splitlines() if line.startswith("{")]
     said = [line for line in lines if line["message"] == "database backed up"]
     assert (DATABASE, backup) in [(line["database"], line["backup"]) for line in said]
+
+
+def test_the_backup_unit_is_sandboxed_to_an_exposure_of_at_most_2(deployed):
+    """As test_ansible.py's units: the backup's unit has the instances' sandbox
+    and writes its backups' directory too."""
+    rating, report = exposure(deployed.hosts[0], f"{UNIT}.service")
+    assert rating <= 2.0, report
 
 
 def backed_up(host) -> str:

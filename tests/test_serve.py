@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from edge import ORIGIN, App, EventStream, Process, bearer, descendants, request
@@ -92,7 +92,8 @@ def test_a_worker_holding_its_streams_still_answers_and_refuses_the_next(
     other requests, and the next stream gets the app's 503, never a wait. (Granian
     serves at most --backpressure connections per worker and leaves the next
     unanswered; by default BACKLOG / WEB_CONCURRENCY, 128 here: bin/serve sets it
-    above the app's caps.)"""
+    above the app's caps.) A WebSocket past WEBSOCKET_MAX_CONNECTIONS gets the
+    same 503: each server lets the app answer a handshake (items.consumers)."""
     streams = 140
     app = App(
         generated(combination),
@@ -101,6 +102,7 @@ def test_a_worker_holding_its_streams_still_answers_and_refuses_the_next(
         WEB_CONCURRENCY="1",
         BACKLOG="128",
         SSE_MAX_STREAMS=str(streams),
+        WEBSOCKET_MAX_CONNECTIONS="1",
     )
     app.migrate()
     app.start()
@@ -123,6 +125,15 @@ def test_a_worker_holding_its_streams_still_answers_and_refuses_the_next(
         refused = stream()
         assert refused.status == 503, refused.read()
         assert refused.headers["Retry-After"]
+
+        url = f"ws://127.0.0.1:{app.port}/ws/items"
+        held.enter_context(connect(url, additional_headers=ORIGIN, open_timeout=10))
+        with pytest.raises(InvalidStatus) as denied:
+            connect(url, additional_headers=ORIGIN, open_timeout=10)
+        answer = denied.value.response
+        assert answer.status_code == 503, answer
+        assert answer.headers["Retry-After"] == "1"
+        assert json.loads(answer.body)["error"] == "too_many_connections"
 
 
 @pytest.mark.parametrize("combination", params(each_server()[:1]))

@@ -16,8 +16,10 @@ revoked later closes it within WEBSOCKET_TOKEN_CHECK_SECONDS, and a token
 that expires closes it when it expires.
 
 A worker holds at most WEBSOCKET_MAX_CONNECTIONS (core.connections): one more is
-denied before it is accepted, which servers answer with HTTP 403. (A 503 needs
-the ASGI "websocket.http.response" extension, which not every server supports.)
+answered before it is accepted, as an event stream is, with a 503, Retry-After
+and {"error": "too_many_connections"}, by the ASGI "websocket.http.response"
+extension (Uvicorn, Gunicorn's Uvicorn workers and Granian have it); a server
+without it gets the handshake denied, which it answers with a bare 403.
 Each connection is closed with 4000 after WEBSOCKET_MAX_SECONDS, before
 channels_redis's group_expiry silently drops it from the group. When its worker
 stops (a deploy, or recycling), it gets {"type": "reconnect", "retry_ms": N} and
@@ -36,6 +38,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from core import auth, events, shutdown
+from core.api import unavailable
 from core.connections import WEBSOCKETS
 from core.dispatch import OneQueueConsumer
 from core.events import LAYER_ERRORS
@@ -53,6 +56,9 @@ LIFETIME_REACHED = 4000
 INVALID_REQUEST = 4400
 # Its token is not valid, or no longer (HTTP's 401): reconnect with a new one.
 TOKEN_NOT_VALID = 4401
+# The ASGI extension by which the application answers a handshake with an HTTP
+# response of its own, in a server that has it (the scope's "extensions").
+DENIAL_RESPONSE = "websocket.http.response"
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +174,7 @@ class ItemsConsumer(OneQueueConsumer, AsyncJsonWebsocketConsumer):
             return
         self._slot = WEBSOCKETS.take()
         if self._slot is None:
-            await self.close()  # before accept: the handshake is denied
+            await self._full()
             return
         await self.accept(subprotocol)
         self.accepted = True
@@ -197,6 +203,30 @@ class ItemsConsumer(OneQueueConsumer, AsyncJsonWebsocketConsumer):
             return self.principal.subject
         user = self.scope["user"]
         return user.get_username() if user.is_authenticated else None
+
+    async def _full(self) -> None:
+        """Answers the handshake of a connection the worker has no room for."""
+        if DENIAL_RESPONSE not in self.scope.get("extensions", {}):
+            await self.close()  # before accept: the handshake is denied
+            return
+        response = unavailable(
+            "too_many_connections",
+            f"this worker holds {settings.WEBSOCKET_MAX_CONNECTIONS} WebSockets, retry",
+        ).response()
+        # The ASGI send: the consumer's own send() sends WebSocket messages.
+        await self.base_send(
+            {
+                "type": "websocket.http.response.start",
+                "status": response.status_code,
+                "headers": [
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in response.items()
+                ],
+            }
+        )
+        await self.base_send(
+            {"type": "websocket.http.response.body", "body": response.content}
+        )
 
     async def _refuse(self, code: int, subprotocol: str | None) -> None:
         # Accepted only to be closed with the code that says why (a denied

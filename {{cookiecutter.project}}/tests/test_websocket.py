@@ -4,6 +4,7 @@ checks, broadcasts from the API, direct messages, and message limits."""
 import asyncio
 import datetime
 import io
+import json
 import logging
 import sys
 import time
@@ -451,6 +452,28 @@ async def test_a_full_worker_denies_the_handshake_until_one_leaves(settings):
 
     again, _ = await connect()
     await again.disconnect()
+
+
+async def test_a_full_worker_answers_503_where_the_server_lets_it(settings):
+    """With the ASGI "websocket.http.response" extension (Uvicorn's), the handshake
+    a full worker refuses gets the 503 an event stream gets, with Retry-After."""
+    settings.WEBSOCKET_MAX_CONNECTIONS = 1
+    first, _ = await connect()
+    refused = WebsocketCommunicator(application, "/ws/items", headers=[ORIGIN])
+    refused.scope["extensions"] = {"websocket.http.response": {}}
+    await refused.send_input({"type": "websocket.connect"})
+    start = await refused.receive_output(timeout=5)
+    assert start["type"] == "websocket.http.response.start"
+    assert start["status"] == 503
+    headers = dict(start["headers"])
+    assert headers[b"Retry-After"] == b"1"
+    assert headers[b"Content-Type"] == b"application/json"
+    body = await refused.receive_output(timeout=5)
+    assert body["type"] == "websocket.http.response.body"
+    assert json.loads(body["body"])["error"] == "too_many_connections"
+    await refused.send_input({"type": "websocket.disconnect", "code": 1006})
+    await refused.wait(timeout=5)
+    await first.disconnect()
 
 
 async def test_a_connection_is_closed_at_its_maximum_lifetime(settings):

@@ -16,6 +16,8 @@ from prometheus_client import REGISTRY
 
 from config.asgi import application
 from core import reads, sampler
+from items import store
+from items.schemas import ItemIn
 from tests.asgi import http_scope, request
 from tests.database_server import (
     assert_a_busy_pool_answers_503,
@@ -102,6 +104,30 @@ async def test_a_busy_pool_answers_503_with_retry_after(fresh_pools, monkeypatch
     )
     pool = await reads.pool()
     await assert_a_busy_pool_answers_503(pool.connection())
+
+
+async def test_an_export_whose_client_reads_slowly_holds_no_connection(
+    fresh_pools, monkeypatch, async_client
+):
+    """The export reads in keyset batches (items.store.export_items): while its
+    client has not read on, the pool's one connection serves other requests."""
+    monkeypatch.setitem(
+        OPTIONS,
+        "pool",
+        {**OPTIONS["pool"], "min_size": 1, "max_size": 1, "timeout": 0.5},
+    )
+    monkeypatch.setattr(store, "EXPORT_BATCH", 2)
+    await store.bulk_create_items(
+        [ItemIn(name=f"item {n}", category="c", price="1") for n in range(5)]
+    )
+    response = await async_client.get("/api/items/export")
+    assert response.status_code == 200
+    content = aiter(response.streaming_content)
+    first = await anext(content)
+    status, _, body = await request(application, "GET", "/api/items")
+    assert (status, body["total"]) == (200, 5)
+    lines = b"".join([first, *[chunk async for chunk in content]]).splitlines()
+    assert len(lines) == 5
 
 
 async def test_a_slow_statement_is_cancelled_and_answers_503(fresh_pools, monkeypatch):

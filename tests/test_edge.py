@@ -647,8 +647,9 @@ def test_slow_clients_do_not_stop_the_app_from_answering(combination, stacks):
 
 
 class LargeResponses(BaseHTTPRequestHandler):
-    """An upstream of the test's own: every answer is LARGE_RESPONSE bytes, and
-    the server's `written` is set once one has been written whole."""
+    """An upstream of the test's own: every answer to a GET is LARGE_RESPONSE
+    bytes, and the server's `written` is set once one has been written whole; a
+    POST is answered with the length of its body."""
 
     protocol_version = "HTTP/1.1"
 
@@ -662,15 +663,24 @@ class LargeResponses(BaseHTTPRequestHandler):
             self.wfile.write(chunk)
         self.server.written.set()
 
+    def do_POST(self):
+        length = len(self.rfile.read(int(self.headers["Content-Length"])))
+        body = str(length).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 
 
 @pytest.mark.parametrize("combination", params(each_server()[:1]))
 def test_a_slow_reader_does_not_fill_nginxs_temporary_files(combination, stacks):
-    """Nginx keeps no temporary files of responses (the pod's /tmp is small): a
-    client that does not read holds the upstream, and Nginx logs no response
-    "buffered to a temporary file"."""
+    """Nginx keeps no temporary files (the pod's /tmp is small): a client that
+    does not read holds the upstream, and Nginx logs no response "buffered to a
+    temporary file"; nor a request body as large as it takes."""
     app, _ = stacks(combination)
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), LargeResponses)
     upstream.written = threading.Event()
@@ -689,4 +699,10 @@ def test_a_slow_reader_does_not_fill_nginxs_temporary_files(combination, stacks)
         upstream.written.wait(timeout=5)
         response = connection.getresponse()
         assert (response.status, len(response.read())) == (200, LARGE_RESPONSE)
+        assert "buffered to a temporary file" not in nginx.output()
+        # Nor of request bodies: the largest Nginx takes stays in memory.
+        largest = b"x" * 64 * 1024  # client_max_body_size
+        connection.request("POST", "/upload", body=largest)
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (200, str(len(largest)).encode())
         assert "buffered to a temporary file" not in nginx.output()

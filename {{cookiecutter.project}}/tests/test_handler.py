@@ -279,6 +279,23 @@ async def test_database_reads_start_no_thread_and_make_no_hop(thread_use, item_p
     assert thread_use == {"threads": 0, "hops": 0}
 
 
+async def test_an_access_token_is_checked_in_the_event_loop(
+    thread_use, issuer, item_payload
+):
+    """An OIDC access token's signature is checked on the JWKS the first request
+    fetched, in the loop (core.auth): a cached read with it makes no hop."""
+    created = await store.create_item(ItemIn(**item_payload))
+    path = f"/api/items/{created['id']}"
+    token = issuer.token()
+    start, _ = await exchange(application, "GET", path, token=token)
+    assert start["status"] == 200
+    assert issuer.fetches == 1
+    thread_use.update(threads=0, hops=0)
+    start, body = await exchange(application, "GET", path, token=token)
+    assert (start["status"], json.loads(body)) == (200, created)
+    assert thread_use == {"threads": 0, "hops": 0}
+
+
 async def test_cached_reads_make_no_hop(thread_use, item_payload):
     """A public read, without a token. With one, the key is read from the
     database too: natively on PostgreSQL, in a thread on SQLite (core.reads)."""

@@ -17,6 +17,7 @@ import socket
 import sqlite3
 {%- if cookiecutter.tasks != "none" %}
 import threading
+import time
 {%- endif %}
 
 import pytest
@@ -203,6 +204,33 @@ async def test_a_task_the_broker_refuses_is_kept_and_relayed(item_payload, monke
     assert sent == [[record_change.name, *kept.args], [record_change.name, *later.args]]
     assert not await PendingTask.objects.aexists()
     assert await sync_to_async(relay_round)() == 0
+
+
+async def test_a_broker_that_never_answers_holds_a_write_only_until_the_timeout(
+    item_payload, monkeypatch
+):
+    """A broker that takes the connection and never answers (a hung host): the
+    write is answered once ENQUEUE_TIMEOUT_SECONDS have passed, its task kept
+    and released to the relay at once."""
+    monkeypatch.setattr(outbox, "ENQUEUE_TIMEOUT_SECONDS", 0.5)
+
+    async def hangs(task, *args):
+        await asyncio.Event().wait()
+
+    broker(monkeypatch, hangs)
+    deferred = sample("django_tasks_deferred_total", task=record_change.name)
+    started = time.monotonic()
+    status, _, created = await request(application, "POST", "/api/items", item_payload)
+    waited = time.monotonic() - started
+    assert status == 201
+    assert 0.5 <= waited < 3
+    (kept,) = [task async for task in PendingTask.objects.all()]
+    assert kept.args[:2] == [created["id"], "item.created"]
+    assert kept.claimed_until is None
+    assert "TimeoutError" in kept.last_error
+    assert sample("django_tasks_deferred_total", task=record_change.name) == (
+        deferred + 1
+    )
 
 
 async def test_a_write_that_rolls_back_keeps_and_sends_no_task(

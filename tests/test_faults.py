@@ -40,7 +40,7 @@ from edge import (
     serve_instances,
 )
 from matrix import each_queue, params, production
-from services import MariaDB, PostgreSQL, Redis, create_database, psql
+from services import MariaDB, PostgreSQL, Redis, create_database, rows
 
 WORKERS = 2
 # The service's pool timeout, shortened so that the outage is short too: a
@@ -86,10 +86,15 @@ def recovered_after(load: Load, since: float) -> float:
 
 
 # Each database server's restart: its class in services.py, and the production
-# combination it runs under (on another server each, pairwise).
+# combination it runs under (on another server each, pairwise), with a task queue
+# whose broker is the database itself: its worker and the outbox's relay lose
+# their database too.
 DATABASE_SERVERS = {
-    "postgresql": (PostgreSQL, production("gunicorn-uvicorn")),
-    "mysql": (MariaDB, {**production("granian"), "database": "mysql"}),
+    "postgresql": (PostgreSQL, {**production("gunicorn-uvicorn"), "tasks": "django"}),
+    "mysql": (
+        MariaDB,
+        {**production("granian"), "database": "mysql", "tasks": "django-q2"},
+    ),
 }
 
 
@@ -118,6 +123,11 @@ def test_database_server_restart_answers_503_and_recovers_by_itself(
             WEB_CONCURRENCY=str(WORKERS),
             DATABASE_POOL_TIMEOUT=str(POOL_TIMEOUT),
         )
+        worker = Worker(app, tmp_path, seconds=30)
+        cleanup.callback(worker.stop)
+        worker.start()
+        supervisor = RestartOnFailure(worker)
+        cleanup.callback(supervisor.stop)
         with Load(nginx.port, token=nginx.token) as load:
             time.sleep(3)
             down = time.monotonic()
@@ -127,6 +137,8 @@ def test_database_server_restart_answers_503_and_recovers_by_itself(
             up = time.monotonic()
             recovery = recovered_after(load, up)
             time.sleep(3)
+        created = [a.name for a in load.answers if a.method == "POST" and a.ok]
+        recorded = eventually_recorded(database_url, created)
         # A request still running when the server stops (a read with an API key
         # is two queries in a row) waits for the pool like those sent during it.
         before, during = load.ended_before(down), load.between(down, up)
@@ -135,7 +147,10 @@ def test_database_server_restart_answers_503_and_recovers_by_itself(
             f"\n{combination['database']} down {up - down:.1f} s: "
             f"{len(failures(during))} of "
             f"{len(during)} answers 503; recovered {recovery:.1f} s after its return; "
-            f"{len(load.answers)} requests in all"
+            f"{len(load.answers)} requests in all; every task of {len(created)} "
+            f"writes ({combination['tasks']}) recorded {recorded - up:.1f} s after "
+            f"its return; the worker ended {len(supervisor.exits)} time(s) "
+            f"{supervisor.exits}"
         )
         assert failures(before) == []
         assert failures(after) == []
@@ -155,6 +170,8 @@ def test_database_server_restart_answers_503_and_recovers_by_itself(
         acknowledged_writes_kept_once(load, database_url)
         # No worker was restarted: the pools recovered in place.
         assert workers_started(app) == WORKERS, app.output()
+        # The task worker kept running, or failed and was started again.
+        assert 0 not in supervisor.exits
 
 
 @pytest.mark.parametrize("combination", params([production("granian")]))
@@ -459,9 +476,9 @@ def eventually_recorded(database_url: str, names: list[str]) -> float:
     )
     deadline = time.monotonic() + RECOVERY_BOUND * 3
     while True:
-        lines = psql(database_url, query).splitlines()
-        pending = {int(line.split("|")[0]) for line in lines}
-        changes = {line.split("|")[1]: int(line.split("|")[2]) for line in lines}
+        found = rows(database_url, query)
+        pending = {int(row[0]) for row in found}
+        changes = {row[1]: int(row[2]) for row in found}
         if pending == {0} and all(changes.get(n) == 1 for n in names):
             return time.monotonic()
         assert time.monotonic() < deadline, (

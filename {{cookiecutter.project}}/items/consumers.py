@@ -206,7 +206,7 @@ class ItemsConsumer(OneQueueConsumer, AsyncJsonWebsocketConsumer):
 
     async def _full(self) -> None:
         """Answers the handshake of a connection the worker has no room for."""
-        if DENIAL_RESPONSE not in self.scope.get("extensions", {}):
+        if DENIAL_RESPONSE not in (self.scope.get("extensions") or {}):
             await self.close()  # before accept: the handshake is denied
             return
         response = unavailable(

@@ -10,6 +10,12 @@ the files of workers that have exited:
     not grow with every recycled worker.
 Scrapes take a lock on the directory, so none sees a retired worker twice or not
 at all. The work runs in a thread: it reads files, which the event loop must not.
+
+A file that is still empty holds nothing yet, and is left out: prometheus_client
+creates a process's file and only then sizes it, and its reader fails on an
+empty one with a struct.error that fails the whole scrape, every worker's
+metrics with it (prometheus/client_python#1199, open; a worker killed in that
+moment would leave its empty file, and every later scrape would fail).
 """
 
 import asyncio
@@ -46,10 +52,33 @@ def render(directory: str | None, collectors=()) -> bytes:
     with _locked(Path(directory)):
         retire_dead_workers(Path(directory))
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=directory)
+        registry.register(WrittenFiles(directory))
         for collector in collectors:
             registry.register(collector)
         return generate_latest(registry)
+
+
+class WrittenFiles:
+    """prometheus_client's MultiProcessCollector, over the files that are not empty."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def collect(self):
+        files = [
+            path
+            for path in glob.glob(os.path.join(self.directory, "*.db"))
+            if not _empty(path)
+        ]
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
+def _empty(path: str) -> bool:
+    """Whether the file holds nothing yet; a file gone meanwhile holds nothing."""
+    try:
+        return os.path.getsize(path) == 0
+    except FileNotFoundError:
+        return True
 
 
 @contextmanager
@@ -87,7 +116,8 @@ def retire_dead_workers(directory: Path) -> None:
         for kind in ADDITIVE_KINDS:
             worker_file = directory / f"{kind}_{pid}.db"
             if worker_file.exists():
-                _add_into(directory / f"{kind}_archive.db", worker_file)
+                if not _empty(str(worker_file)):
+                    _add_into(directory / f"{kind}_archive.db", worker_file)
                 worker_file.unlink()
 
 

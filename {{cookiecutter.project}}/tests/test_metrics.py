@@ -353,3 +353,23 @@ def test_workers_add_up_and_dead_workers_neither_linger_nor_subtract(tmp_path):
     assert metrics.get(in_flight, 0) == 0
     assert scrape(tmp_path)[requests] == 12  # archived once, not twice
     assert all(p.name.endswith("_archive.db") for p in tmp_path.glob("*.db"))
+
+
+def test_a_file_not_sized_yet_fails_no_scrape(tmp_path):
+    """prometheus_client creates a process's file empty and then sizes it: a
+    scrape in between reads nothing from it and still answers with every other
+    worker's metrics; the empty file of a process that died in between is
+    retired (core.exposition)."""
+    requests = ("django_http_requests_total", "healthz")
+    worker = start_worker(tmp_path, 3)
+    dead = subprocess.Popen(["true"])  # noqa: S607  (a pid that has exited)
+    dead.wait()
+    # A kind neither process has written yet.
+    for pid in (worker.pid, dead.pid):
+        (tmp_path / f"summary_{pid}.db").touch()
+    try:
+        assert scrape(tmp_path)[requests] == 3
+    finally:
+        stop(worker)
+    assert not (tmp_path / f"summary_{dead.pid}.db").exists()
+    assert scrape(tmp_path)[requests] == 3

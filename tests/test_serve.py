@@ -36,9 +36,13 @@ def log_messages(app: App) -> list[tuple[str, str]]:
 
 def workers_started(app: App) -> int:
     """Workers through their lifespan startup so far: complete lines only, the
-    server may be writing the last one."""
+    server may be writing the last one. Only the JSON ones: a Granian worker
+    that stops can panic as its runtime is dropped ("Cannot drop pointer into
+    Python heap without the thread being attached", emmett-framework/granian#799
+    and #884; seen once in 2.8.7 on a recycled worker, after it had drained), and
+    the panic and the worker's stacks are plain text."""
     complete = app.output().rpartition("\n")[0].splitlines()
-    messages = [json.loads(line) for line in complete]
+    messages = [json.loads(line) for line in complete if line.startswith("{")]
     return sum(
         (line["logger"], line["message"]) == ("core.lifespan", "started")
         for line in messages

@@ -651,18 +651,23 @@ def test_a_worker_that_ends_unasked_fails_so_that_it_is_restarted(
     with django_db_blocker.unblock():
         database_url = worker_database_url()
     worker = start_worker(database_url, tmp_path / "metrics")
-    # Once this worker (not the module's, on the same queue) has run a task, its
-    # library has its signal handlers.
-    succeeded = ("django_tasks_succeeded_total", (("task", record_change.name),))
-    deadline = time.monotonic() + WAIT
-    while not worker.samples().get(succeeded):
-        assert time.monotonic() < deadline, "the worker ran no task"
-        async_to_sync(record_change.enqueue)(424247, "item.updated", str(uuid.uuid4()))
-        time.sleep(0.2)
-    pid = worker.process.pid
-    (library,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    os.kill(int(library), signal.SIGTERM)
-    assert worker.process.wait(timeout=WAIT + 10) == 1
+    # Killed if this test fails: left running, it would take the next tests'
+    # tasks from the queue it shares with them.
+    with killed_on_failure(worker.process):
+        # Once this worker (not the module's, on the same queue) has run a task,
+        # its library has its signal handlers.
+        succeeded = ("django_tasks_succeeded_total", (("task", record_change.name),))
+        deadline = time.monotonic() + WAIT
+        while not worker.samples().get(succeeded):
+            assert time.monotonic() < deadline, "the worker ran no task"
+            async_to_sync(record_change.enqueue)(
+                424247, "item.updated", str(uuid.uuid4())
+            )
+            time.sleep(0.2)
+        pid = worker.process.pid
+        (library,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        os.kill(int(library), signal.SIGTERM)
+        assert worker.process.wait(timeout=WAIT + 10) == 1
 
 
 def test_the_queue_adapter_offers_the_contract():

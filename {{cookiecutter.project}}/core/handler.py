@@ -284,7 +284,7 @@ class ASGIHandler(asgi.ASGIHandler):
         start = {
             "type": "http.response.start",
             "status": response.status_code,
-            "headers": _encoded_headers(response),
+            "headers": encoded_headers(response),
         }
         response.headers = ResponseHeaders({})
         await send(start)
@@ -385,8 +385,9 @@ def _close(request_ref: "weakref.ref[HttpRequest]") -> None:
         request.close()
 
 
-def _encoded_headers(response) -> list[tuple[bytes, bytes]]:
-    """Django's send_response's headers (its header case kept), cookies included."""
+def encoded_headers(response) -> list[tuple[bytes, bytes]]:
+    """Django's send_response's headers (its header case kept), cookies included:
+    an ASGI response start's. Also items.consumers' answer to a handshake."""
     headers = []
     for header, value in response.items():
         if isinstance(header, str):

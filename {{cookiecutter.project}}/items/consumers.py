@@ -42,6 +42,7 @@ from core.api import unavailable
 from core.connections import WEBSOCKETS
 from core.dispatch import OneQueueConsumer
 from core.events import LAYER_ERRORS
+from core.handler import encoded_headers
 from items.changes import EVENTS_GROUP
 
 # Close codes (RFC 6455, and 1013 of the IANA registry).
@@ -218,10 +219,7 @@ class ItemsConsumer(OneQueueConsumer, AsyncJsonWebsocketConsumer):
             {
                 "type": "websocket.http.response.start",
                 "status": response.status_code,
-                "headers": [
-                    (name.encode("latin-1"), value.encode("latin-1"))
-                    for name, value in response.items()
-                ],
+                "headers": encoded_headers(response),
             }
         )
         await self.base_send(

@@ -1012,9 +1012,8 @@ def role_files(tmp_path_factory):
     alone, as a deploy would for the host `app-1.internal` (the role's defaults and
     fixed variables, the playbook's group_vars, the given variables on top),
     after the role's secret key, tracing, Sentry and auth checks: no host, a few
-    seconds a run. The
-    service is generated with OPTIONS, or the options given. Returns {file name:
-    text}, or the failed run."""
+    seconds a run. The service is generated with OPTIONS, or the options given.
+    Returns {file name: text}, or the failed run."""
     workdir = tmp_path_factory.mktemp("role-files")
     projects = {}
     runs = iter(range(100))

@@ -123,11 +123,7 @@ def test_database_server_restart_answers_503_and_recovers_by_itself(
             WEB_CONCURRENCY=str(WORKERS),
             DATABASE_POOL_TIMEOUT=str(POOL_TIMEOUT),
         )
-        worker = Worker(app, tmp_path, seconds=30)
-        cleanup.callback(worker.stop)
-        worker.start()
-        supervisor = RestartOnFailure(worker)
-        cleanup.callback(supervisor.stop)
+        supervisor = supervised_worker(cleanup, app, tmp_path)
         with Load(nginx.port, token=nginx.token) as load:
             time.sleep(3)
             down = time.monotonic()
@@ -405,11 +401,7 @@ def test_broker_restart_fails_no_write_and_every_write_gets_its_task_once(
             REDIS_URL=f"{redis.url}/0",
             WEB_CONCURRENCY=str(WORKERS),
         )
-        worker = Worker(app, tmp_path, seconds=30)
-        cleanup.callback(worker.stop)
-        worker.start()
-        supervisor = RestartOnFailure(worker)
-        cleanup.callback(supervisor.stop)
+        supervisor = supervised_worker(cleanup, app, tmp_path)
         with Load(nginx.port, token=nginx.token) as load:
             time.sleep(3)
             down = time.monotonic()
@@ -464,6 +456,17 @@ class RestartOnFailure:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join()
+
+
+def supervised_worker(cleanup: ExitStack, app: App, workdir: Path) -> RestartOnFailure:
+    """The app's task worker, started, and started again whenever it fails; both
+    stopped when cleanup closes."""
+    worker = Worker(app, workdir, seconds=30)
+    cleanup.callback(worker.stop)
+    worker.start()
+    supervisor = RestartOnFailure(worker)
+    cleanup.callback(supervisor.stop)
+    return supervisor
 
 
 def eventually_recorded(database_url: str, names: list[str]) -> float:

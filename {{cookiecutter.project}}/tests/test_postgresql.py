@@ -96,12 +96,17 @@ async def test_a_client_that_leaves_mid_read_gives_the_connection_back(fresh_poo
     assert (status, body["total"]) == (200, 0)
 
 
-async def test_a_busy_pool_answers_503_with_retry_after(fresh_pools, monkeypatch):
+def one_connection_pool(monkeypatch) -> None:
+    """core.reads' pool holds one connection, and a read waits 0.5 s for it."""
     monkeypatch.setitem(
         OPTIONS,
         "pool",
         {**OPTIONS["pool"], "min_size": 1, "max_size": 1, "timeout": 0.5},
     )
+
+
+async def test_a_busy_pool_answers_503_with_retry_after(fresh_pools, monkeypatch):
+    one_connection_pool(monkeypatch)
     pool = await reads.pool()
     await assert_a_busy_pool_answers_503(pool.connection())
 
@@ -111,11 +116,7 @@ async def test_an_export_whose_client_reads_slowly_holds_no_connection(
 ):
     """The export reads in keyset batches (items.store.export_items): while its
     client has not read on, the pool's one connection serves other requests."""
-    monkeypatch.setitem(
-        OPTIONS,
-        "pool",
-        {**OPTIONS["pool"], "min_size": 1, "max_size": 1, "timeout": 0.5},
-    )
+    one_connection_pool(monkeypatch)
     monkeypatch.setattr(store, "EXPORT_BATCH", 2)
     await store.bulk_create_items(
         [ItemIn(name=f"item {n}", category="c", price="1") for n in range(5)]

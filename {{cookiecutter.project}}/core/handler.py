@@ -271,24 +271,31 @@ class ASGIHandler(asgi.ASGIHandler):
         return response
 
     async def send_response(self, response, send):
-        # Every response Django sends, the ones it refuses a request with before
-        # its middleware included.
-        if tracing.ENABLED:
-            tracing.answered(response)
-        if not response.streaming:
-            await super().send_response(response, send)
-            return
-        # Django's, but neither its list of encoded headers nor the response's
-        # own are kept once sent (nothing reads them after the middleware has
-        # run): 2.5 KiB of each idle event stream, for up to an hour.
+        """Django's, for every response it sends (the ones it refuses a request
+        with before its middleware included), with two changes: the request's
+        trace header is added to the encoded headers (tracing.answered()), not
+        to the response, whose header validation would cost a traced request
+        more than its span does; and a stream keeps neither list of headers once
+        sent (nothing reads them after the middleware has run): 2.5 KiB of each
+        idle event stream, for up to an hour."""
+        headers = encoded_headers(response)
+        if tracing.ENABLED and (header := tracing.answered(response.status_code)):
+            headers.append(header)
         start = {
             "type": "http.response.start",
             "status": response.status_code,
-            "headers": encoded_headers(response),
+            "headers": headers,
         }
+        if not response.streaming:
+            await send(start)
+            for chunk, last in self.chunk_bytes(response.content):
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": not last}
+                )
+            return
         response.headers = ResponseHeaders({})
         await send(start)
-        del start
+        del start, headers
         async with aclosing(aiter(response)) as content:
             async for part in content:
                 for chunk, _ in self.chunk_bytes(part):

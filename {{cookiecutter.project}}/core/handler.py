@@ -274,10 +274,11 @@ class ASGIHandler(asgi.ASGIHandler):
         """Django's, for every response it sends (the ones it refuses a request
         with before its middleware included), with two changes: the request's
         trace header is added to the encoded headers (tracing.answered()), not
-        to the response, whose header validation would cost a traced request
-        more than its span does; and a stream keeps neither list of headers once
-        sent (nothing reads them after the middleware has run): 2.5 KiB of each
-        idle event stream, for up to an hour."""
+        to the response, whose validation and second encoding of it were a
+        tenth of what tracing added to a request (tests/bench/notes.md); and a
+        stream keeps neither list of headers once sent (nothing reads them after
+        the middleware has run): 2.5 KiB of each idle event stream, for up to an
+        hour."""
         headers = encoded_headers(response)
         if tracing.ENABLED and (header := tracing.answered(response.status_code)):
             headers.append(header)

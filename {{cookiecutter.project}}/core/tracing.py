@@ -229,7 +229,7 @@ def request_attributes(scope, route: str | None) -> dict:
     """The semantic-convention attributes of a recorded server span: never the
     query string, nor a header's value. Nor network.protocol.version: Nginx, in
     front of every deployment, speaks HTTP/1.1 to the app whatever the client
-    speaks, and each attribute costs a sampled request about 2 µs to record and
+    speaks, and each attribute costs a sampled request about 4 µs to record and
     export (tests/bench/notes.md)."""
     attributes = {
         "http.request.method": scope.get("method", "GET"),

@@ -28,7 +28,7 @@ from arq.constants import job_key_prefix
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import connection, connections
+from django.db import {% if cookiecutter.tasks == "django-q2" %}OperationalError, {% endif %}connection, connections
 from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -740,4 +740,33 @@ def test_dramatiq_hands_out_what_a_consumer_had_fetched_when_its_connection_brok
             second.ack(message)
     finally:
         broker.flush(probe_queue)
+{%- endif %}
+{%- if cookiecutter.tasks == "django-q2" %}
+
+
+async def test_a_retry_is_enqueued_once_the_database_is_back(monkeypatch):
+    """A failed attempt's retry is a row of the broker, the database. With the
+    database away at that moment the attempt must not end: django-q2 would
+    acknowledge it, and the job would be lost. It tries again until the row is
+    written, then ends failed (as in the fault test, tests/test_faults.py of
+    the template)."""
+    refused, taken = [], []
+
+    def push(self, args, number, delay, traced):
+        if len(refused) < 2:
+            refused.append(number)
+            raise OperationalError("the database is away")
+        taken.append(number)
+        return uuid.uuid4().hex
+
+    monkeypatch.setattr(queue.Task, "_push", push)
+    monkeypatch.setattr(queue, "RETRY_ENQUEUE_SECONDS", 0.01)
+
+    async def body():
+        raise ValueError("the attempt fails")
+
+    task = queue.Task("t", body, retries=1, time_limit=5)
+    with pytest.raises(ValueError, match="the attempt fails"):
+        await task._run((), 1, f"test-{uuid.uuid4().hex}", None)
+    assert (refused, taken) == ([2, 2], [2])
 {%- endif %}

@@ -11,17 +11,27 @@ starts): it sets Django up, imports every app's `tasks` module, so that the
 tasks are declared without core naming the apps, and runs the adapter's main().
 """
 
+import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import Error as DatabaseError
+from django.db import close_old_connections
+
+logger = logging.getLogger(__name__)
 
 WORKER_COMMAND = [sys.executable, "-m", "core.queueing"]
 # A library's own time limit runs this much longer than core.tasks' limit, so
 # that the task's failure is counted and logged first.
 HARD_LIMIT_MARGIN = 5.0
+# How often the next attempt of a failed one is enqueued again while the
+# database does not take it (enqueue_retry()).
+RETRY_ENQUEUE_SECONDS = 1.0
 
 
 @runtime_checkable
@@ -95,3 +105,24 @@ def run_worker() -> int | None:
 
 if __name__ == "__main__":
     sys.exit(run_worker())
+
+
+async def enqueue_retry(push: Callable[[], Awaitable], task: str, attempt: int) -> None:
+    """Enqueues attempt `attempt` of `task` by `push`, once the database takes it:
+    where the database is the broker (django-q2, Django's framework), the next
+    attempt is a row written by the failed one, and a failed attempt that ended
+    without it would be finished by the library, its job lost. The worker waits
+    for the database as long as it is away, within the library's own limits."""
+    while True:
+        try:
+            await push()
+            return
+        except DatabaseError:
+            logger.warning(
+                "task retry not enqueued yet: the database is unavailable",
+                extra={"task": task, "attempt": attempt},
+                exc_info=True,
+            )
+        # A connection the database dropped is not used again.
+        await sync_to_async(close_old_connections)()
+        await asyncio.sleep(RETRY_ENQUEUE_SECONDS)

@@ -16,6 +16,9 @@ import urllib.request
 import uuid
 from io import StringIO
 from pathlib import Path
+{%- if cookiecutter.tasks == "django" %}
+from types import SimpleNamespace
+{%- endif %}
 from urllib.parse import quote
 
 {% if cookiecutter.tasks == "dramatiq" -%}
@@ -28,7 +31,7 @@ from arq.constants import job_key_prefix
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import {% if cookiecutter.tasks == "django-q2" %}OperationalError, {% endif %}connection, connections
+from django.db import {% if cookiecutter.tasks in ("django", "django-q2") %}OperationalError, {% endif %}connection, connections
 from django.utils import timezone
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -741,32 +744,46 @@ def test_dramatiq_hands_out_what_a_consumer_had_fetched_when_its_connection_brok
     finally:
         broker.flush(probe_queue)
 {%- endif %}
-{%- if cookiecutter.tasks == "django-q2" %}
+{%- if cookiecutter.tasks in ("django", "django-q2") %}
+
+
+async def fails_every_time():
+    """A task's body (at the module's level, as Django's framework requires)."""
+    raise ValueError("the attempt fails")
 
 
 async def test_a_retry_is_enqueued_once_the_database_is_back(monkeypatch):
     """A failed attempt's retry is a row of the broker, the database. With the
-    database away at that moment the attempt must not end: django-q2 would
-    acknowledge it, and the job would be lost. It tries again until the row is
-    written, then ends failed (as in the fault test, tests/test_faults.py of
-    the template)."""
+    database away at that moment the attempt must not end: the library would
+    finish it (django-q2 acknowledges it, Django's db_worker marks it failed),
+    and the job would be lost. It tries again until the row is written, then
+    ends failed (as in the template's fault test of a database restart)."""
     refused, taken = [], []
+{%- if cookiecutter.tasks == "django-q2" %}
 
     def push(self, args, number, delay, traced):
+        attempt = number
+{%- else %}
+
+    async def push(self, args, attempt, delay, trace):
+        attempt += 1
+{%- endif %}
         if len(refused) < 2:
-            refused.append(number)
+            refused.append(attempt)
             raise OperationalError("the database is away")
-        taken.append(number)
-        return uuid.uuid4().hex
+        taken.append(attempt)
 
-    monkeypatch.setattr(queue.Task, "_push", push)
-    monkeypatch.setattr(queue, "RETRY_ENQUEUE_SECONDS", 0.01)
-
-    async def body():
-        raise ValueError("the attempt fails")
-
-    task = queue.Task("t", body, retries=1, time_limit=5)
+    monkeypatch.setattr(queue.Task, "{{ "_push" if cookiecutter.tasks == "django-q2" else "retry" }}", push)
+    monkeypatch.setattr(queueing, "RETRY_ENQUEUE_SECONDS", 0.01)
+    job = f"test-{uuid.uuid4().hex}"
+{%- if cookiecutter.tasks == "django-q2" %}
+    declared = queue.Task("t", fails_every_time, retries=1, time_limit=5)
     with pytest.raises(ValueError, match="the attempt fails"):
-        await task._run((), 1, f"test-{uuid.uuid4().hex}", None)
+        await declared._run((), 1, job, None)
+{%- else %}
+    declared = queue.task("t", retries=1, time_limit=5)(fails_every_time)
+    with pytest.raises(ValueError, match="the attempt fails"):
+        await declared.func(SimpleNamespace(task_result=SimpleNamespace(id=job)))
+{%- endif %}
     assert (refused, taken) == ([2, 2], [2])
 {%- endif %}

@@ -10,7 +10,8 @@ WORKER_CONCURRENCY of them as child processes, passes them SIGTERM and SIGINT
 WORKER_SHUTDOWN_TIMEOUT.
 
 Django's framework has no retries: a failed attempt enqueues the next one itself,
-as a new row that runs after core.tasks.retry_delay, carrying its attempt number.
+as a new row that runs after core.tasks.retry_delay, carrying its attempt number,
+and waits for the database to take it (core.queueing.enqueue_retry).
 Neither has it a hard time limit: core.tasks' asyncio limit is the only one, so a
 body that blocks without awaiting holds its worker process until it returns.
 
@@ -118,7 +119,13 @@ def task(name: str, *, retries: int, time_limit: float):
             )
             match decision:
                 case tasks.Retry(error=error, delay=delay):
-                    await declared.retry(args, attempt, delay, trace)
+                    # Its db_worker would mark the row failed; a database away
+                    # for good leaves it RUNNING, handed out again by the reaper.
+                    await queueing.enqueue_retry(
+                        lambda: declared.retry(args, attempt, delay, trace),
+                        name,
+                        attempt + 1,
+                    )
                     raise error
                 case tasks.GiveUp(error=error):
                     raise error

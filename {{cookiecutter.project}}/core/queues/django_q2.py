@@ -9,9 +9,9 @@ was not acknowledged, all after Q_CLUSTER's one `retry` delay, which must exceed
 the longest time limit, and its function never learns the attempt's number.
 So every attempt is acknowledged, failed or not (ack_failures), and a failed
 attempt with retries left enqueues the next one, with its number, as a row that
-the broker hands out no earlier than core.tasks.retry_delay() from now. That row
-is written before the attempt ends, however long the database takes to come
-back: an attempt that ended without it would be acknowledged, and its job lost.
+the broker hands out no earlier than core.tasks.retry_delay() from now, written
+before the attempt ends however long the database is away
+(core.queueing.enqueue_retry).
 django-q2's redelivery stays for what it is good at: an attempt whose worker
 died before it could report.
 
@@ -28,8 +28,6 @@ exit finalizers: the process ends with os._exit, which runs no atexit hook);
 the other processes run no task and are not traced.
 """
 
-import asyncio
-import logging
 import math
 import multiprocessing.util
 import os
@@ -42,8 +40,7 @@ from datetime import timedelta
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import Error as DatabaseError
-from django.db import close_old_connections, connections
+from django.db import connections
 from django.dispatch import receiver
 from django.utils import timezone
 from django_q.brokers.orm import ORM
@@ -53,10 +50,6 @@ from django_q.tasks import async_task
 
 from core import queueing, tasks, tracing
 from core.database import close_databases
-
-logger = logging.getLogger(__name__)
-# How often a retry that the database could not take is tried again.
-RETRY_ENQUEUE_SECONDS = 1.0
 
 
 class DeferringBroker(ORM):
@@ -136,34 +129,20 @@ class Task:
             case tasks.Retry(error=error, delay=delay):
                 # The next attempt continues the same trace.
                 retried = {"trace": trace} if trace else {}
-                await self._push_until_taken(args, number + 1, delay, retried)
+                # A database away past Q_CLUSTER's timeout gets this worker
+                # replaced by django-q2, the attempt unacknowledged: handed out
+                # again after Q_CLUSTER's retry, one delivery more.
+                await queueing.enqueue_retry(
+                    lambda: sync_to_async(self._push)(args, number + 1, delay, retried),
+                    self.name,
+                    number + 1,
+                )
                 raise error
             case tasks.GiveUp(error=error):
                 raise error
             case tasks.DeadLettered():
                 return None
         return decision.result
-
-    async def _push_until_taken(
-        self, args: tuple, number: int, delay: float, traced: dict
-    ) -> None:
-        """Enqueues attempt `number` once the database takes it. A database that
-        stays away past Q_CLUSTER's timeout gets this worker replaced by
-        django-q2 with the attempt unacknowledged: it is handed out again after
-        Q_CLUSTER's retry, and counted as one more delivery."""
-        while True:
-            try:
-                await sync_to_async(self._push)(args, number, delay, traced)
-                return
-            except DatabaseError:
-                logger.warning(
-                    "task retry not enqueued yet: the database is unavailable",
-                    extra={"task": self.name, "attempt": number},
-                    exc_info=True,
-                )
-            # A connection the database dropped is not used again.
-            await sync_to_async(close_old_connections)()
-            await asyncio.sleep(RETRY_ENQUEUE_SECONDS)
 
 
 def task(name: str, *, retries: int, time_limit: float):

@@ -73,7 +73,7 @@ class WrittenFiles:
         return MultiProcessCollector.merge(files, accumulate=True)
 
 
-def _empty(path: str) -> bool:
+def _empty(path: str | Path) -> bool:
     """Whether the file holds nothing yet; a file gone meanwhile holds nothing."""
     try:
         return os.path.getsize(path) == 0
@@ -116,7 +116,7 @@ def retire_dead_workers(directory: Path) -> None:
         for kind in ADDITIVE_KINDS:
             worker_file = directory / f"{kind}_{pid}.db"
             if worker_file.exists():
-                if not _empty(str(worker_file)):
+                if not _empty(worker_file):
                     _add_into(directory / f"{kind}_archive.db", worker_file)
                 worker_file.unlink()
 

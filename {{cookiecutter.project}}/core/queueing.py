@@ -103,10 +103,6 @@ def run_worker() -> int | None:
     return queue.main()
 
 
-if __name__ == "__main__":
-    sys.exit(run_worker())
-
-
 async def enqueue_retry(push: Callable[[], Awaitable], task: str, attempt: int) -> None:
     """Enqueues attempt `attempt` of `task` by `push`, once the database takes it:
     where the database is the broker (django-q2, Django's framework), the next
@@ -126,3 +122,7 @@ async def enqueue_retry(push: Callable[[], Awaitable], task: str, attempt: int) 
         # A connection the database dropped is not used again.
         await sync_to_async(close_old_connections)()
         await asyncio.sleep(RETRY_ENQUEUE_SECONDS)
+
+
+if __name__ == "__main__":
+    sys.exit(run_worker())
